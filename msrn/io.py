@@ -1,0 +1,93 @@
+"""Atomic file writing: a crash or a failed write never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+
+from msrn.errors import MSRNError
+
+
+def _fsync_folder(folder: str) -> None:
+    """Flush a folder's entry table so a completed rename survives a power loss (POSIX only)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], None]) -> None:
+    """Run writer on a temp file beside path, fsync it and rename it over path; remove it on failure."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    # O_EXCL with mode 0o666 lets the umask set the final permissions, like a plain open() would.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            writer(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_folder(folder)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write bytes to path atomically (temp file in the same folder, fsync, os.replace)."""
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write UTF-8 text to path atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    """Convert numpy scalars and arrays (which json cannot encode) into plain Python values."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serializable")
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write obj as indented JSON atomically; numpy scalars and arrays are accepted."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default)
+    atomic_write_text(path, text + "\n")
+
+
+def atomic_save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
+    """torch.save obj to path atomically, so an interrupted save never corrupts a checkpoint."""
+    import torch  # imported here so that metrics and plots can use this module without torch
+
+    _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Create folder and prove it is writable with a probe file, failing early with a clear MSRNError."""
+    folder = os.fspath(folder)
+    probe = os.path.join(folder, f".msrn-write-probe-{uuid.uuid4().hex}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"ok")
+        finally:
+            if os.path.exists(probe):
+                os.remove(probe)
+    except OSError as exc:
+        raise MSRNError(f"output folder {folder} is not writable: {exc}") from exc
