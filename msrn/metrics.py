@@ -1,0 +1,248 @@
+"""Multi-label evaluation metrics of the paper's protocol (design doc section 8), in plain numpy.
+
+Conventions (all vectorised over images):
+- scores: N x C floats (probabilities, or logits with scores_are_logits=True); NaN is rejected.
+- targets: N x C in {1, 0, -1}; -1 marks a difficult (VOC) entry.
+- AP: difficult entries are removed from that label's ranking. Tied scores form one threshold,
+  exactly as scikit-learn's average_precision_score: a positive inside a tie group gets the
+  precision at the end of the group. Without ties this is the mean over positives of the
+  precision at the positive's rank. A label with no positive has no AP (NaN) and is left out of mAP.
+- CP/CR/CF1/OP/OR/OF1: difficult counts as negative. Per label, an undefined ratio 0/0 counts as 0:
+  precision of a label never predicted is 0 (design doc), and recall of a label with no positive is
+  0 too, so CP and CR average over the same C labels (the reference's Nc/(Ng + eps) gives the same 0,
+  and so does scikit-learn's macro recall with zero_division=0). Such labels are listed in the output.
+- Top-k: a label counts as predicted when it is among the image's k highest scores (ties broken by
+  the lower label index) and its probability is >= threshold, as in ML-GCN.
+- lrap, coverage_error, ranking_loss: scikit-learn's definitions on targets == 1 as the relevant labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+_SIX = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+
+
+def _check_inputs(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate shapes and values and return float64 scores and int8 targets."""
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be a 2-D array (images x labels), got shape {scores.shape}")
+    if targets.shape != scores.shape:
+        raise ValueError(f"targets shape {targets.shape} does not match scores shape {scores.shape}")
+    if scores.shape[0] == 0 or scores.shape[1] == 0:
+        raise ValueError(f"need at least one image and one label, got shape {scores.shape}")
+    if np.isnan(scores).any():
+        bad = int(np.isnan(scores).any(axis=1).sum())
+        raise ValueError(f"scores contain NaN in {bad} of {scores.shape[0]} images; cannot rank them")
+    if not np.isin(targets, (-1, 0, 1)).all():
+        raise ValueError("targets must contain only 1 (positive), 0 (negative) and -1 (difficult)")
+    return scores, targets.astype(np.int8)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (no overflow warnings for large |x|)."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
+    """num / den with 0 where den is 0 (the 0/0 convention of the module docstring)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape), where=den > 0)
+
+
+def _f1(p: np.ndarray | float, r: np.ndarray | float) -> np.ndarray:
+    """Harmonic mean 2pr/(p+r), 0 where p + r is 0."""
+    p = np.asarray(p, dtype=np.float64)
+    r = np.asarray(r, dtype=np.float64)
+    return _ratio(2 * p * r, p + r)
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-label non-interpolated AP in [0, 1] (NaN for labels without positives); see module docstring."""
+    scores, targets = _check_inputs(scores, targets)
+    n = scores.shape[0]
+    order = np.argsort(-scores, axis=0, kind="stable")
+    s = np.take_along_axis(scores, order, axis=0)
+    t = np.take_along_axis(targets, order, axis=0)
+    pos = (t == 1).astype(np.float64)
+    neg = (t == 0).astype(np.float64)  # difficult entries are neither, so they drop out of the ranking
+    tp = np.cumsum(pos, axis=0)
+    fp = np.cumsum(neg, axis=0)
+    # Each row takes the counts at the last row of its tie group (one threshold per distinct score).
+    is_end = np.ones_like(s, dtype=bool)
+    is_end[:-1] = s[:-1] != s[1:]
+    end = np.where(is_end, np.arange(n)[:, None], n)
+    end = np.minimum.accumulate(end[::-1], axis=0)[::-1]
+    tp_end = np.take_along_axis(tp, end, axis=0)
+    fp_end = np.take_along_axis(fp, end, axis=0)
+    precision = _ratio(tp_end, tp_end + fp_end)
+    n_pos = pos.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (precision * pos).sum(axis=0) / n_pos
+    return np.where(n_pos > 0, ap, np.nan)
+
+
+def _six(predicted: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    """CP, CR, CF1, OP, OR, OF1 in percent from boolean prediction and ground-truth matrices."""
+    tp = (predicted & positive).sum(axis=0)
+    n_pred = predicted.sum(axis=0)
+    n_true = positive.sum(axis=0)
+    cp = float(_ratio(tp, n_pred).mean())
+    cr = float(_ratio(tp, n_true).mean())
+    op = float(_ratio(tp.sum(), n_pred.sum()))
+    orec = float(_ratio(tp.sum(), n_true.sum()))
+    values = (cp, cr, float(_f1(cp, cr)), op, orec, float(_f1(op, orec)))
+    return {name: 100.0 * v for name, v in zip(_SIX, values)}
+
+
+def _top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Boolean N x C mask of each image's k highest scores (ties: lower label index first)."""
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    mask = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(mask, top, True, axis=1)
+    return mask
+
+
+def _ranking_metrics(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
+    """scikit-learn's label_ranking_average_precision_score, coverage_error and label_ranking_loss."""
+    n, c = scores.shape
+    n_rel = relevant.sum(axis=1)
+    rank = np.zeros((n, c))  # number of labels scored >= label j
+    rank_rel = np.zeros((n, c))  # number of relevant labels scored >= label j
+    wrong_pairs = np.zeros(n)  # (relevant, irrelevant) pairs with the irrelevant scored >= the relevant
+    for j in range(c):  # one N x C comparison per label keeps memory at O(N C)
+        ge = scores >= scores[:, j : j + 1]
+        rank[:, j] = ge.sum(axis=1)
+        rank_rel[:, j] = (ge & relevant).sum(axis=1)
+        le_rel = ((scores <= scores[:, j : j + 1]) & relevant).sum(axis=1)
+        wrong_pairs += np.where(relevant[:, j], 0, le_rel)
+    degenerate = (n_rel == 0) | (n_rel == c)  # scikit-learn: ranking is meaningless, counts as perfect
+    per_image = _ratio((rank_rel / rank * relevant).sum(axis=1), n_rel)
+    lrap = np.where(degenerate, 1.0, per_image).mean()
+    min_rel = np.where(relevant, scores, np.inf).min(axis=1, keepdims=True)
+    coverage = np.where(n_rel > 0, (scores >= min_rel).sum(axis=1), 0).mean()
+    loss = np.where(degenerate, 0.0, _ratio(wrong_pairs, n_rel * (c - n_rel))).mean()
+    return {"lrap": float(lrap), "coverage_error": float(coverage), "ranking_loss": float(loss)}
+
+
+def _probabilities(scores: np.ndarray, scores_are_logits: bool) -> np.ndarray:
+    """Sigmoid of logits, or the scores themselves when they are already probabilities."""
+    return _sigmoid(scores) if scores_are_logits else scores
+
+
+def multilabel_metrics(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    threshold: float = 0.5,
+    top_k: int = 3,
+    scores_are_logits: bool = False,
+) -> dict:
+    """All section-8 metrics for one evaluation (percentages except the three ranking metrics)."""
+    scores, targets = _check_inputs(scores, targets)
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    ap = average_precision(scores, targets)
+    has_pos = ~np.isnan(ap)
+    positive = targets == 1
+    predicted = _probabilities(scores, scores_are_logits) >= threshold
+    at_threshold = _six(predicted, positive)
+    in_top = _six(predicted & _top_k_mask(scores, top_k), positive)
+    result: dict = {"mAP": float(100.0 * ap[has_pos].mean()) if has_pos.any() else None}
+    result.update(at_threshold)
+    result.update({f"{name}_top{top_k}": value for name, value in in_top.items()})
+    result["ap_per_label"] = [float(100.0 * v) if ok else None for v, ok in zip(ap, has_pos)]
+    result["labels_without_positives"] = [int(i) for i in np.flatnonzero(~has_pos)]
+    result.update(_ranking_metrics(scores, positive))
+    result["num_images"] = int(scores.shape[0])
+    result["threshold"] = float(threshold)
+    result["top_k"] = int(top_k)
+    return result
+
+
+def _default_grid() -> np.ndarray:
+    """Thresholds 0.01, 0.02, ..., 0.99 on the probability scale."""
+    return np.round(np.arange(1, 100) / 100.0, 2)
+
+
+def tune_thresholds(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    grid: Sequence[float] | None = None,
+    scores_are_logits: bool = False,
+) -> dict:
+    """The reference's single threshold maximising CF1 + OF1 on the given set; for labelled reporting only."""
+    scores, targets = _check_inputs(scores, targets)
+    grid_arr = _default_grid() if grid is None else np.asarray(grid, dtype=np.float64)
+    probs = _probabilities(scores, scores_are_logits)
+    positive = targets == 1
+    best: dict[str, float] | None = None
+    best_threshold = float(grid_arr[0])
+    for t in grid_arr:  # one pass per threshold keeps memory at O(N C)
+        six = _six(probs >= t, positive)
+        if best is None or six["CF1"] + six["OF1"] > best["CF1"] + best["OF1"]:
+            best, best_threshold = six, float(t)
+    return {
+        "threshold": best_threshold,
+        **best,
+        "tuned": True,
+        "note": "threshold tuned on the evaluated set itself (reference code); "
+        "report only next to the fixed-threshold metrics",
+    }
+
+
+def per_label_thresholds(
+    probs: np.ndarray, targets: np.ndarray, grid: Sequence[float] | None = None
+) -> np.ndarray:
+    """Per-label threshold maximising that label's F1 on a validation split; 0.5 where it cannot be chosen."""
+    probs, targets = _check_inputs(probs, targets)
+    grid_arr = _default_grid() if grid is None else np.asarray(grid, dtype=np.float64)
+    positive = targets == 1
+    n_true = positive.sum(axis=0)
+    f1 = np.empty((grid_arr.size, probs.shape[1]))
+    for i, t in enumerate(grid_arr):  # one pass per threshold keeps memory at O(N C)
+        predicted = probs >= t
+        tp = (predicted & positive).sum(axis=0)
+        f1[i] = _ratio(2 * tp, predicted.sum(axis=0) + n_true)
+    # Among equally good thresholds take the one nearest 0.5, the fixed protocol threshold.
+    best = f1 >= f1.max(axis=0, keepdims=True) - 1e-12
+    distance = np.where(best, np.abs(grid_arr - 0.5)[:, None], np.inf)
+    chosen = grid_arr[np.argmin(distance, axis=0)]
+    usable = (n_true > 0) & (f1.max(axis=0) > 0)
+    return np.where(usable, chosen, 0.5)
+
+
+def format_metrics(m: dict, labels: list[str] | None = None) -> str:
+    """A readable multi-line table of a multilabel_metrics result."""
+    top_k = m.get("top_k", 3)
+    threshold = m.get("threshold", 0.5)
+    ap = m.get("ap_per_label", [])
+    missing = m.get("labels_without_positives", [])
+    map_text = "n/a (no label has a positive)" if m.get("mAP") is None else f"{m['mAP']:.2f}"
+    lines = [
+        f"images: {m['num_images']}",
+        f"mAP: {map_text}  (over {len(ap) - len(missing)} of {len(ap)} labels)",
+        "",
+        f"{'':<18}" + "".join(f"{name:>8}" for name in _SIX),
+        f"{f'score >= {threshold:g}':<18}" + "".join(f"{m[name]:>8.2f}" for name in _SIX),
+        f"{f'top-{top_k}':<18}" + "".join(f"{m[f'{name}_top{top_k}']:>8.2f}" for name in _SIX),
+        "",
+        f"label ranking average precision: {m['lrap']:.4f}",
+        f"coverage error:                  {m['coverage_error']:.4f}",
+        f"ranking loss:                    {m['ranking_loss']:.4f}",
+    ]
+    if missing:
+        names = [labels[i] if labels is not None else str(i) for i in missing]
+        lines.append("")
+        lines.append(
+            f"labels without positives (no AP, left out of mAP; recall counted as 0): {', '.join(names)}"
+        )
+    return "\n".join(lines)
