@@ -1,0 +1,53 @@
+"""Dataset readers (VOC 2007, COCO 2014, NUS-WIDE, apparel, CSV, synthetic), transforms and loaders."""
+from __future__ import annotations
+
+from inspect import signature
+from pathlib import Path
+from typing import Any, Callable
+
+from msrn.data.apparel import read_apparel
+from msrn.data.base import ImageDataset, MultiLabelData, open_image
+from msrn.data.coco import read_coco2014
+from msrn.data.csvfile import read_csv_dataset
+from msrn.data.nuswide import read_nuswide
+from msrn.data.synthetic import ensure_synthetic, read_synthetic
+from msrn.data.voc import read_voc2007
+from msrn.errors import MSRNError
+
+__all__ = [
+    "DATASETS", "DEFAULT_SPLITS", "ImageDataset", "MultiLabelData", "build_dataset", "ensure_synthetic",
+    "open_image",
+]  # fmt: skip
+
+DATASETS: tuple[str, ...] = ("voc2007", "coco2014", "nuswide", "apparel", "csv", "synthetic")
+DEFAULT_SPLITS: dict[str, tuple[str, str]] = {
+    "voc2007": ("trainval", "test"),
+    "coco2014": ("train", "val"),
+    "nuswide": ("train", "val"),
+    "apparel": ("train", "test"),
+    "csv": ("train", "test"),
+    "synthetic": ("train", "test"),
+}
+_READERS: dict[str, Callable[..., MultiLabelData]] = {
+    "voc2007": read_voc2007,
+    "coco2014": read_coco2014,
+    "nuswide": read_nuswide,
+    "apparel": read_apparel,
+    "csv": read_csv_dataset,
+    "synthetic": read_synthetic,
+}
+
+
+def build_dataset(name: str, data: str | Path, split: str, **options: Any) -> MultiLabelData:
+    """Read split `split` of dataset kind `name` from `data`; options go to the reader (e.g. seed)."""
+    if name not in _READERS:
+        raise MSRNError(f"unknown dataset '{name}' (choose from {', '.join(DATASETS)})")
+    reader = _READERS[name]
+    accepted = [p for p in signature(reader).parameters if p not in ("data", "path", "split", "name")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise MSRNError(
+            f"dataset '{name}' takes no option {', '.join(unknown)} "
+            f"(options: {', '.join(accepted) or 'none'})"
+        )
+    return reader(Path(data), split, **options)

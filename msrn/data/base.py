@@ -1,0 +1,156 @@
+"""The common dataset record (`MultiLabelData`), robust image decoding and the torch `ImageDataset`."""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from msrn.errors import MSRNError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+
+@dataclass
+class MultiLabelData:
+    """What a reader found: image paths and an N x C int8 target matrix (1 / 0 / -1 difficult)."""
+
+    name: str
+    split: str
+    root: Path
+    images: list[Path]
+    labels: list[str]
+    targets: np.ndarray
+
+    def __post_init__(self) -> None:
+        """Check that images, labels and targets agree, so a reader bug shows up at once."""
+        self.targets = np.asarray(self.targets, dtype=np.int8).reshape(len(self.images), len(self.labels))
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.images)
+
+    def label_counts(self) -> dict[str, int]:
+        """Number of images where each label is positive (target == 1)."""
+        counts = (self.targets == 1).sum(axis=0)
+        return {label: int(c) for label, c in zip(self.labels, counts)}
+
+    def difficult_counts(self) -> dict[str, int]:
+        """Number of images where each label is only difficult (target == -1, VOC)."""
+        counts = (self.targets == -1).sum(axis=0)
+        return {label: int(c) for label, c in zip(self.labels, counts)}
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """Return `path` if it is a folder, else raise MSRNError saying what was expected there."""
+    if not path.is_dir():
+        raise MSRNError(f"{path}: folder not found (expected {what})")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    """Return `path` if it is a file, else raise MSRNError saying what was expected there."""
+    if not path.is_file():
+        raise MSRNError(f"{path}: file not found (expected {what})")
+    return path
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB: alpha composited on white, 16/32-bit ints scaled to 8 bit."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit greyscale (PNG "I;16" or "I"): map 0..65535 onto 0..255.
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("LA", "La", "PA", "RGBa") or (mode == "L" and "transparency" in img.info):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(path: PathLike) -> Image.Image:
+    """Decode an image file fully and return it as RGB; any failure is an MSRNError naming the file."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = _to_rgb(img)
+            if rgb is img:
+                rgb = img.copy()
+    except FileNotFoundError:
+        raise MSRNError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise MSRNError(f"{path}: cannot decode image ({e})") from None
+    if rgb.width == 0 or rgb.height == 0:
+        raise MSRNError(f"{path}: image has zero size")
+    return rgb
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Torch dataset over `MultiLabelData`: item i is (3xHxW float32 image, C float32 target, index).
+
+    on_error="stop" turns an unreadable image into an MSRNError naming the file. on_error="skip" logs
+    a warning naming the file and returns the next readable image instead (with that image's own
+    target and index, so the triple stays consistent). `skipped` counts skip events in a counter held
+    in shared memory: DataLoader worker processes inherit it, so the main process sees the total over
+    all workers (an image skipped in every epoch is counted once per epoch).
+    """
+
+    def __init__(
+        self,
+        data: MultiLabelData,
+        transform: Callable[[Image.Image], torch.Tensor],
+        on_error: str = "stop",
+    ) -> None:
+        if on_error not in ("stop", "skip"):
+            raise MSRNError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
+        self.data = data
+        self.transform = transform
+        self.on_error = on_error
+        self._skipped = multiprocessing.Value("q", 0)
+        self._targets = torch.from_numpy(data.targets.astype(np.float32))
+
+    @property
+    def skipped(self) -> int:
+        """Number of unreadable images skipped so far, summed over all worker processes."""
+        return int(self._skipped.value)
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.data)
+
+    def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Decode and transform image i."""
+        image = self.transform(open_image(self.data.images[i]))
+        return image, self._targets[i], i
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Image tensor, target tensor and index of item i (or of its replacement when skipping)."""
+        if self.on_error == "stop":
+            return self._load(i)
+        n = len(self.data)
+        for step in range(n):
+            j = (i + step) % n
+            try:
+                return self._load(j)
+            except MSRNError as e:
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                log.warning("skipping unreadable image: %s", e)
+        raise MSRNError(f"no readable image in dataset {self.data.name} split {self.data.split}")

@@ -1,0 +1,45 @@
+"""`msrn inspect`: show what a dataset reader sees (image count, labels, positives per label)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from msrn.data import DATASETS, DEFAULT_SPLITS, build_dataset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `msrn inspect`."""
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset kind")
+    parser.add_argument("--data", required=True, help="dataset folder (for csv: the CSV file)")
+    parser.add_argument("--split", default=None, help="split to read (default: the dataset's train split)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Read the split and print its summary as a table or as one JSON object."""
+    split = args.split or DEFAULT_SPLITS[args.dataset][0]
+    data = build_dataset(args.dataset, args.data, split)
+    counts = data.label_counts()
+    difficult = data.difficult_counts() if args.dataset == "voc2007" else None
+    if args.json:
+        summary = {
+            "dataset": data.name,
+            "split": data.split,
+            "root": str(data.root),
+            "num_images": len(data),
+            "labels": list(data.labels),
+            "label_counts": counts,
+        }
+        if difficult is not None:
+            summary["difficult_counts"] = difficult
+        print(json.dumps(summary))
+        return 0
+    print(f"{data.name} split {data.split}: {len(data)} images, {len(data.labels)} labels ({data.root})")
+    width = max([len("label"), *(len(label) for label in data.labels)])
+    header = f"{'label':<{width}}  {'images':>7}  {'share':>6}"
+    print(header + (f"  {'difficult':>9}" if difficult is not None else ""))
+    for label in data.labels:
+        share = counts[label] / len(data) if len(data) else 0.0
+        row = f"{label:<{width}}  {counts[label]:>7}  {share:>6.1%}"
+        print(row + (f"  {difficult[label]:>9}" if difficult is not None else ""))
+    return 0

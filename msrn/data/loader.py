@@ -1,0 +1,49 @@
+"""A reproducible DataLoader: seeded shuffling and per-worker seeding of `random` and numpy."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python's `random` and numpy in a worker from torch's per-worker seed (base seed + id)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int,
+    drop_last: bool = False,
+    pin_memory: bool | None = None,
+    sampler: Sampler | None = None,
+) -> DataLoader:
+    """Build a DataLoader whose order and augmentations are reproducible for a given seed.
+
+    With workers > 0 each (persistent) worker seeds `random`/numpy from the seeded generator; with
+    workers == 0 the transforms run in this process, so `random` and numpy are seeded here once.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    if workers == 0:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=seed_worker if workers > 0 else None,
+        persistent_workers=workers > 0,
+    )
