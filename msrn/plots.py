@@ -1,0 +1,99 @@
+"""Training-history and per-label AP figures, rendered with Agg and written atomically as PNG."""
+
+from __future__ import annotations
+
+import io as _bytes_io
+import math
+import os
+from collections.abc import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from msrn.io import atomic_write_bytes
+
+_DPI = 100
+_MAX_HEIGHT_IN = 120.0  # keeps very long label lists under Agg's pixel limit
+
+
+def _save_png(fig: Figure, path: str | os.PathLike[str]) -> None:
+    """Render fig to PNG in memory with Agg (no pyplot global state) and write it atomically."""
+    FigureCanvasAgg(fig)
+    buffer = _bytes_io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+    """Epochs and values of key over the entries that have a number for it."""
+    pairs = [(e["epoch"], e[key]) for e in history if e.get(key) is not None and not math.isnan(e[key])]
+    return [float(x) for x, _ in pairs], [float(y) for _, y in pairs]
+
+
+def plot_history(history: Sequence[dict], path: str | os.PathLike[str]) -> None:
+    """Two panels, loss per epoch and mAP per epoch, so training progress is visible at a glance."""
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    loss_ax, map_ax = fig.subplots(1, 2)
+    for ax, curves, ylabel, title in (
+        (loss_ax, (("train_loss", "train"), ("test_loss", "test")), "loss", "Loss per epoch"),
+        (map_ax, (("mAP", "test"), ("val_mAP", "validation")), "mAP (%)", "mAP per epoch"),
+    ):
+        for key, name in curves:
+            epochs, values = _series(history, key)
+            if values:
+                ax.plot(epochs, values, marker="o", markersize=3, label=name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if ax.has_data():
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    _save_png(fig, path)
+
+
+def plot_ap_per_label(
+    ap: Sequence[float | None],
+    labels: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> None:
+    """Horizontal AP bars (percent, as multilabel_metrics' ap_per_label) sorted by AP, with the mAP line."""
+    if len(ap) != len(labels):
+        raise ValueError(f"got {len(ap)} AP values for {len(labels)} labels")
+    if not ap:
+        raise ValueError("no labels to plot")
+    scored = sorted(((v, name) for v, name in zip(ap, labels) if v is not None), key=lambda p: p[0])
+    if any(not 0.0 <= v <= 100.0 for v, _ in scored):
+        raise ValueError("AP values must be percentages in [0, 100] (None for labels without positives)")
+    missing = [name for v, name in zip(ap, labels) if v is None]
+    # Labels without positives go at the bottom, then the scored labels with the best at the top.
+    names = missing + [name for _, name in scored]
+    values = [0.0] * len(missing) + [v for v, _ in scored]
+    n = len(names)
+    height = min(_MAX_HEIGHT_IN, 1.6 + 0.24 * n)
+    fig = Figure(figsize=(8, height), layout="constrained")
+    ax = fig.subplots()
+    colours = ["lightgrey"] * len(missing) + ["tab:blue"] * len(scored)
+    ax.barh(range(n), values, color=colours, height=0.8)
+    fontsize = max(4.0, min(9.0, 750.0 / n))
+    ax.set_yticks(range(n), names, fontsize=fontsize)
+    for i in range(len(missing)):
+        ax.text(1.0, i, "no positives", va="center", fontsize=fontsize, color="dimgrey", style="italic")
+    if scored:
+        mean_ap = sum(v for v, _ in scored) / len(scored)
+        ax.axvline(mean_ap, color="tab:red", linestyle="--", label=f"mAP {mean_ap:.2f}")
+        ax.legend(loc="lower right")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.set_xlabel("average precision (%)")
+    ax.set_ylabel("label")
+    suffix = f", {len(missing)} without positives" if missing else ""
+    ax.set_title(title or f"AP per label ({len(scored)} labels{suffix})")
+    ax.grid(True, axis="x", alpha=0.3)
+    _save_png(fig, path)
