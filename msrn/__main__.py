@@ -1,0 +1,5 @@
+import sys
+
+from msrn.cli import main
+
+sys.exit(main())

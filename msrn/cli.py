@@ -1,0 +1,60 @@
+"""The `msrn` command line: one subcommand per module, each with `add_arguments` and `main`.
+
+Every subcommand lives in its own module and is imported only when used, so `msrn inspect`
+does not pay for matplotlib or onnx. User errors (`MSRNError`) become one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from msrn.errors import MSRNError
+
+# subcommand -> (module holding add_arguments/main, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("msrn.engine.demo", "train and evaluate a small MSRN on the built-in synthetic data"),
+    "train": ("msrn.engine.train", "train MSRN on a dataset"),
+    "evaluate": ("msrn.engine.evaluate", "evaluate a checkpoint (project or reference) on a split"),
+    "inspect": ("msrn.data.inspect", "show what a dataset reader sees"),
+    "labels": ("msrn.labelset", "build the label graph and label vectors of a dataset"),
+    "predict": ("msrn.predict", "tag images with a trained model"),
+    "export": ("msrn.export", "export a checkpoint to ONNX"),
+    "serve": ("msrn.serve", "a local web page to try a model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msrn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).add_arguments(p)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            p.set_defaults(_missing=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", False):
+        parser.error(f"command '{args.command}' is not available in this build")
+    try:
+        return int(importlib.import_module(args._module).main(args) or 0)
+    except MSRNError as e:
+        print(f"msrn {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"msrn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

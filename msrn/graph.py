@@ -1,0 +1,77 @@
+"""The label graph of spec section 2: co-occurrence counts -> thresholded, re-weighted adjacency.
+
+Counts always come from the training split. The reference's `{'adj', 'nums'}` pickles are
+read as they are (steps 1-4 applied literally), which is what reproduces its checkpoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from msrn.errors import MSRNError
+from msrn.safe_pickle import load_numpy_pickle
+
+TAU = 0.4
+REWEIGHT = 0.25
+
+
+@dataclass
+class Cooccurrence:
+    """M[i, j] = images holding both i and j; n[i] = images holding i."""
+
+    counts: np.ndarray  # C x C
+    nums: np.ndarray  # C
+
+    def __post_init__(self) -> None:
+        self.counts = np.asarray(self.counts, dtype=np.float64)
+        self.nums = np.asarray(self.nums, dtype=np.float64).reshape(-1)
+        c = self.nums.shape[0]
+        if self.counts.shape != (c, c):
+            raise MSRNError(f"co-occurrence counts have shape {self.counts.shape}, expected ({c}, {c})")
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.nums.shape[0])
+
+
+def count_cooccurrence(targets: np.ndarray) -> Cooccurrence:
+    """Count label pairs over a training target matrix (N x C, 1 = present; 0 and -1 absent)."""
+    t = (np.asarray(targets) == 1).astype(np.float64)
+    m = t.T @ t
+    nums = np.diag(m).copy()
+    np.fill_diagonal(m, 0.0)
+    return Cooccurrence(m, nums)
+
+
+def read_cooccurrence(path: str | Path) -> Cooccurrence:
+    """Read the reference's pickle `{'adj': M, 'nums': n}` (plain numpy data only)."""
+    obj = load_numpy_pickle(path)
+    if not isinstance(obj, dict) or "adj" not in obj or "nums" not in obj:
+        raise MSRNError(f"{path}: expected a dict with keys 'adj' and 'nums' (the reference's adj pickle)")
+    return Cooccurrence(np.asarray(obj["adj"]), np.asarray(obj["nums"]))
+
+
+def adjacency(co: Cooccurrence, tau: float = TAU, reweight: float = REWEIGHT) -> np.ndarray:
+    """A_hat = D^-1/2 A^T D^-1/2 from counts (ML-GCN steps 1-4 of spec section 2), float32 C x C.
+
+    Labels never seen (n = 0) get no outgoing edges instead of the reference's NaN row.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = co.counts / co.nums[:, None]
+    p = np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
+    a = (p >= tau).astype(np.float64)
+    a = a * reweight / (a.sum(0, keepdims=True) + 1e-6)
+    a = a + np.eye(co.num_classes)
+    d = np.power(a.sum(1), -0.5)
+    a_hat = (a * d[None, :]).T * d[None, :]
+    return a_hat.astype(np.float32)
+
+
+def edges(co: Cooccurrence, tau: float = TAU) -> list[tuple[int, int, float]]:
+    """The directed edges i -> j with P(j | i) >= tau, as (i, j, P) sorted by P descending."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.nan_to_num(co.counts / co.nums[:, None])
+    out = [(int(i), int(j), float(p[i, j])) for i, j in zip(*np.nonzero(p >= tau), strict=False) if i != j]
+    return sorted(out, key=lambda e: -e[2])

@@ -1,0 +1,113 @@
+"""Model registry and `create_model`, in the style of timm: a name picks a configuration."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from msrn.errors import MSRNError
+from msrn.graph import TAU, Cooccurrence, adjacency, read_cooccurrence
+from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
+from msrn.models.resnet import ResNet
+from msrn.wordvec import load_word_vectors
+
+# name -> overrides of MSRNConfig (the paper's model first, then smaller ones for CPU work)
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "msrn_resnet101": dict(backbone="resnet101"),
+    "msrn_resnet50": dict(backbone="resnet50"),
+    "msrn_resnet18": dict(backbone="resnet18", semantic_dim=256, hidden_dim=1024),
+    "msrn_tiny": dict(backbone="resnet_tiny", label_dims=(64, 64), semantic_dim=64, hidden_dim=256),
+}
+# the same backbones without the MSRN head (global pooling + linear), for baselines
+BASELINES: dict[str, str] = {
+    "baseline_resnet101": "resnet101",
+    "baseline_resnet50": "resnet50",
+    "baseline_resnet18": "resnet18",
+    "baseline_tiny": "resnet_tiny",
+}
+
+
+def list_models() -> list[str]:
+    return sorted(MODEL_CONFIGS) + sorted(BASELINES)
+
+
+def _as_cooccurrence(src: Any) -> Cooccurrence | None:
+    if src is None or isinstance(src, Cooccurrence):
+        return src
+    if isinstance(src, (str, Path)):
+        return read_cooccurrence(src)
+    if isinstance(src, dict):
+        return Cooccurrence(np.asarray(src["adj"]), np.asarray(src["nums"]))
+    counts, nums = src
+    return Cooccurrence(np.asarray(counts), np.asarray(nums))
+
+
+def placeholder_vectors(num_classes: int, dim: int = 300, seed: int = 0) -> np.ndarray:
+    """Fixed random label vectors for models built without real ones (tests, quick experiments)."""
+    return np.random.default_rng(seed).standard_normal((num_classes, dim)).astype(np.float32)
+
+
+def create_model(
+    name: str = "msrn_resnet101",
+    num_classes: int | None = None,
+    labels: list[str] | None = None,
+    pool_ratio: float = 0.2,
+    num_groups: int | None = None,
+    word_vectors: str | Path | np.ndarray | None = None,
+    cooccurrence: str | Path | Cooccurrence | tuple | dict | None = None,
+    tau: float = TAU,
+    pretrained: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """Build a registered model.
+
+    `word_vectors` (array, `.pkl`, `.npy` or GloVe text file) and `cooccurrence` (training-split
+    counts, the reference's `{'adj','nums'}` pickle, or `(counts, nums)`) define the label graph;
+    without them the model gets placeholder vectors and no edges. `pretrained` loads ImageNet
+    weights into the backbone (file or URL); `checkpoint` loads a whole trained model instead.
+    """
+    if checkpoint is not None:
+        from msrn.checkpoint import load_model
+
+        return load_model(checkpoint, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels)
+    if labels is not None:
+        labels = list(labels)
+        if num_classes is not None and num_classes != len(labels):
+            raise MSRNError(f"num_classes={num_classes} but {len(labels)} labels were given")
+        num_classes = len(labels)
+    if not num_classes or num_classes < 1:
+        raise MSRNError("create_model needs num_classes or labels")
+    if name in BASELINES:
+        model = PlainClassifier(BASELINES[name], num_classes, labels)
+        backbone = model.backbone
+    elif name in MODEL_CONFIGS:
+        names = labels or [str(i) for i in range(num_classes)]
+        vecs = (
+            placeholder_vectors(num_classes)
+            if word_vectors is None
+            else load_word_vectors(word_vectors, names)
+        )
+        co = _as_cooccurrence(cooccurrence)
+        if co is not None and co.num_classes != num_classes:
+            raise MSRNError(f"co-occurrence statistics have {co.num_classes} labels, the model {num_classes}")
+        adj = np.eye(num_classes, dtype=np.float32) if co is None else adjacency(co, tau)
+        groups = num_groups or max(1, int(pool_ratio * num_classes))
+        cfg = MSRNConfig(
+            num_classes=num_classes, num_groups=groups, word_dim=vecs.shape[1], labels=list(labels or []),
+            **{**MODEL_CONFIGS[name], **overrides},
+        )
+        model = MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj))
+        backbone = model.backbone
+    else:
+        raise MSRNError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    if pretrained is not None:
+        from msrn.pretrained import load_pretrained_backbone
+
+        load_pretrained_backbone(backbone, pretrained)
+    return model
+
+
+__all__ = ["MSRN", "MSRNConfig", "PlainClassifier", "ResNet", "create_model", "list_models", "MODEL_CONFIGS"]

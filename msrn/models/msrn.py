@@ -1,0 +1,135 @@
+"""The MSRN module (spec sections 1-6): backbone at three depths, label graph, group pooling,
+label-guided attention at every depth, and the MLP classifier.
+
+Parameter names follow the reference checkpoints (`ProjectM`, `fc_label`, `label_embed`,
+`group_embed`, `fc1`, `fc2`); the backbone is `backbone.*` here and `resnet_101.*` there,
+and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see checkpoint.py).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msrn.models.attention import label_attention, label_attention_naive
+from msrn.models.gat import GATStack, GroupStack, group_loss
+from msrn.models.resnet import ResNet
+
+
+@dataclass
+class MSRNConfig:
+    """Everything needed to rebuild the network (stored in every checkpoint)."""
+
+    backbone: str = "resnet101"
+    num_classes: int = 80
+    num_groups: int = 4
+    word_dim: int = 300
+    label_dims: tuple[int, int] = (256, 300)  # fc_label output, first GAT output
+    semantic_dim: int = 512  # D
+    hidden_dim: int = 2048  # fc1 output
+    group_loss_weight: float = 1e-4
+    attention: str = "chunked"  # "chunked" (exact, low memory) or "naive" (the spec's formula, materialised)
+    labels: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["label_dims"] = list(self.label_dims)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MSRNConfig:
+        d = dict(d)
+        d["label_dims"] = tuple(d.get("label_dims", (256, 300)))
+        return cls(**d)
+
+
+class MSRN(nn.Module):
+    def __init__(self, cfg: MSRNConfig, word_vectors: torch.Tensor, adjacency: torch.Tensor):
+        super().__init__()
+        self.cfg = cfg
+        c, k, d = cfg.num_classes, cfg.num_groups, cfg.semantic_dim
+        self.backbone = ResNet(cfg.backbone)
+        c2, c3, c4 = self.backbone.channels
+        self.conv_buffer1 = nn.Conv2d(c2, c2, 1)
+        self.conv_buffer2 = nn.Conv2d(c3, c3, 1)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.ProjectM = nn.ModuleList(nn.Conv2d(ch, d, 1) for ch in (c2, c3, c4))
+        self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
+        self.label_embed = GATStack((*cfg.label_dims, d))
+        self.group_embed = GroupStack(d, k)
+        self.fc1 = nn.Linear((c + k) * 3 * d, cfg.hidden_dim)
+        self.fc2 = nn.Linear(cfg.hidden_dim, c)
+        # label inputs travel with the weights, so a checkpoint can never meet the wrong vectors
+        self.register_buffer("word_vectors", torch.as_tensor(word_vectors, dtype=torch.float32).clone())
+        self.register_buffer("adjacency", torch.as_tensor(adjacency, dtype=torch.float32).clone())
+        if self.word_vectors.shape != (c, cfg.word_dim) or self.adjacency.shape != (c, c):
+            raise ValueError(
+                f"word vectors {tuple(self.word_vectors.shape)} / adjacency {tuple(self.adjacency.shape)} "
+                f"do not fit {c} labels of width {cfg.word_dim}"
+            )
+
+    def semantics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Local label semantics L (C x D), group semantics G (K x D) and the group loss."""
+        mask = self.adjacency > 0
+        local = self.label_embed(self.fc_label(self.word_vectors), mask)  # C x D
+        groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
+        return local, groups, group_loss(local, groups, assign, self.cfg.group_loss_weight)
+
+    def depth_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Projected features at the three depths, each B x D x N_s."""
+        c2, c3, c4 = self.backbone.forward_features(x)
+        maps = (self.pool(self.conv_buffer1(c2)), self.pool(self.conv_buffer2(c3)), self.pool(c4))
+        return [proj(m).flatten(2) for proj, m in zip(self.ProjectM, maps, strict=False)]  # B x D x N_s
+
+    def head(self, attended: torch.Tensor) -> torch.Tensor:
+        """(B x (C+K) x 3D) attended semantics -> B x C logits."""
+        h = torch.tanh(attended).flatten(1)
+        return self.fc2(F.leaky_relu(self.fc1(h), 0.01))
+
+    def forward(
+        self, x: torch.Tensor, return_group_loss: bool | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x: B x 3 x H x W -> logits B x C; in training mode (or when asked) also the group loss."""
+        local, groups, gloss = self.semantics()
+        sem = torch.cat([local, groups], 0)  # (C+K) x D
+        attend = label_attention_naive if self.cfg.attention == "naive" else label_attention
+        attended = torch.cat([attend(f, sem) for f in self.depth_features(x)], -1)  # B x (C+K) x 3D
+        logits = self.head(attended)
+        if return_group_loss if return_group_loss is not None else self.training:
+            return logits, gloss
+        return logits
+
+    def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
+        """The reference's two groups: backbone and its conv_buffers at lr_backbone, the head at lr."""
+        slow = [p for n, p in self.named_parameters() if n.startswith(("backbone.", "conv_buffer"))]
+        ids = {id(p) for p in slow}
+        fast = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": slow, "lr": lr_backbone, "name": "backbone"}, {"params": fast, "lr": lr, "name": "head"}]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.cfg.labels) or [str(i) for i in range(self.cfg.num_classes)]
+
+
+class PlainClassifier(nn.Module):
+    """The backbone alone with global average pooling and a linear layer: the demo's baseline."""
+
+    def __init__(self, backbone: str, num_classes: int, labels: list[str] | None = None):
+        super().__init__()
+        self.backbone = ResNet(backbone)
+        self.fc = nn.Linear(self.backbone.channels[-1], num_classes)
+        self.label_names = list(labels or [])
+
+    def forward(self, x: torch.Tensor, return_group_loss: bool | None = None):
+        logits = self.fc(self.backbone(x))
+        if return_group_loss if return_group_loss is not None else self.training:
+            return logits, logits.new_zeros(())
+        return logits
+
+    def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
+        return [
+            {"params": list(self.backbone.parameters()), "lr": lr_backbone, "name": "backbone"},
+            {"params": list(self.fc.parameters()), "lr": lr, "name": "head"},
+        ]

@@ -1,0 +1,76 @@
+"""ImageNet weights for the backbone: a local file or a URL fetched once into a cache with a SHA-256 check."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from torch import nn
+
+from msrn.errors import MSRNError
+
+# torchvision's files, named <arch>-<first 8 hex digits of their SHA-256>.pth
+IMAGENET_URLS = {
+    "resnet101": "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-19c8e357.pth",
+    "resnet18": "https://download.pytorch.org/models/resnet18-5c106cde.pth",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MSRN_CACHE", Path.home() / ".cache" / "msrn"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(url: str, sha256: str | None = None) -> Path:
+    """Download `url` into the cache (once). The hash is `sha256` or, for torchvision-style names
+    (`name-<hex>.pth`), the hex prefix in the name; a mismatch deletes the download."""
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    target = cache_dir() / name
+    if target.is_file():
+        return target
+    m = re.search(r"-([0-9a-f]{8,64})\.", name)
+    expected = (sha256 or (m.group(1) if m else "")).lower()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            shutil.copyfileobj(resp, out)
+        digest = _sha256(Path(tmp))
+        if expected and not digest.startswith(expected):
+            raise MSRNError(f"{url}: SHA-256 {digest[:16]}... does not match the expected {expected[:16]}...")
+        os.replace(tmp, target)
+    except OSError as e:
+        raise MSRNError(f"cannot download {url}: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load_pretrained_backbone(backbone: nn.Module, source: str | Path) -> None:
+    """Load ImageNet weights (path, URL, or 'imagenet' for torchvision's file) into a ResNet."""
+    from msrn.checkpoint import read_checkpoint
+    from msrn.models.resnet import load_imagenet_state
+
+    src = str(source)
+    if src == "imagenet":
+        if backbone.arch not in IMAGENET_URLS:
+            raise MSRNError(f"no ImageNet weights are published for {backbone.arch}")
+        src = IMAGENET_URLS[backbone.arch]
+    path = fetch(src) if re.match(r"^(https?|file)://", src) else Path(src)
+    state = read_checkpoint(path)
+    state = state.get("state_dict", state) if isinstance(state.get("state_dict"), dict) else state
+    load_imagenet_state(backbone, state, str(path))
