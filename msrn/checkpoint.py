@@ -131,8 +131,8 @@ def load_reference(
     return model
 
 
-def model_state(model: nn.Module) -> dict[str, Any]:
-    """The model part of a project checkpoint (weights, config, labels)."""
+def model_state(model: nn.Module, image_size: int) -> dict[str, Any]:
+    """The model part of a project checkpoint (weights, config, labels, input size)."""
     from msrn.models.msrn import MSRN
 
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
@@ -141,7 +141,8 @@ def model_state(model: nn.Module) -> dict[str, Any]:
     else:
         arch = {"kind": "baseline", "backbone": model.backbone.arch, "num_classes": model.fc.out_features,
                 "labels": list(model.label_names)}
-    return {"format": FORMAT, "version": VERSION, "model": arch, "state_dict": model.state_dict()}
+    return {"format": FORMAT, "version": VERSION, "model": arch, "image_size": int(image_size),
+            "state_dict": model.state_dict()}
 
 
 def build_from_state(ckpt: dict, where: str) -> nn.Module:
@@ -191,6 +192,7 @@ def load_model(
         model = load_reference(ckpt, word_vectors, cooccurrence, labels, where)
     else:
         raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
+    model.image_size = int(ckpt.get("image_size", 448))  # reference checkpoints were trained at 448
     thresholds = ckpt.get("thresholds")
     if thresholds is not None:
         model.register_buffer("thresholds", torch.as_tensor(thresholds, dtype=torch.float32), persistent=False)

@@ -128,6 +128,10 @@ class PlainClassifier(nn.Module):
             return logits, logits.new_zeros(())
         return logits
 
+    @property
+    def labels(self) -> list[str]:
+        return self.label_names or [str(i) for i in range(self.fc.out_features)]
+
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
         return [
             {"params": list(self.backbone.parameters()), "lr": lr_backbone, "name": "backbone"},
