@@ -1,9 +1,10 @@
 """Dataset readers (VOC 2007, COCO 2014, NUS-WIDE, apparel, CSV, synthetic), transforms and loaders."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from inspect import signature
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from msrn.data.apparel import read_apparel
 from msrn.data.base import ImageDataset, MultiLabelData, open_image

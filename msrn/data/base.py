@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from msrn.errors import MSRNError
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 @dataclass
@@ -40,12 +40,12 @@ class MultiLabelData:
     def label_counts(self) -> dict[str, int]:
         """Number of images where each label is positive (target == 1)."""
         counts = (self.targets == 1).sum(axis=0)
-        return {label: int(c) for label, c in zip(self.labels, counts)}
+        return {label: int(c) for label, c in zip(self.labels, counts, strict=True)}
 
     def difficult_counts(self) -> dict[str, int]:
         """Number of images where each label is only difficult (target == -1, VOC)."""
         counts = (self.targets == -1).sum(axis=0)
-        return {label: int(c) for label, c in zip(self.labels, counts)}
+        return {label: int(c) for label, c in zip(self.labels, counts, strict=True)}
 
 
 def require_dir(path: Path, what: str) -> Path:

@@ -97,7 +97,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, label: str, box: tuple[int, int, int,
     elif label == "star":
         r = np.where(np.arange(10) % 2 == 0, w / 2, w / 5)
         a = np.arange(10) * np.pi / 5 - np.pi / 2
-        draw.polygon(list(zip(cx + r * np.cos(a), cy + r * np.sin(a))), fill=colour)
+        draw.polygon(list(zip(cx + r * np.cos(a), cy + r * np.sin(a), strict=True)), fill=colour)
     elif label == "square":
         draw.rectangle((x0 + 2, y0 + 2, x1 - 2, y1 - 2), fill=colour)
     elif label == "frame":
@@ -130,7 +130,7 @@ def render_image(labels: list[str], size: int, rng: np.random.RandomState) -> Im
         draw.line((x0, y0, x1, y1), fill=tuple(int(v) for v in rng.randint(60, 160, size=3)), width=1)
     cell = size // CELL
     cells = rng.permutation(CELL * CELL)[: len(labels)]
-    for label, c in zip(labels, cells):
+    for label, c in zip(labels, cells, strict=True):
         side = rng.randint(int(cell * 0.7), cell)
         x0 = (c % CELL) * cell + rng.randint(0, cell - side + 1)
         y0 = (c // CELL) * cell + rng.randint(0, cell - side + 1)
