@@ -228,3 +228,9 @@ def test_loader_is_reproducible(tmp_path: Path) -> None:
     assert order_a != order_c
     loader = build_loader(ds, batch_size=3, shuffle=False, workers=0, seed=0)
     assert loader.pin_memory == torch.cuda.is_available() and len(loader) == 3
+
+
+def test_skipped_counter_works_with_spawned_workers(tmp_path: Path) -> None:
+    ds = ImageDataset(make_data(tmp_path, 4, broken=(2,)), TestTransform(8), on_error="skip")
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="spawn")
+    assert torch.cat([index for _, _, index in loader]).tolist() == [0, 1, 3, 3] and ds.skipped == 1

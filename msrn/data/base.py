@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from msrn.errors import MSRNError
 log = logging.getLogger(__name__)
 
 PathLike = str | Path
+_COUNTER_SLOTS = 257  # skip counter slots: the main process, then one per DataLoader worker
 
 
 @dataclass
@@ -107,9 +107,10 @@ class ImageDataset(torch.utils.data.Dataset):
 
     on_error="stop" turns an unreadable image into an MSRNError naming the file. on_error="skip" logs
     a warning naming the file and returns the next readable image instead (with that image's own
-    target and index, so the triple stays consistent). `skipped` counts skip events in a counter held
-    in shared memory: DataLoader worker processes inherit it, so the main process sees the total over
-    all workers (an image skipped in every epoch is counted once per epoch).
+    target and index, so the triple stays consistent). `skipped` counts skip events in a shared-memory
+    tensor with one slot per process (the main process and each DataLoader worker, forked or spawned,
+    write only their own slot), so the main process sees the total over all workers; an image skipped
+    in every epoch is counted once per epoch.
     """
 
     def __init__(
@@ -123,13 +124,13 @@ class ImageDataset(torch.utils.data.Dataset):
         self.data = data
         self.transform = transform
         self.on_error = on_error
-        self._skipped = multiprocessing.Value("q", 0)
+        self._skipped = torch.zeros(_COUNTER_SLOTS, dtype=torch.int64).share_memory_()
         self._targets = torch.from_numpy(data.targets.astype(np.float32))
 
     @property
     def skipped(self) -> int:
         """Number of unreadable images skipped so far, summed over all worker processes."""
-        return int(self._skipped.value)
+        return int(self._skipped.sum())
 
     def __len__(self) -> int:
         """Number of images."""
@@ -150,7 +151,7 @@ class ImageDataset(torch.utils.data.Dataset):
             try:
                 return self._load(j)
             except MSRNError as e:
-                with self._skipped.get_lock():
-                    self._skipped.value += 1
+                worker = torch.utils.data.get_worker_info()
+                self._skipped[0 if worker is None else 1 + worker.id % (_COUNTER_SLOTS - 1)] += 1
                 log.warning("skipping unreadable image: %s", e)
         raise MSRNError(f"no readable image in dataset {self.data.name} split {self.data.split}")
