@@ -104,6 +104,9 @@ def test_voc_bad_input(tmp_path: Path) -> None:
     (voc / "Annotations" / "000007.xml").write_text(VOC_XML.format(id=7, objects=VOC_OBJ.format(name="ufo", d=0)))
     with pytest.raises(MSRNError, match="'ufo' is not one of the 20"):
         build_dataset("voc2007", tmp_path, "trainval")
+    (voc / "ImageSets" / "Main" / "trainval.txt").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(MSRNError, match=r"trainval\.txt: cannot read as UTF-8"):
+        build_dataset("voc2007", tmp_path, "trainval")
     for label in VOC_LABELS:
         (voc / "ImageSets" / "Main" / f"{label}_trainval.txt").write_text("000005 -1\n000007 2\n")
     with pytest.raises(MSRNError, match=r"aeroplane_trainval\.txt:2: expected"):
@@ -189,6 +192,16 @@ def test_nuswide_parsing(tmp_path: Path) -> None:
     assert d.label_counts()["person"] == 1
     v = build_dataset("nuswide", tmp_path, "val")
     assert len(v) == 1 and v.targets[0, NUSWIDE_LABELS.index("map")] == 1
+
+
+def test_nuswide_index_column_and_bad_encoding(tmp_path: Path) -> None:
+    tiny_image(tmp_path / "x.jpg")
+    (tmp_path / "nus_wid_data.csv").write_text(",filepath,label,split_name\n0,x.jpg,['sky'],train\n")
+    d = build_dataset("nuswide", tmp_path, "train")
+    assert d.images == [(tmp_path / "x.jpg").resolve()] and d.label_counts()["sky"] == 1
+    (tmp_path / "nus_wid_data.csv").write_bytes(b"filepath,label,split_name\n\xff\xfe,[],train\n")
+    with pytest.raises(MSRNError, match="not UTF-8"):
+        build_dataset("nuswide", tmp_path, "train")
 
 
 def test_nuswide_images_subfolder(tmp_path: Path) -> None:

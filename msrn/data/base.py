@@ -62,6 +62,16 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
+def read_text(path: Path) -> str:
+    """Read a UTF-8 text file; unreadable or non-text content is an MSRNError naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MSRNError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MSRNError(f"{path}: cannot read as UTF-8 text ({e})") from None
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB: alpha composited on white, 16/32-bit ints scaled to 8 bit."""
     mode = img.mode

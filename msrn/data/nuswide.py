@@ -53,21 +53,41 @@ def read_nuswide(data: Path, split: str) -> MultiLabelData:
         raise MSRNError(f"nuswide has no split '{split}' (choose from {', '.join(NUSWIDE_SPLITS)})")
     data = Path(data)
     path = require_file(data / CSV_NAME, "the ASL NUS-WIDE CSV with columns filepath,label,split_name")
+    try:
+        rows, filepaths = _read_rows(path, split)
+    except csv.Error as e:
+        raise MSRNError(f"{path}: malformed CSV ({e})") from None
+    except UnicodeDecodeError as e:
+        raise MSRNError(f"{path}: not UTF-8 text ({e})") from None
+    if not filepaths:
+        raise MSRNError(f"{path}: no rows with split_name '{split}'")
+    base = _image_base(data, filepaths).resolve()
+    targets = np.zeros((len(rows), len(NUSWIDE_LABELS)), dtype=np.int8)
+    for r, cols in enumerate(rows):
+        targets[r, cols] = 1
+    images = [base / p for p in filepaths]
+    return MultiLabelData("nuswide", split, data.resolve(), images, list(NUSWIDE_LABELS), targets)
+
+
+def _read_rows(path: Path, split: str) -> tuple[list[list[int]], list[str]]:
+    """Label columns and file paths of the rows of `split`, validating every row of the CSV."""
     column = {label: k for k, label in enumerate(NUSWIDE_LABELS)}
     filepaths: list[str] = []
     rows: list[list[int]] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
-        if header[:3] != ["filepath", "label", "split_name"]:
+        if not {"filepath", "label", "split_name"} <= set(header):
             raise MSRNError(f"{path}:1: expected the header 'filepath,label,split_name', found {header}")
+        # by name, so a leading index column (as pandas writes it) is fine
+        at = [header.index(name) for name in ("filepath", "label", "split_name")]
         for record in reader:
             line = reader.line_num
             if not record:
                 continue
             if len(record) != len(header):
                 raise MSRNError(f"{path}:{line}: expected {len(header)} columns, found {len(record)}")
-            filepath, label_text, split_name = record[0].strip(), record[1], record[2].strip()
+            filepath, label_text, split_name = record[at[0]].strip(), record[at[1]], record[at[2]].strip()
             if split_name not in NUSWIDE_SPLITS:
                 raise MSRNError(f"{path}:{line}: split_name {split_name!r} is not train or val")
             if not filepath:
@@ -79,11 +99,4 @@ def read_nuswide(data: Path, split: str) -> MultiLabelData:
             if split_name == split:
                 filepaths.append(filepath)
                 rows.append([column[n] for n in names])
-    if not filepaths:
-        raise MSRNError(f"{path}: no rows with split_name '{split}'")
-    base = _image_base(data, filepaths).resolve()
-    targets = np.zeros((len(rows), len(NUSWIDE_LABELS)), dtype=np.int8)
-    for r, cols in enumerate(rows):
-        targets[r, cols] = 1
-    images = [base / p for p in filepaths]
-    return MultiLabelData("nuswide", split, data.resolve(), images, list(NUSWIDE_LABELS), targets)
+    return rows, filepaths

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msrn.data.base import MultiLabelData, require_dir, require_file
+from msrn.data.base import MultiLabelData, read_text, require_dir, require_file
 from msrn.errors import MSRNError
 
 VOC_LABELS = (
@@ -37,7 +37,7 @@ def _read_class_files(main: Path, split: str) -> tuple[list[str], np.ndarray]:
     for label in VOC_LABELS:
         path = main / f"{label}_{split}.txt"
         column: dict[str, int] = {}
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        for lineno, line in enumerate(read_text(path).splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -59,7 +59,7 @@ def _read_class_files(main: Path, split: str) -> tuple[list[str], np.ndarray]:
 def _read_split_file(path: Path) -> list[str]:
     """Read ImageSets/Main/<split>.txt: one image id a line."""
     ids = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
