@@ -53,6 +53,8 @@ def read_coco2014(data: Path, split: str) -> MultiLabelData:
     files: list[Path] = []
     for k, image in enumerate(images):
         image_id = _field(path, image, "id", int, f"images[{k}]")
+        if image_id in row:
+            raise MSRNError(f"{path}: images[{k}] repeats image id {image_id}")
         files.append(images_dir / _field(path, image, "file_name", str, f"images[{k}]"))
         row[image_id] = k
     targets = np.zeros((len(files), len(cats)), dtype=np.int8)

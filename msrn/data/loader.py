@@ -29,6 +29,7 @@ def build_loader(
 
     With workers > 0 each (persistent) worker seeds `random`/numpy from the seeded generator; with
     workers == 0 the transforms run in this process, so `random` and numpy are seeded here once.
+    `shuffle` is ignored when a sampler is given (the sampler decides the order).
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
