@@ -1,0 +1,338 @@
+"""The training loop (design section 7) and the `msrn train` command.
+
+files -> dataset -> loader -> model -> loss -> optimiser -> checkpoint/metrics/plots. The run
+folder holds last.pt (everything needed to resume exactly), best.pt (weights, labels, graph),
+metrics.json (the selected epoch's test metrics), config.json, log.txt and PNG plots.
+Nothing is selected on the test split: best.pt is the best validation epoch when a validation
+split is carved from training (--val-fraction), otherwise the last epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from msrn import distributed as dist
+from msrn.config import TrainConfig, preset_config
+from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset
+from msrn.data.loader import build_loader
+from msrn.data.transforms import TrainTransform
+from msrn.engine.evaluate import autocast, predict_scores, score_metrics
+from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
+from msrn.errors import MSRNError
+
+log = logging.getLogger("msrn")
+
+
+def setup_logging(out: Path | None) -> None:
+    """Log to stderr and, on the main process, append to out/log.txt."""
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    log.addHandler(console)
+    if out is not None:
+        fh = logging.FileHandler(out / "log.txt")
+        fh.setFormatter(fmt)
+        log.addHandler(fh)
+
+
+def split_validation(data: MultiLabelData, fraction: float, seed: int) -> tuple[MultiLabelData, MultiLabelData | None]:
+    """Carve a seeded validation split from the training data (never from the test split)."""
+    if fraction <= 0:
+        return data, None
+    order = np.random.default_rng([seed, 7919]).permutation(len(data))
+    k = max(1, int(round(fraction * len(data))))
+
+    def part(idx: np.ndarray, name: str) -> MultiLabelData:
+        idx = np.sort(idx)
+        return dataclasses.replace(data, split=name, images=[data.images[i] for i in idx], targets=data.targets[idx])
+
+    return part(order[k:], f"{data.split}-train"), part(order[:k], f"{data.split}-val")
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Multi-label soft margin loss; VOC difficult (-1) labels count as positive in training."""
+    return F.multilabel_soft_margin_loss(logits.float(), (targets != 0).float())
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    if not cfg.resume:
+        return None
+    path = Path(cfg.out) / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)
+    if cfg.resume == "auto" and not path.is_file():
+        log.info("no %s to resume from: starting a new run", path)
+        return None
+    if not path.is_file():
+        raise MSRNError(f"--resume: {path} does not exist")
+    return path
+
+
+class Trainer:
+    """Owns one run: data, model, optimiser, schedule, state on disk."""
+
+    def __init__(self, cfg: TrainConfig):
+        from msrn.checkpoint import build_from_state, read_checkpoint
+        from msrn.io import check_writable
+        from msrn.labelset import LabelSet, build_label_set
+        from msrn.models import create_model
+
+        self.device = dist.setup(cfg.device)
+        self.out = Path(cfg.out)
+        resume = resolve_resume(cfg)
+        self.state = read_checkpoint(resume) if resume else None
+        if self.state is not None:  # the run's own config wins, except where to run and for how long
+            saved = TrainConfig.from_dict(self.state["config"])
+            cfg = dataclasses.replace(saved, epochs=cfg.epochs, workers=cfg.workers, device=cfg.device,
+                                      out=cfg.out, resume=cfg.resume)
+        cfg.validate()
+        self.cfg = cfg
+        if dist.is_main():
+            check_writable(self.out)  # before any work, not after the first epoch
+        dist.barrier()
+        setup_logging(self.out if dist.is_main() else None)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+
+        train_split, test_split = DEFAULT_SPLITS[cfg.dataset]
+        self.train_data, self.val_data = split_validation(
+            build_dataset(cfg.dataset, cfg.data, cfg.train_split or train_split), cfg.val_fraction, cfg.seed
+        )
+        self.test_data = build_dataset(cfg.dataset, cfg.data, cfg.test_split or test_split)
+        if self.state is not None:
+            self.labelset = LabelSet.from_dict(self.state["labelset"])
+            model = build_from_state(self.state, str(resume))
+        else:
+            self.labelset = build_label_set(self.train_data, vectors=cfg.word_vectors, name_map=cfg.name_map,
+                                            tau=cfg.tau, cooccurrence=cfg.cooccurrence)
+            model = create_model(cfg.model, labels=self.labelset.labels, word_vectors=self.labelset.word_vectors,
+                                 cooccurrence=self.labelset.cooccurrence, tau=cfg.tau, pool_ratio=cfg.pool_ratio,
+                                 pretrained=cfg.pretrained)
+        if self.test_data.labels != self.labelset.labels:
+            raise MSRNError(f"the {self.test_data.split} split's labels differ from the training split's")
+        self.model = model.to(self.device)
+        if cfg.sync_bn and dist.is_distributed():
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.net = self.model
+        if dist.is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.SGD(self.model.param_groups(cfg.lr, cfg.lr_backbone), lr=cfg.lr,
+                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16" and self.device.type == "cuda")
+
+        world = dist.world_size()
+        if cfg.batch_size % (world * cfg.grad_accum):
+            raise MSRNError(f"--batch-size {cfg.batch_size} must be a multiple of processes x --grad-accum "
+                            f"({world} x {cfg.grad_accum})")
+        self.rank_batch = cfg.batch_size // world
+        self.micro_batch = self.rank_batch // cfg.grad_accum
+        dataset = ImageDataset(self.train_data, TrainTransform(cfg.image_size), on_error=cfg.on_error)
+        self.train_set = dataset
+        self.sampler = EpochSampler(len(dataset), cfg.seed, shuffle=True, rank=dist.rank(), world=world)
+        self.loader = build_loader(SeededView(dataset, cfg.seed), self.micro_batch, shuffle=False,
+                                   workers=cfg.workers, seed=cfg.seed, sampler=self.sampler)
+
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.history: list[dict] = []
+        self.best: dict = {}
+        self.running_loss = [0.0, 0]
+        if self.state is not None:
+            self._restore(self.state)
+        else:
+            self.cfg_save()
+
+    # -- state on disk ------------------------------------------------------------------------
+    def cfg_save(self) -> None:
+        from msrn.io import atomic_write_json
+
+        if dist.is_main():
+            atomic_write_json(self.out / "config.json", self.cfg.to_dict())
+
+    def checkpoint(self, full: bool) -> dict:
+        from msrn.checkpoint import model_state
+
+        ckpt = model_state(self.model, self.cfg.image_size)
+        ckpt.update(labelset=self.labelset.to_dict(), config=self.cfg.to_dict(), epoch=self.epoch,
+                    global_step=self.global_step, best=self.best, history=self.history)
+        if self.best.get("thresholds") is not None:
+            ckpt["thresholds"] = torch.tensor(self.best["thresholds"], dtype=torch.float32)
+        if full:
+            ckpt.update(step_in_epoch=self.step_in_epoch, optimizer=self.optimizer.state_dict(),
+                        scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                        rng=rng_state(), running_loss=list(self.running_loss))
+        return ckpt
+
+    def save(self, name: str, full: bool) -> None:
+        from msrn.io import atomic_save_torch
+
+        if dist.is_main():
+            atomic_save_torch(self.checkpoint(full), self.out / name)
+
+    def _restore(self, s: dict) -> None:
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        self.scaler.load_state_dict(s["scaler"])
+        set_rng_state(s["rng"])
+        self.epoch, self.step_in_epoch, self.global_step = s["epoch"], s["step_in_epoch"], s["global_step"]
+        self.history, self.best = list(s["history"]), dict(s["best"])
+        self.running_loss = list(s["running_loss"])
+        log.info("resumed at epoch %d, step %d of that epoch", self.epoch + 1, self.step_in_epoch)
+
+    # -- loop ---------------------------------------------------------------------------------
+    def train_epoch(self) -> None:
+        cfg = self.cfg
+        self.net.train()
+        self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.rank_batch)
+        steps = math.ceil(len(self.sampler) / self.rank_batch) + self.step_in_epoch
+        bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=None if dist.is_main() else True)
+        micro = 0
+        for images, targets, _ in self.loader:
+            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+            with autocast(self.device, cfg.amp):
+                logits, gloss = self.net(images, return_group_loss=True)
+                loss = training_loss(logits, targets) + gloss.float()
+            if not torch.isfinite(loss):
+                raise MSRNError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
+                                f"{self.step_in_epoch + 1}; stopped. The last good checkpoint "
+                                f"{self.out / 'last.pt'} is intact: lower --lr or check the data")
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            self.running_loss[0] += float(loss.detach()) * len(images)
+            self.running_loss[1] += len(images)
+            micro += 1
+            if micro == cfg.grad_accum:
+                self.optimizer_step()
+                micro = 0
+                bar.update(1)
+                bar.set_postfix(loss=f"{self.running_loss[0] / max(1, self.running_loss[1]):.4f}")
+        if micro:
+            self.optimizer_step()
+        bar.close()
+
+    def optimizer_step(self) -> None:
+        if self.cfg.max_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_in_epoch += 1
+        self.global_step += 1
+        if self.cfg.save_every and self.global_step % self.cfg.save_every == 0:
+            self.save("last.pt", full=True)
+
+    def end_epoch(self, seconds: float) -> None:
+        from msrn.metrics import per_label_thresholds
+
+        cfg = self.cfg
+        self.scheduler.step()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        train_loss = self.running_loss[0] / max(1, self.running_loss[1])
+        self.running_loss = [0.0, 0]
+        thresholds = None
+        entry = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}
+        score = None
+        if self.val_data is not None:
+            vlogits = predict_scores(self.model, self.val_data, cfg.image_size, self.rank_batch, cfg.workers,
+                                     self.device, cfg.amp, desc="val")
+            vm = score_metrics(vlogits, self.val_data.targets)
+            entry["val_mAP"], score = vm["mAP"], vm["mAP"]
+            if cfg.tune_thresholds:
+                probs = 1 / (1 + np.exp(-vlogits.astype(np.float64)))
+                thresholds = per_label_thresholds(probs, self.val_data.targets)
+        tlogits = predict_scores(self.model, self.test_data, cfg.image_size, self.rank_batch, cfg.workers,
+                                 self.device, cfg.amp, desc="test")
+        tm = score_metrics(tlogits, self.test_data.targets, thresholds)
+        entry.update(test_loss=tm["loss"], mAP=tm["mAP"])
+        self.history.append(entry)
+        improved = score is None or not self.best or score >= self.best.get("score", -1)
+        val_txt = f" val mAP {score:.2f} |" if score is not None else ""
+        log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f | %.0fs%s", self.epoch, cfg.epochs,
+                 train_loss, val_txt, tm["mAP"] or float("nan"), tm["CF1"], tm["OF1"], seconds,
+                 " *" if improved else "")
+        if improved:
+            self.best = {"epoch": self.epoch, "score": score if score is not None else tm["mAP"],
+                         "selected_by": "validation mAP" if score is not None else "last epoch",
+                         "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
+        self.save("last.pt", full=True)
+        if improved:
+            self.save("best.pt", full=False)
+            self.write_reports(tm)
+        elif dist.is_main():
+            self.write_history_plot()
+
+    def write_history_plot(self) -> None:
+        from msrn.plots import plot_history
+
+        plot_history(self.history, self.out / "history.png")
+
+    def write_reports(self, tm: dict) -> None:
+        from msrn.io import atomic_write_json
+        from msrn.plots import plot_ap_per_label
+
+        if not dist.is_main():
+            return
+        labels = self.labelset.labels
+        report = {k: v for k, v in tm.items()}
+        report.update(epoch=self.epoch, selected_by=self.best["selected_by"], split=self.test_data.split,
+                      dataset=self.cfg.dataset, labels=labels,
+                      ap_by_label=dict(zip(labels, tm["ap_per_label"])))
+        if self.best.get("thresholds") is not None:
+            report["thresholds_by_label"] = dict(zip(labels, self.best["thresholds"]))
+        atomic_write_json(self.out / "metrics.json", report)
+        plot_ap_per_label(tm["ap_per_label"], labels, self.out / "ap_per_label.png",
+                          title=f"AP per label, {self.test_data.split} split, epoch {self.epoch}")
+        self.write_history_plot()
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        log.info("train %s: %d images (%s), test %d images (%s), %d labels, model %s, device %s%s",
+                 cfg.dataset, len(self.train_data), self.train_data.split, len(self.test_data),
+                 self.test_data.split, len(self.labelset.labels), cfg.model, self.device,
+                 f", {dist.world_size()} processes" if dist.world_size() > 1 else "")
+        while self.epoch < cfg.epochs:
+            t0 = time.time()
+            self.train_epoch()
+            self.end_epoch(time.time() - t0)
+        if self.train_set.skipped:
+            log.info("skipped %d unreadable training images (--on-error skip)", self.train_set.skipped)
+        return self.best
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train with `cfg` and return the selected epoch's summary (Python API of `msrn train`)."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        dist.teardown()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from msrn.config import add_config_arguments
+
+    add_config_arguments(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    from msrn.config import config_from_args
+
+    best = train(config_from_args(args))
+    if dist.is_main():
+        print(f"done: best.pt from epoch {best['epoch']} ({best['selected_by']}); run folder {args.out}")
+    return 0
