@@ -1,0 +1,166 @@
+"""`msrn export`: a checkpoint as an ONNX model, checked against PyTorch with onnxruntime.
+
+The graph takes `image` (batch x 3 x S x S, normalised as `TestTransform` does; the batch axis
+is dynamic) and returns `logits` (batch x C). The label names (JSON list), the input size and
+the normalisation are stored in the model's metadata_props. The label and group semantics
+depend on the weights only, so they are computed once here and stored as a constant; the
+attention is the spec's formula written with plain tensor ops (the training code's custom
+autograd function cannot be traced), split over label chunks to bound its memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from msrn.errors import MSRNError
+from msrn.models.msrn import MSRN
+from msrn.predict import add_checkpoint_arguments
+
+OPSET = 17
+TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, relative to max(1, max |logit|)
+CHUNK = 16  # semantic vectors per attention block in the exported graph
+
+
+def traceable_attention(feats: torch.Tensor, sem: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+    """label_attention_naive's formula in blocks of `chunk` semantics: B x D x N, M x D -> B x M x D."""
+    outs = []
+    for start in range(0, sem.shape[0], chunk):
+        s = sem[start:start + chunk]  # m x D
+        alpha = torch.softmax(feats[:, None] * s[None, :, :, None], dim=-1)  # B x m x D x N
+        outs.append((alpha * feats[:, None]).sum(-1))
+    return torch.cat(outs, 1)
+
+
+class ExportableMSRN(nn.Module):
+    """MSRN's forward with frozen semantics and traceable attention (same numbers as `MSRN.forward`)."""
+
+    def __init__(self, model: MSRN) -> None:
+        super().__init__()
+        self.model = model
+        with torch.no_grad():
+            local, groups, _ = model.semantics()
+        self.register_buffer("sem", torch.cat([local, groups], 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> logits."""
+        attended = torch.cat([traceable_attention(f, self.sem) for f in self.model.depth_features(x)], -1)
+        return self.model.head(attended)
+
+
+def _require_onnx() -> tuple[object, object]:
+    """The onnx and onnxruntime modules, or one line saying how to install them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise MSRNError(
+            f"ONNX export needs onnx and onnxruntime ({e.name} is missing): pip install 'msrn[export]'"
+        ) from None
+    return onnx, onnxruntime
+
+
+def metadata(model: nn.Module, image_size: int) -> dict[str, str]:
+    """What a consumer of the ONNX file needs besides the graph: labels, input size, normalisation."""
+    return {
+        "labels": json.dumps(list(model.labels), ensure_ascii=False),
+        "image_size": str(int(image_size)),
+        "input": "RGB, bilinear resize to image_size x image_size, /255, minus mean, over std; NCHW float32",
+        "mean": json.dumps([round(float(v), 6) for v in IMAGENET_MEAN]),
+        "std": json.dumps([round(float(v), 6) for v in IMAGENET_STD]),
+        "output": "logits; sigmoid gives per-label probabilities",
+        "architecture": "msrn" if isinstance(model, MSRN) else "baseline",
+        "producer": "msrn export",
+    }
+
+
+def verify(path: str | os.PathLike, model: nn.Module, image_size: int, batch: int = 3, seed: int = 0) -> float:
+    """Run the ONNX file and the PyTorch model on one random batch; return the logits' max abs difference.
+
+    Raises MSRNError when the difference exceeds TOLERANCE x max(1, max |logit|).
+    """
+    _, ort = _require_onnx()
+    x = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = model(x).float().numpy()
+    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"image": x.numpy()})[0]
+    if got.shape != expected.shape:
+        raise MSRNError(f"ONNX output has shape {got.shape}, PyTorch's {expected.shape}")
+    diff = float(np.abs(got - expected).max())
+    if not diff <= TOLERANCE * max(1.0, float(np.abs(expected).max())):
+        raise MSRNError(f"ONNX logits differ from PyTorch's by {diff:.3g} (tolerance {TOLERANCE:g})")
+    return diff
+
+
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike, image_size: int | None = None, opset: int = OPSET
+) -> float:
+    """Write `model` to `path` as ONNX (dynamic batch, labels in metadata), verified; return the max diff.
+
+    The file appears only once verified: it is written beside `path` and renamed over it.
+    """
+    onnx, _ = _require_onnx()
+    if opset < 17:
+        raise MSRNError(f"opset {opset} is too old; use 17 or newer")
+    image_size = int(image_size or getattr(model, "image_size", 448))
+    model = model.eval().cpu()
+    module = ExportableMSRN(model).eval() if isinstance(model, MSRN) else model
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise MSRNError(f"output folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+            torch.onnx.export(
+                module, (torch.zeros(2, 3, image_size, image_size),), os.fspath(tmp), dynamo=False,
+                input_names=["image"], output_names=["logits"], opset_version=opset,
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        proto = onnx.load(os.fspath(tmp))
+        del proto.metadata_props[:]
+        for key, value in metadata(model, image_size).items():
+            proto.metadata_props.add(key=key, value=value)
+        proto.doc_string = "MSRN multi-label classifier exported by msrn export"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, os.fspath(tmp))
+        diff = verify(tmp, model, image_size)  # the original model, its own attention code
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return diff
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `msrn export`."""
+    add_checkpoint_arguments(parser)
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="where to write the model, e.g. model.onnx")
+    parser.add_argument("--image-size", type=int, metavar="S",
+                        help="input side in pixels (default: the size the checkpoint was trained at)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, 17 or newer (default {OPSET})")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `msrn export`: load, export, verify with onnxruntime, report."""
+    from msrn.checkpoint import load_model
+
+    _require_onnx()
+    model = load_model(args.checkpoint, word_vectors=args.word_vectors, cooccurrence=args.cooccurrence)
+    diff = export_onnx(model, args.out, args.image_size, args.opset)
+    print(
+        f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {args.image_size or model.image_size}px, "
+        f"dynamic batch); onnxruntime logits match PyTorch's within {diff:.2g}",
+        file=sys.stderr,
+    )
+    return 0
