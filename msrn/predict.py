@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,15 @@ def read_input(item: ImageInput) -> Image.Image:
     if isinstance(item, np.ndarray):
         return array_to_image(item)
     raise MSRNError(f"cannot read an image from a {type(item).__name__}; give a path, a PIL image or an array")
+
+
+@dataclass
+class Result:
+    """One image's outcome: its record, all label probabilities and, when asked, its Explanation."""
+
+    record: dict
+    probabilities: np.ndarray | None = None
+    explanation: Any = None
 
 
 class Predictor:
@@ -177,8 +187,8 @@ class Predictor:
         threshold: float | Sequence[float] | None = None,
         top_k: int | None = None,
         explain_k: int = 0,
-    ) -> Iterator[tuple[dict, Any]]:
-        """(record, Explanation or None) per image, in input order, computed batch by batch."""
+    ) -> Iterator[Result]:
+        """A Result per image, in input order, computed batch by batch (explain_k > 0 adds maps)."""
         items = expand_inputs(self._as_list(images))
         thresholds = self.thresholds if threshold is None else self._threshold_vector(threshold)
         top_k = self.top_k if top_k is None else top_k
@@ -193,13 +203,13 @@ class Predictor:
             for i, img, err in batch:
                 name = describe(items[i])
                 if err is not None:
-                    yield {"image": name, "error": err.removeprefix(f"{name}: "), "labels": []}, None
+                    yield Result({"image": name, "error": err.removeprefix(f"{name}: "), "labels": []})
                     continue
                 r = row[i]
                 expl = None
                 if idx is not None:
                     expl = self._explanation(img, name, i, probs[r], idx[r], [m[r] for m in maps], thresholds)
-                yield self._record(name, probs[r], thresholds, top_k), expl
+                yield Result(self._record(name, probs[r], thresholds, top_k), probs[r], expl)
 
     def _explanation(
         self, img: Image.Image, name: str | None, i: int, probs: np.ndarray, ids: np.ndarray,
@@ -228,7 +238,7 @@ class Predictor:
         top_k: int | None = None,
     ) -> list[dict]:
         """Records for paths, folders, PIL images or arrays (one input or a list); see the module docstring."""
-        return [record for record, _ in self.iter_results(images, threshold, top_k)]
+        return [result.record for result in self.iter_results(images, threshold, top_k)]
 
     def probabilities(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         """N x C label probabilities in `labels` order; an unreadable image is an error here."""
@@ -244,10 +254,10 @@ class Predictor:
     def explain(self, images: ImageInput | Iterable[ImageInput], k: int = 3) -> list[Any]:
         """An `msrn.explain.Explanation` (top-k labels and their maps) per image; unreadable is an error."""
         out = []
-        for record, expl in self.iter_results(images, explain_k=max(1, k)):
-            if expl is None:
-                raise MSRNError(record["error"])
-            out.append(expl)
+        for result in self.iter_results(images, explain_k=max(1, k)):
+            if result.explanation is None:
+                raise MSRNError(result.record["error"])
+            out.append(result.explanation)
         return out
 
 
@@ -366,7 +376,8 @@ def main(args: argparse.Namespace) -> int:
     items = expand_inputs(args.inputs)  # an empty folder fails before any output starts
     output = _Output(args.format, args.out)
     failed, used = 0, set()
-    for index, (record, expl) in enumerate(predictor.iter_results(items, explain_k=explain_k)):
+    for index, result in enumerate(predictor.iter_results(items, explain_k=explain_k)):
+        record, expl = result.record, result.explanation
         if "error" in record:
             failed += 1
             print(f"msrn predict: {record['image']}: {record['error']}", file=sys.stderr)
