@@ -12,6 +12,7 @@ import argparse
 import io
 import json
 import pickle
+import re
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -138,8 +139,11 @@ class LabelSet:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise MSRNError(f"{path} holds something other than a plain label set; refusing it ({first})") from None
+            found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+            detail = found.group(1).split(". ")[0].strip() if found else type(e).__name__
+            if "global" in detail.lower():
+                raise MSRNError(f"{path} holds Python objects, not a plain label set; refusing it ({detail})") from None
+            raise MSRNError(f"{path} is not a readable label set (truncated or corrupt?): {detail}") from None
         except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise MSRNError(f"{path} is not a readable label set (truncated or corrupt?): {first}") from None
