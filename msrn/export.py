@@ -24,7 +24,7 @@ from torch import nn
 from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from msrn.errors import MSRNError
 from msrn.models.msrn import MSRN
-from msrn.predict import add_checkpoint_arguments
+from msrn.predict import add_checkpoint_arguments, load_from_args
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, relative to max(1, max |logit|)
@@ -146,20 +146,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_arguments(parser)
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
     parser.add_argument("--out", required=True, metavar="FILE", help="where to write the model, e.g. model.onnx")
-    parser.add_argument("--image-size", type=int, metavar="S",
-                        help="input side in pixels (default: the size the checkpoint was trained at)")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, 17 or newer (default {OPSET})")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run `msrn export`: load, export, verify with onnxruntime, report."""
-    from msrn.checkpoint import load_model
-
     _require_onnx()
-    model = load_model(args.checkpoint, word_vectors=args.word_vectors, cooccurrence=args.cooccurrence)
-    diff = export_onnx(model, args.out, args.image_size, args.opset)
+    predictor = load_from_args(args)
+    model = predictor.model
+    diff = export_onnx(model, args.out, predictor.image_size, args.opset)
     print(
-        f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {args.image_size or model.image_size}px, "
+        f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {predictor.image_size}px, "
         f"dynamic batch); onnxruntime logits match PyTorch's within {diff:.2g}",
         file=sys.stderr,
     )

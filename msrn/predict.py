@@ -139,10 +139,16 @@ class Predictor:
         path: str | os.PathLike,
         word_vectors: Any = None,
         cooccurrence: Any = None,
+        labels: Sequence[str] | None = None,
         **options: Any,
     ) -> Predictor:
-        """Load a project or reference checkpoint (the latter needs its word vectors and co-occurrence)."""
-        return cls(load_model(path, word_vectors=word_vectors, cooccurrence=cooccurrence), **options)
+        """Load a project or reference checkpoint (the latter needs its word vectors and co-occurrence).
+
+        labels name a reference checkpoint's outputs (it stores none); a project checkpoint's own
+        names must match them.
+        """
+        labels = list(labels) if labels is not None else None
+        return cls(load_model(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels), **options)
 
     def _batches(self, items: Sequence[ImageInput]) -> Iterator[list[tuple[int, Image.Image | None, str | None]]]:
         """Batches of (index, decoded image or None, error or None), decoded lazily."""
@@ -265,23 +271,48 @@ def load(
     checkpoint: str | os.PathLike,
     word_vectors: Any = None,
     cooccurrence: Any = None,
+    labels: Sequence[str] | None = None,
     **options: Any,
 ) -> Predictor:
     """`msrn.load("best.pt")`: a Predictor for a project checkpoint or a reference one (with its pickles).
 
     options: image_size, threshold, top_k, batch_size, device (see `Predictor`).
     """
-    return Predictor.from_checkpoint(checkpoint, word_vectors=word_vectors, cooccurrence=cooccurrence, **options)
+    return Predictor.from_checkpoint(checkpoint, word_vectors, cooccurrence, labels, **options)
+
+
+def read_label_file(path: str | os.PathLike) -> list[str]:
+    """Label names, one per line (blank lines ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MSRNError(f"cannot read label names from {path}: {e}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise MSRNError(f"{path} holds no label names")
+    return names
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    """--checkpoint and the reference checkpoint's two companion files (shared with export and serve)."""
+    """--checkpoint, the reference checkpoint's companion files and --image-size (shared with export, serve)."""
     parser.add_argument("--checkpoint", required=True, metavar="FILE",
                         help="a project checkpoint (best.pt, last.pt) or a reference MSRN checkpoint")
     parser.add_argument("--word-vectors", metavar="FILE",
                         help="label word vectors (reference checkpoints only: the reference's word-vector pickle)")
     parser.add_argument("--cooccurrence", metavar="FILE",
                         help="label co-occurrence pickle {'adj','nums'} (reference checkpoints only)")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="label names, one per line, in output order (reference checkpoints store none)")
+    parser.add_argument("--image-size", type=int, metavar="S",
+                        help="input side in pixels (default: the checkpoint's; 448 for reference checkpoints)")
+
+
+def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:
+    """The Predictor that the shared checkpoint options describe."""
+    if args.image_size is not None and args.image_size < 32:
+        raise MSRNError("--image-size must be at least 32")
+    labels = read_label_file(args.labels) if args.labels else None
+    return load(args.checkpoint, args.word_vectors, args.cooccurrence, labels, image_size=args.image_size, **options)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -364,8 +395,8 @@ def main(args: argparse.Namespace) -> int:
         raise MSRNError("--threshold must lie in [0, 1]")
     if args.explain_labels < 1:
         raise MSRNError("--explain-labels must be at least 1")
-    predictor = load(args.checkpoint, args.word_vectors, args.cooccurrence, threshold=args.threshold,
-                     top_k=args.top_k, batch_size=args.batch_size, device=args.device)
+    predictor = load_from_args(args, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
+                               device=args.device)
     explain_k = 0
     if args.explain:
         from msrn.explain import require_msrn, save_figure

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from msrn.data.base import _to_rgb
 from msrn.errors import MSRNError
-from msrn.predict import Predictor, add_checkpoint_arguments, load
+from msrn.predict import Predictor, add_checkpoint_arguments, load_from_args
 
 MAX_UPLOAD_MB = 20
 SHOWN_SCORES = 10  # scores listed on the page, best first
@@ -145,8 +145,7 @@ def main(args: argparse.Namespace) -> int:
     """Run `msrn serve` until interrupted."""
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise MSRNError("--threshold must lie in [0, 1]")
-    predictor = load(args.checkpoint, args.word_vectors, args.cooccurrence, threshold=args.threshold,
-                     device=args.device)
+    predictor = load_from_args(args, threshold=args.threshold, device=args.device)
     app = create_app(predictor, max(0, args.explain_labels), args.max_upload_mb)
     server = make_server(app, args.host, args.port)
     print(f"msrn serve: {args.checkpoint} on http://{args.host}:{server.port}/ (Ctrl+C stops)", file=sys.stderr)
