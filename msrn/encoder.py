@@ -50,8 +50,10 @@ def encode_labels(texts: list[str], model: str = DEFAULT_ENCODER) -> np.ndarray:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
     except ModuleNotFoundError:
         raise MSRNError(f"the text encoder needs sentence-transformers; install it with {INSTALL_HINT}") from None
+    hf_logging.disable_progress_bar()  # no weight-loading bar in the middle of msrn's own output
     try:
         encoder = SentenceTransformer(str(folder), device="cpu")
         vecs = encoder.encode(list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True,

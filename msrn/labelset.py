@@ -17,7 +17,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from msrn.graph import REWEIGHT, TAU, Cooccurrence, adjacency, count_cooccurrenc
 from msrn.io import atomic_save_torch, atomic_write_bytes, atomic_write_text, check_writable
 from msrn.vectors_ngram import NGRAM_DIM, ngram_vectors
 from msrn.wordvec import label_words, load_word_vectors, read_name_map
+
+if TYPE_CHECKING:
+    from msrn.data import MultiLabelData
 
 FORMAT = "msrn-labels"
 VERSION = 1
@@ -182,7 +185,7 @@ def label_vectors(
     if source is not None and not isinstance(source, (str, Path)):
         return load_word_vectors(source, labels), "array"
     spec = "ngram" if source is None else str(source)
-    kind, _, arg = spec.partition(":")
+    kind, _, arg = spec.partition(":") if not isinstance(source, Path) else ("file", "", "")
     if kind == "ngram":
         try:
             dim = int(arg) if arg else NGRAM_DIM
@@ -203,7 +206,7 @@ def label_vectors(
 
 
 def build_label_set(
-    train_data: Any,
+    train_data: MultiLabelData,
     vectors: str | Path | np.ndarray | None = None,
     name_map: str | Path | dict[str, str] | None = None,
     tau: float = TAU,
