@@ -1,0 +1,365 @@
+"""Checkpoints: reference checkpoints against an independent implementation of the spec, strict
+key handling, the project's own format, refusing code-carrying files, and ImageNet weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from reference_impl import random_reference_state, reference_forward
+
+from msrn.checkpoint import load_model, map_reference_state, model_state, read_checkpoint
+from msrn.errors import MSRNError
+from msrn.models import create_model
+from msrn.models.resnet import ResNet
+from msrn.safe_pickle import load_numpy_pickle
+
+DATASETS = ["voc", "coco", "nuswide", "apparel"]
+UNUSED = ["B", "W", "resnet_101.conv_buffer0.bias", "resnet_101.conv_buffer0.weight"]
+SEEDS = {"voc": 1, "coco": 2, "nuswide": 3, "apparel": 4}
+
+
+@pytest.fixture(scope="module")
+def key_spec(reference_data: Path) -> dict:
+    return json.loads((reference_data / "official-checkpoint-keys.json").read_text())
+
+
+def _label_files(reference_data: Path, ds: str) -> tuple[Path, Path]:
+    return reference_data / ds / f"{ds}_glove_word2vec.pkl", reference_data / ds / f"{ds}_adj.pkl"
+
+
+def _reference_logits(sd: dict, x: torch.Tensor, reference_data: Path, ds: str, **kw):
+    wv_path, adj_path = _label_files(reference_data, ds)
+    adj = load_numpy_pickle(adj_path)
+    # the model stores its label vectors as float32, so hand the reference the same values
+    wv = np.asarray(load_numpy_pickle(wv_path), dtype=np.float32)
+    with torch.no_grad():
+        return reference_forward(sd, x, wv, adj["adj"], adj["nums"], dtype=torch.float32, **kw)
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def _wrap(sd: dict) -> dict:
+    return {"epoch": 1, "arch": "resnet101", "state_dict": sd, "best_score": 0}
+
+
+def _load_reference(source, reference_data: Path, ds: str):
+    wv_path, adj_path = _label_files(reference_data, ds)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(source, word_vectors=wv_path, cooccurrence=adj_path)
+    return model, [str(w.message) for w in caught]
+
+
+# ----------------------------------------------------------------------------- reference parity
+
+
+@pytest.fixture(scope="module")
+def apparel_state(key_spec: dict) -> dict:
+    return random_reference_state(key_spec["apparel"]["keys"], seed=SEEDS["apparel"])
+
+
+def _first_version(sd: dict) -> dict:
+    """The reference's first release carries ProjectMs.{weight,bias} (a 512x512 linear) instead of W/B."""
+    sd = {k: v for k, v in sd.items() if k not in ("W", "B")}
+    g = torch.Generator().manual_seed(99)
+    sd["ProjectMs.weight"] = torch.randn(512, 512, generator=g)
+    sd["ProjectMs.bias"] = torch.randn(512, generator=g)
+    return sd
+
+
+@pytest.mark.parametrize("ds", DATASETS)
+def test_reference_checkpoint_matches_independent_forward(
+    ds: str, key_spec: dict, reference_data: Path, tmp_path: Path, request: pytest.FixtureRequest
+):
+    spec = key_spec[ds]
+    if ds == "apparel":  # shared with the error tests below; the first-version variant is checked on it
+        sd = request.getfixturevalue("apparel_state")
+    else:
+        sd = random_reference_state(spec["keys"], seed=SEEDS[ds])
+    assert {k: list(v.shape) for k, v in sd.items()} == spec["keys"]
+    unused = UNUSED
+    if ds == "apparel":
+        sd = _first_version(sd)
+        unused = ["ProjectMs.bias", "ProjectMs.weight", *UNUSED[2:]]
+    if ds in ("voc", "apparel"):
+        path = tmp_path / f"{ds}_checkpoint_best.pth.tar"
+        torch.save(_wrap(sd), path)
+        source = path
+    else:
+        # COCO and NUS-WIDE hold a 264M-weight fc1 (1 GB): skip the disk round trip to keep the suite fast;
+        # load_model takes the same dict that torch.load returns
+        source = _wrap(sd)
+    model, msgs = _load_reference(source, reference_data, ds)
+    assert not model.training
+    assert model.cfg.num_classes == spec["num_classes"] and model.cfg.num_groups == spec["num_groups"]
+    # the loader names every dropped unused key, and nothing else is dropped
+    drop_msgs = [m for m in msgs if "dropped" in m]
+    assert len(drop_msgs) == 1, msgs
+    named = drop_msgs[0].split(":")[-1].replace(",", " ").split()
+    assert sorted(named) == unused
+
+    shapes = [(1, 3, 64, 64)] + ([(2, 3, 128, 128)] if ds == "voc" else [])
+    for i, shape in enumerate(shapes):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(10 + i))
+        with torch.no_grad():
+            got = model(x)
+        want, want_gloss = _reference_logits(sd, x, reference_data, ds, return_group_loss=True)
+        assert got.shape == (shape[0], spec["num_classes"])
+        assert torch.isfinite(want).all() and want.abs().max() > 0.1  # the random weights stay in a sane range
+        assert _rel_err(got, want) <= 1e-4, (ds, shape)
+    with torch.no_grad():
+        gloss = model.semantics()[2]
+    assert float(gloss) == pytest.approx(float(want_gloss), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["resnet_101.layer3.5.conv2.weight", "label_embed.layers.1.a", "fc2.weight"],
+)
+def test_reference_missing_key_is_an_error(key: str, apparel_state: dict, reference_data: Path):
+    sd = {k: v for k, v in apparel_state.items() if k != key}
+    with pytest.raises(MSRNError) as err:
+        _load_reference(_wrap(sd), reference_data, "apparel")
+    assert key.removeprefix("resnet_101.") in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["resnet_101.conv_buffer3.weight", "label_embed.layers.2.W"])
+def test_reference_unknown_key_is_an_error(key: str, apparel_state: dict, reference_data: Path):
+    sd = {**apparel_state, key: torch.zeros(4, 4)}
+    with pytest.raises(MSRNError) as err:
+        _load_reference(_wrap(sd), reference_data, "apparel")
+    assert key.removeprefix("resnet_101.") in str(err.value)
+    assert "unexpected" in str(err.value)
+
+
+@pytest.mark.parametrize("key, shape", [("resnet_101.layer2.1.conv2.weight", (128, 128, 1, 1))])
+def test_reference_wrong_shape_is_an_error(key: str, shape: tuple, apparel_state: dict, reference_data: Path):
+    sd = {**apparel_state, key: torch.zeros(shape)}
+    with pytest.raises(MSRNError) as err:
+        _load_reference(_wrap(sd), reference_data, "apparel")
+    assert key.removeprefix("resnet_101.") in str(err.value)
+    assert str(tuple(shape)) in str(err.value)
+
+
+def test_reference_checkpoint_needs_label_files(apparel_state: dict):
+    with pytest.raises(MSRNError, match="word-vector"):
+        load_model(_wrap(apparel_state))
+
+
+@pytest.mark.parametrize("ds", DATASETS)
+def test_reference_keys_map_onto_every_model_parameter(ds: str, key_spec: dict):
+    """Nothing is silently ignored: apart from the allowed unused keys, the reference keys are exactly
+    the model's state (less the label buffers), with the same shapes."""
+    spec = key_spec[ds]
+    state = {k: torch.empty(v, device="meta") for k, v in spec["keys"].items()}
+    mapped, dropped = map_reference_state(state)
+    assert sorted(dropped) == UNUSED
+    with torch.device("meta"):
+        # K comes from pool_ratio alone: int(pool_ratio * C) reproduces every reference checkpoint
+        model = create_model("msrn_resnet101", num_classes=spec["num_classes"], pool_ratio=spec["pool_ratio"])
+    assert model.cfg.num_groups == spec["num_groups"] == int(spec["pool_ratio"] * spec["num_classes"])
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in ("word_vectors", "adjacency")}
+    assert set(model.state_dict()) - set(own) == {"word_vectors", "adjacency"}
+    assert {k: tuple(v.shape) for k, v in mapped.items()} == own
+
+
+# ----------------------------------------------------------------------------- project checkpoints
+
+
+def _tiny(num_classes: int = 5, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    labels = [f"label{i}" for i in range(num_classes)]
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 6, (num_classes, num_classes))
+    counts = np.triu(counts, 1) + np.triu(counts, 1).T
+    nums = counts.sum(1) // 2 + 3
+    return create_model("msrn_tiny", labels=labels, word_vectors=rng.standard_normal((num_classes, 300)),
+                        cooccurrence=(counts, nums), **kw)
+
+
+def test_project_checkpoint_round_trip(tmp_path: Path):
+    model = _tiny().eval()
+    path = tmp_path / "best.pt"
+    torch.save(model_state(model, image_size=64), path)
+    loaded = load_model(path)
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.image_size == 64
+    assert loaded.labels == model.labels == [f"label{i}" for i in range(5)]
+    assert torch.equal(loaded.adjacency, model.adjacency) and torch.equal(loaded.word_vectors, model.word_vectors)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_project_checkpoint_keeps_its_own_vectors(tmp_path: Path):
+    model = _tiny().eval()
+    path = tmp_path / "best.pt"
+    torch.save(model_state(model, image_size=64), path)
+    other = np.ones((5, 300), dtype=np.float32)
+    with pytest.warns(UserWarning, match="ignored"):
+        loaded = load_model(path, word_vectors=other)
+    assert torch.equal(loaded.word_vectors, model.word_vectors)
+    with pytest.raises(MSRNError, match="labels"):
+        load_model(path, labels=["a", "b", "c", "d", "e"])
+
+
+def test_baseline_checkpoint_round_trip(tmp_path: Path):
+    model = create_model("baseline_tiny", labels=["a", "b", "c"]).eval()
+    path = tmp_path / "baseline.pt"
+    torch.save(model_state(model, image_size=32), path)
+    loaded = load_model(path)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.labels == ["a", "b", "c"] and loaded.image_size == 32
+
+
+def test_project_checkpoint_with_a_missing_weight_is_an_error(tmp_path: Path):
+    ckpt = model_state(_tiny(), image_size=64)
+    del ckpt["state_dict"]["fc_label.bias"]
+    torch.save(ckpt, tmp_path / "c.pt")
+    with pytest.raises(MSRNError, match="fc_label.bias"):
+        load_model(tmp_path / "c.pt")
+
+
+def test_truncated_and_garbage_checkpoints_are_errors(tmp_path: Path):
+    model = _tiny()
+    good = tmp_path / "good.pt"
+    torch.save(model_state(model, image_size=64), good)
+    data = good.read_bytes()
+    for cut in (len(data) // 2, len(data) - 30, 100):
+        bad = tmp_path / f"cut{cut}.pt"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(MSRNError):
+            load_model(bad)
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(MSRNError):
+        read_checkpoint(noise)
+    with pytest.raises(MSRNError, match="does not exist"):
+        read_checkpoint(tmp_path / "absent.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(MSRNError, match="dict"):
+        read_checkpoint(tmp_path / "list.pt")
+    torch.save({"state_dict": {"x": torch.zeros(1)}}, tmp_path / "other.pt")
+    with pytest.raises(MSRNError, match="neither"):
+        load_model(tmp_path / "other.pt")
+
+
+class _SystemPayload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+class _OpenPayload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("payload", [_SystemPayload, _OpenPayload])
+def test_code_carrying_checkpoint_is_refused_without_running_it(payload, tmp_path: Path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"fc1.weight": torch.zeros(2)}, "extra": payload(marker)}, path)
+    assert not marker.exists()
+    with pytest.raises(MSRNError, match="refusing"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    with pytest.raises(MSRNError):
+        load_model(path)
+    assert not marker.exists()
+    # a plain pickle (not torch's zip format) with the same payload is refused too
+    legacy = tmp_path / "evil_legacy.pth"
+    legacy.write_bytes(pickle.dumps(payload(marker), protocol=2))
+    with pytest.raises(MSRNError):
+        read_checkpoint(legacy)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- ImageNet weights
+
+
+def _fake_imagenet(tmp_path: Path, seed: int = 0) -> tuple[Path, dict]:
+    torch.manual_seed(seed)
+    src = ResNet("resnet_tiny")
+    for name, buf in src.named_buffers():
+        if name.endswith("running_mean") or name.endswith("running_var"):
+            buf.copy_(torch.rand_like(buf) + 0.5)
+    state = dict(src.state_dict())
+    state["fc.weight"] = torch.randn(1000, src.channels[-1])
+    state["fc.bias"] = torch.randn(1000)
+    raw = tmp_path / "raw.pth"
+    torch.save(state, raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    path = tmp_path / "src" / f"resnet18-{digest[:8]}.pth"
+    path.parent.mkdir()
+    raw.rename(path)
+    return path, state
+
+
+def _assert_backbone_equals(model, state: dict) -> None:
+    own = model.backbone.state_dict()
+    assert set(own) == {k for k in state if not k.startswith("fc.")}
+    for k, v in own.items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_pretrained_from_path(tmp_path: Path):
+    path, state = _fake_imagenet(tmp_path)
+    model = create_model("msrn_tiny", num_classes=3, pretrained=path)
+    _assert_backbone_equals(model, state)
+
+
+def test_pretrained_from_url_uses_the_cache(tmp_path: Path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MSRN_CACHE", str(cache))
+    path, state = _fake_imagenet(tmp_path)
+    model = create_model("msrn_tiny", num_classes=3, pretrained=path.as_uri())
+    _assert_backbone_equals(model, state)
+    assert [p.name for p in cache.iterdir()] == [path.name]
+    path.unlink()  # the second call can only succeed from the cache
+    again = create_model("msrn_tiny", num_classes=3, pretrained=path.as_uri())
+    _assert_backbone_equals(again, state)
+
+
+def test_pretrained_hash_mismatch_leaves_nothing_in_cache(tmp_path: Path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MSRN_CACHE", str(cache))
+    path, _ = _fake_imagenet(tmp_path)
+    real = path.name.split("-")[1][:8]
+    wrong = path.with_name(f"resnet18-{'0' if real[0] != '0' else '1'}{real[1:]}.pth")
+    path.rename(wrong)
+    with pytest.raises(MSRNError, match="SHA-256"):
+        create_model("msrn_tiny", num_classes=3, pretrained=wrong.as_uri())
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_pretrained_missing_key_is_an_error(tmp_path: Path):
+    _, state = _fake_imagenet(tmp_path)
+    del state["layer2.0.bn1.running_var"]
+    path = tmp_path / "partial.pth"
+    torch.save(state, path)
+    with pytest.raises(MSRNError, match=r"layer2\.0\.bn1\.running_var"):
+        create_model("msrn_tiny", num_classes=3, pretrained=path)
+    state["layer2.0.bn1.running_var"] = torch.ones(7)
+    torch.save(state, path)
+    with pytest.raises(MSRNError, match=r"layer2\.0\.bn1\.running_var"):
+        create_model("msrn_tiny", num_classes=3, pretrained=path)
