@@ -1,0 +1,361 @@
+"""The model: registry and create_model, graph attention, label-guided attention, training behaviour."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from reference_impl import gat_layer, label_guided_attention, label_semantics, reference_group_loss
+
+import msrn.models.attention as attention_mod
+from msrn.errors import MSRNError
+from msrn.models import MODEL_CONFIGS, create_model, list_models
+from msrn.models.attention import label_attention, label_attention_naive
+from msrn.models.gat import GraphAttention, GroupPooling, group_loss
+from msrn.models.msrn import MSRN, MSRNConfig
+
+# ----------------------------------------------------------------------------- registry, create_model
+
+
+def test_registry_names():
+    names = list_models()
+    expected = ("msrn_resnet101", "msrn_resnet50", "msrn_resnet18", "msrn_tiny", "baseline_resnet101", "baseline_tiny")
+    assert set(expected) <= set(names)
+    assert len(names) == len(set(names))
+    with pytest.raises(MSRNError, match="msrn_resnet101"):
+        create_model("msrn_resnet102", num_classes=3)
+
+
+@pytest.mark.parametrize(
+    "name, num_classes, pool_ratio, num_groups, k",
+    [
+        ("msrn_resnet101", 20, 0.2, None, 4),  # VOC
+        ("msrn_resnet101", 80, 0.05, None, 4),  # COCO
+        ("msrn_resnet101", 81, 0.05, None, 4),  # NUS-WIDE
+        ("msrn_resnet50", 11, 0.2, None, 2),  # Apparel
+        ("msrn_resnet50", 30, 0.1, None, 3),
+        ("msrn_resnet101", 20, 0.2, 7, 7),  # an explicit num_groups wins
+    ],
+)
+def test_head_sizes(name: str, num_classes: int, pool_ratio: float, num_groups, k: int):
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        model = create_model(name, num_classes=num_classes, pool_ratio=pool_ratio, num_groups=num_groups)
+    d = 512
+    assert model.cfg.num_groups == k
+    assert model.fc1.in_features == (num_classes + k) * 3 * d
+    assert model.fc1.out_features == 2048 and model.fc2.out_features == num_classes
+    assert tuple(model.group_embed.layers[0].assign_mat.W.shape) == (d, k)
+    assert [m.in_channels for m in model.ProjectM] == [512, 1024, 2048]
+    assert [m.out_channels for m in model.ProjectM] == [d, d, d]
+    assert model.conv_buffer1.in_channels == 512 and model.conv_buffer2.in_channels == 1024
+    assert tuple(model.fc_label.weight.shape) == (256, 300)
+    assert [tuple(layer.W.shape) for layer in model.label_embed.layers] == [(256, 300), (300, 512)]
+    assert len(model.backbone.layer3) == {"msrn_resnet101": 23, "msrn_resnet50": 6}[name]
+
+
+def test_small_configs_follow_their_widths():
+    with torch.device("meta"):
+        m18 = create_model("msrn_resnet18", num_classes=6)
+    assert m18.fc1.in_features == (6 + 1) * 3 * MODEL_CONFIGS["msrn_resnet18"]["semantic_dim"]
+    assert [m.in_channels for m in m18.ProjectM] == [128, 256, 512]
+    tiny = create_model("msrn_tiny", num_classes=10)
+    assert tiny.fc1.in_features == (10 + 2) * 3 * 64 and tiny.fc1.out_features == 256
+    assert isinstance(tiny, MSRN)
+
+
+def test_labels_and_num_classes():
+    model = create_model("msrn_tiny", labels=["cat", "dog", "person"])
+    assert model.cfg.num_classes == 3 and model.labels == ["cat", "dog", "person"]
+    assert create_model("msrn_tiny", num_classes=4).labels == ["0", "1", "2", "3"]
+    with pytest.raises(MSRNError, match="num_classes"):
+        create_model("msrn_tiny", num_classes=4, labels=["a", "b"])
+    with pytest.raises(MSRNError):
+        create_model("msrn_tiny")
+    with pytest.raises(MSRNError, match="labels"):
+        create_model("msrn_tiny", num_classes=3, cooccurrence=(np.zeros((4, 4)), np.ones(4)))
+
+
+def test_label_inputs_become_buffers(tmp_path: Path):
+    labels = ["dining table", "person", "tv"]
+    vecs = np.random.default_rng(0).standard_normal((3, 300)).astype(np.float32)
+    from_array = create_model("msrn_tiny", labels=labels, word_vectors=vecs)
+    assert torch.equal(from_array.word_vectors, torch.from_numpy(vecs))
+    # no co-occurrence: no edges, only self-loops
+    assert torch.equal(from_array.adjacency > 0, torch.eye(3, dtype=torch.bool))
+
+    pkl = tmp_path / "vecs.pkl"
+    pkl.write_bytes(pickle.dumps(vecs.astype(np.float64), protocol=2))
+    assert torch.equal(create_model("msrn_tiny", labels=labels, word_vectors=pkl).word_vectors, from_array.word_vectors)
+
+    glove = tmp_path / "glove.txt"
+    words = {"dining": vecs[0] + 1, "table": vecs[0] - 1, "person": vecs[1], "tv": vecs[2], "other": vecs[2] * 5}
+    glove.write_text("".join(f"{w} {' '.join(f'{x:.9g}' for x in v)}\n" for w, v in words.items()))
+    from_text = create_model("msrn_tiny", labels=labels, word_vectors=glove)
+    assert torch.allclose(from_text.word_vectors, from_array.word_vectors, atol=1e-5)  # mean of dining, table
+    with pytest.raises(MSRNError, match="sofa"):
+        create_model("msrn_tiny", labels=["person", "sofa"], word_vectors=glove)
+
+    counts = np.array([[0, 3, 0], [3, 0, 1], [0, 1, 0]])
+    nums = np.array([4, 10, 2])
+    model = create_model("msrn_tiny", labels=labels, word_vectors=vecs, cooccurrence=(counts, nums))
+    # P(1|0) = 3/4 and P(1|2) = 1/2 pass tau = 0.4: label 1 attends to 0 and 2 (mask = A_hat > 0 = A^T pattern)
+    expected = torch.tensor([[1, 0, 0], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(model.adjacency > 0, expected)
+    assert torch.equal(
+        create_model("msrn_tiny", labels=labels, cooccurrence={"adj": counts, "nums": nums}).adjacency,
+        model.adjacency,
+    )
+
+
+# ----------------------------------------------------------------------------- graph attention
+
+
+def _loop_gat(x: torch.Tensor, layer: GraphAttention, mask: torch.Tensor) -> torch.Tensor:
+    """The GAT formula one pair at a time, softmax written out over the neighbours only."""
+    h = x @ layer.W
+    c = h.shape[0]
+    a = layer.a[:, 0]
+    rows = []
+    for i in range(c):
+        nbrs = [j for j in range(c) if mask[i, j]]
+        scores = torch.stack([F.leaky_relu(torch.dot(a, torch.cat([h[i], h[j]])), 0.2) for j in nbrs])
+        w = torch.exp(scores - scores.max())
+        w = w / w.sum()
+        agg = sum(w[k] * h[j] for k, j in enumerate(nbrs))
+        rows.append(F.elu(agg + h[i]))
+    return torch.stack(rows)
+
+
+def _random_mask(c: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(c, c, generator=g) < 0.3) | torch.eye(c, dtype=torch.bool)
+
+
+def test_gat_layer_matches_pairwise_loop():
+    torch.manual_seed(0)
+    layer = GraphAttention(6, 5).double()
+    with torch.no_grad():
+        layer.a.mul_(3)  # spread the scores so LeakyReLU's negative side is used too
+    x = torch.randn(7, 6, dtype=torch.float64)
+    mask = _random_mask(7, 1)
+    with torch.no_grad():
+        got = layer(x, mask)
+        assert torch.allclose(got, _loop_gat(x, layer, mask), atol=1e-12)
+        assert torch.allclose(got, gat_layer(x, layer.W, layer.a, mask), atol=1e-12)
+        # the mask matters, and it is not symmetric: mask[i, j] means i attends to j
+        assert not torch.allclose(got, layer(x, mask.T), atol=1e-6)
+
+
+def test_gat_masked_neighbours_get_no_attention():
+    torch.manual_seed(1)
+    layer = GraphAttention(4, 3).double()
+    mask = _random_mask(6, 2)
+    mask[0] = False
+    mask[0, 0] = mask[0, 3] = True
+    x = torch.randn(6, 4, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: layer(v, mask), x)  # 6 x 3 x 6 x 4
+    influence = jac.abs().sum((1, 3))  # i, j
+    for i in range(6):
+        for j in range(6):
+            if mask[i, j]:
+                assert influence[i, j] > 0, (i, j)
+            else:
+                assert influence[i, j] == 0, (i, j)
+    # a label with only itself as neighbour: out = ELU(2h)
+    solo = torch.zeros(6, 6, dtype=torch.bool)
+    solo.fill_diagonal_(True)
+    with torch.no_grad():
+        assert torch.allclose(layer(x, solo), F.elu(2 * (x @ layer.W)))
+
+
+def test_group_loss_by_hand():
+    local = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 1.0]])
+    groups = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    assign = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])  # argmax: groups 0, 1, 1
+    # |(3,4) - (0,0)| = 5, |(0,0) - (1,1)| = sqrt 2, |(1,1) - (1,1)| = 0
+    assert float(group_loss(local, groups, assign)) == pytest.approx(1e-4 * (5 + math.sqrt(2)), rel=1e-6)
+    assert float(group_loss(local, groups, assign, weight=1.0)) == pytest.approx(5 + math.sqrt(2), rel=1e-6)
+    assert float(reference_group_loss(local, groups, assign)) == pytest.approx(1e-4 * (5 + math.sqrt(2)), rel=1e-6)
+
+
+def test_group_pooling():
+    torch.manual_seed(2)
+    pool = GroupPooling(8, 3).double()
+    x = torch.relu(torch.randn(5, 8, dtype=torch.float64))
+    mask = _random_mask(5, 3)
+    with torch.no_grad():
+        groups, assign = pool(x, mask)
+        z = gat_layer(x, pool.embed.W, pool.embed.a, mask)
+        s = torch.softmax(gat_layer(x, pool.assign_mat.W, pool.assign_mat.a, mask), dim=1)
+    assert groups.shape == (3, 8) and assign.shape == (5, 3)
+    assert torch.allclose(assign.sum(1), torch.ones(5, dtype=torch.float64))
+    assert torch.allclose(assign, s, atol=1e-12)
+    assert torch.allclose(groups, s.T @ z, atol=1e-12)
+
+
+def test_model_semantics_match_reference():
+    model = _tiny_model()
+    mask = model.adjacency > 0
+    assert (mask & ~torch.eye(5, dtype=torch.bool)).any()  # the test graph has edges
+    with torch.no_grad():
+        local, groups, gloss = model.semantics()
+        ref_local, ref_groups, ref_assign = label_semantics(model.state_dict(), model.word_vectors, mask)
+    assert local.shape == (5, 64) and groups.shape == (2, 64)
+    assert torch.allclose(local, ref_local, atol=1e-5)
+    assert torch.allclose(groups, ref_groups, atol=1e-5)
+    assert float(gloss) == pytest.approx(float(reference_group_loss(ref_local, ref_groups, ref_assign)), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- label-guided attention
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+@pytest.mark.parametrize("b, d, n, m", [(2, 8, 9, 5), (1, 4, 1, 3), (3, 16, 49, 12)])
+def test_label_attention_matches_the_formula(b, d, n, m, scale, monkeypatch):
+    g = torch.Generator().manual_seed(b * 100 + n)
+    feats = (scale * torch.randn(b, d, n, generator=g, dtype=torch.float64)).requires_grad_()
+    sem = (scale * torch.randn(m, d, generator=g, dtype=torch.float64)).requires_grad_()
+    want = label_guided_attention(feats.transpose(1, 2), sem)  # materialised B x N x M x D
+    gw = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    want_grads = torch.autograd.grad((want * gw).sum(), (feats, sem))
+    for chunk in (attention_mod.CHUNK_ELEMENTS, 7):  # the default tiling and many tiny tiles
+        monkeypatch.setattr(attention_mod, "CHUNK_ELEMENTS", chunk)
+        got = label_attention(feats, sem)
+        assert got.shape == (b, m, d)
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-9 * scale)
+        grads = torch.autograd.grad((got * gw).sum(), (feats, sem))
+        for a, w in zip(grads, want_grads, strict=True):
+            assert torch.allclose(a, w, rtol=1e-7, atol=1e-7 * scale)
+    naive = label_attention_naive(feats, sem)
+    assert torch.allclose(naive, want, rtol=1e-9, atol=1e-9 * scale)
+    if n == 1:  # one position: the softmax is 1 and V is F itself
+        assert torch.allclose(want, feats.transpose(1, 2).expand(b, m, d))
+
+
+def test_label_attention_gradcheck():
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(2, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    sem = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(label_attention, (feats, sem))
+
+
+def test_label_attention_float32_large_scores_stay_finite():
+    g = torch.Generator().manual_seed(6)
+    feats = 50 * torch.randn(2, 32, 64, generator=g)
+    sem = 50 * torch.randn(10, 32, generator=g)
+    got = label_attention(feats, sem)
+    want = label_guided_attention(feats.double().transpose(1, 2), sem.double())
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), want, rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- the whole model
+
+
+def _tiny_model(seed: int = 0, **overrides) -> MSRN:
+    torch.manual_seed(seed)
+    counts = np.array([[0, 4, 1, 0, 2], [4, 0, 0, 3, 0], [1, 0, 0, 0, 2], [0, 3, 0, 0, 0], [2, 0, 2, 0, 0]])
+    nums = np.array([5, 8, 3, 6, 4])
+    vecs = np.random.default_rng(seed).standard_normal((5, 300))
+    # two groups: with K = 1 the softmax over groups is constant and assign_mat could never learn
+    return create_model(
+        "msrn_tiny", num_classes=5, num_groups=2, word_vectors=vecs, cooccurrence=(counts, nums), **overrides
+    )
+
+
+def test_train_mode_returns_group_loss_eval_mode_logits():
+    model = _tiny_model()
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    out = model(x)
+    assert isinstance(out, tuple) and len(out) == 2
+    logits, gloss = out
+    assert logits.shape == (2, 5) and gloss.shape == () and float(gloss.detach()) > 0
+    with torch.no_grad():
+        assert float(gloss) == pytest.approx(float(model.semantics()[2]))
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 5)
+        logits2, gloss2 = model(x, return_group_loss=True)
+    assert torch.equal(logits2, out) and float(gloss2) == pytest.approx(float(gloss.detach()))
+
+
+def test_every_parameter_gets_a_gradient():
+    model = _tiny_model().train()
+    x = torch.randn(2, 3, 64, 64)
+    target = torch.tensor([[1.0, 0, 1, 0, 0], [0, 1, 0, 0, 1]])
+    logits, gloss = model(x)
+    (F.binary_cross_entropy_with_logits(logits, target) + gloss).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    assert all(not b.requires_grad for b in (model.word_vectors, model.adjacency))
+
+
+def test_naive_and_default_attention_agree():
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    results = []
+    for mode in ("naive", "chunked"):
+        model = _tiny_model(seed=3, attention=mode).double().train()
+        assert model.cfg.attention == mode
+        logits, gloss = model(x)
+        (logits.square().sum() + gloss).backward()
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (la, ga), (lb, gb) = results
+    assert torch.allclose(la, lb, rtol=1e-9, atol=1e-10)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        assert torch.allclose(ga[n], gb[n], rtol=1e-7, atol=1e-9 * max(1.0, float(ga[n].abs().max()))), n
+
+
+def test_autocast_bfloat16_forward():
+    model = _tiny_model(seed=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.shape == ref.shape and torch.isfinite(low).all()
+    assert (low.float() - ref).abs().max() <= 0.05 * ref.abs().max()  # bf16 matmuls: ~1% here
+    assert F.cosine_similarity(low.float().flatten(), ref.flatten(), dim=0) > 0.99
+
+
+def test_param_groups_split_backbone_and_head():
+    model = _tiny_model()
+    groups = model.param_groups(lr=0.1, lr_backbone=0.01)
+    assert [g["lr"] for g in groups] == [0.01, 0.1]
+    slow_roots = ("backbone", "conv_buffer1", "conv_buffer2")
+    slow_names = {n for n, _ in model.named_parameters() if n.split(".")[0] in slow_roots}
+    names = {id(p): n for n, p in model.named_parameters()}
+    slow = [names[id(p)] for p in groups[0]["params"]]
+    fast = [names[id(p)] for p in groups[1]["params"]]
+    assert set(slow) == slow_names
+    assert "conv_buffer1.weight" in slow and "conv_buffer2.bias" in slow and "backbone.conv1.weight" in slow
+    assert "ProjectM.0.weight" in fast and "fc1.weight" in fast and "label_embed.layers.0.W" in fast
+    assert len(slow) + len(fast) == len(names) and set(slow) | set(fast) == set(names.values())
+    torch.optim.SGD(groups, lr=0.1, momentum=0.9)  # accepted: no parameter appears twice
+
+
+def test_baseline_model():
+    model = create_model("baseline_tiny", num_classes=4).train()
+    logits, zero = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 4) and float(zero) == 0.0
+    groups = model.param_groups(0.1, 0.01)
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_config_round_trip_and_bad_label_inputs():
+    cfg = MSRNConfig(backbone="resnet_tiny", num_classes=3, num_groups=1, label_dims=(8, 8), semantic_dim=16,
+                     hidden_dim=32, labels=["a", "b", "c"])
+    assert MSRNConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError):
+        MSRN(cfg, torch.zeros(3, 299), torch.eye(3))
+    with pytest.raises(ValueError):
+        MSRN(cfg, torch.zeros(3, 300), torch.eye(4))
