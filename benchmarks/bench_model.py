@@ -1,0 +1,240 @@
+"""Time and peak memory of MSRN against the bare ResNet-101 it reads, each measurement in its own process.
+
+Variants (COCO configuration by default: 80 labels, 4 groups, 448x448, float32):
+  backbone   ResNet-101 forward_features + the three 2x2 max-pools (what MSRN reads)
+  naive      MSRN with the spec's materialising attention (the reference's cost)
+  msrn       the project's MSRN (tiled exact attention)
+  optimized  msrn through msrn.models.fuse.optimize_for_inference (inference only)
+Modes: infer (eval, inference_mode) and train (forward, loss, backward, SGD step with momentum).
+
+    python benchmarks/bench_model.py            # full run, several minutes on 2 cores
+    python benchmarks/bench_model.py --quick    # fewer iterations
+    python benchmarks/bench_model.py --device cuda --amp bf16 --batches 16 32
+
+Peak memory on CPU is the growth of the process's peak RSS over its RSS after building the
+model (VmHWM after resetting it through /proc/self/clear_refs); on CUDA it is
+max_memory_allocated over the memory allocated after the build.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("backbone", "naive", "msrn", "optimized")
+MODES = ("infer", "train")
+
+
+class BareBackbone(nn.Module):
+    """ResNet forward_features followed by the 2x2 max-pools MSRN applies at the three depths."""
+
+    def __init__(self, arch: str) -> None:
+        super().__init__()
+        from msrn.models.resnet import ResNet
+
+        self.backbone = ResNet(arch)
+        self.pool = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.pool(f) for f in self.backbone.forward_features(x)]  # B x C_s x H_s x W_s each
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def _reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); without it the build's peak would leak in."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _build(args: argparse.Namespace) -> nn.Module:
+    from msrn.models import create_model
+
+    if args.variant == "backbone":
+        return BareBackbone(args.arch)
+    model = create_model(
+        f"msrn_{args.arch}", num_classes=args.classes, num_groups=args.groups,
+        attention="naive" if args.variant == "naive" else "chunked",
+    )
+    if args.variant == "optimized":
+        from msrn.models.fuse import optimize_for_inference
+
+        model = optimize_for_inference(model.to(args.device), compile=args.compile)
+    return model
+
+
+def _child(args: argparse.Namespace) -> dict:
+    """Build one model, run warm-up and timed iterations of one mode at one batch size, report."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    model = _build(args).to(args.device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    target = (torch.rand(args.batch, args.classes, device=args.device) < 0.05).float()
+    amp = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.amp == "bf16")
+    opt = None
+    if args.mode == "train":
+        model.train()
+        groups = model.param_groups(0.1, 0.01) if hasattr(model, "param_groups") else model.parameters()
+        opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    else:
+        model.eval()
+
+    def step() -> None:
+        if opt is None:
+            with torch.inference_mode(), amp:
+                model(x)
+            return
+        with amp:
+            out = model(x)
+            if args.variant == "backbone":
+                loss = sum(f.float().mean() for f in out)
+            else:
+                logits, gloss = out
+                loss = nn.functional.multilabel_soft_margin_loss(logits.float(), target) + gloss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        _reset_peak()
+        base = _rss_kib("VmRSS") * 1024
+    times = []
+    for i in range(args.warmup + args.iters):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() if cuda else _rss_kib("VmHWM") * 1024
+    return dict(
+        variant=args.variant, mode=args.mode, batch=args.batch, times=times,
+        median=statistics.median(times), min=min(times), peak_growth=peak - base, base=base,
+    )
+
+
+def _run_child(args: argparse.Namespace, variant: str, mode: str, batch: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--mode", mode, "--batch", str(batch)]
+    for k in ("arch", "classes", "groups", "size", "threads", "warmup", "iters", "device", "amp"):
+        cmd += [f"--{k}", str(getattr(args, k))]
+    if args.compile:
+        cmd.append("--compile")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{variant}/{mode}/batch {batch} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _report(results: list[dict], batches: list[int], stat: str) -> str:
+    """Markdown tables: time per step with ratio to the backbone, peak growth, growth per extra image."""
+    get = {(r["variant"], r["mode"], r["batch"]): r for r in results}
+    variants = [v for v in VARIANTS if any(k[0] == v for k in get)]
+    lines = [
+        f"| variant | mode | batch | time/step s ({stat}) | x backbone | peak growth GB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode in MODES:
+        for b in batches:
+            ref = get.get(("backbone", mode, b))
+            for v in variants:
+                r = get.get((v, mode, b))
+                if r is None:
+                    continue
+                ratio = f"{r[stat] / ref[stat]:.2f}" if ref else "-"
+                lines.append(f"| {v} | {mode} | {b} | {r[stat]:.3f} | {ratio} | {r['peak_growth'] / 1e9:.2f} |")
+    if len(batches) >= 2:
+        lo, hi = batches[0], batches[-1]
+        head = f"| variant | mode | peak growth per extra image GB (batch {lo} -> {hi}) | x backbone |"
+        lines += ["", head, "|---|---|---|---|"]
+        for mode in MODES:
+            per = {}
+            for v in variants:
+                if (v, mode, lo) in get and (v, mode, hi) in get:
+                    per[v] = (get[(v, mode, hi)]["peak_growth"] - get[(v, mode, lo)]["peak_growth"]) / (hi - lo)
+            for v, g in per.items():
+                ratio = f"{g / per['backbone']:.2f}" if per.get("backbone") else "-"
+                lines.append(f"| {v} | {mode} | {g / 1e9:.3f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 warm-up and 2 timed iterations")
+    p.add_argument("--batches", type=int, nargs="+", help="default 2 4 on cpu, 16 32 on cuda")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--arch", default="resnet101")
+    p.add_argument("--classes", type=int, default=80)
+    p.add_argument("--groups", type=int, default=4)
+    p.add_argument("--size", type=int, default=448)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (explicit opt-in)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the optimized variant")
+    p.add_argument("--stat", default="median", choices=("median", "min"), help="statistic for the tables")
+    p.add_argument("--json", type=Path, help="also write the raw results here")
+    # child-process arguments
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.warmup is None:
+        args.warmup = 1
+    if args.iters is None:
+        args.iters = 2 if args.quick else 5
+    if args.child:
+        print(json.dumps(_child(args)))
+        return
+    batches = args.batches or ([16, 32] if args.device == "cuda" else [2, 4])
+    print(
+        f"# {args.arch}, {args.classes} labels, {args.groups} groups, {args.size}x{args.size}, device {args.device}, "
+        f"amp {args.amp}, threads {args.threads}, warmup {args.warmup}, iters {args.iters}, torch {torch.__version__}",
+        flush=True,
+    )
+    results = []
+    for mode in args.modes:
+        for b in batches:
+            for v in args.variants:
+                if v == "optimized" and mode == "train":
+                    continue
+                r = _run_child(args, v, mode, b)
+                results.append(r)
+                print(
+                    f"{v:9s} {mode:5s} batch {b:3d}: median {r['median']:.3f} s, min {r['min']:.3f} s, "
+                    f"peak growth {r['peak_growth'] / 1e9:.3f} GB",
+                    flush=True,
+                )
+    print()
+    print(_report(results, batches, args.stat))
+    if args.json:
+        meta = {k: str(v) for k, v in vars(args).items()}
+        args.json.write_text(json.dumps(dict(args=meta, results=results), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""optimize_for_inference keeps the logits (within 1e-4 relative) and is eval-only."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from msrn.models import create_model
+from msrn.models.fuse import fold_batchnorms, optimize_for_inference
+from msrn.models.resnet import ResNet
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def _randomise_batchnorms(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial running statistics and affine parameters, so folding has something to fold."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_msrn_tiny_logits_match(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    model = create_model("msrn_tiny", num_classes=6, num_groups=2)
+    _randomise_batchnorms(model)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        fast = optimize_for_inference(model, channels_last=channels_last)
+        got = fast(x)
+    assert got.shape == want.shape == (2, 6)
+    assert _rel(got, want) < 1e-4
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    assert fast.labels == model.labels
+
+
+def test_small_resnet_features_match() -> None:
+    torch.manual_seed(0)
+    net = ResNet("resnet_tiny")
+    _randomise_batchnorms(net, seed=1)
+    net.eval()
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        want = net(x)
+        got = optimize_for_inference(net)(x)
+    assert _rel(got, want) < 1e-4
+
+
+def test_fold_counts_every_conv_bn_pair() -> None:
+    net = ResNet("resnet_tiny")  # stem + 4 blocks x 2 + 3 downsample branches
+    assert fold_batchnorms(net) == 1 + 4 * 2 + 3
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+
+
+def test_eval_only() -> None:
+    fast = optimize_for_inference(create_model("msrn_tiny", num_classes=4, num_groups=1))
+    assert not fast.training
+    with pytest.raises(RuntimeError, match="eval-only"):
+        fast.train()
+    with pytest.raises(RuntimeError):
+        fast(torch.randn(1, 3, 32, 32), return_group_loss=True)
+    assert not any(p.requires_grad for p in fast.parameters())
