@@ -69,6 +69,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.image_size < 32:
             raise MSRNError("epochs and batch-size must be >= 1 and image-size >= 32")
+        if self.model.startswith("msrn") and self.image_size < 64:  # stride-32 features, then a 2x2 pool
+            raise MSRNError(f"--model {self.model} needs --image-size >= 64, not {self.image_size}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise MSRNError(f"--amp must be none, bf16 or fp16, not {self.amp!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -102,6 +104,8 @@ def preset_config(dataset: str, **overrides: Any) -> TrainConfig:
     if dataset not in PRESETS:
         raise MSRNError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
     values = {**PRESETS[dataset], **{k: v for k, v in overrides.items() if v is not None}, "dataset": dataset}
+    if str(values.get("pretrained")).lower() == "none":  # --pretrained none: train from scratch
+        values["pretrained"] = None
     cfg = TrainConfig.from_dict(values)
     cfg.validate()
     return cfg
@@ -119,7 +123,7 @@ HELP: dict[str, str] = {
     "data": "dataset root folder (the CSV file for --dataset csv)",
     "out": "run folder: last.pt, best.pt, metrics.json, config.json, log.txt, plots",
     "model": "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, baseline_*)",
-    "pretrained": "ImageNet weights for the backbone: a file, a URL, or 'imagenet' (torchvision's file)",
+    "pretrained": "ImageNet weights for the backbone: a file, a URL, 'imagenet' (torchvision's file) or 'none'",
     "word_vectors": "label vectors: 'ngram' (built-in), 'encoder', a GloVe/fastText text file, or a .pkl",
     "cooccurrence": "use a reference {'adj','nums'} pickle instead of counting the training split",
     "batch_size": "global batch per optimiser step (all processes together)",

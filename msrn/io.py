@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
 from msrn.errors import MSRNError
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what _atomic_write names its temporary files
 
 
 def _fsync_folder(folder: str) -> None:
@@ -75,6 +78,17 @@ def atomic_save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
     import torch  # imported here so that metrics and plots can use this module without torch
 
     _atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[str]:
+    """Delete the temporary files that killed atomic writes left in folder; return their names."""
+    stale = [name for name in os.listdir(folder) if _TEMP_NAME.fullmatch(name)]
+    for name in stale:
+        try:
+            os.remove(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
+    return stale
 
 
 def check_writable(folder: str | os.PathLike[str]) -> None:

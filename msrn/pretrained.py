@@ -68,7 +68,7 @@ def load_pretrained_backbone(backbone: nn.Module, source: str | Path) -> None:
     src = str(source)
     if src == "imagenet":
         if backbone.arch not in IMAGENET_URLS:
-            raise MSRNError(f"no ImageNet weights are published for {backbone.arch}")
+            raise MSRNError(f"no ImageNet weights are published for {backbone.arch}; use --pretrained none")
         src = IMAGENET_URLS[backbone.arch]
     path = fetch(src) if re.match(r"^(https?|file)://", src) else Path(src)
     state = read_checkpoint(path)

@@ -85,7 +85,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         from msrn.checkpoint import build_from_state, read_checkpoint
-        from msrn.io import check_writable
+        from msrn.io import check_writable, remove_stale_temps
         from msrn.labelset import LabelSet, build_label_set
         from msrn.models import create_model
 
@@ -101,6 +101,7 @@ class Trainer:
         self.cfg = cfg
         if dist.is_main():
             check_writable(self.out)  # before any work, not after the first epoch
+            remove_stale_temps(self.out)  # half-written saves of a killed run
         dist.barrier()
         setup_logging(self.out if dist.is_main() else None)
         torch.manual_seed(cfg.seed)
@@ -269,12 +270,12 @@ class Trainer:
             self.best = {"epoch": self.epoch, "score": score if score is not None else tm["mAP"],
                          "selected_by": "validation mAP" if score is not None else "last epoch",
                          "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
-        self.save("last.pt", full=True)
-        if improved:
+        if improved:  # before last.pt: a kill in between redoes this epoch's end, rewriting them alike
             self.save("best.pt", full=False)
             self.write_reports(tm)
         elif dist.is_main():
             self.write_history_plot()
+        self.save("last.pt", full=True)
 
     def write_history_plot(self) -> None:
         from msrn.plots import plot_history

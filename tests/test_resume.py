@@ -1,0 +1,126 @@
+"""Kill-and-resume: a run SIGKILLed at random moments and resumed ends exactly where an uninterrupted one does."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from msrn.checkpoint import read_checkpoint
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+TIMEOUT = 60
+
+
+def make_csv(folder: Path, n_train: int = 20, n_test: int = 6, size: int = 64) -> Path:
+    """A tiny CSV dataset of random images with four labels."""
+    rng = np.random.default_rng(0)
+    (folder / "img").mkdir(parents=True)
+    rows = ["image,labels,split"]
+    for i in range(n_train + n_test):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "img" / f"{i}.png")
+        labels = "|".join(name for name in "abcd" if rng.random() < 0.4) or "a"
+        rows.append(f"img/{i}.png,{labels},{'train' if i < n_train else 'test'}")
+    path = folder / "data.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def train_cmd(csv: Path, out: Path, *extra: str) -> list[str]:
+    """The tiny training command: 18 train images (2 carved for validation), 5 steps an epoch, 3 epochs."""
+    return [sys.executable, "-m", "msrn", "train", "--dataset", "csv", "--data", str(csv), "--model", "msrn_tiny",
+            "--pretrained", "none", "--image-size", "64", "--batch-size", "4", "--epochs", "3", "--save-every", "3",
+            "--workers", "0", "--out", str(out), *extra]
+
+
+def run_to_end(cmd: list[str]) -> None:
+    """Run a command to completion, failing the test with its stderr if it fails."""
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def kill_when(cmd: list[str], ready: callable, delay: float) -> bool:
+    """Start cmd, wait until ready() holds, sleep `delay`, SIGKILL it; False if it finished first."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not ready() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never reached the kill point"
+            time.sleep(0.002)
+        time.sleep(delay)
+        if proc.poll() is not None:
+            return False
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(TIMEOUT)
+        return True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def temp_files(out: Path) -> set[str]:
+    """Names of last.pt's temporary files in the run folder (one exists while a save is under way)."""
+    return {p.name for p in out.glob(".last.pt.*.tmp")}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Weights, optimiser, schedule, counters, best and history of two runs agree (history up to timing)."""
+    sa, sb = read_checkpoint(a / "last.pt"), read_checkpoint(b / "last.pt")
+    for key in ("epoch", "step_in_epoch", "global_step", "best", "running_loss"):
+        assert sa[key] == sb[key], key
+    assert sa["state_dict"].keys() == sb["state_dict"].keys()
+    for key, value in sa["state_dict"].items():
+        torch.testing.assert_close(sb["state_dict"][key], value, atol=1e-6, rtol=0, msg=key)
+    assert sa["scheduler"] == sb["scheduler"]
+    oa, ob = sa["optimizer"], sb["optimizer"]
+    assert oa["param_groups"] == ob["param_groups"]
+    assert oa["state"].keys() == ob["state"].keys()
+    for k, state in oa["state"].items():
+        torch.testing.assert_close(ob["state"][k]["momentum_buffer"], state["momentum_buffer"], atol=1e-6, rtol=0)
+    timeless = [[{k: v for k, v in e.items() if k != "seconds"} for e in s["history"]] for s in (sa, sb)]
+    assert timeless[0] == timeless[1]
+    for key, value in read_checkpoint(a / "best.pt")["state_dict"].items():
+        torch.testing.assert_close(read_checkpoint(b / "best.pt")["state_dict"][key], value, atol=1e-6, rtol=0)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert ma.keys() == mb.keys() and ma["epoch"] == mb["epoch"]
+    np.testing.assert_allclose(ma["ap_per_label"], mb["ap_per_label"], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The dataset and an uninterrupted reference run."""
+    root = tmp_path_factory.mktemp("resume")
+    csv = make_csv(root)
+    run_to_end(train_cmd(csv, root / "A"))
+    return csv, root / "A"
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """SIGKILL at random moments (mid-epoch, during saves), resume with and without a file: same end state."""
+    csv, a = runs
+    b = tmp_path / "B"
+    rng = random.Random(1234)
+    last = b / "last.pt"
+    assert kill_when(train_cmd(csv, b), last.is_file, rng.uniform(0, 0.3))
+    kills = 1
+    assert 0 < read_checkpoint(last)["global_step"] < 15
+    old = temp_files(b)  # kill the moment a save has begun
+    kills += kill_when(train_cmd(csv, b, "--resume"), lambda: bool(temp_files(b) - old), 0.0)
+    read_checkpoint(last)  # a kill during a save leaves the previous last.pt, loadable
+    kills += kill_when(train_cmd(csv, b, "--resume", str(last)), lambda: True, rng.uniform(1.0, 3.0))
+    read_checkpoint(last)
+    run_to_end(train_cmd(csv, b, "--resume"))
+    assert kills >= 2
+    assert not temp_files(b), "temporary files of killed saves are cleaned up on resume"
+    assert_same_run(a, b)
+
