@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (explicit opt-in)")
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized variant")
-    p.add_argument("--stat", default="median", choices=("median", "min"), help="statistic for the tables")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every measurement (interleaved) and pool the times")
+    p.add_argument("--stat", default="min", choices=("median", "min"), help="table statistic (min: least disturbed)")
     p.add_argument("--json", type=Path, help="also write the raw results here")
     # child-process arguments
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -206,29 +207,35 @@ def main(argv: list[str] | None = None) -> None:
     if args.warmup is None:
         args.warmup = 1
     if args.iters is None:
-        args.iters = 2 if args.quick else 5
+        args.iters = 2 if args.quick else 4
     if args.child:
         print(json.dumps(_child(args)))
         return
     batches = args.batches or ([16, 32] if args.device == "cuda" else [2, 4])
     print(
         f"# {args.arch}, {args.classes} labels, {args.groups} groups, {args.size}x{args.size}, device {args.device}, "
-        f"amp {args.amp}, threads {args.threads}, warmup {args.warmup}, iters {args.iters}, torch {torch.__version__}",
+        f"amp {args.amp}, threads {args.threads}, warmup {args.warmup}, iters {args.iters} x {args.rounds} rounds, "
+        f"torch {torch.__version__}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    results = []
-    for mode in args.modes:
-        for b in batches:
-            for v in args.variants:
-                if v == "optimized" and mode == "train":
-                    continue
-                r = _run_child(args, v, mode, b)
-                results.append(r)
-                print(
-                    f"{v:9s} {mode:5s} batch {b:3d}: median {r['median']:.3f} s, min {r['min']:.3f} s, "
-                    f"peak growth {r['peak_growth'] / 1e9:.3f} GB",
-                    flush=True,
-                )
+    merged: dict[tuple[str, str, int], dict] = {}
+    for rnd in range(args.rounds):
+        for mode in args.modes:
+            for b in batches:
+                for v in args.variants:
+                    if v == "optimized" and mode == "train":
+                        continue
+                    r = _run_child(args, v, mode, b)
+                    print(
+                        f"round {rnd} {v:9s} {mode:5s} batch {b:3d}: median {r['median']:.3f} s, min {r['min']:.3f} s, "
+                        f"peak growth {r['peak_growth'] / 1e9:.3f} GB, load {os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
+                    m = merged.setdefault((v, mode, b), {**r, "times": [], "peak_growth": r["peak_growth"]})
+                    m["times"] += r["times"]
+                    m["peak_growth"] = min(m["peak_growth"], r["peak_growth"])
+                    m["median"], m["min"] = statistics.median(m["times"]), min(m["times"])
+    results = list(merged.values())
     print()
     print(_report(results, batches, args.stat))
     if args.json:
