@@ -10,8 +10,8 @@ into the same module with their keys mapped; only the unused `conv_buffer0`, `W`
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +47,33 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], where: 
     module.load_state_dict(state, strict=True)
 
 
+def _refusal_reason(message: str) -> str:
+    """The informative part of torch's weights_only error, without its advice to load unsafely or allowlist."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+)|(Trying to load unsupported GLOBAL.+)", message)
+    if found:
+        reason = found.group(1) or found.group(2)
+    else:
+        lines = message.strip().splitlines()
+        reason = lines[-1] if lines else ""
+    return reason.split(" Please use")[0].strip() or "not a tensors-only pickle"
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """torch.load with weights_only=True; unreadable, truncated or code-carrying files give one line."""
     path = Path(path)
     if not path.is_file():
         raise MSRNError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle's protocol notice would precede the one-line error
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "Unsupported global" in str(e) or "not an allowed global" in str(e) or "GLOBAL" in str(e):
-            raise MSRNError(f"{path} holds Python objects other than tensors; refusing to load it ({first})") from None
-        raise MSRNError(f"{path} is not a readable checkpoint: {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        reason = _refusal_reason(str(e))
+        if "truncated" in str(e) or "ran out of input" in str(e).lower():
+            raise MSRNError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
+        raise MSRNError(f"{path} is not a tensors-only checkpoint (it may carry code); refusing to load it "
+                        f"({reason})") from None
+    except Exception as e:  # weights_only loading runs no foreign code; a damaged file fails in many ways
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MSRNError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first}") from None
     if not isinstance(obj, dict):
