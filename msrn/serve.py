@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -118,13 +119,19 @@ def create_app(predictor: Predictor, explain_k: int = 3, max_upload_mb: float = 
 
 
 def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> Any:
-    """A threaded WSGI server (Werkzeug's) for the app; port 0 picks a free one (see `.port`)."""
+    """A threaded WSGI server (Werkzeug's) for the app; port 0 picks a free one (see `.port`).
+
+    The socket is bound here so that a taken port is one MSRNError line (Werkzeug would exit).
+    """
     from werkzeug.serving import make_server as werkzeug_server
 
     try:
-        return werkzeug_server(host, port, app, threaded=True)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
     except OSError as e:
         raise MSRNError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    with sock:
+        return werkzeug_server(host, sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +178,8 @@ PAGE = """<!doctype html>
   header { padding:22px 32px 14px; }
   header h1 { margin:0; font-size:22px; letter-spacing:-.01em; }
   header p { margin:4px 0 0; color:var(--muted); }
-  main { display:grid; grid-template-columns:minmax(280px,360px) 1fr; gap:22px; padding:0 32px 32px; }
+  main { display:grid; grid-template-columns:minmax(280px,360px) 1fr; gap:22px; padding:0 32px 32px;
+         align-items:start; }
   @media (max-width:900px) { main { grid-template-columns:1fr; } }
   .card { background:var(--card); border:1px solid var(--line); border-radius:12px; padding:18px;
           box-shadow:0 1px 2px rgba(16,24,40,.04); }
