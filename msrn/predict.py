@@ -324,8 +324,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "whatever their scores; `--threshold 0` alone lists every label.\n"
         "Output: json is a list with one record per image, {\"image\", \"labels\": [{\"label\", \"score\"}]},\n"
         "labels by descending score; csv has columns image,label,score,error with one row per label\n"
-        "(one row with an empty label for an image with none). An unreadable image gets an error\n"
-        "record and the rest go on; the exit status is then 1."
+        "(one row with an empty label for an image with none). With --explain each JSON record also\n"
+        "names its picture (\"explanation\"). An unreadable image gets an error record and the rest\n"
+        "go on; the exit status is then 1."
     )
     add_checkpoint_arguments(parser)
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (walked)")
