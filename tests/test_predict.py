@@ -132,7 +132,7 @@ def test_cli_csv_to_file(files: dict, tmp_path, capsys: pytest.CaptureFixture) -
     ("case", "message"),
     [
         ("empty", "folder holds no images"),
-        ("not_checkpoint", "not a readable checkpoint"),
+        ("not_checkpoint", "checkpoint"),
         ("other_kind", "neither an msrn checkpoint"),
         ("missing", "does not exist"),
         ("baseline_explain", "baseline without label-guided attention"),
