@@ -36,6 +36,8 @@ def read_coco2014(data: Path, split: str) -> MultiLabelData:
             doc = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MSRNError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise MSRNError(f"{path}: JSON nested too deeply to be a COCO annotation file") from None
     if not isinstance(doc, dict):
         raise MSRNError(f"{path}: expected a JSON object at the top level")
     images = _field(path, doc, "images", list, "the top level")

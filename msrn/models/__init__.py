@@ -20,6 +20,8 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "msrn_resnet18": dict(backbone="resnet18", semantic_dim=256, hidden_dim=1024),
     "msrn_tiny": dict(backbone="resnet_tiny", label_dims=(64, 64), semantic_dim=64, hidden_dim=256),
 }
+# fc1 sees (C + K) x 3 x D inputs; above this many weights (4 GiB in fp32) building is refused
+MAX_FC1_WEIGHTS = 2**30
 # the same backbones without the MSRN head (global pooling + linear), for baselines
 BASELINES: dict[str, str] = {
     "baseline_resnet101": "resnet101",
@@ -99,6 +101,12 @@ def create_model(
             num_classes=num_classes, num_groups=groups, word_dim=vecs.shape[1], labels=list(labels or []),
             **{**MODEL_CONFIGS[name], **overrides},
         )
+        fc1 = (cfg.num_classes + cfg.num_groups) * 3 * cfg.semantic_dim * cfg.hidden_dim
+        if fc1 > MAX_FC1_WEIGHTS:  # checked before allocating: 5000 labels would ask for tens of GB
+            raise MSRNError(
+                f"{name} with {num_classes} labels and {groups} groups needs {fc1 / 1e9:.1f} billion weights in "
+                f"fc1 (limit {MAX_FC1_WEIGHTS / 1e9:.1f}); use fewer labels, a smaller --pool-ratio or msrn_tiny"
+            )
         model = MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj))
         backbone = model.backbone
     else:
