@@ -128,7 +128,10 @@ class Predictor:
         if threshold is None:
             stored = getattr(self.model, "thresholds", None)
             threshold = stored.detach().cpu().numpy() if isinstance(stored, torch.Tensor) else 0.5
-        vec = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(self.labels),)).copy()
+        try:
+            vec = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(self.labels),)).copy()
+        except ValueError:
+            raise MSRNError(f"{np.size(threshold)} thresholds for {len(self.labels)} labels") from None
         if not np.all((vec >= 0) & (vec <= 1)):
             raise MSRNError("thresholds must lie in [0, 1]")
         return vec

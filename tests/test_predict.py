@@ -107,6 +107,15 @@ def test_array_checks() -> None:
         array_to_image(np.zeros((2, 4, 5, 3)))
 
 
+def test_threshold_vectors_are_checked(files: dict) -> None:
+    model = files["model"]
+    assert Predictor(model, threshold=[0.1, 0.2, 0.3, 0.4, 0.5]).thresholds[2] == pytest.approx(0.3)
+    with pytest.raises(MSRNError, match="3 thresholds for 5 labels"):
+        Predictor(model, threshold=[0.1, 0.2, 0.3])
+    with pytest.raises(MSRNError, match=r"\[0, 1\]"):
+        Predictor(model, threshold=1.5)
+
+
 def test_cli_json_stdout_with_errors(files: dict, capsys: pytest.CaptureFixture) -> None:
     rc = cli(["predict", "--checkpoint", str(files["ckpt"]), str(files["folder"]), "--threshold", "0", "--top-k", "2"])
     out, err = capsys.readouterr()
