@@ -4,6 +4,7 @@ A plain `python -m msrn train` is world size 1 and touches none of this.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -12,23 +13,30 @@ import torch.distributed as dist
 
 
 def env_world_size() -> int:
+    """The world size torchrun announced (1 without a launcher), known before the group exists."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_distributed() -> bool:
+    """Whether this process is in an initialised process group."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
+    """This process's rank in the group (0 outside one)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """Processes in the group (1 outside one)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def is_main() -> bool:
-    return rank() == 0
+    """Whether this process writes files and prints: rank 0, also before setup and after teardown."""
+    if is_distributed():
+        return rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def setup(device: str) -> torch.device:
@@ -47,11 +55,13 @@ def setup(device: str) -> torch.device:
 
 
 def teardown() -> None:
+    """Leave the process group, if any."""
     if is_distributed():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
+    """Wait for every process (no-op outside a group)."""
     if is_distributed():
         dist.barrier()
 
@@ -62,20 +72,24 @@ def shard(n: int) -> np.ndarray:
 
 
 def gather_rows(indices: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
-    """Reassemble per-rank (indices, rows) into the full n-row array, in index order, on every rank."""
-    if not is_distributed():
-        out = np.empty((n, *rows.shape[1:]), rows.dtype)
-        out[indices] = rows
-        return out
-    parts: list = [None] * world_size()
-    dist.all_gather_object(parts, (indices, rows))
+    """Reassemble per-rank (indices, rows) into the full n-row array, in index order, on every rank.
+
+    Raises RuntimeError unless every index in range(n) came from exactly one rank exactly once.
+    """
+    parts: list = [(indices, rows)]
+    if is_distributed():
+        parts = [None] * world_size()
+        dist.all_gather_object(parts, (indices, rows))
     out = np.empty((n, *rows.shape[1:]), rows.dtype)
     seen = np.zeros(n, dtype=np.int64)
     for idx, r in parts:
+        if len(idx) != len(r) or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
+            raise RuntimeError(f"gathered rows do not match indices in range({n})")
         out[idx] = r
-        seen[idx] += 1
+        np.add.at(seen, idx, 1)
     if not (seen == 1).all():
-        raise RuntimeError("distributed evaluation lost or duplicated images")
+        lost, twice = int((seen == 0).sum()), int((seen > 1).sum())
+        raise RuntimeError(f"distributed evaluation lost {lost} and duplicated {twice} of {n} images")
     return out
 
 
@@ -86,3 +100,34 @@ def broadcast_object(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _collective_device() -> torch.device:
+    """Where tensors for collectives must live: the current GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def sum_across(values: list[float]) -> list[float]:
+    """Element-wise sum of `values` over all processes (float64), the same on every rank."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) into every rank's module, in place."""
+    if not is_distributed():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
+
+
+def grad_sync(net: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Context for one micro-batch's forward and backward: DDP's no_sync() unless `sync` is true."""
+    if sync or not isinstance(net, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return net.no_sync()

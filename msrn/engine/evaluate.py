@@ -17,7 +17,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from msrn import distributed as dist
-from msrn.data import DEFAULT_SPLITS, DATASETS, ImageDataset, MultiLabelData, build_dataset
+from msrn.data import DATASETS, DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
 
@@ -49,7 +49,7 @@ def predict_scores(
     was_training = model.training
     model.eval()
     indices, rows = [], []
-    for images, _, idx in tqdm(loader, desc=desc, leave=False, disable=None):
+    for images, _, idx in tqdm(loader, desc=desc, leave=False, disable=None if dist.is_main() else True):
         with autocast(device, amp):
             logits = model(images.to(device, non_blocking=True))
         rows.append(logits.float().cpu().numpy())

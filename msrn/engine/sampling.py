@@ -14,8 +14,11 @@ from torch.utils.data import Dataset, Sampler
 class EpochSampler(Sampler):
     """Yields (epoch, index) keys: a seeded permutation per epoch, this rank's shard, from `start` on.
 
-    Under DDP the permutation is padded to a multiple of the world size (training only), and
-    rank r takes positions r, r + world, ...; `start` counts this rank's samples already done.
+    Under DDP the permutation is padded to a multiple of the world size (training only) with its
+    own first entries, and rank r takes positions r, r + world, ... of what is left after the
+    first `start` positions. `start` counts samples already done by all ranks together (steps x
+    global batch), so a run stopped mid-epoch resumes on the same images with any world size
+    that divides the global batch.
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
@@ -23,23 +26,25 @@ class EpochSampler(Sampler):
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation and skip its first `start` (global) positions."""
         self.epoch, self.start = epoch, start
 
     def order(self) -> np.ndarray:
+        """This rank's remaining indices of the epoch, in order."""
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
         else:
             order = np.arange(self.n)
         pad = (-len(order)) % self.world
         order = np.concatenate([order, order[:pad]])
-        return order[self.rank :: self.world]
+        return order[self.start :][self.rank :: self.world]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for i in self.order()[self.start :]:
+        for i in self.order():
             yield self.epoch, int(i)
 
     def __len__(self) -> int:
-        return max(0, len(self.order()) - self.start)
+        return len(self.order())
 
 
 class SeededView(Dataset):

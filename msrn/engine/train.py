@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from msrn import distributed as dist
-from msrn.config import TrainConfig, preset_config
+from msrn.config import TrainConfig
 from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TrainTransform
@@ -42,6 +42,7 @@ def setup_logging(out: Path | None) -> None:
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
+    console.setLevel(logging.INFO if dist.is_main() else logging.WARNING)  # one copy under torchrun
     log.addHandler(console)
     if out is not None:
         fh = logging.FileHandler(out / "log.txt")
@@ -91,7 +92,7 @@ class Trainer:
 
         self.device = dist.setup(cfg.device)
         self.out = Path(cfg.out)
-        resume = resolve_resume(cfg)
+        resume = dist.broadcast_object(resolve_resume(cfg))  # rank 0 decides; every rank reads the file
         self.state = read_checkpoint(resume) if resume else None
         if self.state is not None:  # the run's own config wins, except where to run and for how long
             saved = TrainConfig.from_dict(self.state["config"])
@@ -125,6 +126,8 @@ class Trainer:
             raise MSRNError(f"the {self.test_data.split} split's labels differ from the training split's")
         self.model = model.to(self.device)
         if cfg.sync_bn and dist.is_distributed():
+            if self.device.type == "cpu":
+                raise MSRNError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU implementation")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.net = self.model
         if dist.is_distributed():
@@ -178,8 +181,12 @@ class Trainer:
         return ckpt
 
     def save(self, name: str, full: bool) -> None:
+        """Write a checkpoint from rank 0; call it on every rank (full saves sum the running loss)."""
         from msrn.io import atomic_save_torch
 
+        if full:  # fold every rank's loss sums into rank 0's, which the checkpoint carries
+            total = dist.sum_across(self.running_loss)
+            self.running_loss = total if dist.is_main() else [0.0, 0]
         if dist.is_main():
             atomic_save_torch(self.checkpoint(full), self.out / name)
 
@@ -190,28 +197,30 @@ class Trainer:
         set_rng_state(s["rng"])
         self.epoch, self.step_in_epoch, self.global_step = s["epoch"], s["step_in_epoch"], s["global_step"]
         self.history, self.best = list(s["history"]), dict(s["best"])
-        self.running_loss = list(s["running_loss"])
+        self.running_loss = list(s["running_loss"]) if dist.is_main() else [0.0, 0]  # saved sums are global
         log.info("resumed at epoch %d, step %d of that epoch", self.epoch + 1, self.step_in_epoch)
 
     # -- loop ---------------------------------------------------------------------------------
     def train_epoch(self) -> None:
         cfg = self.cfg
         self.net.train()
-        self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.rank_batch)
+        self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
         steps = math.ceil(len(self.sampler) / self.rank_batch) + self.step_in_epoch
         bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    leave=False, disable=None if dist.is_main() else True)
-        micro = 0
-        for images, targets, _ in self.loader:
+        micro, last = 0, len(self.loader) - 1
+        for i, (images, targets, _) in enumerate(self.loader):
             images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            with autocast(self.device, cfg.amp):
-                logits, gloss = self.net(images, return_group_loss=True)
-                loss = training_loss(logits, targets) + gloss.float()
-            if not torch.isfinite(loss):
-                raise MSRNError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
-                                f"{self.step_in_epoch + 1}; stopped. The last good checkpoint "
-                                f"{self.out / 'last.pt'} is intact: lower --lr or check the data")
-            self.scaler.scale(loss / cfg.grad_accum).backward()
+            # DDP averages gradients only on the micro-batch that ends an optimiser step
+            with dist.grad_sync(self.net, micro + 1 == cfg.grad_accum or i == last):
+                with autocast(self.device, cfg.amp):
+                    logits, gloss = self.net(images, return_group_loss=True)
+                    loss = training_loss(logits, targets) + gloss.float()
+                if not torch.isfinite(loss):
+                    raise MSRNError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
+                                    f"{self.step_in_epoch + 1}; stopped. The last good checkpoint "
+                                    f"{self.out / 'last.pt'} is intact: lower --lr or check the data")
+                self.scaler.scale(loss / cfg.grad_accum).backward()
             self.running_loss[0] += float(loss.detach()) * len(images)
             self.running_loss[1] += len(images)
             micro += 1
@@ -243,11 +252,13 @@ class Trainer:
         self.scheduler.step()
         self.epoch += 1
         self.step_in_epoch = 0
-        train_loss = self.running_loss[0] / max(1, self.running_loss[1])
+        loss_sum, loss_count = dist.sum_across(self.running_loss)
+        train_loss = loss_sum / max(1, loss_count)
         self.running_loss = [0.0, 0]
         thresholds = None
         entry = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}
         score = None
+        dist.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics: the ones best.pt gets
         if self.val_data is not None:
             vlogits = predict_scores(self.model, self.val_data, cfg.image_size, self.rank_batch, cfg.workers,
                                      self.device, cfg.amp, desc="val")
@@ -292,9 +303,9 @@ class Trainer:
         report = {k: v for k, v in tm.items()}
         report.update(epoch=self.epoch, selected_by=self.best["selected_by"], split=self.test_data.split,
                       dataset=self.cfg.dataset, labels=labels,
-                      ap_by_label=dict(zip(labels, tm["ap_per_label"])))
+                      ap_by_label=dict(zip(labels, tm["ap_per_label"], strict=True)))
         if self.best.get("thresholds") is not None:
-            report["thresholds_by_label"] = dict(zip(labels, self.best["thresholds"]))
+            report["thresholds_by_label"] = dict(zip(labels, self.best["thresholds"], strict=True))
         atomic_write_json(self.out / "metrics.json", report)
         plot_ap_per_label(tm["ap_per_label"], labels, self.out / "ap_per_label.png",
                           title=f"AP per label, {self.test_data.split} split, epoch {self.epoch}")
