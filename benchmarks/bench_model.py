@@ -119,18 +119,20 @@ def _child(args: argparse.Namespace) -> dict:
     else:
         _reset_peak()
         base = _rss_kib("VmRSS") * 1024
-    times = []
+    times, cpu = [], []
     for i in range(args.warmup + args.iters):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     peak = torch.cuda.max_memory_allocated() if cuda else _rss_kib("VmHWM") * 1024
     return dict(
         variant=args.variant, mode=args.mode, batch=args.batch, times=times,
-        median=statistics.median(times), min=min(times), peak_growth=peak - base, base=base,
+        median=statistics.median(times), min=min(times), cpu=min(cpu), cpu_times=cpu,
+        peak_growth=peak - base, base=base,
     )
 
 
@@ -147,13 +149,14 @@ def _run_child(args: argparse.Namespace, variant: str, mode: str, batch: int) ->
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _report(results: list[dict], batches: list[int], stat: str) -> str:
-    """Markdown tables: time per step with ratio to the backbone, peak growth, growth per extra image."""
+def _report(results: list[dict], batches: list[int]) -> str:
+    """Markdown tables: time per step (wall min, wall median, CPU) with ratios to the backbone, peak growth."""
     get = {(r["variant"], r["mode"], r["batch"]): r for r in results}
     variants = [v for v in VARIANTS if any(k[0] == v for k in get)]
     lines = [
-        f"| variant | mode | batch | time/step s ({stat}) | x backbone | peak growth GB |",
-        "|---|---|---|---|---|---|",
+        "| variant | mode | batch | wall s (min) | x backbone | wall s (median) | CPU s (min) | x backbone "
+        "| peak growth GB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in MODES:
         for b in batches:
@@ -162,8 +165,12 @@ def _report(results: list[dict], batches: list[int], stat: str) -> str:
                 r = get.get((v, mode, b))
                 if r is None:
                     continue
-                ratio = f"{r[stat] / ref[stat]:.2f}" if ref else "-"
-                lines.append(f"| {v} | {mode} | {b} | {r[stat]:.3f} | {ratio} | {r['peak_growth'] / 1e9:.2f} |")
+                wall = f"{r['min'] / ref['min']:.2f}" if ref else "-"
+                cpu = f"{r['cpu'] / ref['cpu']:.2f}" if ref else "-"
+                lines.append(
+                    f"| {v} | {mode} | {b} | {r['min']:.2f} | {wall} | {r['median']:.2f} | {r['cpu']:.2f} | {cpu} "
+                    f"| {r['peak_growth'] / 1e9:.2f} |"
+                )
     if len(batches) >= 2:
         lo, hi = batches[0], batches[-1]
         head = f"| variant | mode | peak growth per extra image GB (batch {lo} -> {hi}) | x backbone |"
@@ -196,7 +203,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (explicit opt-in)")
     p.add_argument("--compile", action="store_true", help="torch.compile the optimized variant")
     p.add_argument("--rounds", type=int, default=1, help="repeat every measurement (interleaved) and pool the times")
-    p.add_argument("--stat", default="min", choices=("median", "min"), help="table statistic (min: least disturbed)")
     p.add_argument("--json", type=Path, help="also write the raw results here")
     # child-process arguments
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -228,16 +234,18 @@ def main(argv: list[str] | None = None) -> None:
                     r = _run_child(args, v, mode, b)
                     print(
                         f"round {rnd} {v:9s} {mode:5s} batch {b:3d}: median {r['median']:.3f} s, min {r['min']:.3f} s, "
+                        f"cpu {r['cpu']:.3f} s, "
                         f"peak growth {r['peak_growth'] / 1e9:.3f} GB, load {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
                     m = merged.setdefault((v, mode, b), {**r, "times": [], "peak_growth": r["peak_growth"]})
                     m["times"] += r["times"]
+                    m["cpu"] = min(m["cpu"], r["cpu"])
                     m["peak_growth"] = min(m["peak_growth"], r["peak_growth"])
                     m["median"], m["min"] = statistics.median(m["times"]), min(m["times"])
     results = list(merged.values())
     print()
-    print(_report(results, batches, args.stat))
+    print(_report(results, batches))
     if args.json:
         meta = {k: str(v) for k, v in vars(args).items()}
         args.json.write_text(json.dumps(dict(args=meta, results=results), indent=1))
