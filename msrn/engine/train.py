@@ -69,6 +69,18 @@ def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.multilabel_soft_margin_loss(logits.float(), (targets != 0).float())
 
 
+def read_resume_state(path: Path) -> dict:
+    """The checkpoint to resume from; a damaged one stops the run before anything is written."""
+    from msrn.checkpoint import read_checkpoint
+
+    try:
+        return read_checkpoint(path)
+    except MSRNError as e:
+        best = path.parent / "best.pt"
+        kept = f"; {best} is intact" if best.is_file() else ""
+        raise MSRNError(f"cannot resume: {e}; nothing was written{kept}") from None
+
+
 def resolve_resume(cfg: TrainConfig) -> Path | None:
     if not cfg.resume:
         return None
@@ -85,7 +97,7 @@ class Trainer:
     """Owns one run: data, model, optimiser, schedule, state on disk."""
 
     def __init__(self, cfg: TrainConfig):
-        from msrn.checkpoint import build_from_state, read_checkpoint
+        from msrn.checkpoint import build_from_state
         from msrn.io import check_writable, remove_stale_temps
         from msrn.labelset import LabelSet, build_label_set
         from msrn.models import create_model
@@ -93,7 +105,7 @@ class Trainer:
         self.device = dist.setup(cfg.device)
         self.out = Path(cfg.out)
         resume = dist.broadcast_object(resolve_resume(cfg))  # rank 0 decides; every rank reads the file
-        self.state = read_checkpoint(resume) if resume else None
+        self.state = read_resume_state(resume) if resume else None
         if self.state is not None:  # the run's own config wins, except where to run and for how long
             saved = TrainConfig.from_dict(self.state["config"])
             cfg = dataclasses.replace(saved, epochs=cfg.epochs, workers=cfg.workers, device=cfg.device,
@@ -187,8 +199,15 @@ class Trainer:
         if full:  # fold every rank's loss sums into rank 0's, which the checkpoint carries
             total = dist.sum_across(self.running_loss)
             self.running_loss = total if dist.is_main() else [0.0, 0]
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise MSRNError(f"non-finite weights after step {self.global_step}; stopped without writing {name}, "
+                            "so the last good checkpoint is intact: lower --lr or check the data")
         if dist.is_main():
-            atomic_save_torch(self.checkpoint(full), self.out / name)
+            try:
+                atomic_save_torch(self.checkpoint(full), self.out / name)
+            except OSError as e:  # disk full, folder gone: the atomic write left the previous file as it was
+                raise MSRNError(f"cannot write {self.out / name} ({e.strerror or e}); the previous {name}, if any, "
+                                "is intact") from None
 
     def _restore(self, s: dict) -> None:
         self.optimizer.load_state_dict(s["optimizer"])

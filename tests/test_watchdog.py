@@ -1,0 +1,129 @@
+"""Training watches itself: non-finite loss, unwritable or full output folders, damaged checkpoints on resume."""
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import msrn.engine.train as train_module
+from msrn.checkpoint import read_checkpoint
+from msrn.cli import main as cli
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Train on one thread: the tiny runs are faster so on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def csv(tmp_path: Path) -> Path:
+    """Eight training and four test images, 64 px, four labels."""
+    rng = np.random.default_rng(0)
+    rows = ["image,labels,split"]
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'abcd'[i % 4]}|{'abcd'[(i + 1) % 4]},{'train' if i < 8 else 'test'}")
+    path = tmp_path / "data.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def train_argv(csv: Path, out: Path, *extra: str) -> list[str]:
+    """Two epochs of two steps each, last.pt after every step."""
+    return ["train", "--dataset", "csv", "--data", str(csv), "--model", "msrn_tiny", "--pretrained", "none",
+            "--image-size", "64", "--batch-size", "4", "--epochs", "2", "--save-every", "1", "--workers", "0",
+            "--val-fraction", "0", "--out", str(out), *extra]
+
+
+def one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    """Run the CLI, expect exit 2 and exactly one `msrn train: error:` line on stderr; return it."""
+    assert cli(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line or "Traceback" in line]
+    assert len(errors) == 1 and errors[0].startswith("msrn train: error: "), errors
+    return errors[0]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN loss at the third step stops the run with a clear line; last.pt of step 2 loads, all finite."""
+    calls = []
+    real = train_module.training_loss
+
+    def poisoned(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return real(logits, targets) * (float("nan") if len(calls) == 3 else 1.0)
+
+    monkeypatch.setattr(train_module, "training_loss", poisoned)
+    line = one_error_line(capsys, train_argv(csv, tmp_path / "run"))
+    assert "non-finite loss" in line and "epoch 2, step 1" in line and "intact" in line
+    state = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["global_step"] == 2 and state["epoch"] == 1
+    assert all(bool(v.isfinite().all()) for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_exploding_learning_rate_stops(csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--lr 1e30 diverges within a few steps: stopped with one line, any last.pt left holds finite weights."""
+    line = one_error_line(capsys, train_argv(csv, tmp_path / "run", "--lr", "1e30", "--lr-backbone", "1e30"))
+    assert "non-finite" in line
+    last = tmp_path / "run" / "last.pt"
+    if last.exists():
+        state = read_checkpoint(last)["state_dict"]
+        assert all(bool(v.isfinite().all()) for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("where", ["parent-is-a-file", "proc"])
+def test_unwritable_output_is_reported_before_any_data_is_read(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                where: str) -> None:
+    """An output folder that cannot exist (even for root) fails first: the missing data is never reached."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "run" if where == "parent-is-a-file" else Path("/proc/msrn-run")
+    start = time.monotonic()
+    line = one_error_line(capsys, train_argv(tmp_path / "absent.csv", out))
+    assert "is not writable" in line and str(out) in line
+    assert time.monotonic() - start < 10
+
+
+def test_full_disk_keeps_previous_checkpoint(csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC halfway through step 3's save: one line, epoch 1's last.pt survives, no temporary file is left."""
+    real_save, saves = torch.save, []
+
+    def save_until_full(obj: object, handle: object, *args: object, **kwargs: object) -> None:
+        saves.append(1)
+        if len(saves) < 5:  # last.pt at steps 1 and 2, best.pt and last.pt at the end of epoch 1
+            return real_save(obj, handle, *args, **kwargs)
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    out = tmp_path / "run"
+    line = one_error_line(capsys, train_argv(csv, out))
+    assert "No space left on device" in line and "last.pt" in line and "intact" in line
+    state = read_checkpoint(out / "last.pt")
+    assert state["global_step"] == 2 and state["epoch"] == 1
+    assert read_checkpoint(out / "best.pt")["epoch"] == 1
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_corrupt_last_pt_on_resume_changes_nothing(csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A truncated last.pt on --resume: one line naming it and saying best.pt is intact; no file is touched."""
+    out = tmp_path / "run"
+    assert cli(train_argv(csv, out, "--epochs", "1")) == 0
+    last = out / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+    capsys.readouterr()
+    line = one_error_line(capsys, train_argv(csv, out, "--resume"))
+    assert str(last) in line and "truncated or corrupt" in line and f"{out / 'best.pt'} is intact" in line
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
