@@ -23,6 +23,7 @@ from torch import nn
 
 from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from msrn.errors import MSRNError
+from msrn.io import atomic_write_bytes
 from msrn.models.msrn import MSRN
 from msrn.predict import add_checkpoint_arguments, load_from_args
 
@@ -135,7 +136,7 @@ def export_onnx(
         onnx.checker.check_model(proto)
         onnx.save(proto, os.fspath(tmp))
         diff = verify(tmp, model, image_size)  # the original model, its own attention code
-        os.replace(tmp, path)
+        atomic_write_bytes(path, tmp.read_bytes())  # flushed to disk, then renamed over path
     finally:
         tmp.unlink(missing_ok=True)
     return diff

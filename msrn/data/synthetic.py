@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from msrn.data.base import MultiLabelData
 from msrn.data.csvfile import read_csv_dataset
 from msrn.errors import MSRNError
+from msrn.io import atomic_write_bytes
 
 VERSION = 1
 # label -> RGB colour; each label is one shape drawn in its own colour
@@ -141,10 +142,8 @@ def render_image(labels: list[str], size: int, rng: np.random.RandomState) -> Im
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file through a temporary name and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write a file through a flushed temporary file and a rename (msrn.io), so readers never see half a file."""
+    atomic_write_bytes(path, data)
 
 
 def _expected_manifest(seed: int, num_train: int, num_test: int, image_size: int) -> dict:
