@@ -96,7 +96,7 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
 class Trainer:
     """Owns one run: data, model, optimiser, schedule, state on disk."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, keep_epochs: bool = False):
         from msrn.checkpoint import build_from_state
         from msrn.io import check_writable, remove_stale_temps
         from msrn.labelset import LabelSet, build_label_set
@@ -108,7 +108,8 @@ class Trainer:
         self.state = read_resume_state(resume) if resume else None
         if self.state is not None:  # the run's own config wins, except where to run and for how long
             saved = TrainConfig.from_dict(self.state["config"])
-            cfg = dataclasses.replace(saved, epochs=cfg.epochs, workers=cfg.workers, device=cfg.device,
+            epochs = saved.epochs if keep_epochs else cfg.epochs  # keep_epochs: no --epochs was given
+            cfg = dataclasses.replace(saved, epochs=epochs, workers=cfg.workers, device=cfg.device,
                                       out=cfg.out, resume=cfg.resume)
         cfg.validate()
         self.cfg = cfg
@@ -345,9 +346,12 @@ class Trainer:
         return self.best
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train with `cfg` and return the selected epoch's summary (Python API of `msrn train`)."""
-    trainer = Trainer(cfg)
+def train(cfg: TrainConfig, keep_epochs: bool = False) -> dict:
+    """Train with `cfg` and return the selected epoch's summary (Python API of `msrn train`).
+
+    keep_epochs: when resuming, train to the run's own epoch count instead of `cfg.epochs`.
+    """
+    trainer = Trainer(cfg, keep_epochs)
     try:
         return trainer.fit()
     finally:
@@ -363,7 +367,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from msrn.config import config_from_args
 
-    best = train(config_from_args(args))
+    if args.resume not in (None, "auto") and args.out is None:  # --resume FILE goes on in FILE's run folder
+        args.out = str(Path(args.resume).parent)
+    best = train(config_from_args(args), keep_epochs=args.epochs is None)
     if dist.is_main():
         print(f"done: best.pt from epoch {best['epoch']} ({best['selected_by']}); run folder {args.out}")
     return 0
