@@ -55,8 +55,13 @@ def setup(device: str) -> torch.device:
 
 
 def teardown() -> None:
-    """Leave the process group, if any."""
+    """After a successful run: wait for every rank, then leave the process group (no-op outside one).
+
+    Not for error paths: a rank that fails should just exit (torchrun then stops the others);
+    waiting there, or destroying an NCCL group whose peers are inside a collective, can hang.
+    """
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -352,10 +352,9 @@ def train(cfg: TrainConfig, keep_epochs: bool = False) -> dict:
     keep_epochs: when resuming, train to the run's own epoch count instead of `cfg.epochs`.
     """
     trainer = Trainer(cfg, keep_epochs)
-    try:
-        return trainer.fit()
-    finally:
-        dist.teardown()
+    best = trainer.fit()
+    dist.teardown()  # after success only: a failed rank just exits and torchrun stops the others
+    return best
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
