@@ -77,6 +77,8 @@ class TrainConfig:
             raise MSRNError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
         if self.tune_thresholds and self.val_fraction <= 0:
             raise MSRNError("--tune-thresholds needs a validation split (--val-fraction > 0): never the test split")
+        if self.workers < 0 or self.save_every < 0:
+            raise MSRNError(f"--workers ({self.workers}) and --save-every ({self.save_every}) must be >= 0")
         if self.on_error not in ("stop", "skip"):
             raise MSRNError(f"--on-error must be stop or skip, not {self.on_error!r}")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from msrn.errors import MSRNError
+
 
 def env_world_size() -> int:
     """The world size torchrun announced (1 without a launcher), known before the group exists."""
@@ -44,7 +46,12 @@ def setup(device: str) -> torch.device:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MSRNError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MSRNError(f"--device {device}: no CUDA GPU is available here; use --device cpu or auto")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank if env_world_size() > 1 else torch.cuda.current_device())
     if dev.type == "cuda":

@@ -127,3 +127,18 @@ def test_corrupt_last_pt_on_resume_changes_nothing(csv: Path, tmp_path: Path, ca
     line = one_error_line(capsys, train_argv(csv, out, "--resume"))
     assert str(last) in line and "truncated or corrupt" in line and f"{out / 'best.pt'} is intact" in line
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--device", "bogus"], "is not a device"),
+    (["--workers", "-1"], "--workers (-1)"),
+    (["--image-size", "32"], "needs --image-size >= 64"),
+    (["--resume", "{best}"], "lacks the training state"),
+])
+def test_user_errors_are_one_line(csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
+                                  words: str) -> None:
+    """A bad device, negative workers, too small images or resuming from a weights-only file: one line each."""
+    best = tmp_path / "best.pt"
+    torch.save({"format": "msrn", "epoch": 1, "state_dict": {}}, best)
+    argv = train_argv(csv, tmp_path / "run", *(item.format(best=best) for item in extra))
+    assert words in one_error_line(capsys, argv)

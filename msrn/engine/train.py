@@ -74,11 +74,16 @@ def read_resume_state(path: Path) -> dict:
     from msrn.checkpoint import read_checkpoint
 
     try:
-        return read_checkpoint(path)
+        state = read_checkpoint(path)
     except MSRNError as e:
         best = path.parent / "best.pt"
         kept = f"; {best} is intact" if best.is_file() else ""
         raise MSRNError(f"cannot resume: {e}; nothing was written{kept}") from None
+    missing = [k for k in ("config", "labelset", "optimizer", "rng", "step_in_epoch") if k not in state]
+    if missing:
+        raise MSRNError(f"cannot resume from {path}: it lacks the training state ({', '.join(missing)}); resume "
+                        "from a run folder's last.pt (best.pt and reference checkpoints hold weights only)")
+    return state
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
