@@ -6,7 +6,8 @@ import json
 import os
 import re
 import uuid
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
