@@ -67,6 +67,8 @@ class TrainConfig:
         return cls(**d)
 
     def validate(self) -> None:
+        if self.pretrained is not None and self.pretrained.strip().lower() in ("", "none"):
+            self.pretrained = None  # `--pretrained none` trains the backbone from scratch
         if self.epochs < 1 or self.batch_size < 1 or self.image_size < 32:
             raise MSRNError("epochs and batch-size must be >= 1 and image-size >= 32")
         if self.model.startswith("msrn") and self.image_size < 64:  # stride-32 features, then a 2x2 pool
@@ -132,6 +134,7 @@ HELP: dict[str, str] = {
     "lr": "learning rate of the head", "lr_backbone": "learning rate of the backbone",
     "lr_steps": "epochs at which the learning rates drop by --lr-gamma",
     "val_fraction": "carve this fraction of training images as a validation split; best.pt is chosen on it",
+    "max_grad_norm": "clip the gradient norm (ML-GCN's engine uses 10); 0 turns clipping off",
     "save_every": "also write last.pt every N optimiser steps (0: only at epoch ends)",
     "amp": "mixed precision on GPU: none (default, exact fp32), bf16 or fp16",
     "resume": "resume from a checkpoint; with no file, from last.pt in the run folder",

@@ -140,14 +140,20 @@ def _probabilities(scores: np.ndarray, scores_are_logits: bool) -> np.ndarray:
 def multilabel_metrics(
     scores: np.ndarray,
     targets: np.ndarray,
-    threshold: float = 0.5,
+    threshold: float | np.ndarray = 0.5,
     top_k: int = 3,
     scores_are_logits: bool = False,
 ) -> dict:
-    """All section-8 metrics for one evaluation (percentages except the three ranking metrics)."""
+    """All section-8 metrics for one evaluation (percentages except the three ranking metrics).
+
+    `threshold` is one number or one per label (thresholds stored from a validation split).
+    """
     scores, targets = _check_inputs(scores, targets)
-    if not np.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite number, got {threshold}")
+    threshold = np.asarray(threshold, dtype=np.float64)
+    if threshold.ndim > 1 or (threshold.ndim == 1 and threshold.shape[0] != scores.shape[1]):
+        raise ValueError(f"threshold must be a number or one per label ({scores.shape[1]}), got {threshold.shape}")
+    if not np.isfinite(threshold).all():
+        raise ValueError(f"threshold must be finite, got {threshold}")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     ap = average_precision(scores, targets)
@@ -163,7 +169,7 @@ def multilabel_metrics(
     result["labels_without_positives"] = [int(i) for i in np.flatnonzero(~has_pos)]
     result.update(_ranking_metrics(scores, positive))
     result["num_images"] = int(scores.shape[0])
-    result["threshold"] = float(threshold)
+    result["threshold"] = float(threshold) if threshold.ndim == 0 else threshold.tolist()
     result["top_k"] = int(top_k)
     return result
 
@@ -224,6 +230,7 @@ def format_metrics(m: dict, labels: list[str] | None = None) -> str:
     """A readable multi-line table of a multilabel_metrics result."""
     top_k = m.get("top_k", 3)
     threshold = m.get("threshold", 0.5)
+    row_name = f"score >= {threshold:g}" if np.ndim(threshold) == 0 else "per-label thr."
     ap = m.get("ap_per_label", [])
     missing = m.get("labels_without_positives", [])
     map_text = "n/a (no label has a positive)" if m.get("mAP") is None else f"{m['mAP']:.2f}"
@@ -232,7 +239,7 @@ def format_metrics(m: dict, labels: list[str] | None = None) -> str:
         f"mAP: {map_text}  (over {len(ap) - len(missing)} of {len(ap)} labels)",
         "",
         f"{'':<18}" + "".join(f"{name:>8}" for name in _SIX),
-        f"{f'score >= {threshold:g}':<18}" + "".join(f"{m[name]:>8.2f}" for name in _SIX),
+        f"{row_name:<18}" + "".join(f"{m[name]:>8.2f}" for name in _SIX),
         f"{f'top-{top_k}':<18}" + "".join(f"{m[f'{name}_top{top_k}']:>8.2f}" for name in _SIX),
         "",
         f"label ranking average precision: {m['lrap']:.4f}",
