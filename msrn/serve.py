@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import socket
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from msrn.data.base import _to_rgb
+from msrn.data.base import open_image
 from msrn.errors import MSRNError
 from msrn.predict import Predictor, add_checkpoint_arguments, load_from_args
 
@@ -29,21 +28,7 @@ SHOWN_SCORES = 10  # scores listed on the page, best first
 
 def decode_upload(data: bytes, name: str) -> Image.Image:
     """Fully decode uploaded bytes to RGB, or an MSRNError with one line."""
-    if not data:
-        raise MSRNError(f"{name}: the upload is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            rgb = _to_rgb(img)
-            if rgb is img:
-                rgb = img.copy()
-    except UnidentifiedImageError:
-        raise MSRNError(f"{name}: not an image in a format Pillow can read") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise MSRNError(f"{name}: cannot decode image ({e})") from None
-    if rgb.width == 0 or rgb.height == 0:
-        raise MSRNError(f"{name}: image has zero size")
-    return rgb
+    return open_image(data, name)
 
 
 def _b64_png(image: Image.Image) -> str:

@@ -78,7 +78,7 @@ def test_predict_api_returns_record_scores_and_panels(client, checkpoints: dict)
 
 def test_bad_uploads_get_one_line_json_errors(client) -> None:
     bad = _post(client, b"definitely not an image", "notes.png")
-    assert bad.status_code == 400 and bad.get_json()["error"].startswith("notes.png: not an image")
+    assert bad.status_code == 400 and bad.get_json()["error"].startswith("notes.png: cannot decode image")
     empty = client.post("/api/predict", data={}, content_type="multipart/form-data")
     assert empty.status_code == 400 and "'image'" in empty.get_json()["error"]
     big = _post(client, b"\0" * (2 * 1024 * 1024))

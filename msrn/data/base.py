@@ -1,6 +1,7 @@
 """The common dataset record (`MultiLabelData`), robust image decoding and the torch `ImageDataset`."""
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from msrn.errors import MSRNError
 
@@ -94,21 +95,26 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: PathLike) -> Image.Image:
-    """Decode an image file fully and return it as RGB; any failure is an MSRNError naming the file."""
-    path = Path(path)
+def open_image(source: PathLike | bytes, name: str | None = None) -> Image.Image:
+    """Decode an image file (or uploaded bytes) fully and return it as RGB; any failure is an
+    MSRNError naming the file (or `name`)."""
+    where = name or str(source if not isinstance(source, bytes) else "upload")
+    if isinstance(source, bytes) and not source:
+        raise MSRNError(f"{where}: the image is empty")
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
             img.load()
             rgb = _to_rgb(img)
             if rgb is img:
                 rgb = img.copy()
     except FileNotFoundError:
-        raise MSRNError(f"{path}: image file not found") from None
+        raise MSRNError(f"{where}: image file not found") from None
+    except UnidentifiedImageError:
+        raise MSRNError(f"{where}: cannot decode image (not an image format Pillow reads)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise MSRNError(f"{path}: cannot decode image ({e})") from None
+        raise MSRNError(f"{where}: cannot decode image ({e})") from None
     if rgb.width == 0 or rgb.height == 0:
-        raise MSRNError(f"{path}: image has zero size")
+        raise MSRNError(f"{where}: image has zero size")
     return rgb
 
 
