@@ -131,6 +131,6 @@ def test_page_in_headless_chromium(live_server: str, checkpoints: dict) -> None:
             bad = checkpoints["root"] / "broken.png"
             bad.write_bytes(b"nope")
             page.set_input_files("#file", str(bad))
-            sync_api.expect(page.locator("#status.error")).to_contain_text("broken.png: not an image")
+            sync_api.expect(page.locator("#status.error")).to_contain_text("broken.png: cannot decode image")
         finally:
             browser.close()
