@@ -65,7 +65,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(csv: Path, tmp_pat
 
     monkeypatch.setattr(train_module, "training_loss", poisoned)
     line = one_error_line(capsys, train_argv(csv, tmp_path / "run"))
-    assert "non-finite loss" in line and "epoch 2, step 1" in line and "intact" in line
+    assert "non-finite loss" in line and "epoch 2, step 1" in line and "last.pt is intact" in line
     state = read_checkpoint(tmp_path / "run" / "last.pt")
     assert state["global_step"] == 2 and state["epoch"] == 1
     assert all(bool(v.isfinite().all()) for v in state["state_dict"].values() if v.is_floating_point())

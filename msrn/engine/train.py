@@ -242,9 +242,10 @@ class Trainer:
                     logits, gloss = self.net(images, return_group_loss=True)
                     loss = training_loss(logits, targets) + gloss.float()
                 if not torch.isfinite(loss):
+                    last_pt = self.out / "last.pt"
+                    kept = f"the last good checkpoint {last_pt} is intact" if last_pt.is_file() else "nothing saved yet"
                     raise MSRNError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
-                                    f"{self.step_in_epoch + 1}; stopped. The last good checkpoint "
-                                    f"{self.out / 'last.pt'} is intact: lower --lr or check the data")
+                                    f"{self.step_in_epoch + 1}; stopped ({kept}): lower --lr or check the data")
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             self.running_loss[0] += float(loss.detach()) * len(images)
             self.running_loss[1] += len(images)
