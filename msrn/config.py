@@ -108,8 +108,6 @@ def preset_config(dataset: str, **overrides: Any) -> TrainConfig:
     if dataset not in PRESETS:
         raise MSRNError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
     values = {**PRESETS[dataset], **{k: v for k, v in overrides.items() if v is not None}, "dataset": dataset}
-    if str(values.get("pretrained")).lower() == "none":  # --pretrained none: train from scratch
-        values["pretrained"] = None
     cfg = TrainConfig.from_dict(values)
     cfg.validate()
     return cfg
