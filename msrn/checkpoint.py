@@ -69,8 +69,11 @@ def read_checkpoint(path: str | Path) -> dict:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = _refusal_reason(str(e))
-        if "truncated" in str(e) or "ran out of input" in str(e).lower():
-            raise MSRNError(f"{path} is not a readable checkpoint (truncated or corrupt?): {reason}") from None
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # the PROTO opcode that starts a protocol 2+ pickle
+        if not pickled and "GLOBAL" not in str(e):  # bytes that are no pickle at all
+            raise MSRNError(f"{path} is not a readable checkpoint (truncated, corrupt or another format): "
+                            f"{reason}") from None
         raise MSRNError(f"{path} is not a tensors-only checkpoint (it may carry code); refusing to load it "
                         f"({reason})") from None
     except Exception as e:  # weights_only loading runs no foreign code; a damaged file fails in many ways
