@@ -23,9 +23,9 @@ import os
 import torch
 from torch.autograd.function import once_differentiable
 
-# elements of one tile's R x m x N float32 temporary: 256K elements = 1 MiB, resident in L2
-# (measured on a 2-core Xeon: 1 MiB tiles run the COCO attention ~10x faster than 16 MiB ones)
-CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 18))
+# elements of one tile's R x m x N float32 temporary: 1M elements = 4 MiB, half per thread in each 2 MiB L2
+# (benchmarks/bench_attention.py on a 2-core Xeon: fastest of 64K..4M; the former 16 MiB label chunks took 1.9x as long)
+CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 20))
 
 
 def _tiles(rows: int, m: int, n: int) -> list[tuple[slice, slice]]:
