@@ -75,6 +75,10 @@ def test_evaluate_reproduces_the_run_metrics(run: tuple[Path, Path], tmp_path: P
     for key in METRIC_KEYS:
         assert ours[key] == pytest.approx(run_m[key], abs=1e-9), key
     assert ours["tuned_on_this_split"]["tuned"] is True
+    fast = tmp_path / "fast.json"
+    assert cli(["evaluate", "--dataset", "csv", "--data", str(csv), "--checkpoint", str(out / "best.pt"),
+                "--json", str(fast), "--workers", "0", "--fast"]) == 0
+    assert json.loads(fast.read_text())["mAP"] == pytest.approx(ours["mAP"], abs=1e-6)
 
 
 def test_schedule_and_parameter_groups(run: tuple[Path, Path]) -> None:
