@@ -56,6 +56,9 @@ def setup(device: str) -> torch.device:
         dev = torch.device("cuda", local_rank if env_world_size() > 1 else torch.cuda.current_device())
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+        # TF32 silently rounds fp32 convolutions to 10-bit mantissas; reduced precision is --amp's job
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     if env_world_size() > 1 and not is_distributed():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dev
