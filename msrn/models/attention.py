@@ -28,6 +28,12 @@ from torch.autograd.function import once_differentiable
 CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 20))
 
 
+# Shifted scores are <= 0; below -87 their exp is a denormal float, which x86 computes 10-100x slower
+# (untrained or badly scaled features hit this). exp(-87) = 1.6e-38 next to the row's largest term 1:
+# flooring there changes no float32 result.
+EXP_FLOOR = -87.0
+
+
 def _tiles(rows: int, m: int, n: int) -> list[tuple[slice, slice]]:
     """(row, semantic) slices whose rows x m x n tiles hold at most CHUNK_ELEMENTS (one row x one m at least)."""
     budget = max(1, CHUNK_ELEMENTS // max(1, n))
@@ -64,7 +70,8 @@ class _LabelAttention(torch.autograd.Function):
         buf = feats.new_empty(max(CHUNK_ELEMENTS, n))
         for rs, ms in _tiles(b * d, m, n):
             r, k = rs.stop - rs.start, ms.stop - ms.start
-            e = torch.bmm(signs[rs, ms], shifted[rs], out=buf[: r * k * n].view(r, k, n)).exp_()  # r x k x N
+            e = torch.bmm(signs[rs, ms], shifted[rs], out=buf[: r * k * n].view(r, k, n))
+            e = e.clamp_min_(EXP_FLOOR).exp_()  # r x k x N
             moments[rs, ms] = torch.bmm(e, cols[rs])
         den = moments[..., 2]  # R x M
         vc = moments[..., 0] / den  # centred output
@@ -86,7 +93,8 @@ class _LabelAttention(torch.autograd.Function):
         buf = fc.new_empty(max(CHUNK_ELEMENTS, n))
         for rs, ms in _tiles(b * d, m, n):
             r, k = rs.stop - rs.start, ms.stop - ms.start
-            e = torch.bmm(signs[rs, ms], shifted[rs], out=buf[: r * k * n].view(r, k, n)).exp_()  # r x k x N
+            e = torch.bmm(signs[rs, ms], shifted[rs], out=buf[: r * k * n].view(r, k, n))
+            e = e.clamp_min_(EXP_FLOOR).exp_()  # r x k x N
             grad_rows[rs].baddbmm_(coef[rs, :, ms], e)
         grad_feats = torch.addcmul(grad_rows[:, 0], fc, grad_rows[:, 1])  # R x N
         return grad_feats.view(b, d, n), grad_sem
