@@ -91,7 +91,7 @@ def _child(args: argparse.Namespace) -> dict:
     if args.mode == "train":
         model.train()
         groups = model.param_groups(0.1, 0.01) if hasattr(model, "param_groups") else model.parameters()
-        opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=1e-4)
+        opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=1e-4, fused=True)  # as msrn train
     else:
         model.eval()
 

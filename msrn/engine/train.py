@@ -69,6 +69,19 @@ def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.multilabel_soft_margin_loss(logits.float(), (targets != 0).float())
 
 
+def make_sgd(groups: list[dict], cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum and weight decay, as the fused kernel where this torch has one.
+
+    Fused is the same update in one pass per tensor: for COCO's 264M-weight fc1 the step drops
+    from about 0.7 s to 0.15 s on 2 CPU cores (benchmarks/bench_model.py).
+    """
+    kw = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    try:
+        return torch.optim.SGD(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the kernel
+        return torch.optim.SGD(groups, **kw)
+
+
 def read_resume_state(path: Path) -> dict:
     """The checkpoint to resume from; a damaged one stops the run before anything is written."""
     from msrn.checkpoint import read_checkpoint
@@ -151,8 +164,7 @@ class Trainer:
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.optimizer = torch.optim.SGD(self.model.param_groups(cfg.lr, cfg.lr_backbone), lr=cfg.lr,
-                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.optimizer = make_sgd(self.model.param_groups(cfg.lr, cfg.lr_backbone), cfg)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16" and self.device.type == "cuda")
 
