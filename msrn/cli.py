@@ -51,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MSRNError as e:
         print(f"msrn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `msrn inspect ... | head`: the reader left, nothing more to say
+        sys.stderr.close()
+        return 0
     except OSError as e:  # a full disk, a permission, a vanished file: the machine's state, not a bug
         print(f"msrn {args.command}: error: {e}", file=sys.stderr)
         return 2
