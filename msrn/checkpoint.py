@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -215,6 +214,3 @@ def load_model(
         model.register_buffer("thresholds", torch.as_tensor(thresholds, dtype=torch.float32), persistent=False)
     return model.eval()
 
-
-def as_numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

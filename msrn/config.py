@@ -113,11 +113,7 @@ def preset_config(dataset: str, **overrides: Any) -> TrainConfig:
     return cfg
 
 
-def config_fields() -> list[dataclasses.Field]:
-    return list(dataclasses.fields(TrainConfig))
-
-
-__all__ = ["TrainConfig", "PRESETS", "preset_config", "config_fields"]
+__all__ = ["TrainConfig", "PRESETS", "preset_config"]
 
 
 HELP: dict[str, str] = {

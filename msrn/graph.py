@@ -53,15 +53,19 @@ def read_cooccurrence(path: str | Path) -> Cooccurrence:
     return Cooccurrence(np.asarray(obj["adj"]), np.asarray(obj["nums"]))
 
 
+def conditional(co: Cooccurrence) -> np.ndarray:
+    """P[i, j] = M[i, j] / n[i], the estimate of P(j | i); rows of labels never seen (n = 0) are 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = co.counts / co.nums[:, None]
+    return np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def adjacency(co: Cooccurrence, tau: float = TAU, reweight: float = REWEIGHT) -> np.ndarray:
     """A_hat = D^-1/2 A^T D^-1/2 from counts (ML-GCN steps 1-4 of spec section 2), float32 C x C.
 
     Labels never seen (n = 0) get no outgoing edges instead of the reference's NaN row.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = co.counts / co.nums[:, None]
-    p = np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
-    a = (p >= tau).astype(np.float64)
+    a = (conditional(co) >= tau).astype(np.float64)
     a = a * reweight / (a.sum(0, keepdims=True) + 1e-6)
     a = a + np.eye(co.num_classes)
     d = np.power(a.sum(1), -0.5)
@@ -71,7 +75,6 @@ def adjacency(co: Cooccurrence, tau: float = TAU, reweight: float = REWEIGHT) ->
 
 def edges(co: Cooccurrence, tau: float = TAU) -> list[tuple[int, int, float]]:
     """The directed edges i -> j with P(j | i) >= tau, as (i, j, P) sorted by P descending."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.nan_to_num(co.counts / co.nums[:, None])
+    p = conditional(co)
     out = [(int(i), int(j), float(p[i, j])) for i, j in zip(*np.nonzero(p >= tau), strict=False) if i != j]
     return sorted(out, key=lambda e: -e[2])

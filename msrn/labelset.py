@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from msrn.errors import MSRNError
-from msrn.graph import REWEIGHT, TAU, Cooccurrence, adjacency, count_cooccurrence, edges, read_cooccurrence
+from msrn.graph import (
+    REWEIGHT,
+    TAU,
+    Cooccurrence,
+    adjacency,
+    conditional,
+    count_cooccurrence,
+    edges,
+    read_cooccurrence,
+)
 from msrn.io import atomic_save_torch, atomic_write_bytes, atomic_write_text, check_writable
 from msrn.vectors_ngram import NGRAM_DIM, ngram_vectors
 from msrn.wordvec import label_words, load_word_vectors, read_name_map
@@ -86,9 +95,7 @@ class LabelSet:
 
     def conditional(self) -> np.ndarray:
         """P[i, j] = M[i, j] / n[i], the estimate of P(j | i); rows of unseen labels are 0."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p = self.cooccurrence.counts / self.cooccurrence.nums[:, None]
-        return np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
+        return conditional(self.cooccurrence)
 
     def edges(self) -> list[tuple[int, int, float]]:
         """Directed edges i -> j with P(j | i) >= tau, strongest first."""

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from msrn.data.base import MultiLabelData
 from msrn.data.csvfile import read_csv_dataset
 from msrn.errors import MSRNError
-from msrn.io import atomic_write_bytes
+from msrn.io import atomic_write_text
 
 VERSION = 1
 # label -> RGB colour; each label is one shape drawn in its own colour
@@ -141,11 +141,6 @@ def render_image(labels: list[str], size: int, rng: np.random.RandomState) -> Im
     return img
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file through a flushed temporary file and a rename (msrn.io), so readers never see half a file."""
-    atomic_write_bytes(path, data)
-
-
 def _expected_manifest(seed: int, num_train: int, num_test: int, image_size: int) -> dict:
     """The manifest content that marks a complete generation with these settings."""
     return {
@@ -182,16 +177,16 @@ def ensure_synthetic(
                 img.save(tmp, format="PNG", compress_level=1)
                 os.replace(tmp, path)
                 rows.append(f"images/{split}/{path.name},{'|'.join(labels)},{split}")
-        _write_atomic(root / "annotations.csv", ("\n".join(rows) + "\n").encode())
-        _write_atomic(root / "labels.txt", ("\n".join(SYNTHETIC_LABELS) + "\n").encode())
+        atomic_write_text(root / "annotations.csv", "\n".join(rows) + "\n")
+        atomic_write_text(root / "labels.txt", "\n".join(SYNTHETIC_LABELS) + "\n")
         readme = README.format(
             seed=seed, num_train=num_train, num_test=num_test, size=image_size,
             num_labels=len(SYNTHETIC_LABELS), labels=", ".join(SYNTHETIC_LABELS),
             groups="; ".join(" ".join(g) for g in GROUPS),
             exclusive=", ".join(f"{a}/{b}" for a, b in EXCLUSIVE), manifest=MANIFEST,
         )  # fmt: skip
-        _write_atomic(root / "README.md", readme.encode())
-        _write_atomic(manifest, (json.dumps(expected, indent=1) + "\n").encode())
+        atomic_write_text(root / "README.md", readme)
+        atomic_write_text(manifest, json.dumps(expected, indent=1) + "\n")
     except OSError as e:
         raise MSRNError(f"{root}: cannot write the synthetic data set ({e})") from None
     return root
