@@ -18,7 +18,7 @@ here. The map is a distribution over positions, so `N_s * m` reads as "times the
 which is how the pictures state how concentrated a map is.
 
 Maps are computed only for the labels asked for (B x k x D x N_s temporaries, small), on the
-pooled feature maps the classifier reads; their sizes come from the model's own forward.
+pooled feature maps the classifier reads (`MSRN.feature_maps`).
 """
 from __future__ import annotations
 
@@ -58,22 +58,9 @@ def require_msrn(model: nn.Module, where: str = "this checkpoint") -> MSRN:
 
 
 def depth_features(model: MSRN, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-    """The three projected feature maps (B x D x N_s) and their spatial sizes (H_s, W_s).
-
-    The sizes are read from the projection layers' outputs during the model's own
-    `depth_features`, so they are right for any input size and backbone.
-    """
-    sizes: list[tuple[int, int]] = []
-    hooks = [
-        proj.register_forward_hook(lambda _m, _i, out: sizes.append((out.shape[2], out.shape[3])))
-        for proj in model.ProjectM
-    ]
-    try:
-        feats = model.depth_features(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return feats, sizes
+    """The three projected feature maps (B x D x N_s) and their spatial sizes (H_s, W_s)."""
+    maps = model.feature_maps(x)
+    return [m.flatten(2) for m in maps], [(m.shape[2], m.shape[3]) for m in maps]
 
 
 def maps_from_features(

@@ -77,11 +77,15 @@ class MSRN(nn.Module):
         groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
         return local, groups, group_loss(local, groups, assign, self.cfg.group_loss_weight)
 
-    def depth_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Projected features at the three depths, each B x D x N_s."""
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Projected, pooled maps at the three depths, each B x D x H_s x W_s (the explanations' grid)."""
         c2, c3, c4 = self.backbone.forward_features(x)
         maps = (self.pool(self.conv_buffer1(c2)), self.pool(self.conv_buffer2(c3)), self.pool(c4))
-        return [proj(m).flatten(2) for proj, m in zip(self.ProjectM, maps, strict=False)]  # B x D x N_s
+        return [proj(m) for proj, m in zip(self.ProjectM, maps)]
+
+    def depth_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Projected features at the three depths, each B x D x N_s."""
+        return [m.flatten(2) for m in self.feature_maps(x)]
 
     def head(self, attended: torch.Tensor) -> torch.Tensor:
         """(B x (C+K) x 3D) attended semantics -> B x C logits."""
