@@ -15,6 +15,7 @@ from torch import nn
 
 from msrn.models.attention import label_attention, label_attention_naive
 from msrn.models.gat import GATStack, GroupStack, group_loss
+from msrn.models.linear import ReusedGradLinear
 from msrn.models.resnet import ResNet
 
 
@@ -59,7 +60,7 @@ class MSRN(nn.Module):
         self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
         self.label_embed = GATStack((*cfg.label_dims, d))
         self.group_embed = GroupStack(d, k)
-        self.fc1 = nn.Linear((c + k) * 3 * d, cfg.hidden_dim)
+        self.fc1 = ReusedGradLinear((c + k) * 3 * d, cfg.hidden_dim)  # nn.Linear that keeps its gradient's memory
         self.fc2 = nn.Linear(cfg.hidden_dim, c)
         # label inputs travel with the weights, so a checkpoint can never meet the wrong vectors
         self.register_buffer("word_vectors", torch.as_tensor(word_vectors, dtype=torch.float32).clone())
