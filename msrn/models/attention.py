@@ -23,9 +23,9 @@ import os
 import torch
 from torch.autograd.function import once_differentiable
 
-# elements of one tile's R x m x N float32 temporary: 1M elements = 4 MiB, half per thread in each 2 MiB L2
-# (benchmarks/bench_attention.py on a 2-core Xeon: fastest of 64K..4M; the former 16 MiB label chunks took 1.9x as long)
-CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 20))
+# elements of one tile's R x m x N float32 temporary: 512K elements = 2 MiB, half of it per thread in a 2 MiB L2
+# (benchmarks/bench_attention.py on a 2-core Xeon, batch 2 and 4: fastest of 256K, 512K and 1M, by 10-20 %)
+CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 19))
 
 
 # Shifted scores are <= 0; below -87 their exp is a denormal float, which x86 computes 10-100x slower
@@ -34,16 +34,11 @@ CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 20))
 EXP_FLOOR = -87.0
 
 
-def _tiles(rows: int, m: int, n: int) -> list[tuple[slice, slice]]:
-    """(row, semantic) slices whose rows x m x n tiles hold at most CHUNK_ELEMENTS (one row x one m at least)."""
+def _tile_steps(rows: int, m: int, n: int) -> tuple[int, int]:
+    """(rows, semantics) per tile so that a rows x semantics x n tile holds at most CHUNK_ELEMENTS (1 x 1 at least)."""
     budget = max(1, CHUNK_ELEMENTS // max(1, n))
     mstep = min(m, budget)
-    rstep = max(1, budget // mstep)
-    return [
-        (slice(r, min(rows, r + rstep)), slice(j, min(m, j + mstep)))
-        for r in range(0, rows, rstep)
-        for j in range(0, m, mstep)
-    ]
+    return min(rows, max(1, budget // mstep)), mstep
 
 
 def _score_factors(fc: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,13 +62,16 @@ class _LabelAttention(torch.autograd.Function):
         signs, shifted = _score_factors(fc, s)
         cols = torch.stack([fc, fc * fc, torch.ones_like(fc)], 1)  # R x 3 x N
         moments = feats.new_empty(b * d, 3, m)
-        buf = feats.new_empty(max(CHUNK_ELEMENTS, n))
-        for rs, ms in _tiles(b * d, m, n):
-            r, k = rs.stop - rs.start, ms.stop - ms.start
-            e = torch.bmm(signs[rs, ms], shifted[rs], out=buf[: r * k * n].view(r, k, n))
-            e = e.clamp_min_(EXP_FLOOR).exp_()  # r x k x N
-            # (3 x N) @ (N x k) per row: MKL runs this 2.4x faster than the same sums as (k x N) @ (N x 3)
-            moments[rs, :, ms] = torch.bmm(cols[rs], e.transpose(1, 2))
+        rstep, mstep = _tile_steps(b * d, m, n)
+        buf = feats.new_empty(rstep * mstep * n)
+        for sg, sh, co, mo in zip(signs.split(rstep), shifted.split(rstep), cols.split(rstep), moments.split(rstep)):
+            r = sh.shape[0]
+            for j in range(0, m, mstep):
+                k = min(mstep, m - j)
+                e = torch.bmm(sg[:, j : j + k], sh, out=buf[: r * k * n].view(r, k, n))
+                e = e.clamp_min_(EXP_FLOOR).exp_()  # r x k x N
+                # (3 x N) @ (N x k) per row: MKL runs this 2.4x faster than the same sums as (k x N) @ (N x 3)
+                torch.bmm(co, e.transpose(1, 2), out=mo[:, :, j : j + k])
         den = moments[:, 2]  # R x M
         vc = moments[:, 0] / den  # centred output
         var = (moments[:, 1] / den - vc * vc).clamp_min_(0)
@@ -91,12 +89,15 @@ class _LabelAttention(torch.autograd.Function):
         coef = torch.stack([g * (1 - s * vc), g * s], 1).div_(den[:, None, :])  # R x 2 x M
         signs, shifted = _score_factors(fc, s)
         grad_rows = fc.new_zeros(b * d, 2, n)
-        buf = fc.new_empty(max(CHUNK_ELEMENTS, n))
-        for rs, ms in _tiles(b * d, m, n):
-            r, k = rs.stop - rs.start, ms.stop - ms.start
-            e = torch.bmm(signs[rs, ms], shifted[rs], out=buf[: r * k * n].view(r, k, n))
-            e = e.clamp_min_(EXP_FLOOR).exp_()  # r x k x N
-            grad_rows[rs].baddbmm_(coef[rs, :, ms], e)
+        rstep, mstep = _tile_steps(b * d, m, n)
+        buf = fc.new_empty(rstep * mstep * n)
+        for sg, sh, cf, gr in zip(signs.split(rstep), shifted.split(rstep), coef.split(rstep), grad_rows.split(rstep)):
+            r = sh.shape[0]
+            for j in range(0, m, mstep):
+                k = min(mstep, m - j)
+                e = torch.bmm(sg[:, j : j + k], sh, out=buf[: r * k * n].view(r, k, n))
+                e = e.clamp_min_(EXP_FLOOR).exp_()  # r x k x N
+                gr.baddbmm_(cf[:, :, j : j + k], e)
         grad_feats = torch.addcmul(grad_rows[:, 0], fc, grad_rows[:, 1])  # R x N
         return grad_feats.view(b, d, n), grad_sem
 
