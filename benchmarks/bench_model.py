@@ -13,7 +13,9 @@ Modes: infer (eval, inference_mode) and train (forward, loss, backward, SGD step
 
 Peak memory on CPU is the growth of the process's peak RSS over its RSS after building the
 model (VmHWM after resetting it through /proc/self/clear_refs); on CUDA it is
-max_memory_allocated over the memory allocated after the build.
+max_memory_allocated over the memory allocated after the build. Training also reports the bytes
+autograd saves for backward (unique storages, counted on the first step): unlike RSS peaks it
+does not depend on the allocator, so its per-image slope is the steadier memory comparison.
 """
 from __future__ import annotations
 
@@ -111,6 +113,13 @@ def _child(args: argparse.Namespace) -> dict:
         loss.backward()
         opt.step()
 
+    seen: dict[tuple[str, int], int] = {}  # storages autograd keeps for backward, from the first step
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen[(str(st.device), st.data_ptr())] = st.nbytes()
+        return t
+
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     if cuda:
         torch.cuda.synchronize()
@@ -123,7 +132,11 @@ def _child(args: argparse.Namespace) -> dict:
     for i in range(args.warmup + args.iters):
         sync()
         t0, c0 = time.perf_counter(), time.process_time()
-        step()
+        if i == 0 and opt is not None:  # warm-up: also count the bytes saved for backward (allocator-independent)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                step()
+        else:
+            step()
         sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
@@ -132,7 +145,7 @@ def _child(args: argparse.Namespace) -> dict:
     return dict(
         variant=args.variant, mode=args.mode, batch=args.batch, times=times,
         median=statistics.median(times), min=min(times), cpu=min(cpu), cpu_times=cpu,
-        peak_growth=peak - base, base=base,
+        peak_growth=peak - base, base=base, saved=sum(seen.values()),
     )
 
 
@@ -183,6 +196,17 @@ def _report(results: list[dict], batches: list[int]) -> str:
             for v, g in per.items():
                 ratio = f"{g / per['backbone']:.2f}" if per.get("backbone") else "-"
                 lines.append(f"| {v} | {mode} | {g / 1e9:.3f} | {ratio} |")
+        saved = {
+            v: (get[(v, "train", hi)]["saved"] - get[(v, "train", lo)]["saved"]) / (hi - lo)
+            for v in variants
+            if (v, "train", lo) in get and (v, "train", hi) in get
+        }
+        if saved:
+            lines += ["", f"| variant | saved for backward per extra image GB (batch {lo} -> {hi}) | x backbone |"]
+            lines.append("|---|---|---|")
+            for v, g in saved.items():
+                ratio = f"{g / saved['backbone']:.2f}" if saved.get("backbone") else "-"
+                lines.append(f"| {v} | {g / 1e9:.3f} | {ratio} |")
     return "\n".join(lines)
 
 
