@@ -20,7 +20,7 @@ from PIL import Image
 
 from msrn.data.base import open_image
 from msrn.errors import MSRNError
-from msrn.predict import Predictor, add_checkpoint_arguments, load_from_args
+from msrn.predict import Predictor, add_checkpoint_arguments, add_fast_argument, load_from_args
 
 MAX_UPLOAD_MB = 20
 SHOWN_SCORES = 10  # scores listed on the page, best first
@@ -131,13 +131,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="attention panels for the N best labels (default 3)")
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest accepted upload")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_fast_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run `msrn serve` until interrupted."""
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise MSRNError("--threshold must lie in [0, 1]")
-    predictor = load_from_args(args, threshold=args.threshold, device=args.device)
+    predictor = load_from_args(args, threshold=args.threshold, device=args.device, fast=args.fast)
     app = create_app(predictor, max(0, args.explain_labels), args.max_upload_mb)
     server = make_server(app, args.host, args.port)
     print(f"msrn serve: {args.checkpoint} on http://{args.host}:{server.port}/ (Ctrl+C stops)", file=sys.stderr)

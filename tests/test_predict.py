@@ -208,3 +208,32 @@ def test_reference_checkpoint_with_its_pickles(tmp_path, capsys: pytest.CaptureF
         expected = torch.sigmoid(model(TestTransform(64)(Image.open(image))[None]))[0]
     got = {r["label"]: r["score"] for r in record["labels"]}
     np.testing.assert_allclose([got[n] for n in ["person", "bike", "car"]], expected.numpy(), atol=1e-5)
+
+
+def test_fast_predictor_folds_batch_norm_and_keeps_scores_and_explanations(tmp_path, capsys) -> None:
+    torch.manual_seed(3)
+    model = create_model("msrn_tiny", labels=LABELS)
+    with torch.no_grad():  # running statistics far from (0, 1), so that folding them changes the weights
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+    ckpt = tmp_path / "m.pt"
+    torch.save(model_state(model.eval(), image_size=64), ckpt)
+    images = [_image(i) for i in range(3)]
+    plain, fast = load(ckpt, threshold=0.0), load(ckpt, threshold=0.0, fast=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.model.modules())
+    assert fast.labels == LABELS and fast.image_size == 64
+    expected = plain.probabilities(images)
+    np.testing.assert_allclose(fast.probabilities(images), expected, rtol=1e-5, atol=1e-6)
+    (explained,) = fast.explain(images[0], k=2)
+    assert explained.labels == [LABELS[i] for i in np.argsort(-expected[0], kind="stable")[:2]]
+    assert explained.scores == pytest.approx(np.sort(expected[0])[::-1][:2], abs=1e-5)
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for img, path in zip(images, paths):
+        img.save(path)
+    assert cli(["predict", "--checkpoint", str(ckpt), "--fast", "--threshold", "0", *map(str, paths)]) == 0
+    records = json.loads(capsys.readouterr().out)
+    got = np.array([[x["score"] for x in sorted(r["labels"], key=lambda x: LABELS.index(x["label"]))]
+                    for r in records])
+    np.testing.assert_allclose(got, expected, atol=2e-6)
