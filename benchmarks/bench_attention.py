@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--semantics", type=int, default=84, help="labels + groups")
     p.add_argument("--positions", type=int, nargs="+", default=[784, 196, 49])
-    p.add_argument("--chunks", type=int, nargs="+", default=[1 << 16, 1 << 18, 1 << 20, 1 << 22])
+    p.add_argument("--chunks", type=int, nargs="+", default=[1 << 16, 1 << 18, 1 << 19, 1 << 20, 1 << 22])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-naive", action="store_true", help="skip the materialising formula")
