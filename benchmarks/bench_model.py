@@ -40,14 +40,19 @@ MODES = ("infer", "train")
 
 
 class BareBackbone(nn.Module):
-    """ResNet forward_features followed by the 2x2 max-pools MSRN applies at the three depths."""
+    """ResNet forward_features followed by the 2x2 max-pools MSRN applies at the three depths.
+
+    The pools are MSRN's own (msrn.models.ops.max_pool2x2, faster than nn.MaxPool2d in inference),
+    so that the ratios measure what MSRN adds to the backbone and nothing else.
+    """
 
     def __init__(self, arch: str) -> None:
         super().__init__()
+        from msrn.models.ops import max_pool2x2
         from msrn.models.resnet import ResNet
 
         self.backbone = ResNet(arch)
-        self.pool = nn.MaxPool2d(2, 2)
+        self.pool = max_pool2x2
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [self.pool(f) for f in self.backbone.forward_features(x)]  # B x C_s x H_s x W_s each

@@ -1,11 +1,13 @@
 """optimize_for_inference keeps the logits (within 1e-4 relative) and is eval-only."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
-from msrn.models import create_model
+from msrn.models import attention, create_model
 from msrn.models.fuse import fold_batchnorms, optimize_for_inference
 from msrn.models.resnet import ResNet
 
@@ -71,3 +73,25 @@ def test_eval_only() -> None:
     with pytest.raises(RuntimeError):
         fast(torch.randn(1, 3, 32, 32), return_group_loss=True)
     assert not any(p.requires_grad for p in fast.parameters())
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on CPU needs C++")
+def test_compiled_model_matches_eager_and_runs_the_attention_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    model = create_model("msrn_tiny", num_classes=5, num_groups=1)
+    _randomise_batchnorms(model, seed=1)
+    model.eval()
+    traced = []  # one entry per attention call: was dynamo tracing it?
+    real = attention._exp_tiles
+
+    def spy(*args):
+        traced.append(torch.compiler.is_compiling())
+        return real(*args)
+
+    monkeypatch.setattr(attention, "_exp_tiles", spy)
+    fast = optimize_for_inference(model, compile=True)
+    with torch.no_grad():
+        for seed in range(2):
+            x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+            assert _rel(fast(x), model(x)) < 1e-4
+    assert traced and not any(traced), "torch.compile should leave the tiled attention to eager"

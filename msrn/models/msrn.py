@@ -16,6 +16,7 @@ from torch import nn
 from msrn.models.attention import label_attention, label_attention_naive
 from msrn.models.gat import GATStack, GroupStack, group_loss
 from msrn.models.linear import ReusedGradLinear
+from msrn.models.ops import conv1x1, max_pool2x2
 from msrn.models.resnet import ResNet
 
 
@@ -55,7 +56,6 @@ class MSRN(nn.Module):
         c2, c3, c4 = self.backbone.channels
         self.conv_buffer1 = nn.Conv2d(c2, c2, 1)
         self.conv_buffer2 = nn.Conv2d(c3, c3, 1)
-        self.pool = nn.MaxPool2d(2, 2)
         self.ProjectM = nn.ModuleList(nn.Conv2d(ch, d, 1) for ch in (c2, c3, c4))
         self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
         self.label_embed = GATStack((*cfg.label_dims, d))
@@ -81,8 +81,9 @@ class MSRN(nn.Module):
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Projected, pooled maps at the three depths, each B x D x H_s x W_s (the explanations' grid)."""
         c2, c3, c4 = self.backbone.forward_features(x)
-        maps = (self.pool(self.conv_buffer1(c2)), self.pool(self.conv_buffer2(c3)), self.pool(c4))
-        return [proj(m) for proj, m in zip(self.ProjectM, maps)]
+        buffered = (conv1x1(self.conv_buffer1, c2), conv1x1(self.conv_buffer2, c3), c4)
+        maps = [max_pool2x2(m) for m in buffered]
+        return [conv1x1(proj, m) for proj, m in zip(self.ProjectM, maps)]
 
     def depth_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Projected features at the three depths, each B x D x N_s."""
