@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from model_helpers import randomise_batchnorms
 from torch import nn
 
 from msrn.models import attention, create_model
@@ -16,24 +17,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def _randomise_batchnorms(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial running statistics and affine parameters, so folding has something to fold."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-
-
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_msrn_tiny_logits_match(channels_last: bool) -> None:
     torch.manual_seed(0)
     model = create_model("msrn_tiny", num_classes=6, num_groups=2)
-    _randomise_batchnorms(model)
+    randomise_batchnorms(model)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -50,7 +38,7 @@ def test_msrn_tiny_logits_match(channels_last: bool) -> None:
 def test_small_resnet_features_match() -> None:
     torch.manual_seed(0)
     net = ResNet("resnet_tiny")
-    _randomise_batchnorms(net, seed=1)
+    randomise_batchnorms(net, seed=1)
     net.eval()
     x = torch.randn(3, 3, 48, 48)
     with torch.no_grad():
@@ -79,7 +67,7 @@ def test_eval_only() -> None:
 def test_compiled_model_matches_eager_and_runs_the_attention_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(1)
     model = create_model("msrn_tiny", num_classes=5, num_groups=1)
-    _randomise_batchnorms(model, seed=1)
+    randomise_batchnorms(model, seed=1)
     model.eval()
     traced = []  # one entry per attention call: was dynamo tracing it?
     real = attention._exp_tiles

@@ -9,6 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from model_helpers import randomise_batchnorms
 from PIL import Image
 
 from msrn.checkpoint import model_state
@@ -213,11 +214,7 @@ def test_reference_checkpoint_with_its_pickles(tmp_path, capsys: pytest.CaptureF
 def test_fast_predictor_folds_batch_norm_and_keeps_scores_and_explanations(tmp_path, capsys) -> None:
     torch.manual_seed(3)
     model = create_model("msrn_tiny", labels=LABELS)
-    with torch.no_grad():  # running statistics far from (0, 1), so that folding them changes the weights
-        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.uniform_(0.5, 1.5)
+    randomise_batchnorms(model, seed=3)
     ckpt = tmp_path / "m.pt"
     torch.save(model_state(model.eval(), image_size=64), ckpt)
     images = [_image(i) for i in range(3)]
