@@ -321,7 +321,7 @@ def add_fast_argument(parser: argparse.ArgumentParser) -> None:
     """--fast (predict, serve): the batch-norm-folded, channels-last model; same logits to ~1e-6."""
     parser.add_argument("--fast", action="store_true",
                         help="fold batch norm into the convolutions and use channels-last memory: the same "
-                             "scores to ~1e-6 relative, about 1.4x faster on CPU (see BENCHMARKS.md)")
+                             "scores to ~1e-6 relative, 1.2-1.4x faster on CPU (see BENCHMARKS.md)")
 
 
 def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:

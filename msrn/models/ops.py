@@ -27,7 +27,7 @@ def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) for a 1x1, stride-1 convolution: B x C x H x W -> B x O x H x W."""
     plain = conv.kernel_size == conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
     if not plain or not x.is_contiguous() or _autograd(x, *conv.parameters()):
-        return conv(x)  # channels-last input: the convolution is fast there
+        return conv(x)  # other shapes, training, and channels-last input (where the convolution is fast)
     b, c, h, w = x.shape
     weight = conv.weight.view(1, conv.out_channels, c).expand(b, -1, -1)  # B x O x C, no copy
     if conv.bias is None:
