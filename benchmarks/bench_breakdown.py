@@ -3,8 +3,8 @@
 Stages, in forward order (COCO configuration by default: 80 labels, 4 groups, 448x448, fp32):
   backbone     ResNet-101 forward_features (layer2, layer3, layer4 outputs)
   conv_buffer  conv_buffer1 on layer2 and conv_buffer2 on layer3, then the three 2x2 max-pools
-               (msrn.models.ops, as MSRN runs them)
-  project      the three ProjectM 1x1 convolutions to D
+               (MSRN.pooled_maps)
+  project      the three ProjectM 1x1 convolutions to D (MSRN.project)
   semantics    fc_label, the label GAT and the group pooling (weights only, no image)
   attention    the label-guided attention at the three depths
   classifier   tanh, fc1 (264M weights for COCO), LeakyReLU, fc2
@@ -24,7 +24,6 @@ import torch
 
 from msrn.models import create_model
 from msrn.models.attention import label_attention
-from msrn.models.ops import conv1x1, max_pool2x2
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,24 +40,24 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = create_model(f"msrn_{args.arch}", num_classes=args.classes, num_groups=args.groups).eval()
     x = torch.randn(args.batch, 3, args.size, args.size)
+    pool = torch.nn.MaxPool2d(2, 2)
     saved: dict[str, object] = {}
 
     def backbone() -> None:
         saved["c"] = model.backbone.forward_features(x)
 
     def conv_buffer() -> None:
-        c2, c3, c4 = saved["c"]
-        saved["m"] = [max_pool2x2(m) for m in (conv1x1(model.conv_buffer1, c2), conv1x1(model.conv_buffer2, c3), c4)]
+        saved["m"] = model.pooled_maps(saved["c"])
 
     def project() -> None:
-        saved["f"] = [conv1x1(proj, m).flatten(2) for proj, m in zip(model.ProjectM, saved["m"])]
+        saved["f"] = [m.flatten(2) for m in model.project(saved["m"])]
 
     def conv_buffer_modules() -> None:
         c2, c3, c4 = saved["c"]
         saved["mm"] = [pool(m) for m in (model.conv_buffer1(c2), model.conv_buffer2(c3), c4)]
 
     def project_modules() -> None:
-        [proj(m).flatten(2) for proj, m in zip(model.ProjectM, saved["mm"])]
+        saved["fm"] = [proj(m).flatten(2) for proj, m in zip(model.ProjectM, saved["mm"])]
 
     def semantics() -> None:
         local, groups, _ = model.semantics()
@@ -70,7 +69,6 @@ def main(argv: list[str] | None = None) -> None:
     def classifier() -> None:
         model.head(saved["a"])
 
-    pool = torch.nn.MaxPool2d(2, 2)
     stages = [backbone, conv_buffer, project, semantics, attention, classifier, conv_buffer_modules, project_modules]
     times: dict[str, list[float]] = {s.__name__: [] for s in stages}
     with torch.inference_mode():

@@ -78,12 +78,18 @@ class MSRN(nn.Module):
         groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
         return local, groups, group_loss(local, groups, assign, self.cfg.group_loss_weight)
 
+    def pooled_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """layer2/3/4 outputs -> conv_buffer1/2 (depths 1, 2) and the 2x2 max-pool, each B x C_s x H_s x W_s."""
+        c2, c3, c4 = feats
+        return [max_pool2x2(m) for m in (conv1x1(self.conv_buffer1, c2), conv1x1(self.conv_buffer2, c3), c4)]
+
+    def project(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Pooled maps -> ProjectM to D channels, each B x D x H_s x W_s."""
+        return [conv1x1(proj, m) for proj, m in zip(self.ProjectM, maps)]
+
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Projected, pooled maps at the three depths, each B x D x H_s x W_s (the explanations' grid)."""
-        c2, c3, c4 = self.backbone.forward_features(x)
-        buffered = (conv1x1(self.conv_buffer1, c2), conv1x1(self.conv_buffer2, c3), c4)
-        maps = [max_pool2x2(m) for m in buffered]
-        return [conv1x1(proj, m) for proj, m in zip(self.ProjectM, maps)]
+        return self.project(self.pooled_maps(self.backbone.forward_features(x)))
 
     def depth_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Projected features at the three depths, each B x D x N_s."""
