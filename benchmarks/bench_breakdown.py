@@ -9,8 +9,9 @@ Stages, in forward order (COCO configuration by default: 80 labels, 4 groups, 44
   attention    the label-guided attention at the three depths
   classifier   tanh, fc1 (264M weights for COCO), LeakyReLU, fc2
 Each stage runs on the previous stage's saved output; rounds interleave the stages, and the table
-gives the best and the median of each with its share of the backbone's best time. Two more rows
-time conv_buffer and project as plain nn.Conv2d and nn.MaxPool2d modules, for comparison.
+gives the best and the median of each with its share of the backbone's best time. Three more rows
+time conv_buffer, project and the classifier as the plain nn.Conv2d, nn.MaxPool2d and nn.Linear
+modules (msrn.models.ops replaces their calls in inference), for comparison.
 
     python benchmarks/bench_breakdown.py --batch 4 --rounds 5
 """
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     def classifier() -> None:
         model.head(saved["a"])
 
-    stages = [backbone, conv_buffer, project, semantics, attention, classifier, conv_buffer_modules, project_modules]
+    def classifier_modules() -> None:
+        model.fc2(torch.nn.functional.leaky_relu(model.fc1(torch.tanh(saved["a"]).flatten(1)), 0.01))
+
+    stages = [backbone, conv_buffer, project, semantics, attention, classifier,
+              conv_buffer_modules, project_modules, classifier_modules]
     times: dict[str, list[float]] = {s.__name__: [] for s in stages}
     with torch.inference_mode():
         for rnd in range(args.rounds + 1):  # round 0 warms up

@@ -1,4 +1,4 @@
-"""msrn.models.ops: the faster 1x1 convolution and 2x2 max-pool give nn.Conv2d's and max_pool2d's values."""
+"""msrn.models.ops: the faster 1x1 convolution, 2x2 max-pool and linear give the plain modules' values."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msrn.models.ops import conv1x1, max_pool2x2
+from msrn.models import ops
+from msrn.models.ops import conv1x1, linear, max_pool2x2
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -57,3 +58,68 @@ def test_max_pool2x2_keeps_max_pool2d_gradient_on_ties() -> None:
     x = torch.ones(1, 1, 4, 4, requires_grad=True)
     max_pool2x2(x).sum().backward()
     assert sorted(x.grad.flatten().tolist()) == [0.0] * 12 + [1.0] * 4
+
+
+needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn) CPU backend"
+)
+
+
+def _count_onednn(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the batch of every call that reaches oneDNN's inner product."""
+    calls: list[int] = []
+    real = torch._C._nn.mkldnn_linear
+
+    def spy(x, w, b):
+        calls.append(x.shape[0])
+        return real(x, w, b)
+
+    monkeypatch.setattr(ops, "_onednn_linear", spy)
+    return calls
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_equals_the_layer_at_every_batch(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(3000, 70, bias=bias)
+    calls = _count_onednn(monkeypatch)
+    for batch in (1, 2, 3, 4, 5, 9):
+        x = torch.randn(batch, 3000)
+        with torch.no_grad():
+            got, want = linear(layer, x), layer(x)
+        assert got.shape == (batch, 70) and got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert calls == [4, 5, 9]  # batches below ONEDNN_MIN_BATCH stay with MKL
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")  # mkldnn.flags() restores a TF32 setting and says so
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")  # deprecated, but what the ONNX exporter still runs
+def test_linear_keeps_the_layer_under_autograd_autocast_and_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = nn.Linear(64, 8)
+    x = torch.randn(6, 64)
+    calls = _count_onednn(monkeypatch)
+    y = linear(layer, x)  # the weights need gradients
+    y.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert linear(layer, x).dtype == torch.bfloat16  # autocast still picks the dtype
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return linear(self.layer, t)
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Head(), x, check_trace=False)
+    assert "mkldnn" not in str(traced.graph)  # a traced or exported graph holds only portable ops
+    assert calls == []
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+        linear(layer, x)
+    assert calls == []
+    with torch.no_grad():
+        linear(layer, x)
+    assert calls == [6]

@@ -19,14 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from msrn.models.ops import autocast_on
+
 _use_count = getattr(torch._C, "_storage_Use_Count", None)  # private; without it nothing is reused
-
-
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 has one flag per device family
-        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
 
 
 class _ReusedGradLinear(torch.autograd.Function):
@@ -80,7 +75,7 @@ class ReusedGradLinear(nn.Linear):
         """x: B x in -> B x out."""
         if x.dim() != 2 or not torch.is_grad_enabled() or not self.weight.requires_grad:
             return super().forward(x)
-        if _autocast_on(x.device.type):
+        if autocast_on(x.device.type):
             return super().forward(x)  # autocast chooses the dtypes; keep nn.Linear's path
         return _ReusedGradLinear.apply(x, self.weight, self.bias, self)
 

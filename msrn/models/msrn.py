@@ -16,7 +16,7 @@ from torch import nn
 from msrn.models.attention import label_attention, label_attention_naive
 from msrn.models.gat import GATStack, GroupStack, group_loss
 from msrn.models.linear import ReusedGradLinear
-from msrn.models.ops import conv1x1, max_pool2x2
+from msrn.models.ops import conv1x1, linear, max_pool2x2
 from msrn.models.resnet import ResNet
 
 
@@ -98,7 +98,7 @@ class MSRN(nn.Module):
     def head(self, attended: torch.Tensor) -> torch.Tensor:
         """(B x (C+K) x 3D) attended semantics -> B x C logits."""
         h = torch.tanh(attended).flatten(1)
-        return self.fc2(F.leaky_relu(self.fc1(h), 0.01))
+        return self.fc2(F.leaky_relu(linear(self.fc1, h), 0.01))
 
     def forward(
         self, x: torch.Tensor, return_group_loss: bool | None = None
