@@ -55,6 +55,23 @@ def test_large_scores_do_not_overflow() -> None:
     assert _rel(out, label_attention_naive(feats.double(), sem.double())) < 1e-5
 
 
+@pytest.mark.parametrize("chunk", [10 * 3, 1 << 18])  # tiles of one row and tiles of every row
+def test_rows_near_the_exp_floor_are_clamped_and_the_others_exact(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    monkeypatch.setattr(attention, "CHUNK_ELEMENTS", chunk)
+    feats, sem = _inputs(2, 6, 10, 3)
+    feats[:, 1::3] *= 40  # a third of the (image, channel) rows reach scores far below the floor
+    fc = (feats - feats.mean(-1, keepdim=True)).reshape(12, 10)
+    s = sem.t().expand(2, 6, 3).reshape(12, 3)
+    *_, floor = attention._score_factors(fc, s)
+    lowest = (s.abs().amax(-1) * (fc.amax(-1) - fc.amin(-1))).tolist()
+    assert floor == [low > -attention.EXP_FLOOR for low in lowest] and any(floor) and not all(floor)
+    grad_out = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1))
+    got = _values_and_grads(label_attention, feats, sem, grad_out)
+    want = _values_and_grads(label_attention_naive, feats.double(), sem.double(), grad_out.double())
+    for g, w in zip(got, want, strict=True):
+        assert torch.isfinite(g).all() and _rel(g, w) < 1e-5
+
+
 def test_bf16_autocast_runs_in_float32_and_is_close() -> None:
     feats, sem = _inputs(2, 16, 49, 7)
     with torch.autocast("cpu", dtype=torch.bfloat16):

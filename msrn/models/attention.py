@@ -29,10 +29,12 @@ from torch.autograd.function import once_differentiable
 CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 19))
 
 
-# Shifted scores are <= 0; below -87 their exp is a denormal float, which x86 computes 10-100x slower
-# (untrained or badly scaled features hit this). exp(-87) = 1.6e-38 next to the row's largest term 1:
-# flooring there changes no float32 result.
-EXP_FLOOR = -87.0
+# Shifted scores are <= 0, and the row's largest term is exp(0) = 1. Far below that, exp gives tiny
+# floats whose products with F in the moment sums are denormal, which x86 computes 10-100x slower
+# (untrained or badly scaled features hit this: at -87, a third of COCO-sized attention time). So
+# scores are floored at -50: each floored term is at most exp(-50) = 2e-22 next to the 1, which
+# moves a softmax over N positions by at most N * 2e-22 relative, far below float32's 6e-8.
+EXP_FLOOR = -50.0
 
 
 def _tile_steps(rows: int, m: int, n: int) -> tuple[int, int]:
@@ -42,27 +44,39 @@ def _tile_steps(rows: int, m: int, n: int) -> tuple[int, int]:
     return min(rows, max(1, budget // mstep)), mstep
 
 
-def _score_factors(fc: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors whose batched product is F*S - max_n F*S: (R x M x 2) @ (R x 2 x N)."""
+def _score_factors(fc: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[bool] | None]:
+    """Factors whose batched product is F*S - max_n F*S, (R x M x 2) @ (R x 2 x N), and the rows that need EXP_FLOOR."""
     # fc: R x N (centred rows), s: R x M. The max over n of s*F is s*max F (s >= 0) or s*min F (s < 0),
     # so the shifted score is s*(F - max F) or s*(F - min F): one of the two terms is zero.
-    shifted = torch.stack([fc - fc.amax(-1, keepdim=True), fc - fc.amin(-1, keepdim=True)], 1)  # R x 2 x N
+    hi, lo = fc.amax(-1, keepdim=True), fc.amin(-1, keepdim=True)  # R x 1
+    shifted = fc.new_empty(fc.shape[0], 2, fc.shape[1])  # R x 2 x N, written in place: no stacked temporaries
+    torch.sub(fc, hi, out=shifted[:, 0])
+    torch.sub(fc, lo, out=shifted[:, 1])
     signs = torch.stack([s.clamp_min(0), s.clamp_max(0)], -1)  # R x M x 2
-    return signs, shifted
+    # A row's lowest score is -max|s| * (max F - min F); where that stays above EXP_FLOOR the clamp changes
+    # nothing, and on CPU its pass over the tile is skipped (trained models rarely come near the floor).
+    # On other devices one host sync per call would cost more than the clamp, so every tile is clamped.
+    floor = None
+    if fc.device.type == "cpu":
+        floor = (s.abs().amax(-1) * (hi - lo).squeeze(-1) > -EXP_FLOOR).tolist()  # R
+    return signs, shifted, floor
 
 
-def _exp_tiles(signs: torch.Tensor, shifted: torch.Tensor) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+def _exp_tiles(
+    signs: torch.Tensor, shifted: torch.Tensor, floor: list[bool] | None
+) -> Iterator[tuple[slice, slice, torch.Tensor]]:
     """(rows, semantics, e) per tile, e = exp(shifted score) (r x k x N), written into one reused buffer."""
-    # signs: R x M x 2, shifted: R x 2 x N (see _score_factors)
+    # signs: R x M x 2, shifted: R x 2 x N, floor: per row, whether a score can fall below EXP_FLOOR
     rows, m, n = signs.shape[0], signs.shape[1], shifted.shape[-1]
     rstep, mstep = _tile_steps(rows, m, n)
     buf = shifted.new_empty(rstep * mstep * n)
     for i in range(0, rows, rstep):
         r = min(rstep, rows - i)
+        clamp = floor is None or any(floor[i : i + r])
         for j in range(0, m, mstep):
             k = min(mstep, m - j)
             e = torch.bmm(signs[i : i + r, j : j + k], shifted[i : i + r], out=buf[: r * k * n].view(r, k, n))
-            yield slice(i, i + r), slice(j, j + k), e.clamp_min_(EXP_FLOOR).exp_()
+            yield slice(i, i + r), slice(j, j + k), (e.clamp_min_(EXP_FLOOR) if clamp else e).exp_()
 
 
 class _LabelAttention(torch.autograd.Function):
@@ -74,10 +88,13 @@ class _LabelAttention(torch.autograd.Function):
         mu = feats.mean(-1, keepdim=True)  # B x D x 1
         fc = (feats - mu).reshape(b * d, n)  # centring changes no softmax and keeps the variance well conditioned
         s = sem.t().expand(b, d, m).reshape(b * d, m)  # R x M, R = B*D rows
-        signs, shifted = _score_factors(fc, s)
-        cols = torch.stack([fc, fc * fc, torch.ones_like(fc)], 1)  # R x 3 x N
+        signs, shifted, floor = _score_factors(fc, s)
+        cols = fc.new_empty(b * d, 3, n)  # [F, F^2, 1] per row, R x 3 x N
+        cols[:, 0] = fc
+        torch.mul(fc, fc, out=cols[:, 1])
+        cols[:, 2] = 1
         moments = feats.new_empty(b * d, 3, m)
-        for rows, sems, e in _exp_tiles(signs, shifted):
+        for rows, sems, e in _exp_tiles(signs, shifted, floor):
             # (3 x N) @ (N x k) per row: MKL runs this 2.4x faster than the same sums as (k x N) @ (N x 3)
             torch.bmm(cols[rows], e.transpose(1, 2), out=moments[rows, :, sems])
         den = moments[:, 2]  # R x M
@@ -95,9 +112,9 @@ class _LabelAttention(torch.autograd.Function):
         g = grad.permute(0, 2, 1).reshape(b * d, m)  # R x M
         grad_sem = (g * var).view(b, d, m).sum(0).t()  # M x D
         coef = torch.stack([g * (1 - s * vc), g * s], 1).div_(den[:, None, :])  # R x 2 x M
-        signs, shifted = _score_factors(fc, s)
+        signs, shifted, floor = _score_factors(fc, s)
         grad_rows = fc.new_zeros(b * d, 2, n)
-        for rows, sems, e in _exp_tiles(signs, shifted):
+        for rows, sems, e in _exp_tiles(signs, shifted, floor):
             grad_rows[rows].baddbmm_(coef[rows, :, sems], e)
         grad_feats = torch.addcmul(grad_rows[:, 0], fc, grad_rows[:, 1])  # R x N
         return grad_feats.view(b, d, n), grad_sem
