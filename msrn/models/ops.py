@@ -60,7 +60,7 @@ def _onednn_linear_ok(layer: nn.Linear, x: torch.Tensor) -> bool:
     """Whether linear() may hand this call to oneDNN: eager float32 CPU inference on a big enough batch."""
     w = layer.weight
     return (
-        not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or _is_compiling())  # first: no shape reads
+        not (torch.jit.is_tracing() or _is_compiling())  # ONNX export traces too; checked before any shape read
         and x.dim() == 2
         and x.shape[0] >= ONEDNN_MIN_BATCH
         and x.device.type == "cpu"
