@@ -10,9 +10,10 @@ same values faster in inference on CPU:
   weight once per two rows of the batch, oneDNN once per batch (1.5x faster at batch 4, 2.2x
   at 8, no copy of the weight). At batch 1-3 MKL is the faster of the two and keeps the call.
 
-All three run only without autograd. Training keeps nn.Conv2d and max_pool2d, so its gradients stay
-the reference's: max_pool2d sends a tie's gradient to one element, torch.maximum would share it.
-benchmarks/bench_breakdown.py times both against the plain modules.
+All three run only without autograd. Training keeps nn.Conv2d, max_pool2d and nn.Linear, so its
+gradients stay the reference's: max_pool2d sends a tie's gradient to one element, torch.maximum
+would share it. Figures are from a 2-core Xeon; benchmarks/bench_breakdown.py times all three
+against the plain modules.
 """
 
 from __future__ import annotations
