@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _onednn_linear = getattr(torch._C._nn, "mkldnn_linear", None)  # what torch.utils.mkldnn.MkldnnLinear calls
+_ONEDNN_BUILT = _onednn_linear is not None and torch.backends.mkldnn.is_available()  # fixed for the process
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch < 2.3 lacks it
 
 
@@ -68,8 +69,7 @@ def _onednn_linear_ok(layer: nn.Linear, x: torch.Tensor) -> bool:
         and x.dtype == w.dtype == torch.float32
         and w.is_contiguous()
         and (layer.bias is None or layer.bias.dtype == torch.float32)
-        and _onednn_linear is not None
-        and torch.backends.mkldnn.is_available()
+        and _ONEDNN_BUILT
         and torch.backends.mkldnn.enabled
         and not autocast_on("cpu")
         and not _autograd(x, *layer.parameters())
