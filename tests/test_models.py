@@ -359,3 +359,25 @@ def test_config_round_trip_and_bad_label_inputs():
         MSRN(cfg, torch.zeros(3, 299), torch.eye(3))
     with pytest.raises(ValueError):
         MSRN(cfg, torch.zeros(3, 300), torch.eye(4))
+
+
+def test_conv_buffers_start_as_the_reference_draws_them():
+    """normal(0, sqrt(2 / n)), n = kh * kw * out channels: std 0.0625 and 0.0442 for ResNet-101's 512 and 1024."""
+    torch.manual_seed(0)
+    model = create_model("msrn_resnet101", num_classes=4)
+    for conv, out in ((model.conv_buffer1, 512), (model.conv_buffer2, 1024)):
+        w = conv.weight.detach().double()
+        expected = math.sqrt(2.0 / out)
+        assert abs(float(w.mean())) < 0.01 * expected
+        assert abs(float(w.std()) - expected) < 0.01 * expected  # PyTorch's default would be 2.45x smaller
+        bound = 1 / math.sqrt(conv.in_channels)  # the bias keeps PyTorch's default uniform(-1/sqrt(fan_in), ...)
+        assert float(conv.bias.detach().abs().max()) <= bound
+
+
+def test_benchmark_presets_do_not_clip_gradients():
+    """The reference's clip_grad_norm_ runs before backward, so its effective recipe has none."""
+    from msrn.config import preset_config
+
+    for dataset in ("voc2007", "coco2014", "nuswide", "apparel"):
+        assert preset_config(dataset, data="x").max_grad_norm is None
+    assert preset_config("voc2007", data="x", max_grad_norm=10.0).max_grad_norm == 10.0  # still an option

@@ -7,6 +7,7 @@ and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see ch
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -56,6 +57,9 @@ class MSRN(nn.Module):
         c2, c3, c4 = self.backbone.channels
         self.conv_buffer1 = nn.Conv2d(c2, c2, 1)
         self.conv_buffer2 = nn.Conv2d(c3, c3, 1)
+        for conv in (self.conv_buffer1, self.conv_buffer2):  # drawn as the reference's ResNet init loop draws them
+            kh, kw = conv.kernel_size
+            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (kh * kw * conv.out_channels)))
         self.ProjectM = nn.ModuleList(nn.Conv2d(ch, d, 1) for ch in (c2, c3, c4))
         self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
         self.label_embed = GATStack((*cfg.label_dims, d))
