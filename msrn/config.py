@@ -20,7 +20,8 @@ class TrainConfig:
     data: str = ""
     out: str = "runs/msrn"
     model: str = "msrn_resnet101"
-    pretrained: str | None = None  # ImageNet weights for the backbone: a file, a URL, or "imagenet"
+    pretrained: str | None = None  # the backbone's weights: "imagenet", a file or URL, or a reference/msrn checkpoint
+    init: str | None = None  # start from every weight of a reference or msrn checkpoint (fine-tuning)
     image_size: int = 448
     epochs: int = 30
     batch_size: int = 16  # the global batch (all processes, one optimiser step)
@@ -70,6 +71,10 @@ class TrainConfig:
     def validate(self) -> None:
         if self.pretrained is not None and self.pretrained.strip().lower() in ("", "none"):
             self.pretrained = None  # `--pretrained none` trains the backbone from scratch
+        if self.init is not None and self.init.strip().lower() in ("", "none"):
+            self.init = None
+        if self.init is not None:
+            self.pretrained = None  # --init supplies the backbone too: nothing to download or load twice
         if self.epochs < 1 or self.batch_size < 1 or self.image_size < 32:
             raise MSRNError("epochs and batch-size must be >= 1 and image-size >= 32")
         if self.model.startswith("msrn") and self.image_size < 64:  # stride-32 features, then a 2x2 pool
@@ -122,7 +127,12 @@ HELP: dict[str, str] = {
     "data": "dataset root folder (the CSV file for --dataset csv)",
     "out": "run folder: last.pt, best.pt, metrics.json, config.json, log.txt, plots",
     "model": "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, baseline_*)",
-    "pretrained": "ImageNet weights for the backbone: a file, a URL, 'imagenet' (torchvision's file) or 'none'",
+    "pretrained": "the backbone's weights: 'imagenet' (torchvision's file), an ImageNet file or URL, 'none', or a "
+                  "reference MSRN or msrn checkpoint, whose backbone comes with its conv_buffer1/2 (the reference "
+                  "keeps them inside its backbone), e.g. the COCO model for the paper's VOC recipe",
+    "init": "start training from every weight of a reference MSRN or msrn checkpoint (fine-tuning): layers the "
+            "new label set reshapes start afresh, label vectors and graph come from this run; replaces "
+            "--pretrained, excludes --resume",
     "word_vectors": "label vectors: 'ngram' (built-in), 'encoder', a GloVe/fastText text file, or a .pkl",
     "cooccurrence": "use a reference {'adj','nums'} pickle instead of counting the training split",
     "batch_size": "global batch per optimiser step (all processes together)",
@@ -151,6 +161,8 @@ def add_config_arguments(parser: Any) -> None:
         if f.name == "resume":
             parser.add_argument(flag, nargs="?", const="auto", default=None, metavar="CHECKPOINT", help=HELP["resume"])
             continue
+        if f.name == "init":
+            kw["metavar"] = "CHECKPOINT"
         ann = str(f.type)
         if ann.startswith("bool"):
             kw["action"] = argparse.BooleanOptionalAction

@@ -1,7 +1,9 @@
-"""ImageNet weights for the backbone: a local file or a URL fetched once into a cache with a SHA-256 check."""
+"""Backbone weights: ImageNet weights (a local file or a URL fetched once into a cache with a SHA-256
+check), or the backbone of a reference or msrn checkpoint."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -13,6 +15,8 @@ from pathlib import Path
 from torch import nn
 
 from msrn.errors import MSRNError
+
+log = logging.getLogger(__name__)
 
 # torchvision's files, named <arch>-<first 8 hex digits of their SHA-256>.pth
 IMAGENET_URLS = {
@@ -60,17 +64,59 @@ def fetch(url: str, sha256: str | None = None) -> Path:
     return target
 
 
-def load_pretrained_backbone(backbone: nn.Module, source: str | Path) -> None:
-    """Load ImageNet weights (path, URL, or 'imagenet' for torchvision's file) into a ResNet."""
-    from msrn.checkpoint import read_checkpoint
+def load_checkpoint_backbone(model: nn.Module, ckpt: dict, where: str) -> str:
+    """Load the backbone of a reference or msrn checkpoint into `model` (a ResNet or a network with
+    `.backbone`), strictly, with conv_buffer1/2 where both sides have them; returns what was taken."""
+    from msrn.checkpoint import (
+        BACKBONE_EXTRAS,
+        backbone_weights,
+        checkpoint_weights,
+        is_reference,
+        load_state_strict,
+        require_backbone,
+    )
+
+    state, arch, _ = checkpoint_weights(ckpt, where)
+    require_backbone(arch, model, where)
+    resnet = getattr(model, "backbone", model)
+    weights, extras = backbone_weights(state)
+    load_state_strict(resnet, weights, f"the backbone of {where}")
+    own_extras = {name: getattr(model, name) for name in BACKBONE_EXTRAS if hasattr(model, name)}
+    if own_extras and extras:
+        load_state_strict(nn.ModuleDict(own_extras), extras, f"conv_buffer1/2 of {where}")
+        taken = " and conv_buffer1/2"
+    elif own_extras:
+        taken = " (conv_buffer1/2 start afresh: the checkpoint has none)"
+    else:
+        taken = " (its conv_buffer1/2 are not used: the model has none)" if extras else ""
+    kind = "reference MSRN" if is_reference(ckpt) else "msrn"
+    return (f"the {resnet.arch} backbone ({len(weights)} tensors){taken} of the {kind} checkpoint {where}; "
+            "its other layers are not used")
+
+
+def load_pretrained_backbone(model: nn.Module, source: str | Path) -> str:
+    """Load a backbone into `model` (a ResNet or a network with `.backbone`) and return what was taken.
+
+    `source`: ImageNet weights (a path, a URL, or 'imagenet' for torchvision's file), or a reference
+    or msrn checkpoint, whose backbone and conv_buffer1/2 are taken (the paper's VOC 96.0 recipe
+    starts from its COCO model this way).
+    """
+    from msrn.checkpoint import FORMAT, is_reference, read_checkpoint
     from msrn.models.resnet import load_imagenet_state
 
+    resnet = getattr(model, "backbone", model)
     src = str(source)
     if src == "imagenet":
-        if backbone.arch not in IMAGENET_URLS:
-            raise MSRNError(f"no ImageNet weights are published for {backbone.arch}; use --pretrained none")
-        src = IMAGENET_URLS[backbone.arch]
+        if resnet.arch not in IMAGENET_URLS:
+            raise MSRNError(f"no ImageNet weights are published for {resnet.arch}; use --pretrained none")
+        src = IMAGENET_URLS[resnet.arch]
     path = fetch(src) if re.match(r"^(https?|file)://", src) else Path(src)
-    state = read_checkpoint(path)
-    state = state.get("state_dict", state) if isinstance(state.get("state_dict"), dict) else state
-    load_imagenet_state(backbone, state, str(path))
+    ckpt = read_checkpoint(path)
+    if ckpt.get("format") == FORMAT or is_reference(ckpt):
+        taken = load_checkpoint_backbone(model, ckpt, str(path))
+    else:
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt.get("state_dict"), dict) else ckpt
+        load_imagenet_state(resnet, state, str(path))
+        taken = f"the {resnet.arch} backbone of the ImageNet weights {path} (fc dropped)"
+    log.info("--pretrained: %s", taken)
+    return taken

@@ -13,12 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import randomise_batchnorms
 from reference_impl import random_reference_state, reference_forward
 
-from msrn.checkpoint import load_model, map_reference_state, model_state, read_checkpoint
+from msrn.checkpoint import (
+    checkpoint_weights,
+    load_model,
+    map_reference_state,
+    match_init_state,
+    model_state,
+    read_checkpoint,
+)
 from msrn.errors import MSRNError
 from msrn.models import create_model
 from msrn.models.resnet import ResNet
+from msrn.pretrained import load_pretrained_backbone
 from msrn.safe_pickle import load_numpy_pickle
 
 DATASETS = ["voc", "coco", "nuswide", "apparel"]
@@ -363,3 +372,113 @@ def test_pretrained_missing_key_is_an_error(tmp_path: Path):
     torch.save(state, path)
     with pytest.raises(MSRNError, match=r"layer2\.0\.bn1\.running_var"):
         create_model("msrn_tiny", num_classes=3, pretrained=path)
+
+
+# ----------------------------------------------------------------------------- backbones of checkpoints
+
+
+def _reference_layout(spec: dict, seed: int) -> dict:
+    """A reference checkpoint in the exact layout; its fc1 is a broadcast zero view (right shape, no memory),
+    as only the backbone is read from it."""
+    keys = dict(spec["keys"])
+    fc1 = keys.pop("fc1.weight")
+    sd = random_reference_state(keys, seed=seed)
+    sd["fc1.weight"] = torch.zeros(()).expand(*fc1)
+    return _wrap(sd)
+
+
+def test_pretrained_takes_the_backbone_of_a_reference_checkpoint(key_spec: dict, tmp_path: Path):
+    """The paper's VOC recipe: the COCO model's backbone, conv_buffer1/2 included, into a new ResNet-101 MSRN."""
+    ckpt = _reference_layout(key_spec["coco"], seed=5)
+    path = tmp_path / "coco_checkpoint.pth.tar"
+    torch.save(ckpt, path)
+    sd = ckpt["state_dict"]
+    model = create_model("msrn_resnet101", num_classes=3)
+    fresh = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("backbone.", "conv_buffer"))}
+    taken = load_pretrained_backbone(model, path)
+    assert "resnet101 backbone (624 tensors) and conv_buffer1/2 of the reference MSRN" in taken
+    for key, value in model.state_dict().items():
+        if key.startswith("backbone."):
+            assert torch.equal(value, sd["resnet_101." + key.removeprefix("backbone.")]), key
+        elif key.startswith("conv_buffer"):
+            assert torch.equal(value, sd["resnet_101." + key]), key
+        else:  # the label layers and projections are not taken
+            assert torch.equal(value, fresh[key]), key
+    with pytest.raises(MSRNError, match="resnet101 backbone but the model's is resnet_tiny"):
+        create_model("msrn_tiny", num_classes=3, pretrained=path)
+
+
+def test_pretrained_takes_the_backbone_of_an_msrn_checkpoint(tmp_path: Path):
+    source = _tiny(num_classes=5, seed=1)
+    randomise_batchnorms(source, seed=1)
+    path = tmp_path / "best.pt"
+    torch.save(model_state(source, image_size=64), path)
+    model = create_model("msrn_tiny", num_classes=3, pretrained=path)
+    own, src = model.state_dict(), source.state_dict()
+    for key in own:
+        if key.startswith(("backbone.", "conv_buffer")):
+            assert torch.equal(own[key], src[key]), key
+    assert not torch.equal(own["ProjectM.0.weight"], src["ProjectM.0.weight"])  # only the backbone is taken
+
+    baseline = create_model("baseline_tiny", num_classes=2)
+    assert "not used: the model has none" in load_pretrained_backbone(baseline, path)
+    assert torch.equal(baseline.backbone.conv1.weight, src["backbone.conv1.weight"])
+    torch.save(model_state(baseline, image_size=64), tmp_path / "baseline.pt")
+    assert "start afresh" in load_pretrained_backbone(model, tmp_path / "baseline.pt")
+
+    broken = model_state(source, image_size=64)
+    del broken["state_dict"]["backbone.layer1.0.bn1.running_var"]
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(MSRNError, match=r"1 missing: layer1\.0\.bn1\.running_var"):
+        create_model("msrn_tiny", num_classes=3, pretrained=tmp_path / "broken.pt")
+    with pytest.raises(MSRNError, match="resnet_tiny backbone but the model's is resnet18"):
+        create_model("msrn_resnet18", num_classes=3, pretrained=path)
+
+
+# ----------------------------------------------------------------------------- --init
+
+
+def test_init_state_keeps_what_fits_and_starts_label_layers_afresh():
+    """10 labels (2 groups) onto 5 labels (1 group) with 50-wide vectors: fc_label, fc1, fc2 and the group
+    assignment start afresh, the label inputs stay the new model's, every other weight is the checkpoint's."""
+    given = _tiny(num_classes=10, seed=1).state_dict()
+    model = create_model("msrn_tiny", labels=list("abcde"), word_vectors=np.ones((5, 50), np.float32))
+    own = model.state_dict()
+    state, fresh = match_init_state(own, given, "--init x")
+    assert fresh == ["fc1", "fc2", "fc_label", "group_embed.layers.0.assign_mat"]
+    for key, value in state.items():
+        layer = key.rsplit(".", 1)[0]
+        expected = own[key] if layer in fresh or key in ("word_vectors", "adjacency") else given[key]
+        assert value is expected, key
+    model.load_state_dict(state, strict=True)
+
+    same, fresh = match_init_state(_tiny(num_classes=10, seed=2).state_dict(), given, "--init x")
+    assert fresh == [] and all(same[k] is given[k] for k in same if k not in ("word_vectors", "adjacency"))
+
+
+def test_init_state_refuses_what_does_not_belong():
+    given = _tiny(num_classes=5, seed=1).state_dict()
+    own = _tiny(num_classes=3, seed=2).state_dict()
+    with pytest.raises(MSRNError, match="1 unexpected: extra.weight"):
+        match_init_state(own, {**given, "extra.weight": torch.zeros(1)}, "--init x")
+    with pytest.raises(MSRNError, match=r"1 missing: label_embed\.layers\.0\.a"):
+        match_init_state(own, {k: v for k, v in given.items() if k != "label_embed.layers.0.a"}, "--init x")
+    # a shape that does not follow the label set means another architecture: an error, not a fresh layer
+    with pytest.raises(MSRNError, match=r"wrong shape: ProjectM\.1\.weight"):
+        match_init_state(own, {**given, "ProjectM.1.weight": torch.zeros(64, 1, 1, 1)}, "--init x")
+    with pytest.raises(MSRNError, match="missing: fc.weight"):
+        match_init_state(create_model("baseline_tiny", num_classes=3).state_dict(), given, "--init x")
+
+
+@pytest.mark.parametrize("labels", [20, 7])
+def test_init_state_from_a_reference_layout(labels: int, key_spec: dict):
+    """The VOC checkpoint onto VOC's 20 labels takes every weight; onto 7 labels (1 group) the head starts
+    afresh. The reference's unused W, B and conv_buffer0 are dropped (shapes only: meta tensors)."""
+    spec = key_spec["voc"]
+    given, arch, dropped = checkpoint_weights(
+        _wrap({k: torch.empty(v, device="meta") for k, v in spec["keys"].items()}), "voc.pth.tar")
+    assert arch == "resnet101" and sorted(dropped) == UNUSED
+    with torch.device("meta"):
+        model = create_model("msrn_resnet101", num_classes=labels, pool_ratio=spec["pool_ratio"])
+    _, fresh = match_init_state(model.state_dict(), given, "--init voc.pth.tar")
+    assert fresh == ([] if labels == 20 else ["fc1", "fc2", "group_embed.layers.0.assign_mat"])

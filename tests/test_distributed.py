@@ -25,6 +25,7 @@ from msrn.checkpoint import load_model, read_checkpoint
 from msrn.config import TrainConfig
 from msrn.data import build_dataset
 from msrn.engine.evaluate import predict_scores, score_metrics
+from msrn.engine.loss import model_group_loss
 from msrn.engine.sampling import EpochSampler
 from msrn.engine.train import train
 
@@ -80,7 +81,8 @@ def evaluate_single_process(checkpoint: Path, data: Path) -> dict:
     test = build_dataset("csv", data, "test")
     logits = predict_scores(model, test, model.image_size, 5, 0, torch.device("cpu"))
     thresholds = getattr(model, "thresholds", None)
-    return score_metrics(logits, test.targets, None if thresholds is None else thresholds.numpy())
+    return score_metrics(logits, test.targets, None if thresholds is None else thresholds.numpy(),
+                         model_group_loss(model))
 
 
 def test_ddp_run_metrics_equal_single_process_evaluation_of_its_checkpoint(csv_data: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The training engine, evaluation and demo on tiny data (CPU, seconds)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def test_evaluate_reproduces_the_run_metrics(run: tuple[Path, Path], tmp_path: P
     ours, run_m = json.loads(report.read_text()), json.loads((out / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert ours[key] == pytest.approx(run_m[key], abs=1e-9), key
+    assert ours["loss"] == pytest.approx(run_m["loss"], rel=1e-6)  # the group loss comes from the weights alone
     assert ours["tuned_on_this_split"]["tuned"] is True
     fast = tmp_path / "fast.json"
     assert cli(["evaluate", "--dataset", "csv", "--data", str(csv), "--checkpoint", str(out / "best.pt"),
@@ -124,12 +126,93 @@ def test_presets_carry_the_paper_recipe() -> None:
 
 
 def test_difficult_labels_count_as_positive_in_training() -> None:
-    from msrn.engine.train import training_loss
+    from msrn.engine.loss import training_loss
 
     logits = torch.randn(4, 3)
     t = torch.tensor([[1, 0, -1], [0, -1, 1], [1, 1, 0], [0, 0, 0]], dtype=torch.float32)
     assert torch.allclose(training_loss(logits, t), training_loss(logits, (t != 0).float()))
     assert not torch.allclose(training_loss(logits, t), training_loss(logits, t.clamp(min=0)))
+
+
+def test_reported_loss_is_the_training_loss_plus_the_group_loss() -> None:
+    """On hand-made logits with difficult labels (-1): counted positive, plus the model's group loss."""
+    from msrn.engine.evaluate import score_metrics
+    from msrn.engine.loss import model_group_loss
+    from msrn.models import create_model
+
+    logits = np.array([[2.0, -1.0, 0.5], [-0.5, 1.5, -2.0], [1.0, 0.2, -0.3]], np.float32)
+    targets = np.array([[1, -1, 0], [0, 1, -1], [1, 0, 1]], np.float32)
+    by_hand = np.mean(np.logaddexp(0, logits) - logits * (targets != 0))
+    assert abs(by_hand - np.mean(np.logaddexp(0, logits) - logits * (targets > 0))) > 0.05  # difficult as negative
+    assert score_metrics(logits, targets, group_loss=0.25)["loss"] == pytest.approx(by_hand + 0.25, rel=1e-6)
+
+    model = create_model("msrn_tiny", labels=list(LABELS)).train()
+    _, gloss = model(torch.randn(2, 3, 64, 64), return_group_loss=True)
+    gloss = gloss.detach()
+    assert float(gloss) > 0 and model_group_loss(model) == pytest.approx(float(gloss), rel=1e-6)
+    assert model_group_loss(create_model("baseline_tiny", labels=list(LABELS))) == 0.0
+
+
+def relabelled_csv(csv: Path, folder: Path) -> Path:
+    """The same images with a fourth label on every other one, so the label set changes (3 -> 4 labels)."""
+    rows = ["image,labels,split"]
+    for i, row in enumerate(csv.read_text().splitlines()[1:]):
+        image, labels, split = row.split(",")
+        names = [x for x in labels.split("|") if x] + (["yellow"] if i % 2 else [])
+        rows.append(f"{csv.parent / image},{'|'.join(names)},{split}")
+    folder.mkdir()
+    path = folder / "relabelled.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, Path], tmp_path: Path) -> None:
+    from msrn.checkpoint import load_model, read_checkpoint
+    from msrn.engine.train import Trainer, train
+
+    csv, out = run
+    source = read_checkpoint(out / "best.pt")["state_dict"]
+    cfg = preset_config("csv", data=str(relabelled_csv(csv, tmp_path / "data")), out=str(tmp_path / "ft"),
+                        model="msrn_tiny", image_size=64, batch_size=8, epochs=1, workers=0, val_fraction=0.0,
+                        init=str(out / "best.pt"))
+    assert cfg.pretrained is None  # --init brings the backbone: nothing else is loaded
+    trainer = Trainer(cfg)
+    assert trainer.labelset.labels == [*sorted(LABELS), "yellow"]
+    for key, value in trainer.model.state_dict().items():
+        if key.startswith(("fc1.", "fc2.")):  # C + K changed: fc1's input and fc2's output
+            assert value.shape != source[key].shape or not torch.equal(value, source[key]), key
+        elif key in ("word_vectors", "adjacency"):
+            assert value.shape[0] == 4, key
+        else:
+            assert torch.equal(value, source[key]), key
+    assert torch.equal(trainer.model.word_vectors, torch.from_numpy(trainer.labelset.word_vectors))
+    lines = [line for line in (tmp_path / "ft" / "log.txt").read_text().splitlines() if "--init" in line]
+    assert len(lines) == 1 and "started afresh: fc1, fc2;" in lines[0], lines
+    trainer.fit()
+    tuned = load_model(tmp_path / "ft" / "best.pt")
+    assert tuned.labels == trainer.labelset.labels
+    assert not torch.equal(tuned.backbone.conv1.weight, source["backbone.conv1.weight"])  # it trained
+    # the run resumes as any run: its saved --init is history, not a second start
+    assert train(dataclasses.replace(cfg, init=None, resume="auto", epochs=2))["epoch"] == 2
+
+
+def test_init_refuses_resume_and_unknown_keys(run: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    from msrn.checkpoint import read_checkpoint
+
+    csv, out = run
+    assert cli(train_args(csv, tmp_path / "a", "--init", str(out / "best.pt"), "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--init and --resume" in err
+    ckpt = read_checkpoint(out / "best.pt")
+    ckpt["state_dict"]["extra.weight"] = torch.zeros(2)
+    torch.save(ckpt, tmp_path / "extra.pt")
+    assert cli(train_args(csv, tmp_path / "b", "--init", str(tmp_path / "extra.pt"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "1 unexpected: extra.weight" in err
+    assert not (tmp_path / "b" / "last.pt").exists()
+    assert cli(train_args(csv, tmp_path / "c", "--init", str(out / "best.pt"), "--model", "msrn_resnet18")) == 2
+    assert "holds a resnet_tiny backbone but the model's is resnet18" in capsys.readouterr().err
 
 
 def test_missing_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

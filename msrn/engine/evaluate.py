@@ -20,6 +20,7 @@ from msrn import distributed as dist
 from msrn.data import DATASETS, DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
+from msrn.engine.loss import model_group_loss, training_loss
 
 log = logging.getLogger("msrn")
 
@@ -61,17 +62,20 @@ def predict_scores(
     return dist.gather_rows(idx_arr, rows_arr, len(dataset))
 
 
-def score_metrics(logits: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None = None) -> dict:
+def score_metrics(
+    logits: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None = None, group_loss: float = 0.0
+) -> dict:
     """Spec section 8 metrics from logits and, if given, the metrics at per-label thresholds chosen
-    on a validation split."""
+    on a validation split; `loss` is the training loss's definition, plus the model's `group_loss`
+    (model_group_loss), so it compares with the training curve."""
     from msrn.metrics import multilabel_metrics
 
     m = multilabel_metrics(logits, targets, scores_are_logits=True)
     if thresholds is not None:
         at = multilabel_metrics(logits, targets, threshold=thresholds, scores_are_logits=True)
         m["per_label_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
-    t = np.clip(targets, 0, 1).astype(np.float64)
-    m["loss"] = float(np.mean(np.logaddexp(0, logits) - logits * t))  # multi-label soft margin
+    as_tensor = [torch.from_numpy(np.ascontiguousarray(a)) for a in (logits, targets)]
+    m["loss"] = float(training_loss(*as_tensor)) + group_loss
     return m
 
 
@@ -106,12 +110,13 @@ def main(args: argparse.Namespace) -> int:
                        labels=data.labels).to(device)
     image_size = args.image_size or model.image_size
     thresholds = getattr(model, "thresholds", None)
+    group_loss = model_group_loss(model)  # before --fast, whose eval-only copy keeps no group loss
     if args.fast:
         from msrn.models.fuse import optimize_for_inference
 
         model = optimize_for_inference(model)
     logits = predict_scores(model, data, image_size, args.batch_size, args.workers, device, args.amp)
-    m = score_metrics(logits, data.targets, None if thresholds is None else thresholds.cpu().numpy())
+    m = score_metrics(logits, data.targets, None if thresholds is None else thresholds.cpu().numpy(), group_loss)
     # the reference's number, tuned on the evaluated split itself: reported here only, labelled
     m["tuned_on_this_split"] = tune_thresholds(logits, data.targets, scores_are_logits=True)
     m.update(dataset=args.dataset, split=split, checkpoint=str(args.checkpoint), labels=data.labels,

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -28,6 +27,7 @@ from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_datase
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TrainTransform
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
+from msrn.engine.loss import model_group_loss, training_loss
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.errors import MSRNError
 
@@ -64,11 +64,6 @@ def split_validation(data: MultiLabelData, fraction: float, seed: int) -> tuple[
     return part(order[k:], f"{data.split}-train"), part(order[:k], f"{data.split}-val")
 
 
-def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Multi-label soft margin loss; VOC difficult (-1) labels count as positive in training."""
-    return F.multilabel_soft_margin_loss(logits.float(), (targets != 0).float())
-
-
 def make_sgd(groups: list[dict], cfg: TrainConfig) -> torch.optim.SGD:
     """SGD with momentum and weight decay, as the fused kernel where this torch has one.
 
@@ -99,6 +94,21 @@ def read_resume_state(path: Path) -> dict:
     return state
 
 
+def init_from_checkpoint(model: nn.Module, path: str) -> None:
+    """--init: load every weight of a reference or msrn checkpoint that fits; layers the new label set
+    reshapes, and the label vectors and graph, stay as the fresh model has them (one log line says which)."""
+    from msrn.checkpoint import checkpoint_weights, match_init_state, read_checkpoint, require_backbone
+
+    where = f"--init {path}"
+    given, arch, dropped = checkpoint_weights(read_checkpoint(path), where)
+    require_backbone(arch, model, where)
+    state, fresh = match_init_state(model.state_dict(), given, where)
+    model.load_state_dict(state, strict=True)
+    unused = f"; dropped the reference's unused {', '.join(dropped)}" if dropped else ""
+    log.info("%s: every weight taken except the layers the new label set reshapes, started afresh: %s; label "
+             "vectors and graph from this run's labels%s", where, ", ".join(fresh) or "none", unused)
+
+
 def resolve_resume(cfg: TrainConfig) -> Path | None:
     if not cfg.resume:
         return None
@@ -120,6 +130,9 @@ class Trainer:
         from msrn.labelset import LabelSet, build_label_set
         from msrn.models import create_model
 
+        if cfg.init and cfg.resume:
+            raise MSRNError("--init and --resume exclude each other: --init starts a new run from a checkpoint's "
+                            "weights, --resume continues a run from its last.pt")
         self.device = dist.setup(cfg.device)
         self.out = Path(cfg.out)
         resume = dist.broadcast_object(resolve_resume(cfg))  # rank 0 decides; every rank reads the file
@@ -153,6 +166,8 @@ class Trainer:
             model = create_model(cfg.model, labels=self.labelset.labels, word_vectors=self.labelset.word_vectors,
                                  cooccurrence=self.labelset.cooccurrence, tau=cfg.tau, pool_ratio=cfg.pool_ratio,
                                  pretrained=cfg.pretrained)
+            if cfg.init:
+                init_from_checkpoint(model, cfg.init)
         if self.test_data.labels != self.labelset.labels:
             raise MSRNError(f"the {self.test_data.split} split's labels differ from the training split's")
         self.model = model.to(self.device)
@@ -296,17 +311,18 @@ class Trainer:
         entry = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}
         score = None
         dist.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics: the ones best.pt gets
+        group_loss = model_group_loss(self.model)
         if self.val_data is not None:
             vlogits = predict_scores(self.model, self.val_data, cfg.image_size, self.rank_batch, cfg.workers,
                                      self.device, cfg.amp, desc="val")
-            vm = score_metrics(vlogits, self.val_data.targets)
+            vm = score_metrics(vlogits, self.val_data.targets, group_loss=group_loss)
             entry["val_mAP"], score = vm["mAP"], vm["mAP"]
             if cfg.tune_thresholds:
                 probs = 1 / (1 + np.exp(-vlogits.astype(np.float64)))
                 thresholds = per_label_thresholds(probs, self.val_data.targets)
         tlogits = predict_scores(self.model, self.test_data, cfg.image_size, self.rank_batch, cfg.workers,
                                  self.device, cfg.amp, desc="test")
-        tm = score_metrics(tlogits, self.test_data.targets, thresholds)
+        tm = score_metrics(tlogits, self.test_data.targets, thresholds, group_loss)
         entry.update(test_loss=tm["loss"], mAP=tm["mAP"])
         self.history.append(entry)
         improved = score is None or not self.best or score >= self.best.get("score", -1)

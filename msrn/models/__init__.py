@@ -68,8 +68,9 @@ def create_model(
 
     `word_vectors` (array, `.pkl`, `.npy` or GloVe text file) and `cooccurrence` (training-split
     counts, the reference's `{'adj','nums'}` pickle, or `(counts, nums)`) define the label graph;
-    without them the model gets placeholder vectors and no edges. `pretrained` loads ImageNet
-    weights into the backbone (file or URL); `checkpoint` loads a whole trained model instead.
+    without them the model gets placeholder vectors and no edges. `pretrained` loads the backbone:
+    ImageNet weights (file, URL, 'imagenet') or a reference or msrn checkpoint's backbone with its
+    conv_buffer1/2; `checkpoint` loads a whole trained model instead.
     """
     if checkpoint is not None:
         from msrn.checkpoint import load_model
@@ -84,7 +85,6 @@ def create_model(
         raise MSRNError("create_model needs num_classes or labels")
     if name in BASELINES:
         model = PlainClassifier(BASELINES[name], num_classes, labels)
-        backbone = model.backbone
     elif name in MODEL_CONFIGS:
         names = labels or [str(i) for i in range(num_classes)]
         vecs = (
@@ -108,13 +108,12 @@ def create_model(
                 f"fc1 (limit {MAX_FC1_WEIGHTS / 1e9:.1f}); use fewer labels, a smaller --pool-ratio or msrn_tiny"
             )
         model = MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj))
-        backbone = model.backbone
     else:
         raise MSRNError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     if pretrained is not None:
         from msrn.pretrained import load_pretrained_backbone
 
-        load_pretrained_backbone(backbone, pretrained)
+        load_pretrained_backbone(model, pretrained)
     return model
 
 
