@@ -40,6 +40,8 @@ class TrainConfig:
     tau: float = 0.4
     train_split: str | None = None  # None: the dataset's default
     test_split: str | None = None
+    keep_unannotated: bool = False  # coco2014: keep images without annotations (the reference leaves them out)
+    apparel_labels: str | None = None  # apparel: the reference's image_label.pkl (default: found in the data folder)
     val_fraction: float = 0.0  # carve a validation split from training; best.pt is then chosen on it
     tune_thresholds: bool = False  # per-label thresholds from the validation split, stored in checkpoints
     seed: int = 0
@@ -145,6 +147,9 @@ HELP: dict[str, str] = {
     "amp": "mixed precision on GPU: none (default, exact fp32), bf16 or fp16",
     "resume": "resume from a checkpoint; with no file, from last.pt in the run folder",
     "on_error": "unreadable training image: stop, or skip it (counted and logged)",
+    "keep_unannotated": "coco2014: keep images without annotations (all-zero targets); the reference leaves them out",
+    "apparel_labels": "apparel: the reference's image_label.pkl, for its split and labels (default: image_label.pkl "
+                      "in the data folder or its apparel/ folder, when there)",
 }
 
 

@@ -1,6 +1,7 @@
 """Dataset readers (VOC 2007, COCO 2014, NUS-WIDE, apparel, CSV, synthetic), transforms and loaders."""
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from inspect import signature
 from pathlib import Path
@@ -16,8 +17,8 @@ from msrn.data.voc import read_voc2007
 from msrn.errors import MSRNError
 
 __all__ = [
-    "DATASETS", "DEFAULT_SPLITS", "ImageDataset", "MultiLabelData", "build_dataset", "ensure_synthetic",
-    "open_image",
+    "DATASETS", "DEFAULT_SPLITS", "READER_OPTIONS", "ImageDataset", "MultiLabelData", "add_reader_arguments",
+    "build_dataset", "ensure_synthetic", "open_image", "reader_options",
 ]  # fmt: skip
 
 DATASETS: tuple[str, ...] = ("voc2007", "coco2014", "nuswide", "apparel", "csv", "synthetic")
@@ -37,6 +38,8 @@ _READERS: dict[str, Callable[..., MultiLabelData]] = {
     "csv": read_csv_dataset,
     "synthetic": read_synthetic,
 }
+# reader options that `msrn train` (TrainConfig fields), `evaluate` and `inspect` take, by the readers' names
+READER_OPTIONS: tuple[str, ...] = ("keep_unannotated", "apparel_labels")
 
 
 def build_dataset(name: str, data: str | Path, split: str, **options: Any) -> MultiLabelData:
@@ -52,3 +55,19 @@ def build_dataset(name: str, data: str | Path, split: str, **options: Any) -> Mu
             f"(options: {', '.join(accepted) or 'none'})"
         )
     return reader(Path(data), split, **options)
+
+
+def reader_options(source: Any) -> dict[str, Any]:
+    """The reader options set on `source` (a TrainConfig or parsed arguments), leaving out those left unset."""
+    values = {name: getattr(source, name, None) for name in READER_OPTIONS}
+    return {name: value for name, value in values.items() if value is not None and value is not False}
+
+
+def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
+    """The reader options as command-line flags (TrainConfig carries the same ones for `msrn train`)."""
+    parser.add_argument("--keep-unannotated", action="store_true",
+                        help="coco2014: keep images without annotations (all-zero targets); the reference leaves "
+                             "them out")  # fmt: skip
+    parser.add_argument("--apparel-labels", metavar="FILE",
+                        help="apparel: the reference's image_label.pkl, for its split and labels (default: "
+                             "image_label.pkl in the data folder or its apparel/ folder, when there)")  # fmt: skip

@@ -21,7 +21,10 @@ _COUNTER_SLOTS = 257  # skip counter slots: the main process, then one per DataL
 
 @dataclass
 class MultiLabelData:
-    """What a reader found: image paths and an N x C int8 target matrix (1 / 0 / -1 difficult)."""
+    """What a reader found: image paths and an N x C int8 target matrix (1 / 0 / -1 difficult).
+
+    `note` says how the reader chose the images where it had a choice (e.g. which apparel split).
+    """
 
     name: str
     split: str
@@ -29,6 +32,7 @@ class MultiLabelData:
     images: list[Path]
     labels: list[str]
     targets: np.ndarray
+    note: str = ""
 
     def __post_init__(self) -> None:
         """Check that images, labels and targets agree, so a reader bug shows up at once."""

@@ -1,4 +1,5 @@
-"""MS-COCO 2014: instances_{train,val}2014.json, labels in category-id order, images without objects kept."""
+"""MS-COCO 2014 read as the reference reads it: instances_{train,val}2014.json, labels in alphabetical order of
+their names, images in the file's order, images without annotations left out (an option keeps them)."""
 from __future__ import annotations
 
 import json
@@ -24,8 +25,12 @@ def _field(path: Path, record: Any, key: str, kind: type, where: str) -> Any:
     return value
 
 
-def read_coco2014(data: Path, split: str) -> MultiLabelData:
-    """Read COCO 2014 train or val from data/annotations/instances_<split>2014.json and data/<split>2014/."""
+def read_coco2014(data: Path, split: str, keep_unannotated: bool = False) -> MultiLabelData:
+    """Read COCO 2014 train or val from data/annotations/instances_<split>2014.json and data/<split>2014/.
+
+    Labels are sorted by name, the order of the reference's pickles and checkpoints; `keep_unannotated`
+    keeps the images with no annotation (all-zero targets), which the reference leaves out.
+    """
     if split not in COCO_SPLITS:
         raise MSRNError(f"coco2014 has no split '{split}' (choose from {', '.join(COCO_SPLITS)})")
     data = Path(data)
@@ -44,11 +49,15 @@ def read_coco2014(data: Path, split: str) -> MultiLabelData:
     categories = _field(path, doc, "categories", list, "the top level")
     annotations = _field(path, doc, "annotations", list, "the top level")
 
-    cats = sorted(
+    cats = [
         (_field(path, c, "id", int, f"categories[{k}]"), _field(path, c, "name", str, f"categories[{k}]"))
         for k, c in enumerate(categories)
-    )
-    column = {cat_id: k for k, (cat_id, _) in enumerate(cats)}
+    ]
+    names = sorted(name for _, name in cats)
+    if len(set(names)) != len(names):
+        raise MSRNError(f"{path}: duplicate category names in 'categories'")
+    position = {name: k for k, name in enumerate(names)}
+    column = {cat_id: position[name] for cat_id, name in cats}
     if len(column) != len(cats):
         raise MSRNError(f"{path}: duplicate category ids in 'categories'")
     row: dict[int, int] = {}
@@ -59,7 +68,7 @@ def read_coco2014(data: Path, split: str) -> MultiLabelData:
             raise MSRNError(f"{path}: images[{k}] repeats image id {image_id}")
         files.append(images_dir / _field(path, image, "file_name", str, f"images[{k}]"))
         row[image_id] = k
-    targets = np.zeros((len(files), len(cats)), dtype=np.int8)
+    targets = np.zeros((len(files), len(names)), dtype=np.int8)
     for k, ann in enumerate(annotations):
         image_id = _field(path, ann, "image_id", int, f"annotations[{k}]")
         cat_id = _field(path, ann, "category_id", int, f"annotations[{k}]")
@@ -68,4 +77,11 @@ def read_coco2014(data: Path, split: str) -> MultiLabelData:
         if cat_id not in column:
             raise MSRNError(f"{path}: annotations[{k}] refers to unknown category_id {cat_id}")
         targets[row[image_id], column[cat_id]] = 1
-    return MultiLabelData("coco2014", split, data.resolve(), files, [name for _, name in cats], targets)
+    if keep_unannotated:
+        note = "images without annotations kept with all-zero targets (the reference leaves them out)"
+    else:
+        annotated = targets.any(axis=1)
+        files = [f for f, keep in zip(files, annotated, strict=True) if keep]
+        targets = targets[annotated]
+        note = "images without annotations left out, as the reference does"
+    return MultiLabelData("coco2014", split, data.resolve(), files, names, targets, note=note)

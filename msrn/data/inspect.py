@@ -1,10 +1,13 @@
-"""`msrn inspect`: show what a dataset reader sees (image count, labels, positives per label)."""
+"""`msrn inspect`: show what a dataset reader sees (image count, labels, positives per label, and with
+--images every image), so splits can be compared with another tool's file by file."""
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from msrn.data import DATASETS, DEFAULT_SPLITS, build_dataset
+from msrn.data import DATASETS, DEFAULT_SPLITS, MultiLabelData, add_reader_arguments, build_dataset, reader_options
+from msrn.errors import MSRNError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,12 +16,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (for csv: the CSV file)")
     parser.add_argument("--split", default=None, help="split to read (default: the dataset's train split)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--images", action="store_true",
+                        help="with --json: also list every image (path relative to the data root, label names)")
+    add_reader_arguments(parser)
+
+
+def relative_path(path: Path, root: Path) -> str:
+    """`path` relative to `root` with forward slashes, or the whole path when it lies outside `root`."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def image_entries(data: MultiLabelData) -> list[dict]:
+    """One entry per image in the split's order: its path relative to the data root and its positive labels
+    (and, where a label is only difficult, VOC's difficult ones)."""
+    entries = []
+    for path, row in zip(data.images, data.targets, strict=True):
+        entry: dict = {"path": relative_path(path, data.root),
+                       "labels": [label for label, t in zip(data.labels, row, strict=True) if t == 1]}
+        difficult = [label for label, t in zip(data.labels, row, strict=True) if t == -1]
+        if difficult:
+            entry["difficult"] = difficult
+        entries.append(entry)
+    return entries
 
 
 def main(args: argparse.Namespace) -> int:
     """Read the split and print its summary as a table or as one JSON object."""
+    if args.images and not args.json:
+        raise MSRNError("--images lists every image in the JSON summary: add --json")
     split = args.split or DEFAULT_SPLITS[args.dataset][0]
-    data = build_dataset(args.dataset, args.data, split)
+    data = build_dataset(args.dataset, args.data, split, **reader_options(args))
     counts = data.label_counts()
     difficult = data.difficult_counts() if args.dataset == "voc2007" else None
     if args.json:
@@ -32,9 +62,15 @@ def main(args: argparse.Namespace) -> int:
         }
         if difficult is not None:
             summary["difficult_counts"] = difficult
+        if data.note:
+            summary["note"] = data.note
+        if args.images:
+            summary["images"] = image_entries(data)
         print(json.dumps(summary))
         return 0
     print(f"{data.name} split {data.split}: {len(data)} images, {len(data.labels)} labels ({data.root})")
+    if data.note:
+        print(f"({data.note})")
     width = max([len("label"), *(len(label) for label in data.labels)])
     header = f"{'label':<{width}}  {'images':>7}  {'share':>6}"
     print(header + (f"  {'difficult':>9}" if difficult is not None else ""))

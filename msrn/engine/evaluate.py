@@ -17,7 +17,15 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from msrn import distributed as dist
-from msrn.data import DATASETS, DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset
+from msrn.data import (
+    DATASETS,
+    DEFAULT_SPLITS,
+    ImageDataset,
+    MultiLabelData,
+    add_reader_arguments,
+    build_dataset,
+    reader_options,
+)
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
 from msrn.engine.loss import model_group_loss, training_loss
@@ -96,6 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
                    help="fold batch norm into the convolutions and use channels-last memory: the same logits "
                         "to ~1e-6 relative, faster on CPU (see BENCHMARKS.md)")
+    add_reader_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -105,7 +114,7 @@ def main(args: argparse.Namespace) -> int:
 
     device = dist.setup(args.device)
     split = args.split or DEFAULT_SPLITS[args.dataset][1]
-    data = build_dataset(args.dataset, args.data, split)
+    data = build_dataset(args.dataset, args.data, split, **reader_options(args))
     model = load_model(args.checkpoint, word_vectors=args.word_vectors, cooccurrence=args.cooccurrence,
                        labels=data.labels).to(device)
     image_size = args.image_size or model.image_size

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from msrn import distributed as dist
 from msrn.config import TrainConfig
-from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset
+from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset, reader_options
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TrainTransform
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
@@ -153,10 +153,11 @@ class Trainer:
         np.random.seed(cfg.seed % 2**32)
 
         train_split, test_split = DEFAULT_SPLITS[cfg.dataset]
+        options = reader_options(cfg)
         self.train_data, self.val_data = split_validation(
-            build_dataset(cfg.dataset, cfg.data, cfg.train_split or train_split), cfg.val_fraction, cfg.seed
+            build_dataset(cfg.dataset, cfg.data, cfg.train_split or train_split, **options), cfg.val_fraction, cfg.seed
         )
-        self.test_data = build_dataset(cfg.dataset, cfg.data, cfg.test_split or test_split)
+        self.test_data = build_dataset(cfg.dataset, cfg.data, cfg.test_split or test_split, **options)
         if self.state is not None:
             self.labelset = LabelSet.from_dict(self.state["labelset"])
             model = build_from_state(self.state, str(resume))
