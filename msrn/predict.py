@@ -309,14 +309,14 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="FILE",
                         help="a project checkpoint (best.pt, last.pt) or a reference MSRN checkpoint")
     parser.add_argument("--word-vectors", metavar="FILE",
-                        help="reference checkpoints only: the word-vector pickle (default, or 'reference': the "
-                             "reference's own for the dataset with the checkpoint's number of labels)")
+                        help="reference checkpoints: a word-vector pickle; default 'reference', the reference's "
+                             "own for the dataset with the checkpoint's label count (fetched once, SHA-256 checked)")
     parser.add_argument("--cooccurrence", metavar="FILE",
-                        help="reference checkpoints only: the co-occurrence pickle {'adj','nums'} (default, or "
-                             "'reference': the reference's own for the dataset with the checkpoint's number of labels)")
+                        help="reference checkpoints: a co-occurrence pickle {'adj','nums'}; default 'reference', as "
+                             "for --word-vectors")
     parser.add_argument("--labels", metavar="FILE",
                         help="label names, one per line, in output order (reference checkpoints store none; default: "
-                             "the names of the reference dataset with their number of labels, in its order)")
+                             "the names of the reference dataset with their count, in the reference's order)")
     parser.add_argument("--image-size", type=int, metavar="S",
                         help="input side in pixels (default: the checkpoint's; 448 for reference checkpoints)")
 

@@ -4,6 +4,7 @@ check (file:// URLs only, never the network), `reference` as a label source, and
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -126,8 +127,11 @@ def test_label_orders(reference_data: Path) -> None:
     coco = read_cooccurrence(reference_data / "coco" / "coco_adj.pkl")
     assert COCO_LABELS[int(np.argmax(coco.nums))] == "person" == COCO_LABELS[49]
     assert list(LABELS["nuswide"]) == (reference_data / "nuswide" / "labels.txt").read_text().split()
-    assert {n: dataset_for_classes(n) for n in (20, 80, 81, 11, 5)} == {
-        20: "voc2007", 80: "coco2014", 81: "nuswide", 11: "apparel", 5: None}
+    keys = json.loads((reference_data / "official-checkpoint-keys.json").read_text())
+    for dataset, folder in SHARED_FOLDER.items():  # each published checkpoint's label count names its dataset
+        assert dataset_for_classes(keys[folder]["num_classes"]) == dataset
+        assert keys[folder]["keys"]["fc2.weight"][0] == len(LABELS[dataset])
+    assert dataset_for_classes(5) is None
 
 
 def _voc_data(labels: list[str], name: str = "voc2007") -> MultiLabelData:
@@ -174,8 +178,6 @@ def test_benchmark_presets_default_to_the_reference_files() -> None:
 def test_labels_command_uses_the_presets_sources(mirror: Path, tmp_path: Path, capsys) -> None:
     """`msrn labels` shows what `msrn train` will use: the reference's files on a benchmark dataset,
     unless other sources are named."""
-    import json
-
     from PIL import Image
 
     from msrn.cli import main as cli_main

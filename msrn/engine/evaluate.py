@@ -82,11 +82,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="split to evaluate (default: the dataset's test split)")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
     p.add_argument("--word-vectors", metavar="FILE",
-                   help="reference checkpoints: the word-vector pickle, e.g. voc_glove_word2vec.pkl (default, or "
-                        "'reference': the reference's own for --dataset, fetched once and checked)")
+                   help="reference checkpoints: a word-vector pickle; default 'reference', the reference's own "
+                        "for --dataset (fetched once, SHA-256 checked)")
     p.add_argument("--cooccurrence", metavar="FILE",
-                   help="reference checkpoints: the co-occurrence pickle, e.g. voc_adj.pkl (default, or "
-                        "'reference': the reference's own for --dataset, fetched once and checked)")
+                   help="reference checkpoints: a co-occurrence pickle; default 'reference', the reference's own "
+                        "for --dataset (fetched once, SHA-256 checked)")
     p.add_argument("--image-size", type=int, help="default: the checkpoint's (448 for reference checkpoints)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
