@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from msrn.errors import MSRNError
+from msrn.reference_files import LABELS as REFERENCE_LABELS
+from msrn.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
 
 FORMAT = "msrn"
 VERSION = 1
@@ -183,16 +185,17 @@ def load_reference(
     cooccurrence: Any,
     labels: list[str] | None = None,
     where: str = "reference checkpoint",
+    dataset: str | None = None,
 ) -> nn.Module:
-    """Build msrn_resnet101 (or 50) from a reference checkpoint plus its word-vector and adj pickles."""
+    """Build msrn_resnet101 (or 50) from a reference checkpoint plus its word-vector and adj pickles.
+
+    A pickle not given (or given as 'reference') is the reference's own for the checkpoint's
+    dataset: `dataset`, else the one with its number of labels. Without `labels` the outputs are
+    named after that dataset's labels, in the reference's order.
+    """
     from msrn.models import create_model
 
     state = ckpt.get("state_dict", ckpt)
-    if word_vectors is None or cooccurrence is None:
-        raise MSRNError(
-            f"{where} is a reference MSRN checkpoint, which holds no label vectors or graph: give the "
-            "reference's word-vector pickle (--word-vectors) and co-occurrence pickle (--cooccurrence)"
-        )
     try:
         num_classes = state["fc2.weight"].shape[0]
         num_groups = state["group_embed.layers.0.assign_mat.W"].shape[1]
@@ -204,6 +207,25 @@ def load_reference(
         raise MSRNError(f"{where}: unsupported backbone ({backbone})")
     if labels is not None and len(labels) != num_classes:
         raise MSRNError(f"{where} has {num_classes} labels but the dataset has {len(labels)}")
+    known = dataset if dataset is not None else dataset_for_classes(num_classes)
+    wanted = [kind for kind, src in (("word_vectors", word_vectors), ("cooccurrence", cooccurrence))
+              if src is None or (isinstance(src, str) and src == REFERENCE)]
+    if wanted and known not in REFERENCE_LABELS:
+        found = f"dataset {dataset} has" if dataset is not None else f"its {num_classes} labels match"
+        raise MSRNError(
+            f"{where} is a reference MSRN checkpoint, which holds no label vectors or graph, and {found} no "
+            "reference files: give its word-vector pickle (--word-vectors FILE) and co-occurrence pickle "
+            "(--cooccurrence FILE)"
+        )
+    if known in REFERENCE_LABELS:
+        if len(REFERENCE_LABELS[known]) != num_classes:
+            raise MSRNError(f"{where} has {num_classes} labels, {known} {len(REFERENCE_LABELS[known])}")
+        if wanted and dataset is not None and labels is not None:
+            check_label_order(known, labels, f"the {known} labels")
+        labels = list(REFERENCE_LABELS[known]) if labels is None else labels
+    files = {kind: reference_file(known, kind) for kind in wanted}
+    word_vectors = files.get("word_vectors", word_vectors)
+    cooccurrence = files.get("cooccurrence", cooccurrence)
     model = create_model(
         name, num_classes=num_classes, labels=labels, num_groups=num_groups,
         word_vectors=word_vectors, cooccurrence=cooccurrence,
@@ -256,11 +278,13 @@ def load_model(
     word_vectors: Any = None,
     cooccurrence: Any = None,
     labels: list[str] | None = None,
+    dataset: str | None = None,
 ) -> nn.Module:
     """A ready model (eval mode, CPU) from a project checkpoint or a reference checkpoint.
 
     For project checkpoints the stored label vectors win: a different file passed here is
-    ignored with a warning, so a model can never be paired with the wrong vectors.
+    ignored with a warning, so a model can never be paired with the wrong vectors. A reference
+    checkpoint takes the reference's own files for `dataset` (or its label count) where none are given.
     """
     where = str(source) if not isinstance(source, dict) else "checkpoint"
     ckpt = read_checkpoint(source) if not isinstance(source, dict) else source
@@ -273,7 +297,7 @@ def load_model(
         if labels is not None and hasattr(model, "cfg") and list(labels) != model.labels:
             raise MSRNError(f"{where} was trained on labels {model.labels[:5]}..., not the dataset's {labels[:5]}...")
     elif is_reference(ckpt):
-        model = load_reference(ckpt, word_vectors, cooccurrence, labels, where)
+        model = load_reference(ckpt, word_vectors, cooccurrence, labels, where, dataset)
     else:
         raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
     model.image_size = int(ckpt.get("image_size", 448))  # reference checkpoints were trained at 448

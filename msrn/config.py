@@ -34,9 +34,9 @@ class TrainConfig:
     max_grad_norm: float | None = None  # clip the gradient norm; None = off (the reference's clip runs before
     # backward and so clips nothing: its effective recipe has no clipping)
     pool_ratio: float = 0.2  # K = int(pool_ratio * C) label groups
-    word_vectors: str | None = None  # vector source: None/"ngram", "encoder", a GloVe/fastText file, a .pkl
+    word_vectors: str | None = None  # None/"ngram", "encoder", "reference", a GloVe/fastText file, a .pkl
     name_map: str | None = None  # label=words file for names missing from a vector file
-    cooccurrence: str | None = None  # a reference {'adj','nums'} pickle instead of counting the training split
+    cooccurrence: str | None = None  # None/"train": count the training split; "reference" or a {'adj','nums'} pickle
     tau: float = 0.4
     train_split: str | None = None  # None: the dataset's default
     test_split: str | None = None
@@ -97,13 +97,15 @@ class TrainConfig:
 
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
               lr_backbone=0.01, epochs=30, lr_steps=(20,))
+# the benchmarks' label inputs: the reference's GloVe vectors and co-occurrence pickles (msrn.reference_files)
+_REFERENCE_LABEL_FILES = dict(word_vectors="reference", cooccurrence="reference")
 # The paper's code asks for 20 epochs with a step at 30 and then runs 200 epochs selecting on the
 # test set; these presets state a schedule and select nothing on the test set.
 PRESETS: dict[str, dict[str, Any]] = {
-    "voc2007": dict(_PAPER, pool_ratio=0.2),
-    "coco2014": dict(_PAPER, pool_ratio=0.05),
-    "nuswide": dict(_PAPER, pool_ratio=0.05),
-    "apparel": dict(_PAPER, pool_ratio=0.2, epochs=20, lr_steps=(15,)),
+    "voc2007": dict(_PAPER, **_REFERENCE_LABEL_FILES, pool_ratio=0.2),
+    "coco2014": dict(_PAPER, **_REFERENCE_LABEL_FILES, pool_ratio=0.05),
+    "nuswide": dict(_PAPER, **_REFERENCE_LABEL_FILES, pool_ratio=0.05),
+    "apparel": dict(_PAPER, **_REFERENCE_LABEL_FILES, pool_ratio=0.2, epochs=20, lr_steps=(15,)),
     "csv": dict(_PAPER, pool_ratio=0.2, val_fraction=0.1),
     # the built-in demo: a tiny backbone from scratch on 64 px images, minutes on a CPU
     "synthetic": dict(model="msrn_tiny", pretrained=None, image_size=64, batch_size=32, lr=0.1,
@@ -135,8 +137,12 @@ HELP: dict[str, str] = {
     "init": "start training from every weight of a reference MSRN or msrn checkpoint (fine-tuning): layers the "
             "new label set reshapes start afresh, label vectors and graph come from this run; replaces "
             "--pretrained, excludes --resume",
-    "word_vectors": "label vectors: 'ngram' (built-in), 'encoder', a GloVe/fastText text file, or a .pkl",
-    "cooccurrence": "use a reference {'adj','nums'} pickle instead of counting the training split",
+    "word_vectors": "label vectors: 'reference' (the reference's GloVe pickle for the dataset, fetched and "
+                    "checked; the default for voc2007, coco2014, nuswide, apparel), 'ngram' (built-in; the "
+                    "default otherwise), 'encoder', a GloVe/fastText text file, or a .pkl",
+    "cooccurrence": "label co-occurrence: 'reference' (the reference's {'adj','nums'} pickle for the dataset, "
+                    "fetched and checked; the default for voc2007, coco2014, nuswide, apparel), 'train' (count "
+                    "the training split; the default otherwise), or such a pickle file",
     "batch_size": "global batch per optimiser step (all processes together)",
     "lr": "learning rate of the head", "lr_backbone": "learning rate of the backbone",
     "lr_steps": "epochs at which the learning rates drop by --lr-gamma",

@@ -33,6 +33,8 @@ from msrn.graph import (
     read_cooccurrence,
 )
 from msrn.io import atomic_save_torch, atomic_write_bytes, atomic_write_text, check_writable
+from msrn.reference_files import LABELS as REFERENCE_LABELS
+from msrn.reference_files import REFERENCE, check_label_order, resolve
 from msrn.vectors_ngram import NGRAM_DIM, ngram_vectors
 from msrn.wordvec import label_words, load_word_vectors, read_name_map
 
@@ -42,11 +44,19 @@ if TYPE_CHECKING:
 FORMAT = "msrn-labels"
 VERSION = 1
 REPORT_FILES = ("labels_report.md", "label_graph.png", "label_cooccurrence.png")
+COUNTED = "train"  # the co-occurrence source that counts the training split
 TOP_PARTNERS = 3  # strongest co-occurring labels listed per label in the report
 VECTORS_HELP = (
-    "label vector source: 'ngram' (default; hashed character n-grams, offline, spelling similarity only), "
-    "'ngram:DIM', 'encoder' or 'encoder:MODEL' (sentence encoder, needs msrn[text]), or a file: "
-    "GloVe/fastText text (.txt/.vec), the reference's word-vector pickle (.pkl) or a C x dim .npy"
+    "label vector source: 'reference' (the reference's GloVe pickle for the dataset, fetched once and "
+    "checked; the default for voc2007, coco2014, nuswide and apparel), 'ngram' (the default otherwise; "
+    "hashed character n-grams, offline, spelling similarity only), 'ngram:DIM', 'encoder' or "
+    "'encoder:MODEL' (sentence encoder, needs msrn[text]), or a file: GloVe/fastText text (.txt/.vec), "
+    "a word-vector pickle (.pkl) or a C x dim .npy"
+)
+COOCCURRENCE_HELP = (
+    "label co-occurrence: 'reference' (the reference's {'adj','nums'} pickle for the dataset, fetched once "
+    "and checked; the default for voc2007, coco2014, nuswide and apparel), 'train' (count the training "
+    "split; the default otherwise) or such a pickle file"
 )
 
 
@@ -223,9 +233,17 @@ def build_label_set(
     """The label set of a training split (a MultiLabelData): counts from its targets, vectors from `vectors`.
 
     `cooccurrence` replaces the counting with the reference's `{'adj','nums'}` pickle (applied
-    literally, to reproduce a reference checkpoint) or a ready Cooccurrence.
+    literally, to reproduce a reference checkpoint) or a ready Cooccurrence; None or 'train' counts.
+    'reference' for either source is the reference's own file for the dataset (train_data.name).
     """
     labels = list(train_data.labels)
+    if isinstance(cooccurrence, str) and cooccurrence == COUNTED:
+        cooccurrence = None
+    named = any(isinstance(s, str) and s == REFERENCE for s in (vectors, cooccurrence))
+    if named and train_data.name in REFERENCE_LABELS:
+        check_label_order(train_data.name, labels, f"the {train_data.name} labels")
+    vectors = resolve(vectors, train_data.name, "word_vectors")
+    cooccurrence = resolve(cooccurrence, train_data.name, "cooccurrence")
     if cooccurrence is None:
         if len(train_data) == 0:
             raise MSRNError(f"split {train_data.split!r} of {train_data.name} holds no images to count labels on")
@@ -433,11 +451,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (or CSV file for --dataset csv)")
     parser.add_argument("--split", help="split to count on (default: the dataset's training split)")
     parser.add_argument("--out", default="labels.pt", help="label set file to write (default: labels.pt)")
-    parser.add_argument("--vectors", help=VECTORS_HELP)
+    parser.add_argument("--vectors", "--word-vectors", dest="vectors", help=VECTORS_HELP)
     parser.add_argument("--name-map", help="file of 'label=words' lines for odd names, e.g. diningtable=dining table")
     parser.add_argument("--tau", type=float, default=TAU, help=f"edge threshold on P(j|i) (default {TAU})")
     parser.add_argument("--reweight", type=float, default=REWEIGHT, help=f"neighbour weight p (default {REWEIGHT})")
-    parser.add_argument("--cooccurrence", help="use the reference's {'adj','nums'} pickle instead of counting")
+    parser.add_argument("--cooccurrence", help=COOCCURRENCE_HELP)
     parser.add_argument("--report", help="folder for the report and drawings (default: the folder of --out)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
 
@@ -459,6 +477,7 @@ def summary(ls: LabelSet) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Build, save and report the label set of a dataset's training split."""
+    from msrn.config import PRESETS
     from msrn.data import DEFAULT_SPLITS, build_dataset
 
     train_split, test_split = DEFAULT_SPLITS[args.dataset]
@@ -467,7 +486,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"msrn labels: warning: counting on the test split {split!r}; the graph should come from "
               "training data only", file=sys.stderr)  # fmt: skip
     data = build_dataset(args.dataset, args.data, split)
-    ls = build_label_set(data, args.vectors, args.name_map, args.tau, args.reweight, args.cooccurrence)
+    preset = PRESETS.get(args.dataset, {})  # the sources `msrn train` would use
+    vectors = args.vectors or preset.get("word_vectors")
+    cooccurrence = args.cooccurrence or preset.get("cooccurrence") or COUNTED
+    ls = build_label_set(data, vectors, args.name_map, args.tau, args.reweight, cooccurrence)
     out = Path(args.out)
     check_writable(out.parent if str(out.parent) else Path("."))
     ls.save(out)
@@ -476,8 +498,8 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**info, "out": str(out), "report": [str(f) for f in files]}, indent=2))
         return 0
-    counted = f"{ls.num_images} images ({args.dataset}, split {split})" if args.cooccurrence is None else (
-        f"the stored file {args.cooccurrence}")
+    counted = f"{ls.num_images} images ({args.dataset}, split {split})" if ls.num_images is not None else (
+        f"the reference's {args.dataset} file" if cooccurrence == REFERENCE else f"the stored file {cooccurrence}")
     print(f"{ls.num_classes} labels, co-occurrence from {counted}")
     print(f"vectors: {ls.vector_source} ({ls.num_classes} x {ls.word_vectors.shape[1]})")
     edge_list = ls.edges()

@@ -152,10 +152,11 @@ class Predictor:
         labels: Sequence[str] | None = None,
         **options: Any,
     ) -> Predictor:
-        """Load a project or reference checkpoint (the latter needs its word vectors and co-occurrence).
+        """Load a project or reference checkpoint (the latter with its word vectors and co-occurrence,
+        by default the reference's own files for the dataset with its number of labels).
 
-        labels name a reference checkpoint's outputs (it stores none); a project checkpoint's own
-        names must match them.
+        labels name a reference checkpoint's outputs (it stores none; by default that dataset's names);
+        a project checkpoint's own names must match them.
         """
         labels = list(labels) if labels is not None else None
         return cls(load_model(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels), **options)
@@ -284,7 +285,7 @@ def load(
     labels: Sequence[str] | None = None,
     **options: Any,
 ) -> Predictor:
-    """`msrn.load("best.pt")`: a Predictor for a project checkpoint or a reference one (with its pickles).
+    """`msrn.load("best.pt")`: a Predictor for a project checkpoint or a reference one (`voc_checkpoint.pth.tar`).
 
     options: image_size, threshold, top_k, batch_size, device, fast (see `Predictor`).
     """
@@ -308,11 +309,14 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="FILE",
                         help="a project checkpoint (best.pt, last.pt) or a reference MSRN checkpoint")
     parser.add_argument("--word-vectors", metavar="FILE",
-                        help="label word vectors (reference checkpoints only: the reference's word-vector pickle)")
+                        help="reference checkpoints: a word-vector pickle; default 'reference', the reference's "
+                             "own for the dataset with the checkpoint's label count (fetched once, SHA-256 checked)")
     parser.add_argument("--cooccurrence", metavar="FILE",
-                        help="label co-occurrence pickle {'adj','nums'} (reference checkpoints only)")
+                        help="reference checkpoints: a co-occurrence pickle {'adj','nums'}; default 'reference', as "
+                             "for --word-vectors")
     parser.add_argument("--labels", metavar="FILE",
-                        help="label names, one per line, in output order (reference checkpoints store none)")
+                        help="label names, one per line, in output order (reference checkpoints store none; default: "
+                             "the names of the reference dataset with their count, in the reference's order)")
     parser.add_argument("--image-size", type=int, metavar="S",
                         help="input side in pixels (default: the checkpoint's; 448 for reference checkpoints)")
 

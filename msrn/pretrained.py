@@ -40,13 +40,16 @@ def _sha256(path: Path) -> str:
 
 def fetch(url: str, sha256: str | None = None) -> Path:
     """Download `url` into the cache (once). The hash is `sha256` or, for torchvision-style names
-    (`name-<hex>.pth`), the hex prefix in the name; a mismatch deletes the download."""
+    (`name-<hex>.pth`), the hex prefix in the name; a mismatch deletes the download. With `sha256`
+    given, a cached copy is checked too, and fetched again when it differs."""
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     target = cache_dir() / name
-    if target.is_file():
-        return target
     m = re.search(r"-([0-9a-f]{8,64})\.", name)
     expected = (sha256 or (m.group(1) if m else "")).lower()
+    if target.is_file():
+        if sha256 is None or _sha256(target).startswith(expected):
+            return target
+        target.unlink()  # a cached copy with the wrong hash is never used
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.")
     try:
@@ -56,7 +59,7 @@ def fetch(url: str, sha256: str | None = None) -> Path:
         if expected and not digest.startswith(expected):
             raise MSRNError(f"{url}: SHA-256 {digest[:16]}... does not match the expected {expected[:16]}...")
         os.replace(tmp, target)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: not a URL urllib can open
         raise MSRNError(f"cannot download {url}: {e}") from None
     finally:
         if os.path.exists(tmp):

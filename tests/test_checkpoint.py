@@ -24,6 +24,7 @@ from msrn.checkpoint import (
     model_state,
     read_checkpoint,
 )
+from msrn.data.apparel import APPAREL_LABELS
 from msrn.errors import MSRNError
 from msrn.models import create_model
 from msrn.models.resnet import ResNet
@@ -160,9 +161,75 @@ def test_reference_wrong_shape_is_an_error(key: str, shape: tuple, apparel_state
     assert str(tuple(shape)) in str(err.value)
 
 
-def test_reference_checkpoint_needs_label_files(apparel_state: dict):
-    with pytest.raises(MSRNError, match="word-vector"):
-        load_model(_wrap(apparel_state))
+def test_reference_checkpoint_needs_label_files(apparel_state: dict, tmp_path: Path, monkeypatch):
+    """With a label count no reference dataset has, nothing is fetched and the error names both options."""
+    monkeypatch.setenv("MSRN_REFERENCE_URL", (tmp_path / "absent").as_uri())
+    sd = {**apparel_state, "fc2.weight": torch.zeros(7, 2048), "fc2.bias": torch.zeros(7)}
+    with pytest.raises(MSRNError, match=r"7 labels match no reference files.*--word-vectors FILE.*--cooccurrence FILE"):
+        load_model(_wrap(sd))
+    with pytest.raises(MSRNError, match="dataset csv has no reference files"):
+        load_model(_wrap(apparel_state), dataset="csv")
+
+
+@pytest.fixture
+def reference_mirror(tmp_path: Path, reference_data: Path, monkeypatch) -> Path:
+    """The reference's label files served from a file:// folder (MSRN_REFERENCE_URL), fetched into an empty cache."""
+    folder = tmp_path / "mirror"
+    for ds in DATASETS:
+        (folder / ds).mkdir(parents=True)
+        for path in _label_files(reference_data, ds):
+            (folder / ds / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setenv("MSRN_REFERENCE_URL", folder.as_uri())
+    monkeypatch.setenv("MSRN_CACHE", str(tmp_path / "cache"))
+    return folder
+
+
+@pytest.mark.filterwarnings("ignore:.*dropped unused reference parameters")
+def test_reference_checkpoint_takes_the_reference_files(apparel_state: dict, reference_data: Path, reference_mirror):
+    """No files given: the dataset follows from the label count (11: apparel), its pickles are fetched and
+    the outputs named; the model is the one built from the explicit pickles."""
+    explicit, _ = _load_reference(_wrap(apparel_state), reference_data, "apparel")
+    fetched = load_model(_wrap(apparel_state))
+    assert fetched.labels == explicit.labels == list(APPAREL_LABELS)
+    want, got = explicit.state_dict(), fetched.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert sorted(p.name for p in (reference_mirror.parent / "cache").iterdir()) == [
+        "apparel_adj.pkl", "apparel_glove_word2vec.pkl"]
+
+
+def test_reference_checkpoint_refuses_another_datasets_labels(apparel_state: dict, reference_mirror):
+    with pytest.raises(MSRNError, match="11 labels, voc2007 20"):
+        load_model(_wrap(apparel_state), dataset="voc2007")
+    swapped = list(APPAREL_LABELS[1::-1] + APPAREL_LABELS[2:])  # the data's labels in another order
+    with pytest.raises(MSRNError, match="label 0 is 'blue'"):
+        load_model(_wrap(apparel_state), labels=swapped, dataset="apparel")
+    assert not (reference_mirror.parent / "cache").exists()  # refused before anything was fetched
+
+
+@pytest.mark.filterwarnings("ignore:.*dropped unused reference parameters")
+def test_predict_and_evaluate_on_a_reference_checkpoint_need_only_the_checkpoint(
+    apparel_state: dict, reference_mirror, tmp_path: Path, capsys
+):
+    from PIL import Image
+
+    from msrn.cli import main as cli_main
+
+    ckpt = tmp_path / "apparel_checkpoint.pth.tar"
+    torch.save(_wrap(apparel_state), ckpt)
+    data = tmp_path / "apparel"
+    for i, folder in enumerate(["black_dress", "blue_pants", "red_shoes", "white_shorts"]):
+        (data / folder).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (60 * i, 90, 200 - 40 * i)).save(data / folder / f"{i}.jpg")
+    argv = ["predict", "--checkpoint", str(ckpt), "--cooccurrence", "reference", str(data / "red_shoes"),
+            "--threshold", "0", "--image-size", "64"]
+    assert cli_main(argv) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert sorted(x["label"] for x in records[0]["labels"]) == sorted(APPAREL_LABELS)
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", "--dataset", "apparel", "--data", str(data), "--checkpoint", str(ckpt),
+            "--image-size", "64", "--workers", "0", "--json", str(out)]
+    assert cli_main(argv) == 0
+    assert json.loads(out.read_text())["labels"] == list(APPAREL_LABELS)
 
 
 @pytest.mark.parametrize("ds", DATASETS)

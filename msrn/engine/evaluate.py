@@ -93,8 +93,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="an msrn checkpoint, or a reference *_checkpoint.pth.tar")
     p.add_argument("--split", help="split to evaluate (default: the dataset's test split)")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
-    p.add_argument("--word-vectors", help="reference checkpoints: the word-vector pickle, e.g. voc_glove_word2vec.pkl")
-    p.add_argument("--cooccurrence", help="reference checkpoints: the co-occurrence pickle, e.g. voc_adj.pkl")
+    p.add_argument("--word-vectors", metavar="FILE",
+                   help="reference checkpoints: a word-vector pickle; default 'reference', the reference's own "
+                        "for --dataset (fetched once, SHA-256 checked)")
+    p.add_argument("--cooccurrence", metavar="FILE",
+                   help="reference checkpoints: a co-occurrence pickle; default 'reference', the reference's own "
+                        "for --dataset (fetched once, SHA-256 checked)")
     p.add_argument("--image-size", type=int, help="default: the checkpoint's (448 for reference checkpoints)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
@@ -116,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
     split = args.split or DEFAULT_SPLITS[args.dataset][1]
     data = build_dataset(args.dataset, args.data, split, **reader_options(args))
     model = load_model(args.checkpoint, word_vectors=args.word_vectors, cooccurrence=args.cooccurrence,
-                       labels=data.labels).to(device)
+                       labels=data.labels, dataset=args.dataset).to(device)
     image_size = args.image_size or model.image_size
     thresholds = getattr(model, "thresholds", None)
     group_loss = model_group_loss(model)  # before --fast, whose eval-only copy keeps no group loss
