@@ -157,8 +157,8 @@ def reference_forward(
     """Logits (B x C) of the reference MSRN for images x, from a reference-layout state dict."""
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     x = x.to(dtype)
-    wv = torch.as_tensor(np.asarray(word_vectors, dtype=np.float64), dtype=dtype)
-    mask = torch.from_numpy(reference_adjacency(counts, nums, tau) > 0)
+    wv = torch.as_tensor(np.asarray(word_vectors, dtype=np.float64), dtype=dtype, device=x.device)
+    mask = torch.from_numpy(reference_adjacency(counts, nums, tau) > 0).to(x.device)
     local, groups, assign = label_semantics(sd, wv, mask)
     sem = torch.cat([local, groups], dim=0)  # (C+K) x D: labels, then groups
     per_depth = [label_guided_attention(f, sem) for f in depth_features(sd, x)]
