@@ -1,4 +1,5 @@
-"""Multi-label evaluation metrics of the paper's protocol (design doc section 8), in numpy.
+"""Multi-label evaluation metrics of the paper's protocol (design doc section 8), in numpy (torch
+only where the reference's figures depend on the order torch.sort and torch.topk give tied scores).
 
 Conventions (all vectorised over images):
 - scores: N x C floats (probabilities, or logits with scores_are_logits=True); NaN is rejected.
@@ -253,9 +254,9 @@ def reference_tuned_metrics(logits: np.ndarray, targets: np.ndarray, top_k: int 
 
     The grid is REFERENCE_GRID on float32 logits; difficult counts as negative. Top-k: the same
     search on util.py's top-k scores, where -1.0 predicts every label and any higher threshold keeps
-    the top-k labels with logit >= 0, so the better of the two is kept. Percent, like
-    multilabel_metrics; a threshold of None means no grid value gave CF1 + OF1 above 0 (the
-    reference then reports 0, for instance when a label has no positive).
+    the top-k labels (all of them when there are fewer) with logit >= 0, so the better of the two is
+    kept. Percent, like multilabel_metrics; a threshold of None means no grid value gave CF1 + OF1
+    above 0 (the reference then reports 0, for instance when a label has no positive).
     """
     scores, targets = _check_inputs(logits, targets)
     if top_k < 1:
