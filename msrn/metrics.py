@@ -1,4 +1,5 @@
-"""Multi-label evaluation metrics of the paper's protocol (design doc section 8), in plain numpy.
+"""Multi-label evaluation metrics of the paper's protocol (design doc section 8), in numpy (torch
+only where the reference's figures depend on the order torch.sort and torch.topk give tied scores).
 
 Conventions (all vectorised over images):
 - scores: N x C floats (probabilities, or logits with scores_are_logits=True); NaN is rejected.
@@ -7,13 +8,19 @@ Conventions (all vectorised over images):
   exactly as scikit-learn's average_precision_score: a positive inside a tie group gets the
   precision at the end of the group. Without ties this is the mean over positives of the
   precision at the positive's rank. A label with no positive has no AP (NaN) and is left out of mAP.
+  The reference (util.py) instead takes the precision at each position of torch.sort's order, so
+  inside a tie group the order torch.sort happens to return decides; the two are identical without
+  ties. reference_order_average_precision gives the reference's convention.
 - CP/CR/CF1/OP/OR/OF1: difficult counts as negative. Per label, an undefined ratio 0/0 counts as 0:
   precision of a label never predicted is 0 (design doc), and recall of a label with no positive is
-  0 too, so CP and CR average over the same C labels (the reference's Nc/(Ng + eps) gives the same 0,
-  and so does scikit-learn's macro recall with zero_division=0). Such labels are listed in the output.
+  0 too, so CP and CR average over the same C labels (scikit-learn's macro recall with
+  zero_division=0 agrees). Such labels are listed in the output. The reference has no eps: its
+  recall of a label without positives is 0/0 = NaN, which makes it report 0 for all six.
 - Top-k: a label counts as predicted when it is among the image's k highest scores (ties broken by
   the lower label index) and its probability is >= threshold, as in ML-GCN.
 - lrap, coverage_error, ranking_loss: scikit-learn's definitions on targets == 1 as the relevant labels.
+- reference_tuned_metrics: the figures the reference's code prints, with the threshold chosen on the
+  evaluated set itself; for comparison with its logs only, never as a result.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 _SIX = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
@@ -179,32 +187,6 @@ def _default_grid() -> np.ndarray:
     return np.round(np.arange(1, 100) / 100.0, 2)
 
 
-def tune_thresholds(
-    scores: np.ndarray,
-    targets: np.ndarray,
-    grid: Sequence[float] | None = None,
-    scores_are_logits: bool = False,
-) -> dict:
-    """The reference's single threshold maximising CF1 + OF1 on the given set; for labelled reporting only."""
-    scores, targets = _check_inputs(scores, targets)
-    grid_arr = _default_grid() if grid is None else np.asarray(grid, dtype=np.float64)
-    probs = _probabilities(scores, scores_are_logits)
-    positive = targets == 1
-    best: dict[str, float] | None = None
-    best_threshold = float(grid_arr[0])
-    for t in grid_arr:  # one pass per threshold keeps memory at O(N C)
-        six = _six(probs >= t, positive)
-        if best is None or six["CF1"] + six["OF1"] > best["CF1"] + best["OF1"]:
-            best, best_threshold = six, float(t)
-    return {
-        "threshold": best_threshold,
-        **best,
-        "tuned": True,
-        "note": "threshold tuned on the evaluated set itself (reference code); "
-        "report only next to the fixed-threshold metrics",
-    }
-
-
 def per_label_thresholds(
     probs: np.ndarray, targets: np.ndarray, grid: Sequence[float] | None = None
 ) -> np.ndarray:
@@ -224,6 +206,86 @@ def per_label_thresholds(
     chosen = grid_arr[np.argmin(distance, axis=0)]
     usable = (n_true > 0) & (f1.max(axis=0) > 0)
     return np.where(usable, chosen, 0.5)
+
+
+# The reference's grid on raw logits, -1.0, -0.9, ..., 0.9. It computes x * 0.1 - 1 in float64 and
+# compares its float32 scores with it in float32, where those values equal these rounded ones.
+REFERENCE_GRID: tuple[float, ...] = tuple(round(-1.0 + 0.1 * i, 1) for i in range(20))
+
+
+def _reference_six(scores: np.ndarray, positive: np.ndarray) -> tuple[float | None, dict[str, float]]:
+    """util.py's evaluation: the first grid threshold with the largest CF1 + OF1 (fractions).
+
+    As there: a label never predicted counts 1 prediction in CP's and OP's denominators, no eps
+    anywhere, and a threshold whose CF1 + OF1 is NaN (0/0) or 0 never wins, leaving (None, zeros).
+    """
+    c = scores.shape[1]
+    n_true = positive.sum(axis=0).astype(np.float64)
+    best_t, best, best_total = None, dict.fromkeys(_SIX, 0.0), 0.0
+    for t in REFERENCE_GRID:
+        predicted = scores >= np.float32(t)
+        n_correct = (predicted & positive).sum(axis=0).astype(np.float64)
+        n_pred = predicted.sum(axis=0).astype(np.float64)
+        n_pred[n_pred == 0] = 1
+        with np.errstate(divide="ignore", invalid="ignore"):
+            op = n_correct.sum() / n_pred.sum()
+            orec = n_correct.sum() / n_true.sum()
+            of1 = 2 * op * orec / (op + orec)
+            cp = np.sum(n_correct / n_pred) / c
+            cr = np.sum(n_correct / n_true) / c
+            cf1 = 2 * cp * cr / (cp + cr)
+        if cf1 + of1 > best_total:  # strict: among equal sums the lowest threshold stays
+            best_t, best_total = t, cf1 + of1
+            best = {"CP": cp, "CR": cr, "CF1": cf1, "OP": op, "OR": orec, "OF1": of1}
+    return best_t, {name: float(v) for name, v in best.items()}
+
+
+def _reference_top_k_scores(logits: torch.Tensor, k: int) -> np.ndarray:
+    """util.py's top-k scores: 1 where a label is among the image's k best (torch.topk) with logit >= 0, else -1."""
+    index = logits.topk(min(k, logits.shape[1]), 1, True, True)[1].numpy()
+    values = logits.numpy()
+    out = np.full(values.shape, -1.0, dtype=np.float32)
+    np.put_along_axis(out, index, np.where(np.take_along_axis(values, index, axis=1) >= 0, 1.0, -1.0), axis=1)
+    return out
+
+
+def reference_tuned_metrics(logits: np.ndarray, targets: np.ndarray, top_k: int = 3) -> dict:
+    """CP..OF1 as the reference's code reports them: threshold on the raw logits tuned on this very set.
+
+    The grid is REFERENCE_GRID on float32 logits; difficult counts as negative. Top-k: the same
+    search on util.py's top-k scores, where -1.0 predicts every label and any higher threshold keeps
+    the top-k labels (all of them when there are fewer) with logit >= 0, so the better of the two is
+    kept. Percent, like multilabel_metrics; a threshold of None means no grid value gave CF1 + OF1
+    above 0 (the reference then reports 0, for instance when a label has no positive).
+    """
+    scores, targets = _check_inputs(logits, targets)
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    scores32 = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))  # the reference's meter is float32
+    positive = targets == 1
+    threshold, six = _reference_six(scores32.numpy(), positive)
+    threshold_k, six_k = _reference_six(_reference_top_k_scores(scores32, top_k), positive)
+    result: dict = {"threshold": threshold, **{name: 100.0 * v for name, v in six.items()}}
+    result[f"threshold_top{top_k}"] = threshold_k
+    result.update({f"{name}_top{top_k}": 100.0 * v for name, v in six_k.items()})
+    result["top_k"] = int(top_k)
+    return result
+
+
+def reference_order_average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-label AP in [0, 1] with the reference's tie convention: precision at each position of
+    torch.sort's descending order of the float32 scores (difficult entries skipped; NaN without positives)."""
+    scores, targets = _check_inputs(scores, targets)
+    columns = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+    ap = np.full(scores.shape[1], np.nan)
+    for j in range(scores.shape[1]):  # column by column, as the reference sorts them
+        order = torch.sort(columns[:, j], dim=0, descending=True)[1].numpy()
+        t = targets[order, j]
+        t = t[t != -1]
+        if (t == 1).any():
+            hits = np.cumsum(t == 1)
+            ap[j] = float(np.mean(hits[t == 1] / (np.flatnonzero(t == 1) + 1.0)))
+    return ap
 
 
 def format_metrics(m: dict, labels: list[str] | None = None) -> str:

@@ -157,8 +157,8 @@ def reference_forward(
     """Logits (B x C) of the reference MSRN for images x, from a reference-layout state dict."""
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     x = x.to(dtype)
-    wv = torch.as_tensor(np.asarray(word_vectors, dtype=np.float64), dtype=dtype)
-    mask = torch.from_numpy(reference_adjacency(counts, nums, tau) > 0)
+    wv = torch.as_tensor(np.asarray(word_vectors, dtype=np.float64), dtype=dtype, device=x.device)
+    mask = torch.from_numpy(reference_adjacency(counts, nums, tau) > 0).to(x.device)
     local, groups, assign = label_semantics(sd, wv, mask)
     sem = torch.cat([local, groups], dim=0)  # (C+K) x D: labels, then groups
     per_depth = [label_guided_attention(f, sem) for f in depth_features(sd, x)]
@@ -217,4 +217,47 @@ def _randn(shape: tuple[int, ...], g: torch.Generator, dtype: torch.dtype) -> to
     for start in range(0, shape[1], TILE_COLUMNS):
         width = min(TILE_COLUMNS, shape[1] - start)
         out[:, start : start + width] = block[:, :width]
+    return out
+
+
+# ---------------------------------------------------------------- the reference's tuned-on-the-test-set figures
+
+
+def reference_tuned_search(scores: np.ndarray, targets: np.ndarray) -> tuple[float | None, dict[str, float]]:
+    """util.py's threshold search restated with plain loops: every threshold x / 10 - 1 for x = 0..19,
+    float32 scores compared in float32, difficult (-1) and 0 both negative, a label with no prediction
+    has 1 prediction, the first strictly larger CF1 + OF1 above 0 wins. Fractions, not percent."""
+    n, c = scores.shape
+    chosen: tuple[float | None, dict[str, float]] = (None, dict.fromkeys(("CP", "CR", "CF1", "OP", "OR", "OF1"), 0.0))
+    best = 0.0
+    for x in range(20):
+        t = np.float32(x * 0.1 - 1)
+        correct, predicted, relevant = [0] * c, [0] * c, [0] * c
+        for i in range(n):
+            for j in range(c):
+                hit = bool(np.float32(scores[i, j]) >= t)
+                predicted[j] += hit
+                relevant[j] += int(targets[i, j] == 1)
+                correct[j] += int(hit and targets[i, j] == 1)
+        predicted = [max(p, 1) for p in predicted]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            op = np.float64(sum(correct)) / sum(predicted)
+            orec = np.float64(sum(correct)) / sum(relevant)
+            cp = sum(np.float64(a) / b for a, b in zip(correct, predicted)) / c
+            cr = sum(np.float64(a) / b for a, b in zip(correct, relevant)) / c
+            of1 = 2 * op * orec / (op + orec)
+            cf1 = 2 * cp * cr / (cp + cr)
+        if cf1 + of1 > best:
+            best = cf1 + of1
+            chosen = (round(x * 0.1 - 1, 1), {"CP": cp, "CR": cr, "CF1": cf1, "OP": op, "OR": orec, "OF1": of1})
+    return chosen
+
+
+def reference_top_k_matrix(logits: torch.Tensor, k: int) -> np.ndarray:
+    """util.py's top-k scores: -1 everywhere, then for each of an image's k best (torch.topk) 1 if its logit >= 0."""
+    out = -np.ones(tuple(logits.shape))
+    index = logits.topk(k, 1, True, True)[1]
+    for i in range(logits.shape[0]):
+        for j in index[i].tolist():
+            out[i, j] = 1.0 if float(logits[i, j]) >= 0 else -1.0
     return out

@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from reference_impl import reference_top_k_matrix, reference_tuned_search
 from sklearn.metrics import (
     average_precision_score,
     coverage_error,
@@ -19,11 +21,13 @@ from sklearn.metrics import (
 )
 
 from msrn.metrics import (
+    REFERENCE_GRID,
     average_precision,
     format_metrics,
     multilabel_metrics,
     per_label_thresholds,
-    tune_thresholds,
+    reference_order_average_precision,
+    reference_tuned_metrics,
 )
 
 SIX = ("CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -264,19 +268,122 @@ def test_bad_inputs_are_rejected(scores: np.ndarray, targets: np.ndarray, messag
         multilabel_metrics(scores, targets)
 
 
-def test_tune_thresholds_maximises_cf1_plus_of1() -> None:
-    rng = np.random.default_rng(4)
-    targets = (rng.random((100, 4)) < 0.3).astype(int)
-    scores = np.clip(0.35 * targets + 0.5 * rng.random((100, 4)), 0, 1)
-    grid = [0.2, 0.3, 0.4, 0.5, 0.6]
-    tuned = tune_thresholds(scores, targets, grid=grid)
-    assert tuned["tuned"] is True and "tuned on the evaluated set" in tuned["note"]
-    totals = {}
-    for t in grid:
-        m = multilabel_metrics(scores, targets, threshold=t)
-        totals[t] = m["CF1"] + m["OF1"]
-    assert tuned["threshold"] == max(totals, key=totals.get)
-    assert tuned["CF1"] + tuned["OF1"] == pytest.approx(max(totals.values()))
+def _percent(**fractions: float) -> dict[str, float]:
+    return {k: pytest.approx(100.0 * v, abs=1e-9) for k, v in fractions.items()}
+
+
+def test_reference_grid_is_the_references_float32_values() -> None:
+    # util.py builds x * 0.1 + -1 in float64 and compares float32 scores with it in float32
+    assert [np.float32(t) for t in REFERENCE_GRID] == [np.float32(x * 0.1 + -1) for x in range(20)]
+    assert REFERENCE_GRID[0] == -1.0 and REFERENCE_GRID[-1] == 0.9 and len(REFERENCE_GRID) == 20
+
+
+def test_reference_tuned_metrics_by_hand() -> None:
+    # label 0: positives at 0.7, 0.2, negatives at -0.3 twice; label 1: positives 0.35, 0.5, negatives
+    # -0.5, 0.4; label 2: positive 0.05, negatives -2 twice and a difficult entry (a negative here) at 0.8
+    logits = np.array([[0.7, -0.5, -2.0], [0.2, 0.35, -2.0], [-0.3, 0.5, 0.8], [-0.3, 0.4, 0.05]])
+    targets = np.array([[1, 0, 0], [1, 1, 0], [0, 1, -1], [0, 0, 1]])
+    # Nc / Np per label and CF1 + OF1 on the grid (Ng = 2, 2, 1):
+    #   t <= -0.5:  2/4 2/4 1/2  CP 1/2,   CR 1, OP 5/10, OR 1 -> 2/3 + 2/3
+    #   -0.4, -0.3: 2/4 2/3 1/2  CP 5/9,   CR 1, OP 5/9,  OR 1 -> 5/7 + 5/7
+    #   -0.2 .. 0:  2/2 2/3 1/2  CP 13/18, CR 1, OP 5/7,  OR 1 -> 26/31 + 5/6 (the best; -0.2 is the first)
+    #   0.1, 0.2:   2/2 2/3 0/1  CP 5/9, CR 2/3, OP 4/6, OR 4/5 -> 20/33 + 8/11, and lower above
+    got = reference_tuned_metrics(logits, targets)
+    assert got["threshold"] == -0.2
+    assert got == {**got, **_percent(CP=13 / 18, CR=1, CF1=26 / 31, OP=5 / 7, OR=1, OF1=5 / 6)}
+
+
+def test_reference_tuned_metrics_compare_in_float32() -> None:
+    # 0.7 is above the grid's 0.7 = 0.7000000000000002 in float64 but equal to it in float32, where the
+    # reference compares: the positive alone is predicted at 0.7 (a perfect score); at 0.6 both are.
+    got = reference_tuned_metrics(np.array([[0.7], [0.65]]), np.array([[1], [0]]))
+    assert got["threshold"] == 0.7
+    assert got == {**got, **_percent(CP=1, CR=1, CF1=1, OP=1, OR=1, OF1=1)}
+
+
+def test_reference_counts_one_prediction_for_a_label_never_predicted() -> None:
+    # label 1's logits never reach the grid: util.py sets its prediction count to 1, so at -0.4..0.5
+    # OP is 1 / (1 + 1), not 1 / 1; below -0.4 label 0 predicts all five images.
+    logits = np.array([[0.5, -2.0], [-0.5, -2.0], [-0.5, -2.0], [-0.5, -2.0], [-0.5, -2.0]])
+    targets = np.array([[1, 1], [0, 0], [0, 0], [0, 0], [0, 0]])
+    got = reference_tuned_metrics(logits, targets)
+    assert got["threshold"] == -0.4
+    assert got == {**got, **_percent(CP=0.5, CR=0.5, CF1=0.5, OP=0.5, OR=0.5, OF1=0.5)}
+    assert multilabel_metrics(logits, targets, scores_are_logits=True)["OP"] == pytest.approx(100.0)
+
+
+def test_reference_reports_zero_when_a_label_has_no_positive() -> None:
+    # recall 0/0 is NaN in util.py (no eps), so no threshold wins and all six stay 0
+    got = reference_tuned_metrics(np.array([[1.0, 0.5], [-1.0, 0.2]]), np.array([[1, 0], [0, -1]]))
+    assert got["threshold"] is None and got["threshold_top3"] is None
+    assert all(got[k] == 0 and got[f"{k}_top3"] == 0 for k in SIX)
+
+
+def test_reference_top3_keeps_every_label_when_that_scores_better() -> None:
+    # top-3 scores: image 0 [1, -1, 1, 1], image 1 [-1, 1, 1, -1] (label 3 is among image 1's best three,
+    # but its logit -0.2 is below 0)
+    logits = np.array([[2.0, -0.5, 1.0, 0.3], [-3.0, 0.2, 0.1, -0.2]])
+    targets = np.array([[1, 1, 0, 0], [0, 0, 1, 1]])
+    got = reference_tuned_metrics(logits, targets)
+    # -1.0: every label of both images predicted: CP 1/2, CR 1, OP 4/8, OR 1 -> 2/3 + 2/3;
+    # above it: Nc/Np 1/1 0/1 1/2 0/1, CP 3/8, CR 1/2, OP 2/5, OR 1/2 -> 3/7 + 4/9, lower
+    assert got["threshold_top3"] == -1.0
+    assert got == {**got, **_percent(CP_top3=0.5, CR_top3=1, CF1_top3=2 / 3, OP_top3=0.5, OR_top3=1,
+                                     OF1_top3=2 / 3)}
+
+
+def test_reference_top3_with_nonnegative_logits_when_that_scores_better() -> None:
+    # top-3 scores: image 0 [1, -1, -1, 1], image 1 [-1, 1, -1, 1]
+    logits = np.array([[2.0, -1.5, -1.2, 0.5], [-2.0, 1.0, -0.1, 0.4]])
+    targets = np.array([[1, 0, 1, 0], [0, 1, 0, 1]])
+    got = reference_tuned_metrics(logits, targets)
+    # -1.0 gives 2/3 + 2/3 as above; -0.9 (and every higher value, equal): Nc/Np 1/1 1/1 0/1 1/2,
+    # CP 5/8, CR 3/4, OP 3/5, OR 3/4 -> 15/22 + 2/3, better; the first of the equal thresholds is kept
+    assert got["threshold_top3"] == -0.9
+    assert got == {**got, **_percent(CP_top3=5 / 8, CR_top3=3 / 4, CF1_top3=15 / 22, OP_top3=3 / 5, OR_top3=3 / 4,
+                                     OF1_top3=2 / 3)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 25), st.integers(1, 6), st.booleans())
+def test_reference_tuned_metrics_match_a_loop_restatement(seed: int, n: int, c: int, coarse: bool) -> None:
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.0, (n, c))
+    if coarse:  # logits on the grid itself and ties: the float32 comparison and the top-k ties matter
+        logits = np.round(logits, 1)
+    targets = rng.choice([1, 0, 0, -1], size=(n, c))
+    got = reference_tuned_metrics(logits, targets)
+    scores32 = torch.from_numpy(logits.astype(np.float32))
+    for suffix, scores in (("", logits), ("_top3", reference_top_k_matrix(scores32, min(3, c)))):
+        threshold, six = reference_tuned_search(scores, targets)
+        assert got[f"threshold{suffix}"] == threshold
+        for k in SIX:
+            assert got[f"{k}{suffix}"] == pytest.approx(100.0 * six[k], abs=1e-9)
+
+
+def test_reference_tuned_metrics_reject_bad_input() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        reference_tuned_metrics(np.array([[np.nan]]), np.array([[1]]))
+    with pytest.raises(ValueError, match="top_k"):
+        reference_tuned_metrics(np.zeros((2, 2)), np.ones((2, 2)), top_k=0)
+
+
+def test_reference_order_ap_by_hand() -> None:
+    # without ties: P@1 = 1, P@3 = 2/3 (difficult row skipped), as average_precision
+    scores = np.array([[0.9], [0.8], [0.6], [0.7], [0.5]])
+    targets = np.array([[1], [0], [-1], [1], [0]])
+    assert reference_order_average_precision(scores, targets)[0] == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(scores, targets)[0] == pytest.approx((1 + 2 / 3) / 2)
+    # a positive tied with a negative: precision at its own position in torch.sort's order, where
+    # scikit-learn's convention gives it the precision at the end of the tie (1/3)
+    scores = np.array([[0.9], [0.5], [0.5], [0.1]])
+    targets = np.array([[0], [1], [0], [1]])
+    order = torch.sort(torch.tensor([0.9, 0.5, 0.5, 0.1]), descending=True)[1].tolist()
+    first = 1 / 2 if order.index(1) < order.index(2) else 1 / 3
+    assert reference_order_average_precision(scores, targets)[0] == pytest.approx((first + 2 / 4) / 2)
+    assert average_precision(scores, targets)[0] == pytest.approx((1 / 3 + 2 / 4) / 2)
+    # no positive: no AP
+    assert np.isnan(reference_order_average_precision(np.zeros((2, 1)), np.zeros((2, 1), int))[0])
 
 
 def test_per_label_thresholds() -> None:

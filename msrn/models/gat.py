@@ -21,7 +21,9 @@ class GraphAttention(nn.Module):
         h = x @ self.W  # C x out
         n = h.shape[1]
         e = h @ self.a[:n] + (h @ self.a[n:]).T  # C x C: a^T [h_i ; h_j]
-        e = F.leaky_relu(e, 0.2).masked_fill(~mask, -1e12)
+        # the dtype's lowest value, not a fixed -1e12, which fp16 (autocast) cannot hold; softmax gives
+        # non-edges weight 0 either way (every row has its self-loop)
+        e = F.leaky_relu(e, 0.2).masked_fill(~mask, torch.finfo(e.dtype).min)
         att = torch.softmax(e, dim=1)
         return F.elu(att @ h + h)
 
