@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.errors import MSRNError
 
 
@@ -49,6 +50,12 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step (batch_size is split across them)
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     on_error: str = "stop"  # unreadable training image: stop, or skip it (counted and logged)
+    loss: str = "softmargin"  # softmargin (the paper's), asl or focal (msrn.engine.losses)
+    asl_gamma_neg: float = ASL_GAMMA_NEG  # ASL's focusing exponents and probability margin (its paper's)
+    asl_gamma_pos: float = ASL_GAMMA_POS
+    asl_clip: float = ASL_CLIP
+    focal_gamma: float = FOCAL_GAMMA
+    focal_alpha: float = FOCAL_ALPHA  # focal loss: weight of positives (negatives get 1 - alpha)
     resume: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,7 +93,17 @@ class TrainConfig:
             raise MSRNError(f"--on-error must be stop or skip, not {self.on_error!r}")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise MSRNError(f"--grad-accum {self.grad_accum} must divide --batch-size {self.batch_size}")
+        if self.loss not in CHOICES["loss"]:
+            raise MSRNError(f"--loss must be one of {', '.join(CHOICES['loss'])}, not {self.loss!r}")
+        if min(self.asl_gamma_neg, self.asl_gamma_pos, self.focal_gamma) < 0 or not 0 <= self.asl_clip < 1 \
+                or not 0 <= self.focal_alpha <= 1:
+            raise MSRNError("loss settings: the gammas must be >= 0, --asl-clip in [0, 1), --focal-alpha in [0, 1]")
 
+
+# options with a fixed set of values (the CLI offers them as choices)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "amp": ("none", "bf16", "fp16"), "on_error": ("stop", "skip"), "loss": LOSSES,
+}
 
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
               lr_backbone=0.01, epochs=30, lr_steps=(20,))
@@ -135,6 +152,12 @@ HELP: dict[str, str] = {
     "amp": "mixed precision on GPU: none (default, exact fp32), bf16 or fp16",
     "resume": "resume from a checkpoint; with no file, from last.pt in the run folder",
     "on_error": "unreadable training image: stop, or skip it (counted and logged)",
+    "loss": "training loss: softmargin (the paper's, default), asl (Asymmetric Loss) or focal",
+    "asl_gamma_neg": f"--loss asl: focusing exponent of negatives (default {ASL_GAMMA_NEG:g})",
+    "asl_gamma_pos": f"--loss asl: focusing exponent of positives (default {ASL_GAMMA_POS:g})",
+    "asl_clip": f"--loss asl: probability margin; negatives with p below it give no loss (default {ASL_CLIP:g})",
+    "focal_gamma": f"--loss focal: focusing exponent (default {FOCAL_GAMMA:g})",
+    "focal_alpha": f"--loss focal: weight of positives, negatives get 1 - alpha (default {FOCAL_ALPHA:g})",
 }
 
 
@@ -160,8 +183,8 @@ def add_config_arguments(parser: Any) -> None:
             kw["type"] = int
         elif ann.startswith("float"):
             kw["type"] = float
-        if f.name in ("amp", "on_error"):
-            kw["choices"] = ["none", "bf16", "fp16"] if f.name == "amp" else ["stop", "skip"]
+        if f.name in CHOICES:
+            kw["choices"] = list(CHOICES[f.name])
         parser.add_argument(flag, **kw)
 
 

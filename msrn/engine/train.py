@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -28,6 +27,7 @@ from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_datase
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TrainTransform
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
+from msrn.engine.losses import build_loss, soft_margin_loss
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.errors import MSRNError
 
@@ -65,8 +65,8 @@ def split_validation(data: MultiLabelData, fraction: float, seed: int) -> tuple[
 
 
 def training_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Multi-label soft margin loss; VOC difficult (-1) labels count as positive in training."""
-    return F.multilabel_soft_margin_loss(logits.float(), (targets != 0).float())
+    """Multi-label soft margin loss; VOC difficult (-1) labels count as positive, unknown (-2) ones not at all."""
+    return soft_margin_loss(logits, targets)
 
 
 def make_sgd(groups: list[dict], cfg: TrainConfig) -> torch.optim.SGD:
@@ -164,6 +164,8 @@ class Trainer:
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.criterion = build_loss(cfg.loss, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip,
+                                    cfg.focal_gamma, cfg.focal_alpha)
         self.optimizer = make_sgd(self.model.param_groups(cfg.lr, cfg.lr_backbone), cfg)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16" and self.device.type == "cuda")
@@ -251,7 +253,7 @@ class Trainer:
             with dist.grad_sync(self.net, micro + 1 == cfg.grad_accum or i == last):
                 with autocast(self.device, cfg.amp):
                     logits, gloss = self.net(images, return_group_loss=True)
-                    loss = training_loss(logits, targets) + gloss.float()
+                    loss = self.criterion(logits, targets) + gloss.float()
                 if not torch.isfinite(loss):
                     last_pt = self.out / "last.pt"
                     kept = f"the last good checkpoint {last_pt} is intact" if last_pt.is_file() else "nothing saved yet"
