@@ -56,6 +56,8 @@ class TrainConfig:
     asl_clip: float = ASL_CLIP
     focal_gamma: float = FOCAL_GAMMA
     focal_alpha: float = FOCAL_ALPHA  # focal loss: weight of positives (negatives get 1 - alpha)
+    ema: float | None = None  # decay of an exponential moving average of the weights; None = off
+    ema_warmup: int = 0  # optimiser steps of the EMA decay's warm-up ramp (msrn.engine.ema); 0 = none
     resume: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +100,10 @@ class TrainConfig:
         if min(self.asl_gamma_neg, self.asl_gamma_pos, self.focal_gamma) < 0 or not 0 <= self.asl_clip < 1 \
                 or not 0 <= self.focal_alpha <= 1:
             raise MSRNError("loss settings: the gammas must be >= 0, --asl-clip in [0, 1), --focal-alpha in [0, 1]")
+        if self.ema == 0:
+            self.ema = None  # `--ema 0` turns it off
+        if self.ema is not None and not 0 < self.ema < 1 or self.ema_warmup < 0:
+            raise MSRNError(f"--ema must lie in (0, 1) (e.g. 0.999), not {self.ema}; --ema-warmup must be >= 0")
 
 
 # options with a fixed set of values (the CLI offers them as choices)
@@ -158,6 +164,10 @@ HELP: dict[str, str] = {
     "asl_clip": f"--loss asl: probability margin; negatives with p below it give no loss (default {ASL_CLIP:g})",
     "focal_gamma": f"--loss focal: focusing exponent (default {FOCAL_GAMMA:g})",
     "focal_alpha": f"--loss focal: weight of positives, negatives get 1 - alpha (default {FOCAL_ALPHA:g})",
+    "ema": "keep an exponential moving average of the weights with this decay per step (e.g. 0.999); both the "
+           "live and the EMA weights are evaluated and best.pt holds the better on the validation split (the EMA "
+           "weights without one)",
+    "ema_warmup": "EMA warm-up in optimiser steps: step n uses decay x (1 - exp(-n / STEPS)); default 0 (none)",
 }
 
 
