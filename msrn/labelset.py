@@ -33,6 +33,7 @@ from msrn.graph import (
     read_cooccurrence,
 )
 from msrn.io import atomic_save_torch, atomic_write_bytes, atomic_write_text, check_writable
+from msrn.targets import UNKNOWN
 from msrn.vectors_ngram import NGRAM_DIM, ngram_vectors
 from msrn.wordvec import label_words, load_word_vectors, read_name_map
 
@@ -43,6 +44,8 @@ FORMAT = "msrn-labels"
 VERSION = 1
 REPORT_FILES = ("labels_report.md", "label_graph.png", "label_cooccurrence.png")
 TOP_PARTNERS = 3  # strongest co-occurring labels listed per label in the report
+KNOWN_ONLY = ("partial labels: co-occurrence counted over known entries only, P(j|i) = images with i and j / "
+              "images with i where j is known (not / all images with i)")
 VECTORS_HELP = (
     "label vector source: 'ngram' (default; hashed character n-grams, offline, spelling similarity only), "
     "'ngram:DIM', 'encoder' or 'encoder:MODEL' (sentence encoder, needs msrn[text]), or a file: "
@@ -105,7 +108,7 @@ class LabelSet:
         """Plain tensors, lists and strings only, so `torch.load(weights_only=True)` reads it back."""
         import torch
 
-        return {
+        d = {
             "format": FORMAT, "version": VERSION, "labels": list(self.labels),
             "counts": torch.from_numpy(np.ascontiguousarray(self.cooccurrence.counts, dtype=np.float64)),
             "nums": torch.from_numpy(np.ascontiguousarray(self.cooccurrence.nums, dtype=np.float64)),
@@ -113,6 +116,9 @@ class LabelSet:
             "vector_source": self.vector_source, "tau": self.tau, "reweight": self.reweight,
             "num_images": self.num_images,
         }  # fmt: skip
+        if self.cooccurrence.known is not None:  # partial labels: the denominators of P(j|i)
+            d["known"] = torch.from_numpy(np.ascontiguousarray(self.cooccurrence.known, dtype=np.float64))
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "label set") -> LabelSet:
@@ -122,7 +128,8 @@ class LabelSet:
         try:
             return cls(
                 labels=list(d["labels"]),
-                cooccurrence=Cooccurrence(_as_array(d["counts"]), _as_array(d["nums"])),
+                cooccurrence=Cooccurrence(_as_array(d["counts"]), _as_array(d["nums"]),
+                                          None if d.get("known") is None else _as_array(d["known"])),
                 word_vectors=_as_array(d["word_vectors"]),
                 vector_source=str(d["vector_source"]),
                 tau=float(d["tau"]),
@@ -286,6 +293,7 @@ def report_text(ls: LabelSet) -> str:
         "# Label set report",
         "",
         f"- labels: {c}, counted on {images}",
+        *([f"- {KNOWN_ONLY}"] if co.known is not None else []),
         f"- label vectors: {ls.vector_source}, {ls.word_vectors.shape[1]} dimensions",
         f"- graph: edge i -> j when P(j|i) >= tau = {ls.tau:g}; re-weighting p = {ls.reweight:g}; "
         f"{len(edge_list)} edges",
@@ -452,6 +460,7 @@ def summary(ls: LabelSet) -> dict[str, Any]:
         "vector_dim": int(ls.word_vectors.shape[1]),
         "tau": ls.tau,
         "reweight": ls.reweight,
+        "known_entries_only": ls.cooccurrence.known is not None,
         "edges": [{"from": ls.labels[i], "to": ls.labels[j], "p": round(p, 6)} for i, j, p in ls.edges()],
         "notes": diagnostics(ls),
     }
@@ -479,6 +488,8 @@ def main(args: argparse.Namespace) -> int:
     counted = f"{ls.num_images} images ({args.dataset}, split {split})" if args.cooccurrence is None else (
         f"the stored file {args.cooccurrence}")
     print(f"{ls.num_classes} labels, co-occurrence from {counted}")
+    if ls.cooccurrence.known is not None:
+        print(f"{KNOWN_ONLY}; {int((data.targets == UNKNOWN).sum())} unknown entries")
     print(f"vectors: {ls.vector_source} ({ls.num_classes} x {ls.word_vectors.shape[1]})")
     edge_list = ls.edges()
     print(f"graph: tau {ls.tau:g}, re-weighting {ls.reweight:g}: {len(edge_list)} edges i -> j")

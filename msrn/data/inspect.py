@@ -1,10 +1,12 @@
-"""`msrn inspect`: show what a dataset reader sees (image count, labels, positives per label)."""
+"""`msrn inspect`: show what a dataset reader sees (image count, labels, positives per label, and the
+difficult (VOC) and unknown (CSV partial labels) entries per label where there are any)."""
 from __future__ import annotations
 
 import argparse
 import json
 
 from msrn.data import DATASETS, DEFAULT_SPLITS, build_dataset
+from msrn.targets import UNKNOWN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +23,7 @@ def main(args: argparse.Namespace) -> int:
     data = build_dataset(args.dataset, args.data, split)
     counts = data.label_counts()
     difficult = data.difficult_counts() if args.dataset == "voc2007" else None
+    unknown = data.unknown_counts() if (data.targets == UNKNOWN).any() else None  # partial labels (CSV)
     if args.json:
         summary = {
             "dataset": data.name,
@@ -32,14 +35,18 @@ def main(args: argparse.Namespace) -> int:
         }
         if difficult is not None:
             summary["difficult_counts"] = difficult
+        if unknown is not None:
+            summary["unknown_counts"] = unknown
         print(json.dumps(summary))
         return 0
     print(f"{data.name} split {data.split}: {len(data)} images, {len(data.labels)} labels ({data.root})")
     width = max([len("label"), *(len(label) for label in data.labels)])
     header = f"{'label':<{width}}  {'images':>7}  {'share':>6}"
-    print(header + (f"  {'difficult':>9}" if difficult is not None else ""))
+    header += f"  {'difficult':>9}" if difficult is not None else ""
+    print(header + (f"  {'unknown':>7}" if unknown is not None else ""))
     for label in data.labels:
         share = counts[label] / len(data) if len(data) else 0.0
         row = f"{label:<{width}}  {counts[label]:>7}  {share:>6.1%}"
-        print(row + (f"  {difficult[label]:>9}" if difficult is not None else ""))
+        row += f"  {difficult[label]:>9}" if difficult is not None else ""
+        print(row + (f"  {unknown[label]:>7}" if unknown is not None else ""))
     return 0
