@@ -81,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="an msrn checkpoint, or a reference *_checkpoint.pth.tar")
     p.add_argument("--split", help="split to evaluate (default: the dataset's test split)")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
+    p.add_argument("--scores", metavar="FILE",
+                   help="also write every image's label probabilities to this CSV: a header (image, then the labels "
+                        "in order), then per image its path and one probability per label")
     p.add_argument("--word-vectors", help="reference checkpoints: the word-vector pickle, e.g. voc_glove_word2vec.pkl")
     p.add_argument("--cooccurrence", help="reference checkpoints: the co-occurrence pickle, e.g. voc_adj.pkl")
     p.add_argument("--image-size", type=int, help="default: the checkpoint's (448 for reference checkpoints)")
@@ -100,6 +103,10 @@ def main(args: argparse.Namespace) -> int:
     from msrn.metrics import format_metrics, tune_thresholds
 
     device = dist.setup(args.device)
+    if args.scores and dist.is_main():
+        from msrn.io import check_writable
+
+        check_writable(Path(args.scores).absolute().parent)  # before the long evaluation, not after it
     split = args.split or DEFAULT_SPLITS[args.dataset][1]
     data = build_dataset(args.dataset, args.data, split)
     model = load_model(args.checkpoint, word_vectors=args.word_vectors, cooccurrence=args.cooccurrence,
@@ -123,6 +130,10 @@ def main(args: argparse.Namespace) -> int:
               f"{tuned['threshold']:.2f} -> CF1 {tuned['CF1']:.2f}, OF1 {tuned['OF1']:.2f}; not a fair number)")
         if args.json:
             atomic_write_json(Path(args.json), m)
+        if args.scores:
+            from msrn.engine.scores import write_scores
+
+            write_scores(args.scores, data, logits)
     dist.teardown()
     return 0
 

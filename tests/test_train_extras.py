@@ -1,0 +1,83 @@
+"""Training beyond the paper, end to end on tiny data: scores files, old checkpoints, partial labels."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_engine import LABELS, make_csv, train_args
+
+from msrn.checkpoint import read_checkpoint
+from msrn.cli import main as cli
+from msrn.data import build_dataset
+from msrn.metrics import multilabel_metrics
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A two-epoch run with the paper's recipe on colour-block data."""
+    root = tmp_path_factory.mktemp("extras")
+    csv_path = make_csv(root / "data")
+    assert cli(train_args(csv_path, root / "run")) == 0
+    return csv_path, root / "run"
+
+
+def test_evaluate_writes_every_images_probabilities(run: tuple[Path, Path], tmp_path: Path) -> None:
+    csv_path, out = run
+    scores, report = tmp_path / "new" / "scores.csv", tmp_path / "eval.json"
+    assert cli(["evaluate", "--dataset", "csv", "--data", str(csv_path), "--checkpoint", str(out / "best.pt"),
+                "--json", str(report), "--scores", str(scores), "--workers", "0"]) == 0
+    with open(scores, newline="") as f:
+        rows = list(csv.reader(f))
+    data = build_dataset("csv", csv_path, "test")
+    assert rows[0] == ["image", *LABELS]
+    assert [r[0] for r in rows[1:]] == [p.relative_to(data.root).as_posix() for p in data.images]
+    probs = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert probs.shape == (len(data), len(LABELS)) and ((probs >= 0) & (probs <= 1)).all()
+    m = json.loads(report.read_text())
+    again = multilabel_metrics(probs, data.targets)  # a user's own metrics from the file agree with msrn's
+    for key in ("mAP", "CF1", "OF1"):
+        assert again[key] == pytest.approx(m[key], abs=1e-5), key
+    assert not list(scores.parent.glob(".*.tmp"))
+
+
+def test_checkpoints_from_before_these_options_still_load_and_resume(run: tuple[Path, Path], tmp_path: Path) -> None:
+    from msrn.io import atomic_save_torch
+    from msrn.predict import load
+
+    csv_path, out = run
+    new_keys = ("loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "focal_gamma", "focal_alpha", "ema",
+                "ema_warmup", "tta")
+    for name in ("best.pt", "last.pt"):  # the files as the code before them wrote them
+        ckpt = read_checkpoint(out / name)
+        ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k not in new_keys}
+        atomic_save_torch(ckpt, tmp_path / name)
+    predictor = load(tmp_path / "best.pt")
+    assert predictor.labels == list(LABELS)
+    assert cli(["train", "--dataset", "csv", "--data", str(csv_path), "--resume", str(tmp_path / "last.pt"),
+                "--epochs", "3", "--workers", "0"]) == 0
+    resumed = read_checkpoint(tmp_path / "last.pt")
+    assert resumed["epoch"] == 3 and resumed["config"]["loss"] == "softmargin" and resumed["config"]["ema"] is None
+
+
+def test_training_with_unknown_entries_uses_only_known_ones(tmp_path: Path) -> None:
+    csv_path = make_csv(tmp_path / "data")
+    lines = csv_path.read_text().splitlines()
+    # hide "red" in every other training image: present or not, it becomes unknown there
+    rows = [lines[0] + ",unknown"]
+    for i, line in enumerate(lines[1:]):
+        image, labels, split = line.split(",")
+        hidden = split == "train" and i % 2 == 0
+        kept = [x for x in labels.split("|") if x and not (hidden and x == "red")]
+        rows.append(f"{image},{'|'.join(kept)},{split},{'red' if hidden else ''}")
+    partial = tmp_path / "data" / "partial.csv"
+    partial.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    assert cli(train_args(partial, out, "--epochs", "1")) == 0
+    ckpt = read_checkpoint(out / "best.pt")
+    blue, red = LABELS.index("blue"), LABELS.index("red")
+    assert ckpt["labelset"]["known"][blue, red] < ckpt["labelset"]["nums"][blue]  # P(red|blue) over known red
+    assert torch.isfinite(ckpt["state_dict"]["fc2.weight"]).all()
