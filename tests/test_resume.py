@@ -130,4 +130,17 @@ def test_killed_and_resumed_run_matches_uninterrupted(runs: tuple[Path, Path], t
     assert kills >= 2
     assert not temp_files(b), "temporary files of killed saves are cleaned up on resume"
     assert_same_run(a, b)
+    assert_one_curve(b, read_checkpoint(last)["global_step"])
+
+
+def assert_one_curve(out: Path, steps: int) -> None:
+    """The TensorBoard loss curve of a killed and resumed run has each step once (where tensorboard is installed)."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:  # the optional extra: without it no events are written
+        assert not (out / "tensorboard").exists()
+        return
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, steps + 1))
 

@@ -44,6 +44,46 @@ def test_evaluate_writes_every_images_probabilities(run: tuple[Path, Path], tmp_
     assert not list(scores.parent.glob(".*.tmp"))
 
 
+def test_tensorboard_events_hold_steps_epochs_and_figures(run: tuple[Path, Path]) -> None:
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
+                                            reason="the tensorboard extra is not installed")
+    _, out = run
+    events = event_accumulator.EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    last = read_checkpoint(out / "last.pt")
+    steps = last["global_step"]
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(1, steps + 1)) and all(np.isfinite(e.value) for e in loss)
+    lrs = {tag: [e.value for e in events.Scalars(tag)] for tag in ("train/lr/backbone", "train/lr/head")}
+    assert lrs["train/lr/head"][0] == pytest.approx(0.1) and lrs["train/lr/head"][-1] == pytest.approx(0.01)
+    assert lrs["train/lr/backbone"][0] == pytest.approx(0.01)
+    history = last["history"]
+    per_epoch = steps // len(history)
+    for tag, key in (("epoch/train_loss", "train_loss"), ("test/mAP", "mAP")):
+        got = events.Scalars(tag)
+        assert [e.step for e in got] == [per_epoch * (i + 1) for i in range(len(history))]
+        np.testing.assert_allclose([e.value for e in got], [e[key] for e in history], rtol=1e-5)
+    assert {"test/CF1", "test/OF1"} <= set(events.Tags()["scalars"])
+    figures = events.Images("test/ap_per_label")
+    assert len(figures) == len(history) and figures[0].width > 100 and figures[0].height > 100
+
+
+def test_without_tensorboard_nothing_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    from msrn.engine.tensorboard import open_board
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the extra were not installed
+    assert open_board(tmp_path / "tb", 1) is None
+    out = tmp_path / "run"
+    assert cli(train_args(make_csv(tmp_path / "data"), out, "--epochs", "1")) == 0
+    assert not (out / "tensorboard").exists() and (out / "best.pt").is_file()
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    assert "pip install 'msrn[tensorboard]'" in " ".join(capsys.readouterr().out.split())
+
+
 def test_checkpoints_from_before_these_options_still_load_and_resume(run: tuple[Path, Path], tmp_path: Path) -> None:
     from msrn.io import atomic_save_torch
     from msrn.predict import load

@@ -32,6 +32,7 @@ from msrn.engine.ema import WeightEMA
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
 from msrn.engine.losses import build_loss, soft_margin_loss
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
+from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
 
 log = logging.getLogger("msrn")
@@ -193,6 +194,8 @@ class Trainer:
             self._restore(self.state)
         else:
             self.cfg_save()
+        # event files from rank 0; a resumed run drops the events written after its checkpoint
+        self.board = open_board(self.out / "tensorboard", self.global_step + 1) if dist.is_main() else None
 
     # -- state on disk ------------------------------------------------------------------------
     def cfg_save(self) -> None:
@@ -230,6 +233,8 @@ class Trainer:
         if full:  # fold every rank's loss sums into rank 0's, which the checkpoint carries
             total = dist.sum_across(self.running_loss)
             self.running_loss = total if dist.is_main() else [0.0, 0]
+            if self.board is not None:  # the events up to this checkpoint; a resume drops the later ones
+                self.board.flush()
         if not all(bool(torch.isfinite(p).all()) for p in self.weights(which).parameters()):
             raise MSRNError(f"non-finite weights after step {self.global_step}; stopped without writing {name}, "
                             "so the last good checkpoint is intact: lower --lr or check the data")
@@ -263,6 +268,7 @@ class Trainer:
         bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    leave=False, disable=None if dist.is_main() else True)
         micro, last = 0, len(self.loader) - 1
+        step_loss = [0.0, 0]  # this optimiser step's loss sum and image count (for TensorBoard)
         for i, (images, targets, _) in enumerate(self.loader):
             images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             # DDP averages gradients only on the micro-batch that ends an optimiser step
@@ -276,19 +282,21 @@ class Trainer:
                     raise MSRNError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
                                     f"{self.step_in_epoch + 1}; stopped ({kept}): lower --lr or check the data")
                 self.scaler.scale(loss / cfg.grad_accum).backward()
-            self.running_loss[0] += float(loss.detach()) * len(images)
+            value = float(loss.detach()) * len(images)
+            self.running_loss[0] += value
             self.running_loss[1] += len(images)
+            step_loss = [step_loss[0] + value, step_loss[1] + len(images)]
             micro += 1
             if micro == cfg.grad_accum:
-                self.optimizer_step()
-                micro = 0
+                self.optimizer_step(step_loss[0] / step_loss[1])
+                micro, step_loss = 0, [0.0, 0]
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.running_loss[0] / max(1, self.running_loss[1]):.4f}")
         if micro:
-            self.optimizer_step()
+            self.optimizer_step(step_loss[0] / step_loss[1])
         bar.close()
 
-    def optimizer_step(self) -> None:
+    def optimizer_step(self, loss: float) -> None:
         if self.cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
@@ -299,26 +307,28 @@ class Trainer:
             self.ema.update(self.model)
         self.step_in_epoch += 1
         self.global_step += 1
+        if self.board is not None:
+            self.board.step(self.global_step, loss, self.optimizer)
         if self.cfg.save_every and self.global_step % self.cfg.save_every == 0:
             self.save("last.pt", full=True)
 
-    def evaluate(self, module: nn.Module) -> tuple[float | None, np.ndarray | None, dict]:
-        """Validation mAP (None without a validation split), the per-label thresholds tuned on it when
-        asked for, and the test metrics at those thresholds, for one set of weights."""
+    def evaluate(self, module: nn.Module) -> tuple[dict | None, np.ndarray | None, dict]:
+        """Validation metrics (None without a validation split), the per-label thresholds tuned on it
+        when asked for, and the test metrics at those thresholds, for one set of weights."""
         from msrn.metrics import per_label_thresholds
 
         cfg = self.cfg
-        score, thresholds = None, None
+        vm, thresholds = None, None
         if self.val_data is not None:
             vlogits = predict_scores(module, self.val_data, cfg.image_size, self.rank_batch, cfg.workers,
                                      self.device, cfg.amp, desc="val")
-            score = score_metrics(vlogits, self.val_data.targets)["mAP"]
+            vm = score_metrics(vlogits, self.val_data.targets)
             if cfg.tune_thresholds:
                 probs = 1 / (1 + np.exp(-vlogits.astype(np.float64)))
                 thresholds = per_label_thresholds(probs, self.val_data.targets)
         tlogits = predict_scores(module, self.test_data, cfg.image_size, self.rank_batch, cfg.workers,
                                  self.device, cfg.amp, desc="test")
-        return score, thresholds, score_metrics(tlogits, self.test_data.targets, thresholds)
+        return vm, thresholds, score_metrics(tlogits, self.test_data.targets, thresholds)
 
     def end_epoch(self, seconds: float) -> None:
         cfg = self.cfg
@@ -329,15 +339,20 @@ class Trainer:
         train_loss = loss_sum / max(1, loss_count)
         self.running_loss = [0.0, 0]
         entry = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}
-        results = {}
+        results, board = {}, {}
         for which in ("live", "ema") if self.ema is not None else ("live",):
             dist.broadcast_buffers(self.weights(which))  # rank 0's BatchNorm statistics: the ones best.pt gets
-            results[which] = self.evaluate(self.weights(which))
+            vm, thresholds, tm = self.evaluate(self.weights(which))
+            results[which] = (None if vm is None else vm["mAP"], thresholds, tm)
             prefix = "" if which == "live" else "ema_"
-            if self.val_data is not None:
-                entry[prefix + "val_mAP"] = results[which][0]
-            entry.update({prefix + "test_loss": results[which][2]["loss"], prefix + "mAP": results[which][2]["mAP"]})
+            if vm is not None:
+                entry[prefix + "val_mAP"] = vm["mAP"]
+            entry.update({prefix + "test_loss": tm["loss"], prefix + "mAP": tm["mAP"]})
+            if self.board is not None:
+                board[which] = (vm, tm)
         self.history.append(entry)
+        if self.board is not None:
+            self.board.epoch(self.global_step, train_loss, board, self.labelset.labels, self.test_data.split)
         if self.val_data is not None:  # the validation split picks the weights, live on a tie
             which = max(results, key=lambda k: -1.0 if results[k][0] is None else results[k][0])
         else:  # nothing is picked on the test split: the EMA weights when the run keeps them
@@ -409,6 +424,8 @@ class Trainer:
             self.end_epoch(time.time() - t0)
         if self.train_set.skipped:
             log.info("skipped %d unreadable training images (--on-error skip)", self.train_set.skipped)
+        if self.board is not None:
+            self.board.close()
         return self.best
 
 
@@ -427,6 +444,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from msrn.config import add_config_arguments
 
     add_config_arguments(p)
+    p.epilog = INSTALL_HINT
 
 
 def main(args: argparse.Namespace) -> int:
