@@ -11,6 +11,7 @@ from typing import Any
 
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.errors import MSRNError
+from msrn.models.tta import TTA_MODES
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TrainConfig:
     focal_alpha: float = FOCAL_ALPHA  # focal loss: weight of positives (negatives get 1 - alpha)
     ema: float | None = None  # decay of an exponential moving average of the weights; None = off
     ema_warmup: int = 0  # optimiser steps of the EMA decay's warm-up ramp (msrn.engine.ema); 0 = none
+    tta: str = "none"  # test-time augmentation of the per-epoch evaluation: none, or flip (msrn.models.tta)
     resume: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +102,8 @@ class TrainConfig:
         if min(self.asl_gamma_neg, self.asl_gamma_pos, self.focal_gamma) < 0 or not 0 <= self.asl_clip < 1 \
                 or not 0 <= self.focal_alpha <= 1:
             raise MSRNError("loss settings: the gammas must be >= 0, --asl-clip in [0, 1), --focal-alpha in [0, 1]")
+        if self.tta not in CHOICES["tta"]:
+            raise MSRNError(f"--tta must be one of {', '.join(CHOICES['tta'])}, not {self.tta!r}")
         if self.ema == 0:
             self.ema = None  # `--ema 0` turns it off
         if self.ema is not None and not 0 < self.ema < 1 or self.ema_warmup < 0:
@@ -108,7 +112,7 @@ class TrainConfig:
 
 # options with a fixed set of values (the CLI offers them as choices)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "amp": ("none", "bf16", "fp16"), "on_error": ("stop", "skip"), "loss": LOSSES,
+    "amp": ("none", "bf16", "fp16"), "on_error": ("stop", "skip"), "loss": LOSSES, "tta": TTA_MODES,
 }
 
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
@@ -167,6 +171,8 @@ HELP: dict[str, str] = {
     "ema": "keep an exponential moving average of the weights with this decay per step (e.g. 0.999); both the "
            "live and the EMA weights are evaluated and best.pt holds the better on the validation split (the EMA "
            "weights without one)",
+    "tta": "test-time augmentation of every epoch's evaluation: none (default) or flip (the average of the "
+           "image's and its mirror's logits); evaluate and predict take --tta too",
     "ema_warmup": "EMA warm-up in optimiser steps: step n uses decay x (1 - exp(-n / STEPS)); default 0 (none)",
 }
 

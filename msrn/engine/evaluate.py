@@ -20,6 +20,7 @@ from msrn import distributed as dist
 from msrn.data import DATASETS, DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
+from msrn.models.tta import TTA_MODES, with_tta
 
 log = logging.getLogger("msrn")
 
@@ -92,6 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
                    help="mixed precision (GPU): an explicit trade of accuracy for speed; default exact fp32")
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="test-time augmentation: flip averages the logits of each image and its mirror "
+                        "(give it to reproduce the metrics of a run trained with --tta flip)")
     p.add_argument("--fast", action="store_true",
                    help="fold batch norm into the convolutions and use channels-last memory: the same logits "
                         "to ~1e-6 relative, faster on CPU (see BENCHMARKS.md)")
@@ -117,6 +121,7 @@ def main(args: argparse.Namespace) -> int:
         from msrn.models.fuse import optimize_for_inference
 
         model = optimize_for_inference(model)
+    model = with_tta(model, args.tta)
     logits = predict_scores(model, data, image_size, args.batch_size, args.workers, device, args.amp)
     m = score_metrics(logits, data.targets, None if thresholds is None else thresholds.cpu().numpy())
     # the reference's number, tuned on the evaluated split itself: reported here only, labelled

@@ -34,6 +34,7 @@ from msrn.engine.losses import build_loss, soft_margin_loss
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
+from msrn.models.tta import with_tta
 
 log = logging.getLogger("msrn")
 
@@ -319,6 +320,7 @@ class Trainer:
 
         cfg = self.cfg
         vm, thresholds = None, None
+        module = with_tta(module, cfg.tta)
         if self.val_data is not None:
             vlogits = predict_scores(module, self.val_data, cfg.image_size, self.rank_batch, cfg.workers,
                                      self.device, cfg.amp, desc="val")
