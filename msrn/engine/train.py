@@ -116,6 +116,11 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     return path
 
 
+def _val_map(vm: dict | None) -> float:
+    """A validation mAP to compare, -1 where there is none (no split, or no positive in it)."""
+    return -1.0 if vm is None or vm["mAP"] is None else vm["mAP"]
+
+
 class Trainer:
     """Owns one run: data, model, optimiser, schedule, state on disk."""
 
@@ -341,25 +346,24 @@ class Trainer:
         train_loss = loss_sum / max(1, loss_count)
         self.running_loss = [0.0, 0]
         entry = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}
-        results, board = {}, {}
+        results = {}  # "live" (and "ema") -> (validation metrics or None, thresholds, test metrics)
         for which in ("live", "ema") if self.ema is not None else ("live",):
             dist.broadcast_buffers(self.weights(which))  # rank 0's BatchNorm statistics: the ones best.pt gets
-            vm, thresholds, tm = self.evaluate(self.weights(which))
-            results[which] = (None if vm is None else vm["mAP"], thresholds, tm)
+            results[which] = vm, _, tm = self.evaluate(self.weights(which))
             prefix = "" if which == "live" else "ema_"
             if vm is not None:
                 entry[prefix + "val_mAP"] = vm["mAP"]
             entry.update({prefix + "test_loss": tm["loss"], prefix + "mAP": tm["mAP"]})
-            if self.board is not None:
-                board[which] = (vm, tm)
         self.history.append(entry)
         if self.board is not None:
-            self.board.epoch(self.global_step, train_loss, board, self.labelset.labels, self.test_data.split)
+            self.board.epoch(self.global_step, train_loss, {k: (r[0], r[2]) for k, r in results.items()},
+                             self.labelset.labels, self.test_data.split)
         if self.val_data is not None:  # the validation split picks the weights, live on a tie
-            which = max(results, key=lambda k: -1.0 if results[k][0] is None else results[k][0])
+            which = max(results, key=lambda k: _val_map(results[k][0]))
         else:  # nothing is picked on the test split: the EMA weights when the run keeps them
             which = "ema" if self.ema is not None else "live"
-        score, thresholds, tm = results[which]
+        vm, thresholds, tm = results[which]
+        score = None if vm is None else vm["mAP"]
         improved = score is None or not self.best or score >= self.best.get("score", -1)
         val_txt = f" val mAP {score:.2f} |" if score is not None else ""
         log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch, cfg.epochs,
@@ -384,8 +388,8 @@ class Trainer:
         if len(results) < 2:
             return ""
         parts = []
-        for which, (score, _, tm) in results.items():
-            val = f"val {score:.2f} " if score is not None else ""
+        for which, (vm, _, tm) in results.items():
+            val = f"val {_val_map(vm):.2f} " if vm is not None else ""
             parts.append(f"{which} {val}test {tm['mAP'] or float('nan'):.2f}")
         return " | mAP " + ", ".join(parts)
 
