@@ -22,6 +22,7 @@ class TrainConfig:
     data: str = ""
     out: str = "runs/msrn"
     model: str = "msrn_resnet101"
+    backbone: str | None = None  # --model msrn_timm: the timm model name (e.g. convnext_tiny)
     pretrained: str | None = None  # ImageNet weights for the backbone: a file, a URL, or "imagenet"
     image_size: int = 448
     epochs: int = 30
@@ -97,6 +98,8 @@ class TrainConfig:
             raise MSRNError(f"--on-error must be stop or skip, not {self.on_error!r}")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise MSRNError(f"--grad-accum {self.grad_accum} must divide --batch-size {self.batch_size}")
+        if (self.model == "msrn_timm") != bool(self.backbone):
+            raise MSRNError("--backbone NAME goes with --model msrn_timm (a timm model name), and msrn_timm needs it")
         if self.loss not in CHOICES["loss"]:
             raise MSRNError(f"--loss must be one of {', '.join(CHOICES['loss'])}, not {self.loss!r}")
         if min(self.asl_gamma_neg, self.asl_gamma_pos, self.focal_gamma) < 0 or not 0 <= self.asl_clip < 1 \
@@ -148,7 +151,10 @@ HELP: dict[str, str] = {
     "dataset": "dataset kind; its preset carries the paper's hyper-parameters",
     "data": "dataset root folder (the CSV file for --dataset csv)",
     "out": "run folder: last.pt, best.pt, metrics.json, config.json, log.txt, plots",
-    "model": "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, baseline_*)",
+    "model": "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, msrn_timm, baseline_*)",
+    "backbone": "--model msrn_timm: a timm model with feature maps at strides 8, 16, 32 (convnext_tiny, "
+                "efficientnet_b3, regnety_032...); needs timm and torchvision; --pretrained imagenet: timm's "
+                "weights",
     "pretrained": "ImageNet weights for the backbone: a file, a URL, 'imagenet' (torchvision's file) or 'none'",
     "word_vectors": "label vectors: 'ngram' (built-in), 'encoder', a GloVe/fastText text file, or a .pkl",
     "cooccurrence": "use a reference {'adj','nums'} pickle instead of counting the training split",

@@ -162,7 +162,7 @@ class Trainer:
                                             tau=cfg.tau, cooccurrence=cfg.cooccurrence)
             model = create_model(cfg.model, labels=self.labelset.labels, word_vectors=self.labelset.word_vectors,
                                  cooccurrence=self.labelset.cooccurrence, tau=cfg.tau, pool_ratio=cfg.pool_ratio,
-                                 pretrained=cfg.pretrained)
+                                 pretrained=cfg.pretrained, **({"backbone": cfg.backbone} if cfg.backbone else {}))
         if self.test_data.labels != self.labelset.labels:
             raise MSRNError(f"the {self.test_data.split} split's labels differ from the training split's")
         self.model = model.to(self.device)
