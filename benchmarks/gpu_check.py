@@ -45,7 +45,7 @@ from reference_impl import random_reference_state, reference_forward  # noqa: E4
 from msrn.checkpoint import load_model  # noqa: E402
 from msrn.data.synthetic import ensure_synthetic  # noqa: E402
 from msrn.engine.evaluate import autocast  # noqa: E402
-from msrn.engine.train import training_loss  # noqa: E402
+from msrn.engine.losses import soft_margin_loss as training_loss  # noqa: E402
 from msrn.models import create_model, placeholder_vectors  # noqa: E402
 
 STEPS = ("cuda_tests", "parity", "train", "evaluate", "throughput")

@@ -9,7 +9,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.errors import MSRNError
+from msrn.models.tta import TTA_MODES
 
 
 @dataclass
@@ -20,6 +22,7 @@ class TrainConfig:
     data: str = ""
     out: str = "runs/msrn"
     model: str = "msrn_resnet101"
+    backbone: str | None = None  # --model msrn_timm: the timm model name (e.g. convnext_tiny)
     pretrained: str | None = None  # the backbone's weights: "imagenet", a file or URL, or a reference/msrn checkpoint
     init: str | None = None  # start from every weight of a reference or msrn checkpoint (fine-tuning)
     image_size: int = 448
@@ -52,6 +55,15 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step (batch_size is split across them)
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     on_error: str = "stop"  # unreadable training image: stop, or skip it (counted and logged)
+    loss: str = "softmargin"  # softmargin (the paper's), asl or focal (msrn.engine.losses)
+    asl_gamma_neg: float = ASL_GAMMA_NEG  # ASL's focusing exponents and probability margin (its paper's)
+    asl_gamma_pos: float = ASL_GAMMA_POS
+    asl_clip: float = ASL_CLIP
+    focal_gamma: float = FOCAL_GAMMA
+    focal_alpha: float = FOCAL_ALPHA  # focal loss: weight of positives (negatives get 1 - alpha)
+    ema: float | None = None  # decay of an exponential moving average of the weights; None = off
+    ema_warmup: int = 0  # optimiser steps of the EMA decay's warm-up ramp (msrn.engine.ema); 0 = none
+    tta: str = "none"  # test-time augmentation of the per-epoch evaluation: none, or flip (msrn.models.tta)
     resume: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +105,25 @@ class TrainConfig:
             raise MSRNError(f"--on-error must be stop or skip, not {self.on_error!r}")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise MSRNError(f"--grad-accum {self.grad_accum} must divide --batch-size {self.batch_size}")
+        if (self.model == "msrn_timm") != bool(self.backbone):
+            raise MSRNError("--backbone NAME goes with --model msrn_timm (a timm model name), and msrn_timm needs it")
+        if self.loss not in CHOICES["loss"]:
+            raise MSRNError(f"--loss must be one of {', '.join(CHOICES['loss'])}, not {self.loss!r}")
+        if min(self.asl_gamma_neg, self.asl_gamma_pos, self.focal_gamma) < 0 or not 0 <= self.asl_clip < 1 \
+                or not 0 <= self.focal_alpha <= 1:
+            raise MSRNError("loss settings: the gammas must be >= 0, --asl-clip in [0, 1), --focal-alpha in [0, 1]")
+        if self.tta not in CHOICES["tta"]:
+            raise MSRNError(f"--tta must be one of {', '.join(CHOICES['tta'])}, not {self.tta!r}")
+        if self.ema == 0:
+            self.ema = None  # `--ema 0` turns it off
+        if self.ema is not None and not 0 < self.ema < 1 or self.ema_warmup < 0:
+            raise MSRNError(f"--ema must lie in (0, 1) (e.g. 0.999), not {self.ema}; --ema-warmup must be >= 0")
 
+
+# options with a fixed set of values (the CLI offers them as choices)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "amp": ("none", "bf16", "fp16"), "on_error": ("stop", "skip"), "loss": LOSSES, "tta": TTA_MODES,
+}
 
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
               lr_backbone=0.01, epochs=30, lr_steps=(20,))
@@ -130,7 +160,10 @@ HELP: dict[str, str] = {
     "dataset": "dataset kind; its preset carries the paper's hyper-parameters",
     "data": "dataset root folder (the CSV file for --dataset csv)",
     "out": "run folder: last.pt, best.pt, metrics.json, config.json, log.txt, plots",
-    "model": "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, baseline_*)",
+    "model": "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, msrn_timm, baseline_*)",
+    "backbone": "--model msrn_timm: a timm model with feature maps at strides 8, 16, 32 (convnext_tiny, "
+                "efficientnet_b3, regnety_032...); needs timm and torchvision; --pretrained imagenet: timm's "
+                "weights",
     "pretrained": "the backbone's weights: 'imagenet' (torchvision's file), an ImageNet file or URL, 'none', or a "
                   "reference MSRN or msrn checkpoint, whose backbone comes with its conv_buffer1/2 (the reference "
                   "keeps them inside its backbone), e.g. the COCO model for the paper's VOC recipe",
@@ -156,6 +189,18 @@ HELP: dict[str, str] = {
     "keep_unannotated": "coco2014: keep images without annotations (all-zero targets); the reference leaves them out",
     "apparel_labels": "apparel: the reference's image_label.pkl, for its split and labels (default: image_label.pkl "
                       "in the data folder or its apparel/ folder, when there)",
+    "loss": "training loss: softmargin (the paper's, default), asl (Asymmetric Loss) or focal",
+    "asl_gamma_neg": f"--loss asl: focusing exponent of negatives (default {ASL_GAMMA_NEG:g})",
+    "asl_gamma_pos": f"--loss asl: focusing exponent of positives (default {ASL_GAMMA_POS:g})",
+    "asl_clip": f"--loss asl: probability margin; negatives with p below it give no loss (default {ASL_CLIP:g})",
+    "focal_gamma": f"--loss focal: focusing exponent (default {FOCAL_GAMMA:g})",
+    "focal_alpha": f"--loss focal: weight of positives, negatives get 1 - alpha (default {FOCAL_ALPHA:g})",
+    "ema": "keep an exponential moving average of the weights with this decay per step (e.g. 0.999); both the "
+           "live and the EMA weights are evaluated and best.pt holds the better on the validation split (the EMA "
+           "weights without one)",
+    "tta": "test-time augmentation of every epoch's evaluation: none (default) or flip (the average of the "
+           "image's and its mirror's logits); evaluate and predict take --tta too",
+    "ema_warmup": "EMA warm-up in optimiser steps: step n uses decay x (1 - exp(-n / STEPS)); default 0 (none)",
 }
 
 
@@ -183,8 +228,8 @@ def add_config_arguments(parser: Any) -> None:
             kw["type"] = int
         elif ann.startswith("float"):
             kw["type"] = float
-        if f.name in ("amp", "on_error"):
-            kw["choices"] = ["none", "bf16", "fp16"] if f.name == "amp" else ["stop", "skip"]
+        if f.name in CHOICES:
+            kw["choices"] = list(CHOICES[f.name])
         parser.add_argument(flag, **kw)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from msrn.errors import MSRNError
 from msrn.safe_pickle import load_numpy_pickle
+from msrn.targets import POSITIVE, UNKNOWN
 
 TAU = 0.4
 REWEIGHT = 0.25
@@ -19,10 +20,12 @@ REWEIGHT = 0.25
 
 @dataclass
 class Cooccurrence:
-    """M[i, j] = images holding both i and j; n[i] = images holding i."""
+    """M[i, j] = images holding both i and j; n[i] = images holding i; with partial labels, K[i, j] =
+    images holding i where j's presence is known (None: every entry is known, K[i, j] = n[i])."""
 
     counts: np.ndarray  # C x C
     nums: np.ndarray  # C
+    known: np.ndarray | None = None  # C x C
 
     def __post_init__(self) -> None:
         self.counts = np.asarray(self.counts, dtype=np.float64)
@@ -30,6 +33,10 @@ class Cooccurrence:
         c = self.nums.shape[0]
         if self.counts.shape != (c, c):
             raise MSRNError(f"co-occurrence counts have shape {self.counts.shape}, expected ({c}, {c})")
+        if self.known is not None:
+            self.known = np.asarray(self.known, dtype=np.float64)
+            if self.known.shape != (c, c):
+                raise MSRNError(f"known-entry counts have shape {self.known.shape}, expected ({c}, {c})")
 
     @property
     def num_classes(self) -> int:
@@ -37,12 +44,17 @@ class Cooccurrence:
 
 
 def count_cooccurrence(targets: np.ndarray) -> Cooccurrence:
-    """Count label pairs over a training target matrix (N x C, 1 = present; 0 and -1 absent)."""
-    t = (np.asarray(targets) == 1).astype(np.float64)
+    """Count label pairs over a training target matrix (N x C, 1 = present; 0 and -1 absent; -2 unknown).
+
+    With unknown entries, P(j | i) is estimated over the images where j is known: K[i, j] counts them.
+    """
+    targets = np.asarray(targets)
+    t = (targets == POSITIVE).astype(np.float64)
     m = t.T @ t
     nums = np.diag(m).copy()
     np.fill_diagonal(m, 0.0)
-    return Cooccurrence(m, nums)
+    unknown = targets == UNKNOWN
+    return Cooccurrence(m, nums, t.T @ (~unknown).astype(np.float64) if unknown.any() else None)
 
 
 def read_cooccurrence(path: str | Path) -> Cooccurrence:
@@ -54,9 +66,10 @@ def read_cooccurrence(path: str | Path) -> Cooccurrence:
 
 
 def conditional(co: Cooccurrence) -> np.ndarray:
-    """P[i, j] = M[i, j] / n[i], the estimate of P(j | i); rows of labels never seen (n = 0) are 0."""
+    """P[i, j] = M[i, j] / n[i], the estimate of P(j | i) (M[i, j] / K[i, j] with partial labels); rows of
+    labels never seen (n = 0), and pairs never known together, are 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        p = co.counts / co.nums[:, None]
+        p = co.counts / (co.nums[:, None] if co.known is None else co.known)
     return np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
 
 

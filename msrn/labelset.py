@@ -35,6 +35,7 @@ from msrn.graph import (
 from msrn.io import atomic_save_torch, atomic_write_bytes, atomic_write_text, check_writable
 from msrn.reference_files import LABELS as REFERENCE_LABELS
 from msrn.reference_files import REFERENCE, check_label_order, resolve
+from msrn.targets import UNKNOWN
 from msrn.vectors_ngram import NGRAM_DIM, ngram_vectors
 from msrn.wordvec import label_words, load_word_vectors, read_name_map
 
@@ -46,6 +47,8 @@ VERSION = 1
 REPORT_FILES = ("labels_report.md", "label_graph.png", "label_cooccurrence.png")
 COUNTED = "train"  # the co-occurrence source that counts the training split
 TOP_PARTNERS = 3  # strongest co-occurring labels listed per label in the report
+KNOWN_ONLY = ("partial labels: co-occurrence counted over known entries only, P(j|i) = images with i and j / "
+              "images with i where j is known (not / all images with i)")
 VECTORS_HELP = (
     "label vector source: 'reference' (the reference's GloVe pickle for the dataset, fetched once and "
     "checked; the default for voc2007, coco2014, nuswide and apparel), 'ngram' (the default otherwise; "
@@ -115,7 +118,7 @@ class LabelSet:
         """Plain tensors, lists and strings only, so `torch.load(weights_only=True)` reads it back."""
         import torch
 
-        return {
+        d = {
             "format": FORMAT, "version": VERSION, "labels": list(self.labels),
             "counts": torch.from_numpy(np.ascontiguousarray(self.cooccurrence.counts, dtype=np.float64)),
             "nums": torch.from_numpy(np.ascontiguousarray(self.cooccurrence.nums, dtype=np.float64)),
@@ -123,6 +126,9 @@ class LabelSet:
             "vector_source": self.vector_source, "tau": self.tau, "reweight": self.reweight,
             "num_images": self.num_images,
         }  # fmt: skip
+        if self.cooccurrence.known is not None:  # partial labels: the denominators of P(j|i)
+            d["known"] = torch.from_numpy(np.ascontiguousarray(self.cooccurrence.known, dtype=np.float64))
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "label set") -> LabelSet:
@@ -132,7 +138,8 @@ class LabelSet:
         try:
             return cls(
                 labels=list(d["labels"]),
-                cooccurrence=Cooccurrence(_as_array(d["counts"]), _as_array(d["nums"])),
+                cooccurrence=Cooccurrence(_as_array(d["counts"]), _as_array(d["nums"]),
+                                          None if d.get("known") is None else _as_array(d["known"])),
                 word_vectors=_as_array(d["word_vectors"]),
                 vector_source=str(d["vector_source"]),
                 tau=float(d["tau"]),
@@ -304,6 +311,7 @@ def report_text(ls: LabelSet) -> str:
         "# Label set report",
         "",
         f"- labels: {c}, counted on {images}",
+        *([f"- {KNOWN_ONLY}"] if co.known is not None else []),
         f"- label vectors: {ls.vector_source}, {ls.word_vectors.shape[1]} dimensions",
         f"- graph: edge i -> j when P(j|i) >= tau = {ls.tau:g}; re-weighting p = {ls.reweight:g}; "
         f"{len(edge_list)} edges",
@@ -470,6 +478,7 @@ def summary(ls: LabelSet) -> dict[str, Any]:
         "vector_dim": int(ls.word_vectors.shape[1]),
         "tau": ls.tau,
         "reweight": ls.reweight,
+        "known_entries_only": ls.cooccurrence.known is not None,
         "edges": [{"from": ls.labels[i], "to": ls.labels[j], "p": round(p, 6)} for i, j, p in ls.edges()],
         "notes": diagnostics(ls),
     }
@@ -501,6 +510,8 @@ def main(args: argparse.Namespace) -> int:
     counted = f"{ls.num_images} images ({args.dataset}, split {split})" if ls.num_images is not None else (
         f"the reference's {args.dataset} file" if cooccurrence == REFERENCE else f"the stored file {cooccurrence}")
     print(f"{ls.num_classes} labels, co-occurrence from {counted}")
+    if ls.cooccurrence.known is not None:
+        print(f"{KNOWN_ONLY}; {int((data.targets == UNKNOWN).sum())} unknown entries")
     print(f"vectors: {ls.vector_source} ({ls.num_classes} x {ls.word_vectors.shape[1]})")
     edge_list = ls.edges()
     print(f"graph: tau {ls.tau:g}, re-weighting {ls.reweight:g}: {len(edge_list)} edges i -> j")

@@ -3,7 +3,11 @@ only where the reference's figures depend on the order torch.sort and torch.topk
 
 Conventions (all vectorised over images):
 - scores: N x C floats (probabilities, or logits with scores_are_logits=True); NaN is rejected.
-- targets: N x C in {1, 0, -1}; -1 marks a difficult (VOC) entry.
+- targets: N x C in {1, 0, -1, -2} (msrn.targets): -1 marks a difficult (VOC) entry, -2 an unknown
+  one (partial labels: nobody knows whether the label is present).
+- Unknown entries are left out of everything: of the label's AP ranking, of every thresholded
+  count (neither a prediction nor a truth, also in top-k, where each image's k highest scores are
+  still picked among all its labels), and of the ranking metrics (each image ranks its known labels).
 - AP: difficult entries are removed from that label's ranking. Tied scores form one threshold,
   exactly as scikit-learn's average_precision_score: a positive inside a tie group gets the
   precision at the end of the group. Without ties this is the mean over positives of the
@@ -30,6 +34,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from msrn.targets import UNKNOWN, VALUES
+
 _SIX = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
 
@@ -46,8 +52,8 @@ def _check_inputs(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, 
     if np.isnan(scores).any():
         bad = int(np.isnan(scores).any(axis=1).sum())
         raise ValueError(f"scores contain NaN in {bad} of {scores.shape[0]} images; cannot rank them")
-    if not np.isin(targets, (-1, 0, 1)).all():
-        raise ValueError("targets must contain only 1 (positive), 0 (negative) and -1 (difficult)")
+    if not np.isin(targets, VALUES).all():
+        raise ValueError("targets must contain only 1 (positive), 0 (negative), -1 (difficult) and -2 (unknown)")
     return scores, targets.astype(np.int8)
 
 
@@ -79,7 +85,7 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     s = np.take_along_axis(scores, order, axis=0)
     t = np.take_along_axis(targets, order, axis=0)
     pos = (t == 1).astype(np.float64)
-    neg = (t == 0).astype(np.float64)  # difficult entries are neither, so they drop out of the ranking
+    neg = (t == 0).astype(np.float64)  # difficult and unknown entries are neither: out of the ranking
     tp = np.cumsum(pos, axis=0)
     fp = np.cumsum(neg, axis=0)
     # Each row takes the counts at the last row of its tie group (one threshold per distinct score).
@@ -118,25 +124,27 @@ def _top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
-def _ranking_metrics(scores: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
-    """scikit-learn's label_ranking_average_precision_score, coverage_error and label_ranking_loss."""
+def _ranking_metrics(scores: np.ndarray, relevant: np.ndarray, known: np.ndarray) -> dict[str, float]:
+    """scikit-learn's label_ranking_average_precision_score, coverage_error and label_ranking_loss,
+    each image ranking only its known labels."""
     n, c = scores.shape
     n_rel = relevant.sum(axis=1)
-    rank = np.zeros((n, c))  # number of labels scored >= label j
+    n_known = known.sum(axis=1)
+    rank = np.zeros((n, c))  # number of known labels scored >= label j
     rank_rel = np.zeros((n, c))  # number of relevant labels scored >= label j
     wrong_pairs = np.zeros(n)  # (relevant, irrelevant) pairs with the irrelevant scored >= the relevant
     for j in range(c):  # one N x C comparison per label keeps memory at O(N C)
         ge = scores >= scores[:, j : j + 1]
-        rank[:, j] = ge.sum(axis=1)
+        rank[:, j] = (ge & known).sum(axis=1)
         rank_rel[:, j] = (ge & relevant).sum(axis=1)
         le_rel = ((scores <= scores[:, j : j + 1]) & relevant).sum(axis=1)
-        wrong_pairs += np.where(relevant[:, j], 0, le_rel)
-    degenerate = (n_rel == 0) | (n_rel == c)  # scikit-learn: ranking is meaningless, counts as perfect
-    per_image = _ratio((rank_rel / rank * relevant).sum(axis=1), n_rel)
+        wrong_pairs += np.where(relevant[:, j] | ~known[:, j], 0, le_rel)
+    degenerate = (n_rel == 0) | (n_rel == n_known)  # scikit-learn: ranking is meaningless, counts as perfect
+    per_image = _ratio((_ratio(rank_rel, rank) * relevant).sum(axis=1), n_rel)
     lrap = np.where(degenerate, 1.0, per_image).mean()
     min_rel = np.where(relevant, scores, np.inf).min(axis=1, keepdims=True)
-    coverage = np.where(n_rel > 0, (scores >= min_rel).sum(axis=1), 0).mean()
-    loss = np.where(degenerate, 0.0, _ratio(wrong_pairs, n_rel * (c - n_rel))).mean()
+    coverage = np.where(n_rel > 0, ((scores >= min_rel) & known).sum(axis=1), 0).mean()
+    loss = np.where(degenerate, 0.0, _ratio(wrong_pairs, n_rel * (n_known - n_rel))).mean()
     return {"lrap": float(lrap), "coverage_error": float(coverage), "ranking_loss": float(loss)}
 
 
@@ -167,7 +175,8 @@ def multilabel_metrics(
     ap = average_precision(scores, targets)
     has_pos = ~np.isnan(ap)
     positive = targets == 1
-    predicted = _probabilities(scores, scores_are_logits) >= threshold
+    known = targets != UNKNOWN
+    predicted = (_probabilities(scores, scores_are_logits) >= threshold) & known
     at_threshold = _six(predicted, positive)
     in_top = _six(predicted & _top_k_mask(scores, top_k), positive)
     result: dict = {"mAP": float(100.0 * ap[has_pos].mean()) if has_pos.any() else None}
@@ -175,7 +184,7 @@ def multilabel_metrics(
     result.update({f"{name}_top{top_k}": value for name, value in in_top.items()})
     result["ap_per_label"] = [float(100.0 * v) if ok else None for v, ok in zip(ap, has_pos)]
     result["labels_without_positives"] = [int(i) for i in np.flatnonzero(~has_pos)]
-    result.update(_ranking_metrics(scores, positive))
+    result.update(_ranking_metrics(scores, positive, known))
     result["num_images"] = int(scores.shape[0])
     result["threshold"] = float(threshold) if threshold.ndim == 0 else threshold.tolist()
     result["top_k"] = int(top_k)
@@ -194,10 +203,11 @@ def per_label_thresholds(
     probs, targets = _check_inputs(probs, targets)
     grid_arr = _default_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     positive = targets == 1
+    known = targets != UNKNOWN
     n_true = positive.sum(axis=0)
     f1 = np.empty((grid_arr.size, probs.shape[1]))
     for i, t in enumerate(grid_arr):  # one pass per threshold keeps memory at O(N C)
-        predicted = probs >= t
+        predicted = (probs >= t) & known
         tp = (predicted & positive).sum(axis=0)
         f1[i] = _ratio(2 * tp, predicted.sum(axis=0) + n_true)
     # Among equally good thresholds take the one nearest 0.5, the fixed protocol threshold.

@@ -64,6 +64,11 @@ def plot_ap_per_label(
     title: str | None = None,
 ) -> None:
     """Horizontal AP bars (percent, as multilabel_metrics' ap_per_label) sorted by AP, with the mAP line."""
+    _save_png(ap_per_label_figure(ap, labels, title), path)
+
+
+def ap_per_label_figure(ap: Sequence[float | None], labels: Sequence[str], title: str | None = None) -> Figure:
+    """The figure of plot_ap_per_label, unrendered (TensorBoard draws it into its event file)."""
     if len(ap) != len(labels):
         raise ValueError(f"got {len(ap)} AP values for {len(labels)} labels")
     if not ap:
@@ -96,4 +101,4 @@ def plot_ap_per_label(
     suffix = f", {len(missing)} without positives" if missing else ""
     ax.set_title(title or f"AP per label ({len(scored)} labels{suffix})")
     ax.grid(True, axis="x", alpha=0.3)
-    _save_png(fig, path)
+    return fig

@@ -27,6 +27,7 @@ from msrn.data.base import _to_rgb, open_image
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.io import atomic_write_text, check_writable
+from msrn.models.tta import TTA_MODES, with_tta
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -114,6 +115,7 @@ class Predictor:
         batch_size: int = 8,
         device: str | torch.device = "cpu",
         fast: bool = False,
+        tta: str = "none",
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
@@ -123,6 +125,7 @@ class Predictor:
 
             self._infer = optimize_for_inference(self.model)
             self.model = self._infer.model  # the folded network itself, still an MSRN, for explanations
+        self._infer, self.tta = with_tta(self._infer, tta), tta  # "flip": scores average the image and its mirror
         self.image_size = int(image_size or getattr(model, "image_size", 448))
         self.transform = TestTransform(self.image_size)
         self.labels: list[str] = list(model.labels)
@@ -213,6 +216,8 @@ class Predictor:
             from msrn.explain import require_msrn
 
             require_msrn(self.model)
+            if self.tta != "none":
+                raise MSRNError(f"explanations show one forward pass of the image as given; not with tta={self.tta!r}")
         for batch in self._batches(items):
             good = [(i, img) for i, img, _ in batch if img is not None]
             probs, idx, maps = self._forward([img for _, img in good], explain_k) if good else (None, None, [])
@@ -287,7 +292,7 @@ def load(
 ) -> Predictor:
     """`msrn.load("best.pt")`: a Predictor for a project checkpoint or a reference one (`voc_checkpoint.pth.tar`).
 
-    options: image_size, threshold, top_k, batch_size, device, fast (see `Predictor`).
+    options: image_size, threshold, top_k, batch_size, device, fast, tta ("none" or "flip") (see `Predictor`).
     """
     return Predictor.from_checkpoint(checkpoint, word_vectors, cooccurrence, labels, **options)
 
@@ -364,6 +369,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_fast_argument(parser)
+    parser.add_argument("--tta", default="none", choices=TTA_MODES,
+                        help="test-time augmentation: flip averages the scores' logits of each image and its mirror")
 
 
 class _Output:
@@ -418,8 +425,10 @@ def main(args: argparse.Namespace) -> int:
         raise MSRNError("--threshold must lie in [0, 1]")
     if args.explain_labels < 1:
         raise MSRNError("--explain-labels must be at least 1")
+    if args.explain and args.tta != "none":
+        raise MSRNError("--explain draws one forward pass of the image as given; it does not combine with --tta")
     predictor = load_from_args(args, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                               device=args.device, fast=args.fast)
+                               device=args.device, fast=args.fast, tta=args.tta)
     explain_k = 0
     if args.explain:
         from msrn.explain import require_msrn, save_figure

@@ -25,7 +25,7 @@ from msrn.checkpoint import load_model, read_checkpoint
 from msrn.config import TrainConfig
 from msrn.data import build_dataset
 from msrn.engine.evaluate import predict_scores, score_metrics
-from msrn.engine.loss import model_group_loss
+from msrn.engine.losses import model_group_loss
 from msrn.engine.sampling import EpochSampler
 from msrn.engine.train import train
 

@@ -143,7 +143,7 @@ def test_presets_carry_the_paper_recipe() -> None:
 
 
 def test_difficult_labels_count_as_positive_in_training() -> None:
-    from msrn.engine.loss import training_loss
+    from msrn.engine.losses import soft_margin_loss as training_loss
 
     logits = torch.randn(4, 3)
     t = torch.tensor([[1, 0, -1], [0, -1, 1], [1, 1, 0], [0, 0, 0]], dtype=torch.float32)
@@ -154,7 +154,7 @@ def test_difficult_labels_count_as_positive_in_training() -> None:
 def test_reported_loss_is_the_training_loss_plus_the_group_loss() -> None:
     """On hand-made logits with difficult labels (-1): counted positive, plus the model's group loss."""
     from msrn.engine.evaluate import score_metrics
-    from msrn.engine.loss import model_group_loss
+    from msrn.engine.losses import model_group_loss
     from msrn.models import create_model
 
     logits = np.array([[2.0, -1.0, 0.5], [-0.5, 1.5, -2.0], [1.0, 0.2, -0.3]], np.float32)

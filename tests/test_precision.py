@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from msrn.engine.evaluate import autocast
-from msrn.engine.train import training_loss
+from msrn.engine.losses import soft_margin_loss as training_loss
 from msrn.models import create_model, placeholder_vectors
 
 CUDA = pytest.param(

@@ -36,10 +36,11 @@ def make_csv(folder: Path, n_train: int = 20, n_test: int = 6, size: int = 64) -
 
 
 def train_cmd(csv: Path, out: Path, *extra: str) -> list[str]:
-    """The tiny training command: 18 train images (2 carved for validation), 5 steps an epoch, 3 epochs."""
+    """The tiny training command: 18 train images (2 carved for validation), 5 steps an epoch, 3 epochs,
+    with a moving average of the weights (its state must resume exactly too)."""
     return [sys.executable, "-m", "msrn", "train", "--dataset", "csv", "--data", str(csv), "--model", "msrn_tiny",
             "--pretrained", "none", "--image-size", "64", "--batch-size", "4", "--epochs", "3", "--save-every", "3",
-            "--workers", "0", "--out", str(out), *extra]
+            "--ema", "0.8", "--ema-warmup", "4", "--workers", "0", "--out", str(out), *extra]
 
 
 def run_to_end(cmd: list[str]) -> None:
@@ -82,6 +83,9 @@ def assert_same_run(a: Path, b: Path) -> None:
     for key, value in sa["state_dict"].items():
         torch.testing.assert_close(sb["state_dict"][key], value, atol=1e-6, rtol=0, msg=key)
     assert sa["scheduler"] == sb["scheduler"]
+    assert sa["ema"].keys() == sb["ema"].keys() and int(sa["ema"]["n_averaged"]) == sa["global_step"]
+    for key, value in sa["ema"].items():
+        torch.testing.assert_close(sb["ema"][key], value, atol=1e-6, rtol=0, msg=key)
     oa, ob = sa["optimizer"], sb["optimizer"]
     assert oa["param_groups"] == ob["param_groups"]
     assert oa["state"].keys() == ob["state"].keys()
@@ -89,8 +93,10 @@ def assert_same_run(a: Path, b: Path) -> None:
         torch.testing.assert_close(ob["state"][k]["momentum_buffer"], state["momentum_buffer"], atol=1e-6, rtol=0)
     timeless = [[{k: v for k, v in e.items() if k != "seconds"} for e in s["history"]] for s in (sa, sb)]
     assert timeless[0] == timeless[1]
-    for key, value in read_checkpoint(a / "best.pt")["state_dict"].items():
-        torch.testing.assert_close(read_checkpoint(b / "best.pt")["state_dict"][key], value, atol=1e-6, rtol=0)
+    best_a, best_b = read_checkpoint(a / "best.pt"), read_checkpoint(b / "best.pt")
+    assert best_a["weights"] == best_b["weights"] == sa["best"]["weights"]
+    for key, value in best_a["state_dict"].items():
+        torch.testing.assert_close(best_b["state_dict"][key], value, atol=1e-6, rtol=0)
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert ma.keys() == mb.keys() and ma["epoch"] == mb["epoch"]
     np.testing.assert_allclose(ma["ap_per_label"], mb["ap_per_label"], atol=1e-6)
@@ -124,4 +130,17 @@ def test_killed_and_resumed_run_matches_uninterrupted(runs: tuple[Path, Path], t
     assert kills >= 2
     assert not temp_files(b), "temporary files of killed saves are cleaned up on resume"
     assert_same_run(a, b)
+    assert_one_curve(b, read_checkpoint(last)["global_step"])
+
+
+def assert_one_curve(out: Path, steps: int) -> None:
+    """The TensorBoard loss curve of a killed and resumed run has each step once (where tensorboard is installed)."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:  # the optional extra: without it no events are written
+        assert not (out / "tensorboard").exists()
+        return
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, steps + 1))
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import msrn.engine.train as train_module
+import msrn.engine.losses as losses_module
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
 
@@ -57,13 +57,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(csv: Path, tmp_pat
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A NaN loss at the third step stops the run with a clear line; last.pt of step 2 loads, all finite."""
     calls = []
-    real = train_module.training_loss
+    real = losses_module.soft_margin_loss  # what the trainer's default --loss softmargin calls
 
     def poisoned(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         calls.append(1)
         return real(logits, targets) * (float("nan") if len(calls) == 3 else 1.0)
 
-    monkeypatch.setattr(train_module, "training_loss", poisoned)
+    monkeypatch.setattr(losses_module, "soft_margin_loss", poisoned)
     line = one_error_line(capsys, train_argv(csv, tmp_path / "run"))
     assert "non-finite loss" in line and "epoch 2, step 1" in line and "last.pt is intact" in line
     state = read_checkpoint(tmp_path / "run" / "last.pt")
@@ -122,11 +122,15 @@ def test_corrupt_last_pt_on_resume_changes_nothing(csv: Path, tmp_path: Path, ca
     assert cli(train_argv(csv, out, "--epochs", "1")) == 0
     last = out / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+
+    def files() -> dict:  # every file below the run folder, TensorBoard's event files too
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+
+    before = files()
     capsys.readouterr()
     line = one_error_line(capsys, train_argv(csv, out, "--resume"))
     assert str(last) in line and "truncated or corrupt" in line and f"{out / 'best.pt'} is intact" in line
-    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
+    assert files() == before
 
 
 @pytest.mark.parametrize(("extra", "words"), [

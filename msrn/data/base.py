@@ -12,6 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from msrn.errors import MSRNError
+from msrn.targets import UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,8 @@ _COUNTER_SLOTS = 257  # skip counter slots: the main process, then one per DataL
 
 @dataclass
 class MultiLabelData:
-    """What a reader found: image paths and an N x C int8 target matrix (1 / 0 / -1 difficult).
+    """What a reader found: image paths and an N x C int8 target matrix (1 / 0 / -1 difficult / -2 unknown;
+    msrn.targets says what each means).
 
     `note` says how the reader chose the images where it had a choice (e.g. which apparel split).
     """
@@ -50,6 +52,11 @@ class MultiLabelData:
     def difficult_counts(self) -> dict[str, int]:
         """Number of images where each label is only difficult (target == -1, VOC)."""
         counts = (self.targets == -1).sum(axis=0)
+        return {label: int(c) for label, c in zip(self.labels, counts, strict=True)}
+
+    def unknown_counts(self) -> dict[str, int]:
+        """Number of images where each label's presence is unknown (target == -2, the CSV `unknown` column)."""
+        counts = (self.targets == UNKNOWN).sum(axis=0)
         return {label: int(c) for label, c in zip(self.labels, counts, strict=True)}
 
 

@@ -1,4 +1,5 @@
-"""`msrn inspect`: show what a dataset reader sees (image count, labels, positives per label, and with
+"""`msrn inspect`: show what a dataset reader sees (image count, labels, positives per label, the
+difficult (VOC) and unknown (CSV partial labels) entries per label where there are any, and with
 --images every image), so splits can be compared with another tool's file by file."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from msrn.data import DATASETS, DEFAULT_SPLITS, MultiLabelData, add_reader_arguments, build_dataset, reader_options
 from msrn.errors import MSRNError
+from msrn.targets import UNKNOWN
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
     data = build_dataset(args.dataset, args.data, split, **reader_options(args))
     counts = data.label_counts()
     difficult = data.difficult_counts() if args.dataset == "voc2007" else None
+    unknown = data.unknown_counts() if (data.targets == UNKNOWN).any() else None  # partial labels (CSV)
     if args.json:
         summary = {
             "dataset": data.name,
@@ -62,6 +65,8 @@ def main(args: argparse.Namespace) -> int:
         }
         if difficult is not None:
             summary["difficult_counts"] = difficult
+        if unknown is not None:
+            summary["unknown_counts"] = unknown
         if data.note:
             summary["note"] = data.note
         if args.images:
@@ -73,9 +78,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"({data.note})")
     width = max([len("label"), *(len(label) for label in data.labels)])
     header = f"{'label':<{width}}  {'images':>7}  {'share':>6}"
-    print(header + (f"  {'difficult':>9}" if difficult is not None else ""))
+    header += f"  {'difficult':>9}" if difficult is not None else ""
+    print(header + (f"  {'unknown':>7}" if unknown is not None else ""))
     for label in data.labels:
         share = counts[label] / len(data) if len(data) else 0.0
         row = f"{label:<{width}}  {counts[label]:>7}  {share:>6.1%}"
-        print(row + (f"  {difficult[label]:>9}" if difficult is not None else ""))
+        row += f"  {difficult[label]:>9}" if difficult is not None else ""
+        print(row + (f"  {unknown[label]:>7}" if unknown is not None else ""))
     return 0

@@ -28,7 +28,8 @@ from msrn.data import (
 )
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
-from msrn.engine.loss import model_group_loss, training_loss
+from msrn.engine.losses import LossFn, model_group_loss, soft_margin_loss
+from msrn.models.tta import TTA_MODES, with_tta
 
 log = logging.getLogger("msrn")
 
@@ -71,11 +72,15 @@ def predict_scores(
 
 
 def score_metrics(
-    logits: np.ndarray, targets: np.ndarray, thresholds: np.ndarray | None = None, group_loss: float = 0.0
+    logits: np.ndarray,
+    targets: np.ndarray,
+    thresholds: np.ndarray | None = None,
+    group_loss: float = 0.0,
+    loss: LossFn = soft_margin_loss,
 ) -> dict:
     """Spec section 8 metrics from logits and, if given, the metrics at per-label thresholds chosen
-    on a validation split; `loss` is the training loss's definition, plus the model's `group_loss`
-    (model_group_loss), so it compares with the training curve."""
+    on a validation split; `loss` is the training objective (the run's loss plus the model's
+    `group_loss`, see model_group_loss), so it compares with the training curve."""
     from msrn.metrics import multilabel_metrics
 
     m = multilabel_metrics(logits, targets, scores_are_logits=True)
@@ -83,7 +88,7 @@ def score_metrics(
         at = multilabel_metrics(logits, targets, threshold=thresholds, scores_are_logits=True)
         m["per_label_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
     as_tensor = [torch.from_numpy(np.ascontiguousarray(a)) for a in (logits, targets)]
-    m["loss"] = float(training_loss(*as_tensor)) + group_loss
+    m["loss"] = float(loss(*as_tensor)) + group_loss
     return m
 
 
@@ -121,6 +126,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="an msrn checkpoint, or a reference *_checkpoint.pth.tar")
     p.add_argument("--split", help="split to evaluate (default: the dataset's test split)")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
+    p.add_argument("--scores", metavar="FILE",
+                   help="also write every image's label probabilities to this CSV: a header (image, then the labels "
+                        "in order), then per image its path and one probability per label")
     p.add_argument("--word-vectors", metavar="FILE",
                    help="reference checkpoints: a word-vector pickle; default 'reference', the reference's own "
                         "for --dataset (fetched once, SHA-256 checked)")
@@ -133,6 +141,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
                    help="mixed precision (GPU): an explicit trade of accuracy for speed; default exact fp32")
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="test-time augmentation: flip averages the logits of each image and its mirror "
+                        "(give it to reproduce the metrics of a run trained with --tta flip)")
     p.add_argument("--fast", action="store_true",
                    help="fold batch norm into the convolutions and use channels-last memory: the same logits "
                         "to ~1e-6 relative, faster on CPU (see BENCHMARKS.md)")
@@ -145,6 +156,10 @@ def main(args: argparse.Namespace) -> int:
     from msrn.metrics import format_metrics
 
     device = dist.setup(args.device)
+    if args.scores and dist.is_main():
+        from msrn.io import check_writable
+
+        check_writable(Path(args.scores).absolute().parent)  # before the long evaluation, not after it
     split = args.split or DEFAULT_SPLITS[args.dataset][1]
     data = build_dataset(args.dataset, args.data, split, **reader_options(args))
     model = load_model(args.checkpoint, word_vectors=args.word_vectors, cooccurrence=args.cooccurrence,
@@ -156,6 +171,7 @@ def main(args: argparse.Namespace) -> int:
         from msrn.models.fuse import optimize_for_inference
 
         model = optimize_for_inference(model)
+    model = with_tta(model, args.tta)
     logits = predict_scores(model, data, image_size, args.batch_size, args.workers, device, args.amp)
     m = score_metrics(logits, data.targets, None if thresholds is None else thresholds.cpu().numpy(), group_loss)
     # the reference code's figures, threshold tuned on the evaluated split itself: reported here only, labelled
@@ -167,6 +183,10 @@ def main(args: argparse.Namespace) -> int:
         print(format_tuned(m["tuned_on_test_set"]))
         if args.json:
             atomic_write_json(Path(args.json), m)
+        if args.scores:
+            from msrn.engine.scores import write_scores
+
+            write_scores(args.scores, data, logits)
     dist.teardown()
     return 0
 

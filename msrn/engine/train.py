@@ -4,7 +4,9 @@ files -> dataset -> loader -> model -> loss -> optimiser -> checkpoint/metrics/p
 folder holds last.pt (everything needed to resume exactly), best.pt (weights, labels, graph),
 metrics.json (the selected epoch's test metrics), config.json, log.txt and PNG plots.
 Nothing is selected on the test split: best.pt is the best validation epoch when a validation
-split is carved from training (--val-fraction), otherwise the last epoch.
+split is carved from training (--val-fraction), otherwise the last epoch. With --ema both the live
+and the averaged weights are evaluated; best.pt holds the better on validation (the averaged ones
+without a validation split) and its `weights` entry says which.
 """
 from __future__ import annotations
 
@@ -26,10 +28,13 @@ from msrn.config import TrainConfig
 from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset, reader_options
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TrainTransform
+from msrn.engine.ema import WeightEMA
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
-from msrn.engine.loss import model_group_loss, training_loss
+from msrn.engine.losses import build_loss, model_group_loss
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
+from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
+from msrn.models.tta import with_tta
 
 log = logging.getLogger("msrn")
 
@@ -121,6 +126,11 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     return path
 
 
+def _val_map(vm: dict | None) -> float:
+    """A validation mAP to compare, -1 where there is none (no split, or no positive in it)."""
+    return -1.0 if vm is None or vm["mAP"] is None else vm["mAP"]
+
+
 class Trainer:
     """Owns one run: data, model, optimiser, schedule, state on disk."""
 
@@ -166,7 +176,7 @@ class Trainer:
                                             tau=cfg.tau, cooccurrence=cfg.cooccurrence)
             model = create_model(cfg.model, labels=self.labelset.labels, word_vectors=self.labelset.word_vectors,
                                  cooccurrence=self.labelset.cooccurrence, tau=cfg.tau, pool_ratio=cfg.pool_ratio,
-                                 pretrained=cfg.pretrained)
+                                 pretrained=cfg.pretrained, **({"backbone": cfg.backbone} if cfg.backbone else {}))
             if cfg.init:
                 init_from_checkpoint(model, cfg.init)
         if self.test_data.labels != self.labelset.labels:
@@ -180,9 +190,12 @@ class Trainer:
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.criterion = build_loss(cfg.loss, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip,
+                                    cfg.focal_gamma, cfg.focal_alpha)
         self.optimizer = make_sgd(self.model.param_groups(cfg.lr, cfg.lr_backbone), cfg)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16" and self.device.type == "cuda")
+        self.ema = WeightEMA(self.model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
 
         world = dist.world_size()
         if cfg.batch_size % (world * cfg.grad_accum):
@@ -203,6 +216,8 @@ class Trainer:
             self._restore(self.state)
         else:
             self.cfg_save()
+        # event files from rank 0; a resumed run drops the events written after its checkpoint
+        self.board = open_board(self.out / "tensorboard", self.global_step + 1) if dist.is_main() else None
 
     # -- state on disk ------------------------------------------------------------------------
     def cfg_save(self) -> None:
@@ -211,33 +226,43 @@ class Trainer:
         if dist.is_main():
             atomic_write_json(self.out / "config.json", self.cfg.to_dict())
 
-    def checkpoint(self, full: bool) -> dict:
+    def weights(self, which: str) -> nn.Module:
+        """The live model or its moving average ("live" or "ema")."""
+        return self.ema.module if which == "ema" else self.model
+
+    def checkpoint(self, full: bool, which: str = "live") -> dict:
         from msrn.checkpoint import model_state
 
-        ckpt = model_state(self.model, self.cfg.image_size)
+        ckpt = model_state(self.weights(which), self.cfg.image_size)
         ckpt.update(labelset=self.labelset.to_dict(), config=self.cfg.to_dict(), epoch=self.epoch,
                     global_step=self.global_step, best=self.best, history=self.history)
+        if self.ema is not None:
+            ckpt["weights"] = which  # which of the two state_dict holds
         if self.best.get("thresholds") is not None:
             ckpt["thresholds"] = torch.tensor(self.best["thresholds"], dtype=torch.float32)
         if full:
             ckpt.update(step_in_epoch=self.step_in_epoch, optimizer=self.optimizer.state_dict(),
                         scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                         rng=rng_state(), running_loss=list(self.running_loss))
+            if self.ema is not None:
+                ckpt["ema"] = self.ema.state_dict()
         return ckpt
 
-    def save(self, name: str, full: bool) -> None:
+    def save(self, name: str, full: bool, which: str = "live") -> None:
         """Write a checkpoint from rank 0; call it on every rank (full saves sum the running loss)."""
         from msrn.io import atomic_save_torch
 
         if full:  # fold every rank's loss sums into rank 0's, which the checkpoint carries
             total = dist.sum_across(self.running_loss)
             self.running_loss = total if dist.is_main() else [0.0, 0]
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            if self.board is not None:  # the events up to this checkpoint; a resume drops the later ones
+                self.board.flush()
+        if not all(bool(torch.isfinite(p).all()) for p in self.weights(which).parameters()):
             raise MSRNError(f"non-finite weights after step {self.global_step}; stopped without writing {name}, "
                             "so the last good checkpoint is intact: lower --lr or check the data")
         if dist.is_main():
             try:
-                atomic_save_torch(self.checkpoint(full), self.out / name)
+                atomic_save_torch(self.checkpoint(full, which), self.out / name)
             except OSError as e:  # disk full, folder gone: the atomic write left the previous file as it was
                 raise MSRNError(f"cannot write {self.out / name} ({e.strerror or e}); the previous {name}, if any, "
                                 "is intact") from None
@@ -247,6 +272,10 @@ class Trainer:
         self.scheduler.load_state_dict(s["scheduler"])
         self.scaler.load_state_dict(s["scaler"])
         set_rng_state(s["rng"])
+        if self.ema is not None:
+            if "ema" not in s:
+                raise MSRNError("cannot resume: the checkpoint holds no EMA state although its run used --ema")
+            self.ema.load_state_dict(s["ema"])
         self.epoch, self.step_in_epoch, self.global_step = s["epoch"], s["step_in_epoch"], s["global_step"]
         self.history, self.best = list(s["history"]), dict(s["best"])
         self.running_loss = list(s["running_loss"]) if dist.is_main() else [0.0, 0]  # saved sums are global
@@ -261,46 +290,71 @@ class Trainer:
         bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                    leave=False, disable=None if dist.is_main() else True)
         micro, last = 0, len(self.loader) - 1
+        step_loss = [0.0, 0]  # this optimiser step's loss sum and image count (for TensorBoard)
         for i, (images, targets, _) in enumerate(self.loader):
             images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             # DDP averages gradients only on the micro-batch that ends an optimiser step
             with dist.grad_sync(self.net, micro + 1 == cfg.grad_accum or i == last):
                 with autocast(self.device, cfg.amp):
                     logits, gloss = self.net(images, return_group_loss=True)
-                    loss = training_loss(logits, targets) + gloss.float()
+                    loss = self.criterion(logits, targets) + gloss.float()
                 if not torch.isfinite(loss):
                     last_pt = self.out / "last.pt"
                     kept = f"the last good checkpoint {last_pt} is intact" if last_pt.is_file() else "nothing saved yet"
                     raise MSRNError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
                                     f"{self.step_in_epoch + 1}; stopped ({kept}): lower --lr or check the data")
                 self.scaler.scale(loss / cfg.grad_accum).backward()
-            self.running_loss[0] += float(loss.detach()) * len(images)
+            value = float(loss.detach()) * len(images)
+            self.running_loss[0] += value
             self.running_loss[1] += len(images)
+            step_loss = [step_loss[0] + value, step_loss[1] + len(images)]
             micro += 1
             if micro == cfg.grad_accum:
-                self.optimizer_step()
-                micro = 0
+                self.optimizer_step(step_loss[0] / step_loss[1])
+                micro, step_loss = 0, [0.0, 0]
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.running_loss[0] / max(1, self.running_loss[1]):.4f}")
         if micro:
-            self.optimizer_step()
+            self.optimizer_step(step_loss[0] / step_loss[1])
         bar.close()
 
-    def optimizer_step(self) -> None:
+    def optimizer_step(self, loss: float) -> None:
         if self.cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step_in_epoch += 1
         self.global_step += 1
+        if self.board is not None:
+            self.board.step(self.global_step, loss, self.optimizer)
         if self.cfg.save_every and self.global_step % self.cfg.save_every == 0:
             self.save("last.pt", full=True)
 
-    def end_epoch(self, seconds: float) -> None:
+    def evaluate(self, module: nn.Module) -> tuple[dict | None, np.ndarray | None, dict]:
+        """Validation metrics (None without a validation split), the per-label thresholds tuned on it
+        when asked for, and the test metrics at those thresholds, for one set of weights."""
         from msrn.metrics import per_label_thresholds
 
+        cfg = self.cfg
+        vm, thresholds = None, None
+        group_loss = model_group_loss(module)  # the reported losses are the training objective's
+        module = with_tta(module, cfg.tta)
+        if self.val_data is not None:
+            vlogits = predict_scores(module, self.val_data, cfg.image_size, self.rank_batch, cfg.workers,
+                                     self.device, cfg.amp, desc="val")
+            vm = score_metrics(vlogits, self.val_data.targets, group_loss=group_loss, loss=self.criterion)
+            if cfg.tune_thresholds:
+                probs = 1 / (1 + np.exp(-vlogits.astype(np.float64)))
+                thresholds = per_label_thresholds(probs, self.val_data.targets)
+        tlogits = predict_scores(module, self.test_data, cfg.image_size, self.rank_batch, cfg.workers,
+                                 self.device, cfg.amp, desc="test")
+        return vm, thresholds, score_metrics(tlogits, self.test_data.targets, thresholds, group_loss, self.criterion)
+
+    def end_epoch(self, seconds: float) -> None:
         cfg = self.cfg
         self.scheduler.step()
         self.epoch += 1
@@ -308,39 +362,53 @@ class Trainer:
         loss_sum, loss_count = dist.sum_across(self.running_loss)
         train_loss = loss_sum / max(1, loss_count)
         self.running_loss = [0.0, 0]
-        thresholds = None
         entry = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}
-        score = None
-        dist.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics: the ones best.pt gets
-        group_loss = model_group_loss(self.model)
-        if self.val_data is not None:
-            vlogits = predict_scores(self.model, self.val_data, cfg.image_size, self.rank_batch, cfg.workers,
-                                     self.device, cfg.amp, desc="val")
-            vm = score_metrics(vlogits, self.val_data.targets, group_loss=group_loss)
-            entry["val_mAP"], score = vm["mAP"], vm["mAP"]
-            if cfg.tune_thresholds:
-                probs = 1 / (1 + np.exp(-vlogits.astype(np.float64)))
-                thresholds = per_label_thresholds(probs, self.val_data.targets)
-        tlogits = predict_scores(self.model, self.test_data, cfg.image_size, self.rank_batch, cfg.workers,
-                                 self.device, cfg.amp, desc="test")
-        tm = score_metrics(tlogits, self.test_data.targets, thresholds, group_loss)
-        entry.update(test_loss=tm["loss"], mAP=tm["mAP"])
+        results = {}  # "live" (and "ema") -> (validation metrics or None, thresholds, test metrics)
+        for which in ("live", "ema") if self.ema is not None else ("live",):
+            dist.broadcast_buffers(self.weights(which))  # rank 0's BatchNorm statistics: the ones best.pt gets
+            results[which] = vm, _, tm = self.evaluate(self.weights(which))
+            prefix = "" if which == "live" else "ema_"
+            if vm is not None:
+                entry[prefix + "val_mAP"] = vm["mAP"]
+            entry.update({prefix + "test_loss": tm["loss"], prefix + "mAP": tm["mAP"]})
         self.history.append(entry)
+        if self.board is not None:
+            self.board.epoch(self.global_step, train_loss, {k: (r[0], r[2]) for k, r in results.items()},
+                             self.labelset.labels, self.test_data.split)
+        if self.val_data is not None:  # the validation split picks the weights, live on a tie
+            which = max(results, key=lambda k: _val_map(results[k][0]))
+        else:  # nothing is picked on the test split: the EMA weights when the run keeps them
+            which = "ema" if self.ema is not None else "live"
+        vm, thresholds, tm = results[which]
+        score = None if vm is None else vm["mAP"]
         improved = score is None or not self.best or score >= self.best.get("score", -1)
         val_txt = f" val mAP {score:.2f} |" if score is not None else ""
-        log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f | %.0fs%s", self.epoch, cfg.epochs,
-                 train_loss, val_txt, tm["mAP"] or float("nan"), tm["CF1"], tm["OF1"], seconds,
-                 " *" if improved else "")
+        log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch, cfg.epochs,
+                 train_loss, val_txt, tm["mAP"] or float("nan"), tm["CF1"], tm["OF1"], self.weights_text(results),
+                 seconds, " *" if improved else "")
         if improved:
             self.best = {"epoch": self.epoch, "score": score if score is not None else tm["mAP"],
                          "selected_by": "validation mAP" if score is not None else "last epoch",
                          "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
+            if self.ema is not None:
+                self.best["weights"] = which
         if improved:  # before last.pt: a kill in between redoes this epoch's end, rewriting them alike
-            self.save("best.pt", full=False)
+            self.save("best.pt", full=False, which=which)
             self.write_reports(tm)
         elif dist.is_main():
             self.write_history_plot()
         self.save("last.pt", full=True)
+
+    @staticmethod
+    def weights_text(results: dict) -> str:
+        """The log line's account of the live and EMA weights' mAP, when both were evaluated."""
+        if len(results) < 2:
+            return ""
+        parts = []
+        for which, (vm, _, tm) in results.items():
+            val = f"val {_val_map(vm):.2f} " if vm is not None else ""
+            parts.append(f"{which} {val}test {tm['mAP'] or float('nan'):.2f}")
+        return " | mAP " + ", ".join(parts)
 
     def write_history_plot(self) -> None:
         from msrn.plots import plot_history
@@ -358,6 +426,8 @@ class Trainer:
         report.update(epoch=self.epoch, selected_by=self.best["selected_by"], split=self.test_data.split,
                       dataset=self.cfg.dataset, labels=labels,
                       ap_by_label=dict(zip(labels, tm["ap_per_label"], strict=True)))
+        if "weights" in self.best:
+            report["weights"] = self.best["weights"]
         if self.best.get("thresholds") is not None:
             report["thresholds_by_label"] = dict(zip(labels, self.best["thresholds"], strict=True))
         atomic_write_json(self.out / "metrics.json", report)
@@ -377,6 +447,8 @@ class Trainer:
             self.end_epoch(time.time() - t0)
         if self.train_set.skipped:
             log.info("skipped %d unreadable training images (--on-error skip)", self.train_set.skipped)
+        if self.board is not None:
+            self.board.close()
         return self.best
 
 
@@ -395,6 +467,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from msrn.config import add_config_arguments
 
     add_config_arguments(p)
+    p.epilog = INSTALL_HINT
 
 
 def main(args: argparse.Namespace) -> int:

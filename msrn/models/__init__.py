@@ -11,6 +11,7 @@ from msrn.errors import MSRNError
 from msrn.graph import TAU, Cooccurrence, adjacency, read_cooccurrence
 from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
 from msrn.models.resnet import ResNet
+from msrn.models.timm_backbone import PREFIX, TimmBackbone, load_timm_pretrained
 from msrn.wordvec import load_word_vectors
 
 # name -> overrides of MSRNConfig (the paper's model first, then smaller ones for CPU work)
@@ -19,6 +20,7 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "msrn_resnet50": dict(backbone="resnet50"),
     "msrn_resnet18": dict(backbone="resnet18", semantic_dim=256, hidden_dim=1024),
     "msrn_tiny": dict(backbone="resnet_tiny", label_dims=(64, 64), semantic_dim=64, hidden_dim=256),
+    "msrn_timm": dict(),  # the paper's head on a timm backbone: create_model(..., backbone=NAME)
 }
 # fc1 sees (C + K) x 3 x D inputs; above this many weights (4 GiB in fp32) building is refused
 MAX_FC1_WEIGHTS = 2**30
@@ -86,6 +88,8 @@ def create_model(
     if name in BASELINES:
         model = PlainClassifier(BASELINES[name], num_classes, labels)
     elif name in MODEL_CONFIGS:
+        if name == "msrn_timm":
+            overrides["backbone"] = timm_name(overrides.get("backbone"))
         names = labels or [str(i) for i in range(num_classes)]
         vecs = (
             placeholder_vectors(num_classes)
@@ -110,11 +114,20 @@ def create_model(
         model = MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj))
     else:
         raise MSRNError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    if pretrained is not None:
+    if pretrained is not None and isinstance(model.backbone, TimmBackbone):
+        load_timm_pretrained(model.backbone, pretrained)
+    elif pretrained is not None:
         from msrn.pretrained import load_pretrained_backbone
 
         load_pretrained_backbone(model, pretrained)
     return model
+
+
+def timm_name(backbone: str | None) -> str:
+    """The `timm:NAME` backbone of msrn_timm from NAME (or `timm:NAME`); one line when it is missing."""
+    if not backbone or backbone == PREFIX:
+        raise MSRNError("msrn_timm needs a timm model name: --backbone NAME (e.g. convnext_tiny)")
+    return backbone if backbone.startswith(PREFIX) else PREFIX + backbone
 
 
 __all__ = ["MSRN", "MSRNConfig", "PlainClassifier", "ResNet", "create_model", "list_models", "MODEL_CONFIGS"]

@@ -19,6 +19,7 @@ from msrn.models.gat import GATStack, GroupStack, group_loss
 from msrn.models.linear import ReusedGradLinear
 from msrn.models.ops import conv1x1, linear, max_pool2x2
 from msrn.models.resnet import ResNet
+from msrn.models.timm_backbone import build_backbone
 
 
 @dataclass
@@ -53,7 +54,7 @@ class MSRN(nn.Module):
         super().__init__()
         self.cfg = cfg
         c, k, d = cfg.num_classes, cfg.num_groups, cfg.semantic_dim
-        self.backbone = ResNet(cfg.backbone)
+        self.backbone = build_backbone(cfg.backbone)  # a ResNet, or a timm model for "timm:NAME"
         c2, c3, c4 = self.backbone.channels
         self.conv_buffer1 = nn.Conv2d(c2, c2, 1)
         self.conv_buffer2 = nn.Conv2d(c3, c3, 1)
