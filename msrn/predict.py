@@ -23,9 +23,9 @@ from PIL import Image
 from torch import nn
 
 from msrn.checkpoint import load_model
-from msrn.data.base import _to_rgb, open_image
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
+from msrn.images import open_image, to_rgb, upright
 from msrn.io import atomic_write_text, check_writable
 
 IMAGE_SUFFIXES = frozenset(
@@ -72,7 +72,7 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
             raise MSRNError(f"an image array must be numeric, got {arr.dtype}")
         scale = 255.0 if np.issubdtype(arr.dtype, np.floating) else 1.0
         arr = np.clip(np.rint(np.nan_to_num(arr.astype(np.float64)) * scale), 0, 255).astype(np.uint8)
-    return _to_rgb(Image.fromarray(arr))
+    return to_rgb(Image.fromarray(arr))
 
 
 def describe(item: ImageInput) -> str | None:
@@ -80,14 +80,17 @@ def describe(item: ImageInput) -> str | None:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
 
 
-def read_input(item: ImageInput) -> Image.Image:
-    """Any accepted input as an RGB PIL image, or an MSRNError saying why not."""
+def read_input(item: ImageInput, exif_orientation: bool = False) -> Image.Image:
+    """Any accepted input as an RGB PIL image, or an MSRNError saying why not.
+
+    exif_orientation turns files and PIL images upright by their EXIF orientation tag.
+    """
     if isinstance(item, (str, os.PathLike)):
-        return open_image(item)
+        return open_image(item, exif_orientation=exif_orientation)
     if isinstance(item, Image.Image):
         if item.width == 0 or item.height == 0:
             raise MSRNError("image has zero size")
-        return _to_rgb(item)
+        return to_rgb(upright(item) if exif_orientation else item)
     if isinstance(item, np.ndarray):
         return array_to_image(item)
     raise MSRNError(f"cannot read an image from a {type(item).__name__}; give a path, a PIL image or an array")
@@ -114,6 +117,7 @@ class Predictor:
         batch_size: int = 8,
         device: str | torch.device = "cpu",
         fast: bool = False,
+        exif_orientation: bool | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
@@ -129,6 +133,9 @@ class Predictor:
         self.thresholds = self._threshold_vector(threshold)
         self.top_k = top_k
         self.batch_size = max(1, int(batch_size))
+        # decode as training did (the checkpoint says how), unless told otherwise
+        self.exif_orientation = bool(getattr(model, "exif_orientation", True) if exif_orientation is None
+                                     else exif_orientation)
 
     def _threshold_vector(self, threshold: float | Sequence[float] | None) -> np.ndarray:
         """Per-label thresholds: the argument, else the checkpoint's own, else 0.5 for every label."""
@@ -160,12 +167,16 @@ class Predictor:
         labels = list(labels) if labels is not None else None
         return cls(load_model(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels), **options)
 
+    def decode(self, item: ImageInput) -> Image.Image:
+        """One input as the RGB image the model sees (EXIF orientation as configured), or an MSRNError."""
+        return read_input(item, self.exif_orientation)
+
     def _batches(self, items: Sequence[ImageInput]) -> Iterator[list[tuple[int, Image.Image | None, str | None]]]:
         """Batches of (index, decoded image or None, error or None), decoded lazily."""
         batch: list[tuple[int, Image.Image | None, str | None]] = []
         for i, item in enumerate(items):
             try:
-                batch.append((i, read_input(item), None))
+                batch.append((i, self.decode(item), None))
             except MSRNError as e:
                 batch.append((i, None, str(e)))
             if sum(img is not None for _, img, _ in batch) >= self.batch_size:
@@ -286,7 +297,7 @@ def load(
 ) -> Predictor:
     """`msrn.load("best.pt")`: a Predictor for a project checkpoint or a reference one (with its pickles).
 
-    options: image_size, threshold, top_k, batch_size, device, fast (see `Predictor`).
+    options: image_size, threshold, top_k, batch_size, device, fast, exif_orientation (see `Predictor`).
     """
     return Predictor.from_checkpoint(checkpoint, word_vectors, cooccurrence, labels, **options)
 
@@ -322,6 +333,18 @@ def add_fast_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast", action="store_true",
                         help="fold batch norm into the convolutions and use channels-last memory: the same "
                              "scores to ~1e-6 relative, 1.2-1.4x faster on CPU (see BENCHMARKS.md)")
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """--exif-orientation (predict, serve): how image files are decoded."""
+    parser.add_argument("--exif-orientation", choices=("on", "off"),
+                        help="turn photos upright by their EXIF orientation tag (default: as the checkpoint's "
+                             "training did; on for reference and older checkpoints)")
+
+
+def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Predictor options that add_decoding_arguments' flags set."""
+    return {"exif_orientation": None if args.exif_orientation is None else args.exif_orientation == "on"}
 
 
 def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:
@@ -360,6 +383,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_fast_argument(parser)
+    add_decoding_arguments(parser)
 
 
 class _Output:
@@ -415,7 +439,7 @@ def main(args: argparse.Namespace) -> int:
     if args.explain_labels < 1:
         raise MSRNError("--explain-labels must be at least 1")
     predictor = load_from_args(args, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                               device=args.device, fast=args.fast)
+                               device=args.device, fast=args.fast, **decoding_options(args))
     explain_k = 0
     if args.explain:
         from msrn.explain import require_msrn, save_figure

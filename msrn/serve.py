@@ -20,15 +20,17 @@ from PIL import Image
 
 from msrn.data.base import open_image
 from msrn.errors import MSRNError
-from msrn.predict import Predictor, add_checkpoint_arguments, add_fast_argument, load_from_args
+from msrn.predict import (
+    Predictor,
+    add_checkpoint_arguments,
+    add_decoding_arguments,
+    add_fast_argument,
+    decoding_options,
+    load_from_args,
+)
 
 MAX_UPLOAD_MB = 20
 SHOWN_SCORES = 10  # scores listed on the page, best first
-
-
-def decode_upload(data: bytes, name: str) -> Image.Image:
-    """Fully decode uploaded bytes to RGB, or an MSRNError with one line."""
-    return open_image(data, name)
 
 
 def _b64_png(image: Image.Image) -> str:
@@ -90,7 +92,7 @@ def create_app(predictor: Predictor, explain_k: int = 3, max_upload_mb: float = 
             return jsonify(error="no image in the request (send it as the multipart field 'image')"), 400
         name = Path(upload.filename or "upload").name
         try:
-            image = decode_upload(upload.read(), name)
+            image = open_image(upload.read(), name, exif_orientation=predictor.exif_orientation)
             with lock:
                 return jsonify(analyse(predictor, image, name, explain_k))
         except MSRNError as e:
@@ -132,13 +134,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest accepted upload")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     add_fast_argument(parser)
+    add_decoding_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run `msrn serve` until interrupted."""
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise MSRNError("--threshold must lie in [0, 1]")
-    predictor = load_from_args(args, threshold=args.threshold, device=args.device, fast=args.fast)
+    predictor = load_from_args(args, threshold=args.threshold, device=args.device, fast=args.fast,
+                               **decoding_options(args))
     app = create_app(predictor, max(0, args.explain_labels), args.max_upload_mb)
     server = make_server(app, args.host, args.port)
     print(f"msrn serve: {args.checkpoint} on http://{args.host}:{server.port}/ (Ctrl+C stops)", file=sys.stderr)
