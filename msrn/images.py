@@ -65,7 +65,7 @@ def check_pixels(size: tuple[int, int], max_pixels: int | None, where: str) -> N
     if max_pixels is not None and width * height > max_pixels:
         raise MSRNError(
             f"{where}: image is {width}x{height} ({width * height / 1e6:.1f} megapixels), more than the "
-            f"limit of {max_pixels / 1e6:g} megapixels (--max-pixels)"
+            f"limit of {max_pixels / 1e6:g} megapixels (--max-megapixels)"
         )
 
 

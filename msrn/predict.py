@@ -25,7 +25,7 @@ from torch import nn
 from msrn.checkpoint import load_model
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
-from msrn.images import open_image, to_rgb, upright
+from msrn.images import DEFAULT_MAX_PIXELS, open_image, to_rgb, upright
 from msrn.io import atomic_write_text, check_writable
 
 IMAGE_SUFFIXES = frozenset(
@@ -80,13 +80,14 @@ def describe(item: ImageInput) -> str | None:
     return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
 
 
-def read_input(item: ImageInput, exif_orientation: bool = False) -> Image.Image:
+def read_input(item: ImageInput, exif_orientation: bool = False, max_pixels: int | None = None) -> Image.Image:
     """Any accepted input as an RGB PIL image, or an MSRNError saying why not.
 
-    exif_orientation turns files and PIL images upright by their EXIF orientation tag.
+    exif_orientation turns files and PIL images upright by their EXIF orientation tag; a file
+    declaring more than max_pixels pixels is refused before it is decoded.
     """
     if isinstance(item, (str, os.PathLike)):
-        return open_image(item, exif_orientation=exif_orientation)
+        return open_image(item, exif_orientation=exif_orientation, max_pixels=max_pixels)
     if isinstance(item, Image.Image):
         if item.width == 0 or item.height == 0:
             raise MSRNError("image has zero size")
@@ -118,6 +119,7 @@ class Predictor:
         device: str | torch.device = "cpu",
         fast: bool = False,
         exif_orientation: bool | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
@@ -136,6 +138,7 @@ class Predictor:
         # decode as training did (the checkpoint says how), unless told otherwise
         self.exif_orientation = bool(getattr(model, "exif_orientation", True) if exif_orientation is None
                                      else exif_orientation)
+        self.max_pixels = max_pixels  # None: Pillow's own decompression-bomb limit only
 
     def _threshold_vector(self, threshold: float | Sequence[float] | None) -> np.ndarray:
         """Per-label thresholds: the argument, else the checkpoint's own, else 0.5 for every label."""
@@ -168,8 +171,8 @@ class Predictor:
         return cls(load_model(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels), **options)
 
     def decode(self, item: ImageInput) -> Image.Image:
-        """One input as the RGB image the model sees (EXIF orientation as configured), or an MSRNError."""
-        return read_input(item, self.exif_orientation)
+        """One input as the RGB image the model sees (orientation and pixel limit as configured), or an MSRNError."""
+        return read_input(item, self.exif_orientation, self.max_pixels)
 
     def _batches(self, items: Sequence[ImageInput]) -> Iterator[list[tuple[int, Image.Image | None, str | None]]]:
         """Batches of (index, decoded image or None, error or None), decoded lazily."""
@@ -297,7 +300,8 @@ def load(
 ) -> Predictor:
     """`msrn.load("best.pt")`: a Predictor for a project checkpoint or a reference one (with its pickles).
 
-    options: image_size, threshold, top_k, batch_size, device, fast, exif_orientation (see `Predictor`).
+    options: image_size, threshold, top_k, batch_size, device, fast, exif_orientation, max_pixels
+    (see `Predictor`).
     """
     return Predictor.from_checkpoint(checkpoint, word_vectors, cooccurrence, labels, **options)
 
@@ -336,15 +340,28 @@ def add_fast_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """--exif-orientation (predict, serve): how image files are decoded."""
+    """--exif-orientation and --max-megapixels (predict, serve): how image files are decoded."""
     parser.add_argument("--exif-orientation", choices=("on", "off"),
                         help="turn photos upright by their EXIF orientation tag (default: as the checkpoint's "
                              "training did; on for reference and older checkpoints)")
+    parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
+                        help="refuse images larger than MP megapixels, read from the file's header before "
+                             f"decoding (default {DEFAULT_MAX_PIXELS / 1e6:g})")
 
 
 def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The Predictor options that add_decoding_arguments' flags set."""
-    return {"exif_orientation": None if args.exif_orientation is None else args.exif_orientation == "on"}
+    """The Predictor options that add_decoding_arguments' flags set.
+
+    Pillow's own decompression-bomb limit is raised to --max-megapixels when that is higher: the
+    command owns its process, and the limit checked is then ours.
+    """
+    if not args.max_megapixels > 0:
+        raise MSRNError("--max-megapixels must be positive")
+    max_pixels = int(args.max_megapixels * 1e6)
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    return {"exif_orientation": None if args.exif_orientation is None else args.exif_orientation == "on",
+            "max_pixels": max_pixels}
 
 
 def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:

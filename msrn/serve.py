@@ -92,7 +92,8 @@ def create_app(predictor: Predictor, explain_k: int = 3, max_upload_mb: float = 
             return jsonify(error="no image in the request (send it as the multipart field 'image')"), 400
         name = Path(upload.filename or "upload").name
         try:
-            image = open_image(upload.read(), name, exif_orientation=predictor.exif_orientation)
+            image = open_image(upload.read(), name, exif_orientation=predictor.exif_orientation,
+                               max_pixels=predictor.max_pixels)
             with lock:
                 return jsonify(analyse(predictor, image, name, explain_k))
         except MSRNError as e:

@@ -1,5 +1,10 @@
-"""Decoding a person's photos: EXIF orientation, wherever a photo comes in."""
+"""Decoding a person's photos: EXIF orientation wherever a photo comes in, and bombs refused from the header."""
 from __future__ import annotations
+
+import json
+import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -7,9 +12,11 @@ import torch
 from PIL import ExifTags, Image
 
 from msrn.checkpoint import model_state
+from msrn.cli import main as cli
 from msrn.data import ImageDataset
 from msrn.data.csvfile import read_csv_dataset
 from msrn.data.transforms import TestTransform
+from msrn.errors import MSRNError
 from msrn.images import open_image
 from msrn.models import create_model
 from msrn.predict import load
@@ -81,3 +88,58 @@ def test_csv_reader_decodes_user_photos_upright(photos: dict) -> None:
     assert data.exif_orientation
     dataset = ImageDataset(data, TestTransform(64))
     torch.testing.assert_close(dataset[0][0], dataset[1][0], rtol=0, atol=0)
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A real decompression bomb: a valid greyscale PNG of width x height zeros, a few kB on disk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\0" * (width + 1)  # filter byte + one grey byte per pixel
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def allocated_while(action) -> tuple[object, int, int]:
+    """Run action(); return its result (or MSRNError), the bytes Pillow's image memory allocated and
+    Python's peak allocation during it (tracemalloc)."""
+    block = Image.core.get_block_size()
+    blocks = Image.core.get_stats()["allocated_blocks"]
+    tracemalloc.start()
+    try:
+        result = action()
+    except MSRNError as e:
+        result = e
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return result, (Image.core.get_stats()["allocated_blocks"] - blocks) * block, peak
+
+
+def test_bomb_is_refused_from_its_header_without_a_large_allocation() -> None:
+    bomb = bomb_png(6000, 6000)  # 36 megapixels: 36 MB grey, 144 MB as RGB once decoded
+    assert len(bomb) < 100_000
+    refused, pillow_bytes, python_peak = allocated_while(lambda: open_image(bomb, "bomb.png", max_pixels=10**7))
+    assert str(refused) == ("bomb.png: image is 6000x6000 (36.0 megapixels), more than the limit of "
+                            "10 megapixels (--max-megapixels)")
+    assert pillow_bytes == 0 and python_peak < 2_000_000
+    # without a limit of ours the same file does cost its pixels, so the measurement can tell
+    decoded, pillow_bytes, _ = allocated_while(lambda: open_image(bomb).size)
+    assert decoded == (6000, 6000) and pillow_bytes > 100_000_000
+
+
+def test_bomb_gets_one_line_in_predict(tmp_path, capsys: pytest.CaptureFixture, photos: dict) -> None:
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png(6000, 6000))
+    assert cli(["predict", "--checkpoint", str(photos["ckpt"]), str(bomb), str(photos["upright"]),
+                "--max-megapixels", "10"]) == 1
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert "more than the limit of 10 megapixels" in records[0]["error"] and records[1]["labels"] is not None
+    lines = captured.err.strip().splitlines()
+    assert lines[0] == f"msrn predict: {bomb}: image is 6000x6000 (36.0 megapixels), more than the limit of " \
+                       "10 megapixels (--max-megapixels)"
+    assert len(lines) == 2 and lines[1] == "msrn predict: 1 of 2 images could not be read"
+    with pytest.raises(MSRNError, match="more than the limit of 1 megapixels"):
+        load(photos["ckpt"], max_pixels=1_000_000).probabilities(bomb)
