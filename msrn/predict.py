@@ -188,10 +188,15 @@ class Predictor:
         if batch:
             yield batch
 
-    @torch.no_grad()
     def _forward(self, images: list[Image.Image], explain_k: int) -> tuple[np.ndarray, np.ndarray | None, list]:
-        """Probabilities (B x C), and with explain_k > 0 the top label ids (B x k) and attention maps."""
-        x = torch.stack([self.transform(img) for img in images]).to(self.device)
+        """`run` on decoded images."""
+        return self.run(torch.stack([self.transform(img) for img in images]), explain_k)
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, explain_k: int = 0) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+        """Probabilities (B x C) of a batch of transformed images (B x 3 x S x S), and with explain_k > 0
+        the top label ids (B x k) and attention maps (3 arrays B x k x H_s x W_s)."""
+        x = x.to(self.device)
         if explain_k <= 0:
             return torch.sigmoid(self._infer(x)).float().cpu().numpy(), None, []
         from msrn.explain import explained_forward
@@ -203,8 +208,13 @@ class Predictor:
             [m.float().cpu().numpy() for m in maps],
         )
 
-    def _record(self, name: str | None, probs: np.ndarray, thresholds: np.ndarray, top_k: int | None) -> dict:
-        """The record of one image: labels at or above their threshold, best first, at most top_k."""
+    def record(
+        self, name: str | None, probs: np.ndarray, thresholds: np.ndarray | None = None, top_k: int | None = None
+    ) -> dict:
+        """The record of one image: labels at or above their threshold, best first, at most top_k
+        (defaults: the predictor's own)."""
+        thresholds = self.thresholds if thresholds is None else thresholds
+        top_k = self.top_k if top_k is None else top_k
         order = np.argsort(-probs, kind="stable")
         keep = [int(i) for i in order if probs[i] >= thresholds[i]]
         if top_k is not None:
@@ -238,18 +248,19 @@ class Predictor:
                 r = row[i]
                 expl = None
                 if idx is not None:
-                    expl = self._explanation(img, name, i, probs[r], idx[r], [m[r] for m in maps], thresholds)
-                yield Result(self._record(name, probs[r], thresholds, top_k), probs[r], expl)
+                    expl = self.explanation(img, name, probs[r], idx[r], [m[r] for m in maps], thresholds, i)
+                yield Result(self.record(name, probs[r], thresholds, top_k), probs[r], expl)
 
-    def _explanation(
-        self, img: Image.Image, name: str | None, i: int, probs: np.ndarray, ids: np.ndarray,
-        maps: list[np.ndarray], thresholds: np.ndarray,
+    def explanation(
+        self, img: Image.Image, name: str | None, probs: np.ndarray, ids: np.ndarray,
+        maps: list[np.ndarray], thresholds: np.ndarray | None = None, index: int = 0,
     ) -> Any:
-        """Bundle one image's top labels, scores and maps for drawing."""
+        """Bundle one image's top labels, scores and maps (from `run`) for drawing."""
         from msrn.explain import Explanation
 
+        thresholds = self.thresholds if thresholds is None else thresholds
         return Explanation(
-            image=img, name=Path(name).name if name else f"image {i}",
+            image=img, name=Path(name).name if name else f"image {index}",
             labels=[self.labels[j] for j in ids], scores=[float(probs[j]) for j in ids],
             maps=maps, thresholds=[float(thresholds[j]) for j in ids],
         )

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import struct
 import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import ExifTags, Image
+from image_helpers import bomb_png, sideways_jpeg
+from PIL import Image
 
 from msrn.checkpoint import model_state
 from msrn.cli import main as cli
@@ -35,9 +34,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """
     root = tmp_path_factory.mktemp("photos")
     china = Image.fromarray(datasets.load_sample_image("china.jpg"))
-    exif = Image.Exif()
-    exif[ExifTags.Base.Orientation] = 6  # "turn 90 degrees clockwise to view"
-    china.transpose(Image.Transpose.ROTATE_90).save(root / "sideways.jpg", quality=92, exif=exif)
+    (root / "sideways.jpg").write_bytes(sideways_jpeg(china))
     with Image.open(root / "sideways.jpg") as stored:
         assert stored.size == (427, 640)  # stored portrait, meant landscape
         stored.transpose(Image.Transpose.ROTATE_270).save(root / "upright.png")
@@ -88,17 +85,6 @@ def test_csv_reader_decodes_user_photos_upright(photos: dict) -> None:
     assert data.exif_orientation
     dataset = ImageDataset(data, TestTransform(64))
     torch.testing.assert_close(dataset[0][0], dataset[1][0], rtol=0, atol=0)
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A real decompression bomb: a valid greyscale PNG of width x height zeros, a few kB on disk."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    packer, row = zlib.compressobj(9), b"\0" * (width + 1)  # filter byte + one grey byte per pixel
-    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def allocated_while(action) -> tuple[object, int, int]:
