@@ -153,7 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run `msrn export`: load, export, verify with onnxruntime, report."""
     _require_onnx()
-    predictor = load_from_args(args)
+    predictor = load_from_args(args, fast=False)  # the network as written; onnxruntime does its own folding
     model = predictor.model
     diff = export_onnx(model, args.out, predictor.image_size, args.opset)
     print(

@@ -117,14 +117,14 @@ class Predictor:
         top_k: int | None = None,
         batch_size: int = 8,
         device: str | torch.device = "cpu",
-        fast: bool = False,
+        fast: bool = True,
         exif_orientation: bool | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self._infer: nn.Module = self.model  # what plain (unexplained) batches run through
-        if fast:  # batch norm folded, channels-last: the same logits to ~1e-6 (msrn.models.fuse)
+        if fast:  # batch norm folded, channels-last: the same logits to ~1e-6 (msrn.models.fuse); faster
             from msrn.models.fuse import optimize_for_inference
 
             self._infer = optimize_for_inference(self.model)
@@ -344,10 +344,16 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_fast_argument(parser: argparse.ArgumentParser) -> None:
-    """--fast (predict, serve): the batch-norm-folded, channels-last model; same logits to ~1e-6."""
-    parser.add_argument("--fast", action="store_true",
-                        help="fold batch norm into the convolutions and use channels-last memory: the same "
-                             "scores to ~1e-6 relative, 1.2-1.4x faster on CPU (see BENCHMARKS.md)")
+    """--exact (predict, serve, evaluate): the spec's literal computation instead of the default folded model.
+
+    --fast, once the option for the folded model, is the default now and stays accepted.
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--exact", action="store_true",
+                       help="run the network as written (batch norm apart, default memory layout) instead of the "
+                            "default batch-norm-folded, channels-last copy: the same scores to ~1e-6, slower on CPU "
+                            "(see BENCHMARKS.md)")
+    group.add_argument("--fast", action="store_true", help="the folded model: the default (kept for old command lines)")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -467,7 +473,7 @@ def main(args: argparse.Namespace) -> int:
     if args.explain_labels < 1:
         raise MSRNError("--explain-labels must be at least 1")
     predictor = load_from_args(args, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                               device=args.device, fast=args.fast, **decoding_options(args))
+                               device=args.device, fast=not args.exact, **decoding_options(args))
     explain_k = 0
     if args.explain:
         from msrn.explain import require_msrn, save_figure

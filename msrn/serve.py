@@ -384,7 +384,7 @@ def main(args: argparse.Namespace) -> int:
     """Run `msrn serve` until interrupted."""
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise MSRNError("--threshold must lie in [0, 1]")
-    predictor = load_from_args(args, threshold=args.threshold, device=args.device, fast=args.fast,
+    predictor = load_from_args(args, threshold=args.threshold, device=args.device, fast=not args.exact,
                                **decoding_options(args))
     app = create_app(predictor, max(0, args.explain_labels), args.max_upload_mb, args.queue, args.batch_size,
                      args.batch_wait_ms)

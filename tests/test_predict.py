@@ -218,7 +218,7 @@ def test_fast_predictor_folds_batch_norm_and_keeps_scores_and_explanations(tmp_p
     ckpt = tmp_path / "m.pt"
     torch.save(model_state(model.eval(), image_size=64), ckpt)
     images = [_image(i) for i in range(3)]
-    plain, fast = load(ckpt, threshold=0.0), load(ckpt, threshold=0.0, fast=True)
+    plain, fast = load(ckpt, threshold=0.0, fast=False), load(ckpt, threshold=0.0)  # fast: the default
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.model.modules())
     assert fast.labels == LABELS and fast.image_size == 64
     expected = plain.probabilities(images)
@@ -229,8 +229,11 @@ def test_fast_predictor_folds_batch_norm_and_keeps_scores_and_explanations(tmp_p
     paths = [tmp_path / f"{i}.png" for i in range(3)]
     for img, path in zip(images, paths):
         img.save(path)
-    assert cli(["predict", "--checkpoint", str(ckpt), "--fast", "--threshold", "0", *map(str, paths)]) == 0
-    records = json.loads(capsys.readouterr().out)
-    got = np.array([[x["score"] for x in sorted(r["labels"], key=lambda x: LABELS.index(x["label"]))]
-                    for r in records])
-    np.testing.assert_allclose(got, expected, atol=2e-6)
+    for flags in ([], ["--fast"], ["--exact"]):  # --fast, once an option, is the default and still accepted
+        assert cli(["predict", "--checkpoint", str(ckpt), *flags, "--threshold", "0", *map(str, paths)]) == 0
+        records = json.loads(capsys.readouterr().out)
+        got = np.array([[x["score"] for x in sorted(r["labels"], key=lambda x: LABELS.index(x["label"]))]
+                        for r in records])
+        np.testing.assert_allclose(got, expected, atol=2e-6 if flags != ["--exact"] else 1e-6)
+    with pytest.raises(SystemExit):  # one or the other
+        cli(["predict", "--checkpoint", str(ckpt), "--fast", "--exact", str(paths[0])])
