@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ctypes
+import ctypes.util
 import socket
 import sys
 import threading
@@ -51,6 +53,9 @@ BATCH_WAIT_MS = 5.0
 RETRY_AFTER_S = 1
 SPARE_THREADS = 4  # server threads beyond the queue, so that a request over the bound is refused at once
 TRUE = ("1", "true", "yes", "on")
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+MALLOC_ARENAS = 2
+IMAGE_BLOCK = 64 << 20  # bytes per Pillow image block (its default: 16 MB)
 
 
 def _b64_png(image: Image.Image) -> str:
@@ -358,6 +363,25 @@ def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> Server:
     return Server(app, host, port)
 
 
+def return_freed_memory() -> None:
+    """Make memory freed after a request go back to the system or to the next request.
+
+    Two allocator habits kept what decoding freed: glibc gives threads that allocate at the same
+    time heaps of their own (up to 8 per core) and keeps memory freed in each, and once a block
+    under 32 MB has been freed it carves later ones from those heaps instead of mapping them.
+    After 16 concurrent 24-megapixel uploads the server held 1.8 GB above its warm RSS. Pillow's
+    image blocks of 64 MB (above that 32 MB bound) are always mapped and unmapped, and two heaps
+    shared by all threads reuse what is freed: 0.4 GB at the peak, 0.1 GB after, at no measurable
+    cost in the model's speed (torch's allocations are left as they are). glibc only for the
+    heaps; call it before threads start.
+    """
+    Image.core.set_block_size(IMAGE_BLOCK)
+    name = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError):
+        if name:
+            ctypes.CDLL(name).mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn serve`."""
     add_checkpoint_arguments(parser)
@@ -384,6 +408,7 @@ def main(args: argparse.Namespace) -> int:
     """Run `msrn serve` until interrupted."""
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise MSRNError("--threshold must lie in [0, 1]")
+    return_freed_memory()  # the command owns its process
     predictor = load_from_args(args, threshold=args.threshold, device=args.device, fast=not args.exact,
                                **decoding_options(args))
     app = create_app(predictor, max(0, args.explain_labels), args.max_upload_mb, args.queue, args.batch_size,
