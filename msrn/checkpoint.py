@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from msrn.errors import MSRNError
-from msrn.reference_files import LABELS as REFERENCE_LABELS
-from msrn.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
+from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
+from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
 
 FORMAT = "msrn"
 VERSION = 1

@@ -127,7 +127,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
               lr_backbone=0.01, epochs=30, lr_steps=(20,))
-# the benchmarks' label inputs: the reference's GloVe vectors and co-occurrence pickles (msrn.reference_files)
+# the benchmarks' label inputs: the reference's GloVe vectors and co-occurrence pickles (msrn.labels.reference_files)
 _REFERENCE_LABEL_FILES = dict(word_vectors="reference", cooccurrence="reference")
 # The paper's code asks for 20 epochs with a step at 30 and then runs 200 epochs selecting on the
 # test set; these presets state a schedule and select nothing on the test set.

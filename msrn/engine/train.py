@@ -137,7 +137,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, keep_epochs: bool = False):
         from msrn.checkpoint import build_from_state
         from msrn.io import check_writable, remove_stale_temps
-        from msrn.labelset import LabelSet, build_label_set
+        from msrn.labels.labelset import LabelSet, build_label_set
         from msrn.models import create_model
 
         if cfg.init and cfg.resume:

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from msrn.errors import MSRNError
-from msrn.graph import TAU, Cooccurrence, adjacency, read_cooccurrence
+from msrn.labels.graph import TAU, Cooccurrence, adjacency, read_cooccurrence
+from msrn.labels.wordvec import load_word_vectors
 from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
 from msrn.models.resnet import ResNet
 from msrn.models.timm_backbone import PREFIX, TimmBackbone, load_timm_pretrained
-from msrn.wordvec import load_word_vectors
 
 # name -> overrides of MSRNConfig (the paper's model first, then smaller ones for CPU work)
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
