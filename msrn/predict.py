@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from msrn.checkpoint import load_model
 from msrn.data.base import _to_rgb, open_image
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.io import atomic_write_text, check_writable
+from msrn.models.loading import load_model
 from msrn.models.tta import TTA_MODES, with_tta
 
 IMAGE_SUFFIXES = frozenset(

@@ -21,13 +21,14 @@ from PIL import Image
 from torch import nn
 
 from msrn import distributed
-from msrn.checkpoint import load_model, read_checkpoint
+from msrn.checkpoint import read_checkpoint
 from msrn.config import TrainConfig
 from msrn.data import build_dataset
 from msrn.engine.evaluate import predict_scores, score_metrics
 from msrn.engine.losses import model_group_loss
 from msrn.engine.sampling import EpochSampler
 from msrn.engine.train import train
+from msrn.models.loading import load_model
 
 LABELS = ("cat", "dog", "sky", "tree")
 SPLITS = {"train": 24, "test": 11, "step": 4}

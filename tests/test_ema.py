@@ -10,9 +10,10 @@ import torch
 from test_engine import make_csv, train_args
 from torch import nn
 
-from msrn.checkpoint import load_model, read_checkpoint
+from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
 from msrn.engine.ema import WeightEMA, ema_decay
+from msrn.models.loading import load_model
 
 
 def _net() -> nn.Module:

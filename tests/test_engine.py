@@ -70,10 +70,10 @@ def test_run_folder_holds_everything(run: tuple[Path, Path]) -> None:
 def test_evaluate_reproduces_the_run_metrics(
     run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from msrn.checkpoint import load_model
     from msrn.data import build_dataset
     from msrn.engine.evaluate import predict_scores
     from msrn.metrics import reference_tuned_metrics
+    from msrn.models.loading import load_model
 
     csv, out = run
     report = tmp_path / "eval.json"
@@ -115,7 +115,7 @@ def test_schedule_and_parameter_groups(run: tuple[Path, Path]) -> None:
 
 
 def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
-    from msrn.checkpoint import load_model
+    from msrn.models.loading import load_model
 
     csv = make_csv(tmp_path / "data", seed=1)
     out = tmp_path / "run"
@@ -184,8 +184,9 @@ def relabelled_csv(csv: Path, folder: Path) -> Path:
 
 
 def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, Path], tmp_path: Path) -> None:
-    from msrn.checkpoint import load_model, read_checkpoint
+    from msrn.checkpoint import read_checkpoint
     from msrn.engine.train import Trainer, train
+    from msrn.models.loading import load_model
 
     csv, out = run
     source = read_checkpoint(out / "best.pt")["state_dict"]

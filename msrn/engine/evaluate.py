@@ -151,9 +151,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from msrn.checkpoint import load_model
     from msrn.io import atomic_write_json
     from msrn.metrics import format_metrics
+    from msrn.models.loading import load_model
 
     device = dist.setup(args.device)
     if args.scores and dist.is_main():

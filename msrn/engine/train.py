@@ -135,10 +135,10 @@ class Trainer:
     """Owns one run: data, model, optimiser, schedule, state on disk."""
 
     def __init__(self, cfg: TrainConfig, keep_epochs: bool = False):
-        from msrn.checkpoint import build_from_state
         from msrn.io import check_writable, remove_stale_temps
         from msrn.labels.labelset import LabelSet, build_label_set
         from msrn.models import create_model
+        from msrn.models.loading import build_from_state
 
         if cfg.init and cfg.resume:
             raise MSRNError("--init and --resume exclude each other: --init starts a new run from a checkpoint's "
@@ -231,7 +231,7 @@ class Trainer:
         return self.ema.module if which == "ema" else self.model
 
     def checkpoint(self, full: bool, which: str = "live") -> dict:
-        from msrn.checkpoint import model_state
+        from msrn.models.loading import model_state
 
         ckpt = model_state(self.weights(which), self.cfg.image_size)
         ckpt.update(labelset=self.labelset.to_dict(), config=self.cfg.to_dict(), epoch=self.epoch,

@@ -15,8 +15,8 @@ from typing import NamedTuple
 from msrn.data.apparel import APPAREL_LABELS
 from msrn.data.nuswide import NUSWIDE_LABELS
 from msrn.data.voc import VOC_LABELS
+from msrn.download import fetch
 from msrn.errors import MSRNError
-from msrn.pretrained import fetch
 
 REFERENCE = "reference"  # the source name that selects these files
 COMMIT = "469d28f5ed162976996634bd7729a86b73a98e92"  # chehao2628/MSRN
