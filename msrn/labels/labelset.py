@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from msrn.data import DATASETS, DEFAULT_SPLITS, build_dataset
 from msrn.errors import MSRNError
 from msrn.io import atomic_save_torch, atomic_write_bytes, atomic_write_text, check_writable
+from msrn.labels.encoder import DEFAULT_ENCODER, encode_labels
 from msrn.labels.graph import (
     REWEIGHT,
     TAU,
@@ -34,7 +37,7 @@ from msrn.labels.graph import (
     read_cooccurrence,
 )
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
-from msrn.labels.reference_files import REFERENCE, check_label_order, resolve
+from msrn.labels.reference_files import REFERENCE, check_label_order, default_sources, resolve
 from msrn.labels.vectors_ngram import NGRAM_DIM, ngram_vectors
 from msrn.labels.wordvec import label_words, load_word_vectors, read_name_map
 from msrn.targets import UNKNOWN
@@ -116,8 +119,6 @@ class LabelSet:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors, lists and strings only, so `torch.load(weights_only=True)` reads it back."""
-        import torch
-
         d = {
             "format": FORMAT, "version": VERSION, "labels": list(self.labels),
             "counts": torch.from_numpy(np.ascontiguousarray(self.cooccurrence.counts, dtype=np.float64)),
@@ -158,8 +159,6 @@ class LabelSet:
     @classmethod
     def load(cls, path: str | Path) -> LabelSet:
         """Read a file written by `save`, with weights_only=True so it can never run code."""
-        import torch
-
         path = Path(path)
         if not path.is_file():
             raise MSRNError(f"label set {path} does not exist")
@@ -218,8 +217,6 @@ def label_vectors(
         vecs = ngram_vectors([label_words(x, mapping) for x in labels], labels, dim)
         return vecs, "ngram" if dim == NGRAM_DIM else f"ngram:{dim}"
     if kind == "encoder":
-        from msrn.labels.encoder import DEFAULT_ENCODER, encode_labels
-
         model = arg or DEFAULT_ENCODER
         texts = [" ".join(label_words(x, mapping)) or x for x in labels]
         return encode_labels(texts, model), f"encoder:{model}"
@@ -356,6 +353,7 @@ def report_text(ls: LabelSet) -> str:
 
 def _save_figure(fig: Any, path: Path) -> None:
     """Render a matplotlib Figure with Agg into memory and write the PNG atomically."""
+    # matplotlib on drawing only: the CLI imports this module
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -366,7 +364,7 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 def plot_label_graph(ls: LabelSet, path: Path) -> None:
     """Circular drawing of the graph: nodes sized by image count, an arrow i -> j per edge."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib on drawing only: the CLI imports this module
 
     c = ls.num_classes
     side = float(np.clip(5 + 0.1 * c, 6, 16))
@@ -412,7 +410,7 @@ def plot_label_graph(ls: LabelSet, path: Path) -> None:
 
 def plot_cooccurrence(ls: LabelSet, path: Path) -> None:
     """Heatmap of P(j|i) (row i, column j) with label names; cells that pass tau are boxed."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib on drawing only: the CLI imports this module
 
     c = ls.num_classes
     p = ls.conditional()
@@ -453,8 +451,6 @@ def write_report(ls: LabelSet, folder: str | Path) -> list[Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn labels`."""
-    from msrn.data import DATASETS
-
     parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset kind")
     parser.add_argument("--data", required=True, help="dataset folder (or CSV file for --dataset csv)")
     parser.add_argument("--split", help="split to count on (default: the dataset's training split)")
@@ -486,16 +482,13 @@ def summary(ls: LabelSet) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     """Build, save and report the label set of a dataset's training split."""
-    from msrn.config import PRESETS
-    from msrn.data import DEFAULT_SPLITS, build_dataset
-
     train_split, test_split = DEFAULT_SPLITS[args.dataset]
     split = args.split or train_split
     if split == test_split:
         print(f"msrn labels: warning: counting on the test split {split!r}; the graph should come from "
               "training data only", file=sys.stderr)  # fmt: skip
     data = build_dataset(args.dataset, args.data, split)
-    preset = PRESETS.get(args.dataset, {})  # the sources `msrn train` would use
+    preset = default_sources(args.dataset)  # the sources `msrn train` would use
     vectors = args.vectors or preset.get("word_vectors")
     cooccurrence = args.cooccurrence or preset.get("cooccurrence") or COUNTED
     ls = build_label_set(data, vectors, args.name_map, args.tau, args.reweight, cooccurrence)

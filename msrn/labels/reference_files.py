@@ -79,6 +79,11 @@ LABELS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+def default_sources(dataset: str) -> dict[str, str]:
+    """The label inputs a dataset takes when none are named: the reference's own files on the benchmarks."""
+    return {kind: REFERENCE for kind in OPTIONS} if dataset in FILES else {}
+
+
 def _entry(dataset: str, kind: str) -> ReferenceFile:
     """The table row of (dataset, kind), or one line saying which datasets have reference files."""
     if dataset not in FILES:
