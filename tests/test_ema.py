@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import make_csv, train_args
+from data_helpers import make_csv
+from test_engine import train_args
 from torch import nn
 
 from msrn.checkpoint import read_checkpoint
