@@ -78,8 +78,8 @@ def split_validation(data: MultiLabelData, fraction: float, seed: int) -> tuple[
 def make_sgd(groups: list[dict], cfg: TrainConfig) -> torch.optim.SGD:
     """SGD with momentum and weight decay, as the fused kernel where this torch has one.
 
-    Fused is the same update in one pass per tensor: for COCO's 264M-weight fc1 the step drops
-    from about 0.7 s to 0.15 s on 2 CPU cores (benchmarks/bench_model.py).
+    Fused is the same update in one pass per tensor, which matters for fc1's 264M weights on COCO
+    (the measurement is in BENCHMARKS.md).
     """
     kw = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     try:
