@@ -42,11 +42,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # msrn from this tree; referenc
 
 from reference_impl import random_reference_state, reference_forward  # noqa: E402
 
-from msrn.checkpoint import load_model  # noqa: E402
 from msrn.data.synthetic import ensure_synthetic  # noqa: E402
 from msrn.engine.evaluate import autocast  # noqa: E402
 from msrn.engine.losses import soft_margin_loss as training_loss  # noqa: E402
 from msrn.models import create_model, placeholder_vectors  # noqa: E402
+from msrn.models.loading import load_model  # noqa: E402
 
 STEPS = ("cuda_tests", "parity", "train", "evaluate", "throughput")
 PARITY_TOL = 1e-4  # max |difference| over max |logit|, as tests/test_checkpoint.py allows

@@ -5,12 +5,14 @@ dataset and the data path and nothing else. Every field can be overridden from t
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.errors import MSRNError
+from msrn.labels.reference_files import default_sources
 from msrn.models.tta import TTA_MODES
 
 
@@ -127,15 +129,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
               lr_backbone=0.01, epochs=30, lr_steps=(20,))
-# the benchmarks' label inputs: the reference's GloVe vectors and co-occurrence pickles (msrn.reference_files)
-_REFERENCE_LABEL_FILES = dict(word_vectors="reference", cooccurrence="reference")
 # The paper's code asks for 20 epochs with a step at 30 and then runs 200 epochs selecting on the
 # test set; these presets state a schedule and select nothing on the test set.
 PRESETS: dict[str, dict[str, Any]] = {
-    "voc2007": dict(_PAPER, **_REFERENCE_LABEL_FILES, pool_ratio=0.2),
-    "coco2014": dict(_PAPER, **_REFERENCE_LABEL_FILES, pool_ratio=0.05),
-    "nuswide": dict(_PAPER, **_REFERENCE_LABEL_FILES, pool_ratio=0.05),
-    "apparel": dict(_PAPER, **_REFERENCE_LABEL_FILES, pool_ratio=0.2, epochs=20, lr_steps=(15,)),
+    "voc2007": dict(_PAPER, **default_sources("voc2007"), pool_ratio=0.2),
+    "coco2014": dict(_PAPER, **default_sources("coco2014"), pool_ratio=0.05),
+    "nuswide": dict(_PAPER, **default_sources("nuswide"), pool_ratio=0.05),
+    "apparel": dict(_PAPER, **default_sources("apparel"), pool_ratio=0.2, epochs=20, lr_steps=(15,)),
     "csv": dict(_PAPER, pool_ratio=0.2, val_fraction=0.1),
     # the built-in demo: a tiny backbone from scratch on 64 px images, minutes on a CPU
     "synthetic": dict(model="msrn_tiny", pretrained=None, image_size=64, batch_size=32, lr=0.1,
@@ -206,8 +206,6 @@ HELP: dict[str, str] = {
 
 def add_config_arguments(parser: Any) -> None:
     """One option per TrainConfig field; unset options keep the dataset preset's value."""
-    import argparse
-
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kw: dict[str, Any] = {"default": None, "help": HELP.get(f.name)}

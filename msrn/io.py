@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import numpy as np
+import torch
 
 from msrn.errors import MSRNError
 
@@ -76,8 +77,6 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def atomic_save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
     """torch.save obj to path atomically, so an interrupted save never corrupts a checkpoint."""
-    import torch  # imported here so that metrics and plots can use this module without torch
-
     _atomic_write(path, lambda handle: torch.save(obj, handle))
 
 

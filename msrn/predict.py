@@ -22,11 +22,11 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from msrn.checkpoint import load_model
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.io import atomic_write_text, check_writable
+from msrn.models.loading import load_model
 from msrn.models.tta import TTA_MODES, with_tta
 from msrn.tagging import (  # noqa: F401  (IMAGE_SUFFIXES, array_to_image, find_images: public here too)
     IMAGE_SUFFIXES,

@@ -16,19 +16,13 @@ import torch
 from model_helpers import randomise_batchnorms
 from reference_impl import random_reference_state, reference_forward
 
-from msrn.checkpoint import (
-    checkpoint_weights,
-    load_model,
-    map_reference_state,
-    match_init_state,
-    model_state,
-    read_checkpoint,
-)
+from msrn.checkpoint import checkpoint_weights, map_reference_state, match_init_state, read_checkpoint
 from msrn.data.apparel import APPAREL_LABELS
 from msrn.errors import MSRNError
 from msrn.models import create_model
+from msrn.models.loading import load_model, model_state
+from msrn.models.pretrained import load_pretrained_backbone
 from msrn.models.resnet import ResNet
-from msrn.pretrained import load_pretrained_backbone
 from msrn.safe_pickle import load_numpy_pickle
 
 DATASETS = ["voc", "coco", "nuswide", "apparel"]

@@ -10,7 +10,6 @@ import torch
 from image_helpers import bomb_png, sideways_jpeg
 from PIL import Image
 
-from msrn.checkpoint import model_state
 from msrn.cli import main as cli
 from msrn.data import ImageDataset
 from msrn.data.csvfile import read_csv_dataset
@@ -18,6 +17,7 @@ from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.images import open_image
 from msrn.models import create_model
+from msrn.models.loading import model_state
 from msrn.predict import load
 
 datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn not installed (its sample photo is used)")

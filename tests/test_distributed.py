@@ -17,17 +17,20 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from PIL import Image
+from data_helpers import noise_csv
 from torch import nn
 
 from msrn import distributed
-from msrn.checkpoint import load_model, read_checkpoint
+from msrn.checkpoint import read_checkpoint
 from msrn.config import TrainConfig
 from msrn.data import build_dataset
 from msrn.engine.evaluate import predict_scores, score_metrics
 from msrn.engine.losses import model_group_loss
 from msrn.engine.sampling import EpochSampler
 from msrn.engine.train import train
+from msrn.models.loading import load_model
+
+pytestmark = pytest.mark.slow  # every test here launches torchrun
 
 LABELS = ("cat", "dog", "sky", "tree")
 SPLITS = {"train": 24, "test": 11, "step": 4}
@@ -45,17 +48,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def csv_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny dataset: 32x32 noise images with a few labels each, one CSV."""
-    root = tmp_path_factory.mktemp("ddp-data")
-    rng = np.random.default_rng(0)
-    rows = ["image,labels,split"]
-    for split, n in SPLITS.items():
-        for i in range(n):
-            name = f"{split}{i}.png"
-            Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(root / name)
-            labels = [lab for lab in LABELS if rng.random() < 0.4] or [LABELS[i % len(LABELS)]]
-            rows.append(f"{name},{'|'.join(labels)},{split}")
-    (root / "data.csv").write_text("\n".join(rows) + "\n")
-    return root / "data.csv"
+    return noise_csv(tmp_path_factory.mktemp("ddp-data"), SPLITS, LABELS, size=32)
 
 
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:

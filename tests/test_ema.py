@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_engine import make_csv, train_args
+from data_helpers import make_csv
+from test_engine import train_args
 from torch import nn
 
-from msrn.checkpoint import load_model, read_checkpoint
+from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
 from msrn.engine.ema import WeightEMA, ema_decay
+from msrn.models.loading import load_model
 
 
 def _net() -> nn.Module:

@@ -8,35 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from data_helpers import LABELS, make_csv
 
 from msrn.cli import main as cli
 from msrn.config import PRESETS, TrainConfig, preset_config
 from msrn.errors import MSRNError
 
-LABELS = ("blue", "green", "red")
 METRIC_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "CR_top3", "CF1_top3", "OP_top3",
                "OR_top3", "OF1_top3", "ap_per_label")
-
-
-def make_csv(root: Path, n_train: int = 40, n_test: int = 13, seed: int = 0) -> Path:
-    """Colour-block images: a label's colour fills its own region when the label is present."""
-    rng = np.random.default_rng(seed)
-    regions = {"red": (slice(0, 16), slice(0, 32)), "green": (slice(16, 32), slice(0, 16)),
-               "blue": (slice(16, 32), slice(16, 32))}
-    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-    rows = ["image,labels,split"]
-    (root / "img").mkdir(parents=True)
-    for i in range(n_train + n_test):
-        present = [lab for lab in LABELS if rng.random() < 0.5]
-        arr = rng.integers(90, 140, (32, 32, 3), dtype=np.uint8)
-        for lab in present:
-            arr[regions[lab]] = colours[lab]
-        Image.fromarray(arr).save(root / "img" / f"{i}.png")
-        rows.append(f"img/{i}.png,{'|'.join(present)},{'train' if i < n_train else 'test'}")
-    path = root / "data.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def train_args(csv: Path, out: Path, *extra: str) -> list[str]:
@@ -70,10 +49,10 @@ def test_run_folder_holds_everything(run: tuple[Path, Path]) -> None:
 def test_evaluate_reproduces_the_run_metrics(
     run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from msrn.checkpoint import load_model
     from msrn.data import build_dataset
     from msrn.engine.evaluate import predict_scores
     from msrn.metrics import reference_tuned_metrics
+    from msrn.models.loading import load_model
 
     csv, out = run
     report = tmp_path / "eval.json"
@@ -115,7 +94,7 @@ def test_schedule_and_parameter_groups(run: tuple[Path, Path]) -> None:
 
 
 def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
-    from msrn.checkpoint import load_model
+    from msrn.models.loading import load_model
 
     csv = make_csv(tmp_path / "data", seed=1)
     out = tmp_path / "run"
@@ -184,8 +163,9 @@ def relabelled_csv(csv: Path, folder: Path) -> Path:
 
 
 def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, Path], tmp_path: Path) -> None:
-    from msrn.checkpoint import load_model, read_checkpoint
+    from msrn.checkpoint import read_checkpoint
     from msrn.engine.train import Trainer, train
+    from msrn.models.loading import load_model
 
     csv, out = run
     source = read_checkpoint(out / "best.pt")["state_dict"]
@@ -238,6 +218,7 @@ def test_missing_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert err.count("\n") == 0 and "nope.csv" in err
 
 
+@pytest.mark.slow
 def test_demo_trains_msrn_and_baseline(tmp_path: Path) -> None:
     from msrn.engine.demo import run_demo, write_summary
 

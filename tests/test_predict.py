@@ -14,11 +14,11 @@ from model_helpers import randomise_batchnorms
 from PIL import Image
 
 import msrn
-from msrn.checkpoint import model_state
 from msrn.cli import main as cli
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.models import create_model
+from msrn.models.loading import model_state
 from msrn.predict import Predictor, array_to_image, load
 
 LABELS = ["cat", "dog", "car", "tree", "sky"]

@@ -16,9 +16,9 @@ from msrn.data import build_dataset
 from msrn.data.base import MultiLabelData
 from msrn.data.voc import VOC_LABELS
 from msrn.errors import MSRNError
-from msrn.graph import read_cooccurrence
-from msrn.labelset import build_label_set
-from msrn.reference_files import (
+from msrn.labels.graph import read_cooccurrence
+from msrn.labels.labelset import build_label_set
+from msrn.labels.reference_files import (
     BASE_URL,
     COCO_LABELS,
     COMMIT,
@@ -29,7 +29,7 @@ from msrn.reference_files import (
     reference_url,
     resolve,
 )
-from msrn.wordvec import load_word_vectors
+from msrn.labels.wordvec import load_word_vectors
 
 SHARED_FOLDER = {"voc2007": "voc", "coco2014": "coco", "nuswide": "nuswide", "apparel": "apparel"}
 

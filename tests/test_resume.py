@@ -13,26 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from data_helpers import noise_csv
 
 from msrn.checkpoint import read_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 TIMEOUT = 60
-
-
-def make_csv(folder: Path, n_train: int = 20, n_test: int = 6, size: int = 64) -> Path:
-    """A tiny CSV dataset of random images with four labels."""
-    rng = np.random.default_rng(0)
-    (folder / "img").mkdir(parents=True)
-    rows = ["image,labels,split"]
-    for i in range(n_train + n_test):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / "img" / f"{i}.png")
-        labels = "|".join(name for name in "abcd" if rng.random() < 0.4) or "a"
-        rows.append(f"img/{i}.png,{labels},{'train' if i < n_train else 'test'}")
-    path = folder / "data.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
 
 
 def train_cmd(csv: Path, out: Path, *extra: str) -> list[str]:
@@ -106,11 +92,12 @@ def assert_same_run(a: Path, b: Path) -> None:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The dataset and an uninterrupted reference run."""
     root = tmp_path_factory.mktemp("resume")
-    csv = make_csv(root)
+    csv = noise_csv(root, {"train": 20, "test": 6})
     run_to_end(train_cmd(csv, root / "A"))
     return csv, root / "A"
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted(runs: tuple[Path, Path], tmp_path: Path) -> None:
     """SIGKILL at random moments (mid-epoch, during saves), resume with and without a file: same end state."""
     csv, a = runs

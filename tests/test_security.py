@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from msrn.checkpoint import load_model
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
+from msrn.models.loading import load_model
 
 
 class Touch:

@@ -22,8 +22,8 @@ import torch
 from image_helpers import bomb_png, sideways_jpeg
 from PIL import Image
 
-from msrn.checkpoint import model_state
 from msrn.models import create_model
+from msrn.models.loading import model_state
 from msrn.predict import load
 
 pytest.importorskip("flask", reason="flask not installed (pip install 'msrn[serve]')")

@@ -52,7 +52,7 @@ def test_channels_last_maps_are_turned_to_channels_first() -> None:
 
 def test_checkpoint_round_trip_and_timm_weight_file(tmp_path: Path) -> None:
     timm = _timm_or_skip()
-    from msrn.checkpoint import load_model, model_state
+    from msrn.models.loading import load_model, model_state
     from msrn.models.timm_backbone import load_timm_pretrained
 
     torch.manual_seed(0)
@@ -81,7 +81,8 @@ def test_models_without_the_three_strides_are_refused() -> None:
 
 def test_train_command_with_a_timm_backbone(tmp_path: Path) -> None:
     _timm_or_skip()
-    from test_engine import make_csv, train_args
+    from data_helpers import make_csv
+    from test_engine import train_args
 
     from msrn.checkpoint import read_checkpoint
 
@@ -95,7 +96,8 @@ def test_train_command_with_a_timm_backbone(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed here")
 def test_without_timm_the_option_says_what_to_install(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from test_engine import make_csv, train_args
+    from data_helpers import make_csv
+    from test_engine import train_args
 
     args = train_args(make_csv(tmp_path / "data", n_train=8, n_test=4), tmp_path / "run")
     args[args.index("msrn_tiny")] = "msrn_timm"

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_engine import LABELS, make_csv, train_args
+from data_helpers import LABELS, make_csv
+from test_engine import train_args
 
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli

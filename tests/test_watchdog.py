@@ -6,10 +6,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from data_helpers import noise_csv
 
 import msrn.engine.losses as losses_module
 from msrn.checkpoint import read_checkpoint
@@ -28,14 +27,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture
 def csv(tmp_path: Path) -> Path:
     """Eight training and four test images, 64 px, four labels."""
-    rng = np.random.default_rng(0)
-    rows = ["image,labels,split"]
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{'abcd'[i % 4]}|{'abcd'[(i + 1) % 4]},{'train' if i < 8 else 'test'}")
-    path = tmp_path / "data.csv"
-    path.write_text("\n".join(rows) + "\n")
-    return path
+    return noise_csv(tmp_path, {"train": 8, "test": 4})
 
 
 def train_argv(csv: Path, out: Path, *extra: str) -> list[str]:

@@ -29,6 +29,11 @@ from msrn.data import (
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
 from msrn.engine.losses import LossFn, model_group_loss, soft_margin_loss
+from msrn.engine.scores import write_scores
+from msrn.io import atomic_write_json, check_writable
+from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
+from msrn.models.fuse import optimize_for_inference
+from msrn.models.loading import load_model
 from msrn.models.tta import TTA_MODES, with_tta
 
 log = logging.getLogger("msrn")
@@ -81,8 +86,6 @@ def score_metrics(
     """Spec section 8 metrics from logits and, if given, the metrics at per-label thresholds chosen
     on a validation split; `loss` is the training objective (the run's loss plus the model's
     `group_loss`, see model_group_loss), so it compares with the training curve."""
-    from msrn.metrics import multilabel_metrics
-
     m = multilabel_metrics(logits, targets, scores_are_logits=True)
     if thresholds is not None:
         at = multilabel_metrics(logits, targets, threshold=thresholds, scores_are_logits=True)
@@ -94,8 +97,6 @@ def score_metrics(
 
 def reference_tuned_figures(logits: np.ndarray, targets: np.ndarray, split: str) -> dict:
     """The reference code's CP..OF1 with the logit threshold tuned on this split, and its tie-order mAP."""
-    from msrn.metrics import reference_order_average_precision, reference_tuned_metrics
-
     tuned = reference_tuned_metrics(logits, targets)
     ap = reference_order_average_precision(logits, targets)
     tuned["mAP_reference_ties"] = None if np.isnan(ap).all() else float(100.0 * np.nanmean(ap))
@@ -153,14 +154,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from msrn.checkpoint import load_model
-    from msrn.io import atomic_write_json
-    from msrn.metrics import format_metrics
-
     device = dist.setup(args.device)
     if args.scores and dist.is_main():
-        from msrn.io import check_writable
-
         check_writable(Path(args.scores).absolute().parent)  # before the long evaluation, not after it
     split = args.split or DEFAULT_SPLITS[args.dataset][1]
     data = build_dataset(args.dataset, args.data, split, **reader_options(args))
@@ -170,8 +165,6 @@ def main(args: argparse.Namespace) -> int:
     thresholds = getattr(model, "thresholds", None)
     group_loss = model_group_loss(model)  # before --fast, whose eval-only copy keeps no group loss
     if not args.exact:  # batch norm folded, channels-last: the same logits to ~1e-6, faster
-        from msrn.models.fuse import optimize_for_inference
-
         model = optimize_for_inference(model)
     model = with_tta(model, args.tta)
     logits = predict_scores(model, data, image_size, args.batch_size, args.workers, device, args.amp)
@@ -186,8 +179,6 @@ def main(args: argparse.Namespace) -> int:
         if args.json:
             atomic_write_json(Path(args.json), m)
         if args.scores:
-            from msrn.engine.scores import write_scores
-
             write_scores(args.scores, data, logits)
     dist.teardown()
     return 0

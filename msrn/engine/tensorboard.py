@@ -22,6 +22,7 @@ EPOCH_METRICS = ("mAP", "CF1", "OF1")
 
 def _figure_pixels(fig: Any) -> np.ndarray:
     """An H x W x 3 uint8 rendering of a matplotlib Figure (Agg, no pyplot state)."""
+    # matplotlib on drawing only: the CLI imports this module
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
@@ -45,7 +46,7 @@ class Board:
               labels: list[str], split: str) -> None:
         """The epoch's train loss, and for each weights ("live", "ema") its validation metrics (or
         None) and test metrics, with the test split's AP-per-label figure."""
-        from msrn.plots import ap_per_label_figure
+        from msrn.plots import ap_per_label_figure  # matplotlib on drawing only: the CLI imports this module
 
         self.writer.add_scalar("epoch/train_loss", train_loss, global_step)
         for which, (val, test) in results.items():

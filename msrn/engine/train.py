@@ -24,7 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 from msrn import distributed as dist
-from msrn.config import TrainConfig
+from msrn.checkpoint import checkpoint_weights, match_init_state, read_checkpoint, require_backbone
+from msrn.config import TrainConfig, add_config_arguments, config_from_args
 from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset, reader_options
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TrainTransform
@@ -34,6 +35,11 @@ from msrn.engine.losses import build_loss, model_group_loss
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
+from msrn.io import atomic_save_torch, atomic_write_json, check_writable, remove_stale_temps
+from msrn.labels.labelset import LabelSet, build_label_set
+from msrn.metrics import per_label_thresholds
+from msrn.models import create_model
+from msrn.models.loading import build_from_state, model_state
 from msrn.models.tta import with_tta
 
 log = logging.getLogger("msrn")
@@ -72,8 +78,8 @@ def split_validation(data: MultiLabelData, fraction: float, seed: int) -> tuple[
 def make_sgd(groups: list[dict], cfg: TrainConfig) -> torch.optim.SGD:
     """SGD with momentum and weight decay, as the fused kernel where this torch has one.
 
-    Fused is the same update in one pass per tensor: for COCO's 264M-weight fc1 the step drops
-    from about 0.7 s to 0.15 s on 2 CPU cores (benchmarks/bench_model.py).
+    Fused is the same update in one pass per tensor, which matters for fc1's 264M weights on COCO
+    (the measurement is in BENCHMARKS.md).
     """
     kw = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     try:
@@ -84,8 +90,6 @@ def make_sgd(groups: list[dict], cfg: TrainConfig) -> torch.optim.SGD:
 
 def read_resume_state(path: Path) -> dict:
     """The checkpoint to resume from; a damaged one stops the run before anything is written."""
-    from msrn.checkpoint import read_checkpoint
-
     try:
         state = read_checkpoint(path)
     except MSRNError as e:
@@ -102,8 +106,6 @@ def read_resume_state(path: Path) -> dict:
 def init_from_checkpoint(model: nn.Module, path: str) -> None:
     """--init: load every weight of a reference or msrn checkpoint that fits; layers the new label set
     reshapes, and the label vectors and graph, stay as the fresh model has them (one log line says which)."""
-    from msrn.checkpoint import checkpoint_weights, match_init_state, read_checkpoint, require_backbone
-
     where = f"--init {path}"
     given, arch, dropped = checkpoint_weights(read_checkpoint(path), where)
     require_backbone(arch, model, where)
@@ -135,11 +137,6 @@ class Trainer:
     """Owns one run: data, model, optimiser, schedule, state on disk."""
 
     def __init__(self, cfg: TrainConfig, keep_epochs: bool = False):
-        from msrn.checkpoint import build_from_state
-        from msrn.io import check_writable, remove_stale_temps
-        from msrn.labelset import LabelSet, build_label_set
-        from msrn.models import create_model
-
         if cfg.init and cfg.resume:
             raise MSRNError("--init and --resume exclude each other: --init starts a new run from a checkpoint's "
                             "weights, --resume continues a run from its last.pt")
@@ -221,8 +218,6 @@ class Trainer:
 
     # -- state on disk ------------------------------------------------------------------------
     def cfg_save(self) -> None:
-        from msrn.io import atomic_write_json
-
         if dist.is_main():
             atomic_write_json(self.out / "config.json", self.cfg.to_dict())
 
@@ -231,8 +226,6 @@ class Trainer:
         return self.ema.module if which == "ema" else self.model
 
     def checkpoint(self, full: bool, which: str = "live") -> dict:
-        from msrn.checkpoint import model_state
-
         ckpt = model_state(self.weights(which), self.cfg.image_size, self.train_data.exif_orientation)
         ckpt.update(labelset=self.labelset.to_dict(), config=self.cfg.to_dict(), epoch=self.epoch,
                     global_step=self.global_step, best=self.best, history=self.history)
@@ -250,8 +243,6 @@ class Trainer:
 
     def save(self, name: str, full: bool, which: str = "live") -> None:
         """Write a checkpoint from rank 0; call it on every rank (full saves sum the running loss)."""
-        from msrn.io import atomic_save_torch
-
         if full:  # fold every rank's loss sums into rank 0's, which the checkpoint carries
             total = dist.sum_across(self.running_loss)
             self.running_loss = total if dist.is_main() else [0.0, 0]
@@ -337,8 +328,6 @@ class Trainer:
     def evaluate(self, module: nn.Module) -> tuple[dict | None, np.ndarray | None, dict]:
         """Validation metrics (None without a validation split), the per-label thresholds tuned on it
         when asked for, and the test metrics at those thresholds, for one set of weights."""
-        from msrn.metrics import per_label_thresholds
-
         cfg = self.cfg
         vm, thresholds = None, None
         group_loss = model_group_loss(module)  # the reported losses are the training objective's
@@ -411,13 +400,12 @@ class Trainer:
         return " | mAP " + ", ".join(parts)
 
     def write_history_plot(self) -> None:
-        from msrn.plots import plot_history
+        from msrn.plots import plot_history  # matplotlib on drawing only: the CLI imports this module
 
         plot_history(self.history, self.out / "history.png")
 
     def write_reports(self, tm: dict) -> None:
-        from msrn.io import atomic_write_json
-        from msrn.plots import plot_ap_per_label
+        from msrn.plots import plot_ap_per_label  # matplotlib on drawing only: the CLI imports this module
 
         if not dist.is_main():
             return
@@ -464,15 +452,11 @@ def train(cfg: TrainConfig, keep_epochs: bool = False) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from msrn.config import add_config_arguments
-
     add_config_arguments(p)
     p.epilog = INSTALL_HINT
 
 
 def main(args: argparse.Namespace) -> int:
-    from msrn.config import config_from_args
-
     if args.resume not in (None, "auto") and args.out is None:  # --resume FILE goes on in FILE's run folder
         args.out = str(Path(args.resume).parent)
     best = train(config_from_args(args), keep_epochs=args.epochs is None)

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from msrn.errors import MSRNError
-from msrn.graph import TAU, Cooccurrence, adjacency, read_cooccurrence
+from msrn.labels.graph import TAU, Cooccurrence, adjacency, read_cooccurrence
+from msrn.labels.wordvec import load_word_vectors
 from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
 from msrn.models.resnet import ResNet
 from msrn.models.timm_backbone import PREFIX, TimmBackbone, load_timm_pretrained
-from msrn.wordvec import load_word_vectors
 
 # name -> overrides of MSRNConfig (the paper's model first, then smaller ones for CPU work)
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
@@ -75,7 +75,7 @@ def create_model(
     conv_buffer1/2; `checkpoint` loads a whole trained model instead.
     """
     if checkpoint is not None:
-        from msrn.checkpoint import load_model
+        from msrn.models.loading import load_model
 
         return load_model(checkpoint, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels)
     if labels is not None:
@@ -117,7 +117,7 @@ def create_model(
     if pretrained is not None and isinstance(model.backbone, TimmBackbone):
         load_timm_pretrained(model.backbone, pretrained)
     elif pretrained is not None:
-        from msrn.pretrained import load_pretrained_backbone
+        from msrn.models.pretrained import load_pretrained_backbone
 
         load_pretrained_backbone(model, pretrained)
     return model

@@ -25,13 +25,13 @@ import torch
 from torch.autograd.function import once_differentiable
 
 # elements of one tile's R x m x N float32 temporary: 512K elements = 2 MiB, half of it per thread in a 2 MiB L2
-# (benchmarks/bench_attention.py on a 2-core Xeon, batch 2 and 4: fastest of 256K, 512K and 1M, by 10-20 %)
+# (benchmarks/bench_attention.py at batch 2 and 4: the fastest of 256K, 512K and 1M; figures in BENCHMARKS.md)
 CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 19))
 
 
 # Shifted scores are <= 0, and the row's largest term is exp(0) = 1. Far below that, exp gives tiny
-# floats whose products with F in the moment sums are denormal, which x86 computes 10-100x slower
-# (with the floor at -87, scores far below it ran the COCO-sized forward 2.8x slower). So
+# floats whose products with F in the moment sums are denormal, which x86 computes far slower
+# (BENCHMARKS.md measures it on the COCO-sized forward). So
 # scores are floored at -50: each floored term is at most exp(-50) = 2e-22 next to the 1, which
 # moves a softmax over N positions by at most N * 2e-22 relative, far below float32's 6e-8.
 EXP_FLOOR = -50.0
@@ -95,7 +95,7 @@ class _LabelAttention(torch.autograd.Function):
         cols[:, 2] = 1
         moments = feats.new_empty(b * d, 3, m)
         for rows, sems, e in _exp_tiles(signs, shifted, floor):
-            # (3 x N) @ (N x k) per row: MKL runs this 2.4x faster than the same sums as (k x N) @ (N x 3)
+            # (3 x N) @ (N x k) per row: MKL runs this faster than the same sums as (k x N) @ (N x 3) (BENCHMARKS.md)
             torch.bmm(cols[rows], e.transpose(1, 2), out=moments[rows, :, sems])
         den = moments[:, 2]  # R x M
         vc = moments[:, 0] / den  # centred output

@@ -1,11 +1,11 @@
 """A Linear layer for MSRN's 264M-weight fc1 whose weight gradient reuses its memory between steps.
 
-With `zero_grad(set_to_none=True)` (the default) every backward allocates a fresh 1 GB
-gradient for fc1. On CPU that memory comes straight from the kernel: about 260,000 page faults
-and a 1 GB zero-fill per step, then a 1 GB unmap at the next zero_grad. Measured on a 2-core
-Xeon (benchmarks/bench_model.py, batch 4): the weight-gradient product took 0.26 s into fresh
-memory and 0.044 s into memory that was already mapped. This layer keeps the gradient's
-storage after the optimizer lets go of it and writes the next gradient into it.
+With `zero_grad(set_to_none=True)` (the default) every backward allocates a fresh gradient
+for fc1, as large as its weight. On CPU that memory comes straight from the kernel: page faults
+and a zero-fill per step, then an unmap at the next zero_grad, so the weight-gradient product
+into fresh memory is several times slower than into memory already mapped (BENCHMARKS.md has
+the figures). This layer keeps the gradient's storage after the optimizer lets go of it and
+writes the next gradient into it.
 
 The numbers are nn.Linear's: the same three products (x W^T + b, g W, g^T x). The storage is
 reused only when nothing else refers to it (the previous `.grad` was dropped and no view of it

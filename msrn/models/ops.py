@@ -2,18 +2,18 @@
 same values faster in inference on CPU:
 
 - a 1x1 convolution of a contiguous NCHW map is one matrix product per image (W @ x over
-  the H*W positions); PyTorch's NCHW 1x1 convolution on CPU is about 1.5x slower at these sizes;
-- a 2x2, stride-2 max-pool is the elementwise maximum of the map's four strided quarters, 6x
-  faster than max_pool2d on NCHW CPU tensors;
+  the H*W positions), which beats PyTorch's NCHW 1x1 convolution on CPU at these sizes;
+- a 2x2, stride-2 max-pool is the elementwise maximum of the map's four strided quarters,
+  which beats max_pool2d on NCHW CPU tensors;
 - the classifier's 264M-weight fc1 at batch 4 and above runs through oneDNN's inner product,
   reading the dense weight in place: MKL's float32 GEMM, which F.linear calls, streams that
-  weight once per two rows of the batch, oneDNN once per batch (1.5x faster at batch 4, 2.2x
-  at 8, no copy of the weight). At batch 1-3 MKL is the faster of the two and keeps the call.
+  weight once per two rows of the batch, oneDNN once per batch, with no copy of the weight.
+  At batch 1-3 MKL is the faster of the two and keeps the call.
 
 All three run only without autograd. Training keeps nn.Conv2d, max_pool2d and nn.Linear, so its
 gradients stay the reference's: max_pool2d sends a tie's gradient to one element, torch.maximum
-would share it. Figures are from a 2-core Xeon; benchmarks/bench_breakdown.py times all three
-against the plain modules.
+would share it. benchmarks/bench_breakdown.py times all three against the plain modules; the
+figures are in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return y.view(b, conv.out_channels, h, w)
 
 
-# Smallest batch at which oneDNN beats MKL for fc1 (batch 3: 0.042 s MKL, 0.046 s oneDNN; batch 4: 0.074 s, 0.049 s)
+# Smallest batch at which oneDNN beats MKL for fc1 (measured per batch size; the figures are in BENCHMARKS.md)
 ONEDNN_MIN_BATCH = 4
 
 

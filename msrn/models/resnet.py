@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from msrn.checkpoint import load_state_strict
+
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -112,7 +114,5 @@ class ResNet(nn.Module):
 
 def load_imagenet_state(model: ResNet, state: dict[str, torch.Tensor], where: str | None = None) -> None:
     """Load an ImageNet classification state dict; fc.* is dropped, any other mismatch is an error."""
-    from msrn.checkpoint import load_state_strict
-
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
     load_state_strict(model, state, where or "ImageNet weights")

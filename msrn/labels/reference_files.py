@@ -15,8 +15,8 @@ from typing import NamedTuple
 from msrn.data.apparel import APPAREL_LABELS
 from msrn.data.nuswide import NUSWIDE_LABELS
 from msrn.data.voc import VOC_LABELS
+from msrn.download import fetch
 from msrn.errors import MSRNError
-from msrn.pretrained import fetch
 
 REFERENCE = "reference"  # the source name that selects these files
 COMMIT = "469d28f5ed162976996634bd7729a86b73a98e92"  # chehao2628/MSRN
@@ -77,6 +77,11 @@ COCO_LABELS = (
 LABELS: dict[str, tuple[str, ...]] = {
     "voc2007": VOC_LABELS, "coco2014": COCO_LABELS, "nuswide": NUSWIDE_LABELS, "apparel": APPAREL_LABELS,
 }  # fmt: skip
+
+
+def default_sources(dataset: str) -> dict[str, str]:
+    """The label inputs a dataset takes when none are named: the reference's own files on the benchmarks."""
+    return {kind: REFERENCE for kind in OPTIONS} if dataset in FILES else {}
 
 
 def _entry(dataset: str, kind: str) -> ReferenceFile:

@@ -1,0 +1,161 @@
+"""Models from checkpoints: a project checkpoint rebuilt from its own description, a reference
+checkpoint built from its label files, and the model part of a project checkpoint (model_state).
+
+Project checkpoints are dicts with `format: "msrn"`: the model config (label names included),
+the weights (word vectors and adjacency are buffers, so they travel inside), the co-occurrence
+counts the graph came from, optional per-label thresholds and, for `last.pt`, the training state.
+Reference checkpoints (`{'epoch','arch','state_dict','best_score'}`, keys `resnet_101.*`) load
+into the same module with their keys mapped (msrn.checkpoint); only the unused `conv_buffer0`,
+`W`, `B` and `ProjectMs` may be dropped, and the loader says so.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from msrn.checkpoint import (
+    FORMAT,
+    VERSION,
+    is_reference,
+    load_state_strict,
+    map_reference_state,
+    read_checkpoint,
+    reference_backbone,
+)
+from msrn.errors import MSRNError
+from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
+from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
+from msrn.models import create_model
+from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
+
+
+def load_reference(
+    ckpt: dict,
+    word_vectors: Any,
+    cooccurrence: Any,
+    labels: list[str] | None = None,
+    where: str = "reference checkpoint",
+    dataset: str | None = None,
+) -> nn.Module:
+    """Build msrn_resnet101 (or 50) from a reference checkpoint plus its word-vector and adj pickles.
+
+    A pickle not given (or given as 'reference') is the reference's own for the checkpoint's
+    dataset: `dataset`, else the one with its number of labels. Without `labels` the outputs are
+    named after that dataset's labels, in the reference's order.
+    """
+    state = ckpt.get("state_dict", ckpt)
+    try:
+        num_classes = state["fc2.weight"].shape[0]
+        num_groups = state["group_embed.layers.0.assign_mat.W"].shape[1]
+    except KeyError as e:
+        raise MSRNError(f"{where} lacks {e.args[0]}; not an MSRN checkpoint") from None
+    backbone = reference_backbone(state)
+    name = {"resnet101": "msrn_resnet101", "resnet50": "msrn_resnet50"}.get(backbone)
+    if name is None:
+        raise MSRNError(f"{where}: unsupported backbone ({backbone})")
+    if labels is not None and len(labels) != num_classes:
+        raise MSRNError(f"{where} has {num_classes} labels but the dataset has {len(labels)}")
+    known = dataset if dataset is not None else dataset_for_classes(num_classes)
+    wanted = [kind for kind, src in (("word_vectors", word_vectors), ("cooccurrence", cooccurrence))
+              if src is None or (isinstance(src, str) and src == REFERENCE)]
+    if wanted and known not in REFERENCE_LABELS:
+        found = f"dataset {dataset} has" if dataset is not None else f"its {num_classes} labels match"
+        raise MSRNError(
+            f"{where} is a reference MSRN checkpoint, which holds no label vectors or graph, and {found} no "
+            "reference files: give its word-vector pickle (--word-vectors FILE) and co-occurrence pickle "
+            "(--cooccurrence FILE)"
+        )
+    if known in REFERENCE_LABELS:
+        if len(REFERENCE_LABELS[known]) != num_classes:
+            raise MSRNError(f"{where} has {num_classes} labels, {known} {len(REFERENCE_LABELS[known])}")
+        if wanted and dataset is not None and labels is not None:
+            check_label_order(known, labels, f"the {known} labels")
+        labels = list(REFERENCE_LABELS[known]) if labels is None else labels
+    files = {kind: reference_file(known, kind) for kind in wanted}
+    word_vectors = files.get("word_vectors", word_vectors)
+    cooccurrence = files.get("cooccurrence", cooccurrence)
+    model = create_model(
+        name, num_classes=num_classes, labels=labels, num_groups=num_groups,
+        word_vectors=word_vectors, cooccurrence=cooccurrence,
+    )
+    mapped, dropped = map_reference_state(state)
+    load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
+    if dropped:
+        warnings.warn(f"{where}: dropped unused reference parameters: {', '.join(dropped)}", stacklevel=2)
+    return model
+
+
+def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True) -> dict[str, Any]:
+    """The model part of a project checkpoint (weights, config, labels, input size, how images were decoded).
+
+    exif_orientation says whether the training images were shown upright by their EXIF orientation,
+    so that prediction decodes alike.
+    """
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    if isinstance(model, MSRN):
+        arch = {"kind": "msrn", "config": model.cfg.to_dict()}
+    else:
+        arch = {"kind": "baseline", "backbone": model.backbone.arch, "num_classes": model.fc.out_features,
+                "labels": list(model.label_names)}
+    return {"format": FORMAT, "version": VERSION, "model": arch, "image_size": int(image_size),
+            "exif_orientation": bool(exif_orientation), "state_dict": model.state_dict()}
+
+
+def build_from_state(ckpt: dict, where: str) -> nn.Module:
+    """Rebuild the network described by a project checkpoint and load its weights strictly."""
+    arch = ckpt.get("model") or {}
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise MSRNError(f"{where} has no state_dict")
+    try:
+        if arch.get("kind") == "msrn":
+            cfg = MSRNConfig.from_dict(arch["config"])
+            model = MSRN(cfg, state["word_vectors"], state["adjacency"])
+        elif arch.get("kind") == "baseline":
+            model = PlainClassifier(arch["backbone"], arch["num_classes"], arch.get("labels"))
+        else:
+            raise MSRNError(f"{where}: unknown model kind {arch.get('kind')!r}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise MSRNError(f"{where}: malformed model description ({type(e).__name__}: {e})") from None
+    load_state_strict(model, state, where)
+    return model
+
+
+def load_model(
+    source: str | Path | dict,
+    word_vectors: Any = None,
+    cooccurrence: Any = None,
+    labels: list[str] | None = None,
+    dataset: str | None = None,
+) -> nn.Module:
+    """A ready model (eval mode, CPU) from a project checkpoint or a reference checkpoint.
+
+    For project checkpoints the stored label vectors win: a different file passed here is
+    ignored with a warning, so a model can never be paired with the wrong vectors. A reference
+    checkpoint takes the reference's own files for `dataset` (or its label count) where none are given.
+    """
+    where = str(source) if not isinstance(source, dict) else "checkpoint"
+    ckpt = read_checkpoint(source) if not isinstance(source, dict) else source
+    if ckpt.get("format") == FORMAT:
+        model = build_from_state(ckpt, where)
+        if word_vectors is not None or cooccurrence is not None:
+            warnings.warn(
+                f"{where} carries its own label vectors and graph; the ones given were ignored", stacklevel=2
+            )
+        if labels is not None and hasattr(model, "cfg") and list(labels) != model.labels:
+            raise MSRNError(f"{where} was trained on labels {model.labels[:5]}..., not the dataset's {labels[:5]}...")
+    elif is_reference(ckpt):
+        model = load_reference(ckpt, word_vectors, cooccurrence, labels, where, dataset)
+    else:
+        raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
+    model.image_size = int(ckpt.get("image_size", 448))  # reference checkpoints were trained at 448
+    # older and reference checkpoints record no decoding: a person's photo is then shown upright
+    model.exif_orientation = bool(ckpt.get("exif_orientation", True))
+    thresholds = ckpt.get("thresholds")
+    if thresholds is not None:
+        model.register_buffer("thresholds", torch.as_tensor(thresholds, dtype=torch.float32), persistent=False)
+    return model.eval()

@@ -1,0 +1,128 @@
+"""The package's import graph: data flows files -> data -> labels -> models -> engine -> inference.
+
+A module may import from its own layer or a lower one, never a higher one, and the imports that
+run when a module loads form no circle. Read from the source (AST), so nothing is imported.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "msrn"
+
+# the lowest layer first; a module's layer is that of its longest matching prefix
+LAYERS: list[tuple[str, ...]] = [
+    ("msrn.errors", "msrn.io", "msrn.targets", "msrn.safe_pickle", "msrn.download", "msrn.checkpoint",
+     "msrn.metrics", "msrn.plots", "msrn.distributed"),
+    ("msrn.data",),
+    ("msrn.labels", "msrn.labelset"),
+    ("msrn.models",),
+    ("msrn.engine", "msrn.config"),
+    ("msrn.predict", "msrn.explain", "msrn.export", "msrn.serve", "msrn.cli", "msrn.__main__", "msrn"),
+]
+NAMES = ("base", "data", "labels", "models", "engine", "inference")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> int:
+    found = [(len(prefix), i) for i, group in enumerate(LAYERS) for prefix in group
+             if module == prefix or module.startswith(prefix + ".")]
+    assert found, f"{module} is in no layer: add it to LAYERS"
+    return max(found)[1]
+
+
+def imported(module: str, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """The msrn modules one import statement names (`from msrn import io` names msrn.io)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.split(".")[0] == "msrn"]
+    if node.level:  # relative: resolve against the importing package
+        base = module.split(".")[: -node.level] if not MODULES[module].name == "__init__.py" else module.split(".")
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    if target.split(".")[0] != "msrn":
+        return []
+    subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES]
+    return subs if len(subs) == len(node.names) else [target, *subs]
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def imports(module: str, load_time_only: bool) -> list[tuple[int, str]]:
+    """(line, imported module) of every msrn import, or only those that run when the module loads
+    (not inside a function, not under TYPE_CHECKING)."""
+    tree = ast.parse(MODULES[module].read_text(), str(MODULES[module]))
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if load_time_only and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if load_time_only and isinstance(child, ast.If) and _is_type_checking(child):
+                for other in child.orelse:
+                    visit(other)
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.extend((child.lineno, t) for t in imported(module, child))
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def test_every_module_sits_in_a_layer() -> None:
+    for module in MODULES:
+        layer(module)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_imports_from_a_higher_layer(module: str) -> None:
+    own = layer(module)
+    upward = [f"line {line}: {target} ({NAMES[layer(target)]})" for line, target in imports(module, False)
+              if layer(target) > own]
+    assert not upward, f"{module} ({NAMES[own]}) imports from a higher layer: {'; '.join(upward)}"
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of the directed graph as a path that ends where it starts, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def walk(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := walk(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := walk(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle_sees_a_circle_and_only_a_circle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_load_time_imports_form_no_circle() -> None:
+    graph = {m: {t for _, t in imports(m, True) if t in MODULES and t != m} for m in MODULES}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
