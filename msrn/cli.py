@@ -10,6 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from msrn import __version__
 from msrn.errors import MSRNError
 
 # subcommand -> (module holding add_arguments/main, one-line help)
@@ -27,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msrn", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"msrn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():

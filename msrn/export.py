@@ -1,8 +1,9 @@
 """`msrn export`: a checkpoint as an ONNX model, checked against PyTorch with onnxruntime.
 
 The graph takes `image` (batch x 3 x S x S, normalised as `TestTransform` does; the batch axis
-is dynamic) and returns `logits` (batch x C). The label names (JSON list), the input size and
-the normalisation are stored in the model's metadata_props. The label and group semantics
+is dynamic) and returns `logits` (batch x C). The label names and per-label thresholds (JSON
+lists), the input size, the decoding (EXIF orientation) and the normalisation are stored in the
+model's metadata_props, so that `msrn.onnx_predict` tags images from the file alone. The label and group semantics
 depend on the weights only, so they are computed once here and stored as a constant; the
 attention is the spec's formula written with plain tensor ops (the training code's custom
 autograd function cannot be traced), split over label chunks to bound its memory.
@@ -71,10 +72,15 @@ def _require_onnx() -> tuple[object, object]:
 
 
 def metadata(model: nn.Module, image_size: int) -> dict[str, str]:
-    """What a consumer of the ONNX file needs besides the graph: labels, input size, normalisation."""
+    """What a consumer of the ONNX file needs besides the graph: labels, their thresholds, input size,
+    decoding and normalisation (msrn.onnx_predict tags images from these alone)."""
+    stored = getattr(model, "thresholds", None)
+    thresholds = stored.tolist() if isinstance(stored, torch.Tensor) else [0.5] * len(model.labels)
     return {
         "labels": json.dumps(list(model.labels), ensure_ascii=False),
+        "thresholds": json.dumps([float(t) for t in thresholds]),
         "image_size": str(int(image_size)),
+        "exif_orientation": json.dumps(bool(getattr(model, "exif_orientation", True))),
         "input": "RGB, bilinear resize to image_size x image_size, /255, minus mean, over std; NCHW float32",
         "mean": json.dumps([round(float(v), 6) for v in IMAGENET_MEAN]),
         "std": json.dumps([round(float(v), 6) for v in IMAGENET_STD]),
@@ -153,7 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Run `msrn export`: load, export, verify with onnxruntime, report."""
     _require_onnx()
-    predictor = load_from_args(args)
+    predictor = load_from_args(args, fast=False)  # the network as written; onnxruntime does its own folding
     model = predictor.model
     diff = export_onnx(model, args.out, predictor.image_size, args.opset)
     print(

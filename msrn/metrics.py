@@ -223,17 +223,20 @@ def per_label_thresholds(
 REFERENCE_GRID: tuple[float, ...] = tuple(round(-1.0 + 0.1 * i, 1) for i in range(20))
 
 
-def _reference_six(scores: np.ndarray, positive: np.ndarray) -> tuple[float | None, dict[str, float]]:
+def _reference_six(
+    scores: np.ndarray, positive: np.ndarray, known: np.ndarray
+) -> tuple[float | None, dict[str, float]]:
     """util.py's evaluation: the first grid threshold with the largest CF1 + OF1 (fractions).
 
     As there: a label never predicted counts 1 prediction in CP's and OP's denominators, no eps
     anywhere, and a threshold whose CF1 + OF1 is NaN (0/0) or 0 never wins, leaving (None, zeros).
+    Unknown entries (partial labels, which the reference has not) are never counted as predicted.
     """
     c = scores.shape[1]
     n_true = positive.sum(axis=0).astype(np.float64)
     best_t, best, best_total = None, dict.fromkeys(_SIX, 0.0), 0.0
     for t in REFERENCE_GRID:
-        predicted = scores >= np.float32(t)
+        predicted = (scores >= np.float32(t)) & known
         n_correct = (predicted & positive).sum(axis=0).astype(np.float64)
         n_pred = predicted.sum(axis=0).astype(np.float64)
         n_pred[n_pred == 0] = 1
@@ -272,9 +275,9 @@ def reference_tuned_metrics(logits: np.ndarray, targets: np.ndarray, top_k: int 
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     scores32 = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))  # the reference's meter is float32
-    positive = targets == 1
-    threshold, six = _reference_six(scores32.numpy(), positive)
-    threshold_k, six_k = _reference_six(_reference_top_k_scores(scores32, top_k), positive)
+    positive, known = targets == 1, targets != UNKNOWN
+    threshold, six = _reference_six(scores32.numpy(), positive, known)
+    threshold_k, six_k = _reference_six(_reference_top_k_scores(scores32, top_k), positive, known)
     result: dict = {"threshold": threshold, **{name: 100.0 * v for name, v in six.items()}}
     result[f"threshold_top{top_k}"] = threshold_k
     result.update({f"{name}_top{top_k}": 100.0 * v for name, v in six_k.items()})

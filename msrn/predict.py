@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,86 +20,30 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
-from msrn.data.base import _to_rgb, open_image
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
+from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.io import atomic_write_text, check_writable
 from msrn.models.loading import load_model
 from msrn.models.tta import TTA_MODES, with_tta
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+from msrn.tagging import (  # noqa: F401  (IMAGE_SUFFIXES, array_to_image, find_images: public here too)
+    IMAGE_SUFFIXES,
+    ImageInput,
+    Result,
+    array_to_image,
+    as_list,
+    decoded_batches,
+    describe,
+    error_record,
+    expand_inputs,
+    find_images,
+    make_record,
+    read_input,
+    read_path_list,
+    threshold_vector,
 )
-ImageInput = str | os.PathLike | Image.Image | np.ndarray
-
-
-def find_images(folder: Path) -> list[Path]:
-    """Image files under a folder (recursively, hidden entries skipped), in sorted order."""
-    found = [
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
-    return sorted(found)
-
-
-def expand_inputs(items: Iterable[ImageInput]) -> list[ImageInput]:
-    """Folders replaced by the images they hold; an empty folder is an error, anything else is kept."""
-    out: list[ImageInput] = []
-    for item in items:
-        if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
-            found = find_images(Path(item))
-            if not found:
-                raise MSRNError(f"{item}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            out.extend(found)
-        else:
-            out.append(item)
-    return out
-
-
-def array_to_image(arr: np.ndarray) -> Image.Image:
-    """An H x W (grey), H x W x 3 (RGB) or H x W x 4 (RGBA) array as an RGB image; floats are 0..1."""
-    arr = np.asarray(arr)
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)) or 0 in arr.shape:
-        raise MSRNError(f"an image array must be H x W, H x W x 3 or H x W x 4, got shape {arr.shape}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.dtype != np.uint8:
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise MSRNError(f"an image array must be numeric, got {arr.dtype}")
-        scale = 255.0 if np.issubdtype(arr.dtype, np.floating) else 1.0
-        arr = np.clip(np.rint(np.nan_to_num(arr.astype(np.float64)) * scale), 0, 255).astype(np.uint8)
-    return _to_rgb(Image.fromarray(arr))
-
-
-def describe(item: ImageInput) -> str | None:
-    """The `image` field of a record: the path as given, None for an in-memory image."""
-    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else None
-
-
-def read_input(item: ImageInput) -> Image.Image:
-    """Any accepted input as an RGB PIL image, or an MSRNError saying why not."""
-    if isinstance(item, (str, os.PathLike)):
-        return open_image(item)
-    if isinstance(item, Image.Image):
-        if item.width == 0 or item.height == 0:
-            raise MSRNError("image has zero size")
-        return _to_rgb(item)
-    if isinstance(item, np.ndarray):
-        return array_to_image(item)
-    raise MSRNError(f"cannot read an image from a {type(item).__name__}; give a path, a PIL image or an array")
-
-
-@dataclass
-class Result:
-    """One image's outcome: its record, all label probabilities and, when asked, its Explanation."""
-
-    record: dict
-    probabilities: np.ndarray | None = None
-    explanation: Any = None
 
 
 class Predictor:
@@ -114,13 +57,15 @@ class Predictor:
         top_k: int | None = None,
         batch_size: int = 8,
         device: str | torch.device = "cpu",
-        fast: bool = False,
+        fast: bool = True,
         tta: str = "none",
+        exif_orientation: bool | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self._infer: nn.Module = self.model  # what plain (unexplained) batches run through
-        if fast:  # batch norm folded, channels-last: the same logits to ~1e-6 (msrn.models.fuse)
+        if fast:  # batch norm folded, channels-last: the same logits to ~1e-6 (msrn.models.fuse); faster
             from msrn.models.fuse import optimize_for_inference
 
             self._infer = optimize_for_inference(self.model)
@@ -132,19 +77,17 @@ class Predictor:
         self.thresholds = self._threshold_vector(threshold)
         self.top_k = top_k
         self.batch_size = max(1, int(batch_size))
+        # decode as training did (the checkpoint says how), unless told otherwise
+        self.exif_orientation = bool(getattr(model, "exif_orientation", True) if exif_orientation is None
+                                     else exif_orientation)
+        self.max_pixels = max_pixels  # None: Pillow's own decompression-bomb limit only
 
     def _threshold_vector(self, threshold: float | Sequence[float] | None) -> np.ndarray:
         """Per-label thresholds: the argument, else the checkpoint's own, else 0.5 for every label."""
         if threshold is None:
             stored = getattr(self.model, "thresholds", None)
             threshold = stored.detach().cpu().numpy() if isinstance(stored, torch.Tensor) else 0.5
-        try:
-            vec = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(self.labels),)).copy()
-        except ValueError:
-            raise MSRNError(f"{np.size(threshold)} thresholds for {len(self.labels)} labels") from None
-        if not np.all((vec >= 0) & (vec <= 1)):
-            raise MSRNError("thresholds must lie in [0, 1]")
-        return vec
+        return threshold_vector(threshold, len(self.labels))
 
     @classmethod
     def from_checkpoint(
@@ -164,24 +107,23 @@ class Predictor:
         labels = list(labels) if labels is not None else None
         return cls(load_model(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels), **options)
 
+    def decode(self, item: ImageInput) -> Image.Image:
+        """One input as the RGB image the model sees (orientation and pixel limit as configured), or an MSRNError."""
+        return read_input(item, self.exif_orientation, self.max_pixels)
+
     def _batches(self, items: Sequence[ImageInput]) -> Iterator[list[tuple[int, Image.Image | None, str | None]]]:
         """Batches of (index, decoded image or None, error or None), decoded lazily."""
-        batch: list[tuple[int, Image.Image | None, str | None]] = []
-        for i, item in enumerate(items):
-            try:
-                batch.append((i, read_input(item), None))
-            except MSRNError as e:
-                batch.append((i, None, str(e)))
-            if sum(img is not None for _, img, _ in batch) >= self.batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        return decoded_batches(items, self.decode, self.batch_size)
+
+    def _forward(self, images: list[Image.Image], explain_k: int) -> tuple[np.ndarray, np.ndarray | None, list]:
+        """`run` on decoded images."""
+        return self.run(torch.stack([self.transform(img) for img in images]), explain_k)
 
     @torch.no_grad()
-    def _forward(self, images: list[Image.Image], explain_k: int) -> tuple[np.ndarray, np.ndarray | None, list]:
-        """Probabilities (B x C), and with explain_k > 0 the top label ids (B x k) and attention maps."""
-        x = torch.stack([self.transform(img) for img in images]).to(self.device)
+    def run(self, x: torch.Tensor, explain_k: int = 0) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+        """Probabilities (B x C) of a batch of transformed images (B x 3 x S x S), and with explain_k > 0
+        the top label ids (B x k) and attention maps (3 arrays B x k x H_s x W_s)."""
+        x = x.to(self.device)
         if explain_k <= 0:
             return torch.sigmoid(self._infer(x)).float().cpu().numpy(), None, []
         from msrn.explain import explained_forward
@@ -193,13 +135,13 @@ class Predictor:
             [m.float().cpu().numpy() for m in maps],
         )
 
-    def _record(self, name: str | None, probs: np.ndarray, thresholds: np.ndarray, top_k: int | None) -> dict:
-        """The record of one image: labels at or above their threshold, best first, at most top_k."""
-        order = np.argsort(-probs, kind="stable")
-        keep = [int(i) for i in order if probs[i] >= thresholds[i]]
-        if top_k is not None:
-            keep = keep[: max(0, top_k)]
-        return {"image": name, "labels": [{"label": self.labels[i], "score": round(float(probs[i]), 6)} for i in keep]}
+    def record(
+        self, name: str | None, probs: np.ndarray, thresholds: np.ndarray | None = None, top_k: int | None = None
+    ) -> dict:
+        """The record of one image: labels at or above their threshold, best first, at most top_k
+        (defaults: the predictor's own)."""
+        thresholds = self.thresholds if thresholds is None else thresholds
+        return make_record(self.labels, name, probs, thresholds, self.top_k if top_k is None else top_k)
 
     def iter_results(
         self,
@@ -209,7 +151,7 @@ class Predictor:
         explain_k: int = 0,
     ) -> Iterator[Result]:
         """A Result per image, in input order, computed batch by batch (explain_k > 0 adds maps)."""
-        items = expand_inputs(self._as_list(images))
+        items = expand_inputs(as_list(images))
         thresholds = self.thresholds if threshold is None else self._threshold_vector(threshold)
         top_k = self.top_k if top_k is None else top_k
         if explain_k > 0:
@@ -225,33 +167,27 @@ class Predictor:
             for i, img, err in batch:
                 name = describe(items[i])
                 if err is not None:
-                    yield Result({"image": name, "error": err.removeprefix(f"{name}: "), "labels": []})
+                    yield Result(error_record(name, err))
                     continue
                 r = row[i]
                 expl = None
                 if idx is not None:
-                    expl = self._explanation(img, name, i, probs[r], idx[r], [m[r] for m in maps], thresholds)
-                yield Result(self._record(name, probs[r], thresholds, top_k), probs[r], expl)
+                    expl = self.explanation(img, name, probs[r], idx[r], [m[r] for m in maps], thresholds, i)
+                yield Result(self.record(name, probs[r], thresholds, top_k), probs[r], expl)
 
-    def _explanation(
-        self, img: Image.Image, name: str | None, i: int, probs: np.ndarray, ids: np.ndarray,
-        maps: list[np.ndarray], thresholds: np.ndarray,
+    def explanation(
+        self, img: Image.Image, name: str | None, probs: np.ndarray, ids: np.ndarray,
+        maps: list[np.ndarray], thresholds: np.ndarray | None = None, index: int = 0,
     ) -> Any:
-        """Bundle one image's top labels, scores and maps for drawing."""
+        """Bundle one image's top labels, scores and maps (from `run`) for drawing."""
         from msrn.explain import Explanation
 
+        thresholds = self.thresholds if thresholds is None else thresholds
         return Explanation(
-            image=img, name=Path(name).name if name else f"image {i}",
+            image=img, name=Path(name).name if name else f"image {index}",
             labels=[self.labels[j] for j in ids], scores=[float(probs[j]) for j in ids],
             maps=maps, thresholds=[float(thresholds[j]) for j in ids],
         )
-
-    @staticmethod
-    def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
-        """A single input wrapped in a list; a list or other iterable of inputs as a list."""
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
-            return [images]
-        return list(images)
 
     def predict(
         self,
@@ -264,7 +200,7 @@ class Predictor:
 
     def probabilities(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
         """N x C label probabilities in `labels` order; an unreadable image is an error here."""
-        items = expand_inputs(self._as_list(images))
+        items = expand_inputs(as_list(images))
         rows = []
         for batch in self._batches(items):
             errors = [err for _, _, err in batch if err is not None]
@@ -292,7 +228,8 @@ def load(
 ) -> Predictor:
     """`msrn.load("best.pt")`: a Predictor for a project checkpoint or a reference one (`voc_checkpoint.pth.tar`).
 
-    options: image_size, threshold, top_k, batch_size, device, fast, tta ("none" or "flip") (see `Predictor`).
+    options: image_size, threshold, top_k, batch_size, device, fast, tta ("none" or "flip"), exif_orientation,
+    max_pixels (see `Predictor`).
     """
     return Predictor.from_checkpoint(checkpoint, word_vectors, cooccurrence, labels, **options)
 
@@ -309,9 +246,9 @@ def read_label_file(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """--checkpoint, the reference checkpoint's companion files and --image-size (shared with export, serve)."""
-    parser.add_argument("--checkpoint", required=True, metavar="FILE",
+    parser.add_argument("--checkpoint", required=required, metavar="FILE",
                         help="a project checkpoint (best.pt, last.pt) or a reference MSRN checkpoint")
     parser.add_argument("--word-vectors", metavar="FILE",
                         help="reference checkpoints: a word-vector pickle; default 'reference', the reference's "
@@ -327,10 +264,41 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_fast_argument(parser: argparse.ArgumentParser) -> None:
-    """--fast (predict, serve): the batch-norm-folded, channels-last model; same logits to ~1e-6."""
-    parser.add_argument("--fast", action="store_true",
-                        help="fold batch norm into the convolutions and use channels-last memory: the same "
-                             "scores to ~1e-6 relative, 1.2-1.4x faster on CPU (see BENCHMARKS.md)")
+    """--exact (predict, serve, evaluate): the spec's literal computation instead of the default folded model.
+
+    --fast, once the option for the folded model, is the default now and stays accepted.
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--exact", action="store_true",
+                       help="run the network as written (batch norm apart, default memory layout) instead of the "
+                            "default batch-norm-folded, channels-last copy: the same scores to ~1e-6, slower on CPU "
+                            "(see BENCHMARKS.md)")
+    group.add_argument("--fast", action="store_true", help="the folded model: the default (kept for old command lines)")
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """--exif-orientation and --max-megapixels (predict, serve): how image files are decoded."""
+    parser.add_argument("--exif-orientation", choices=("on", "off"),
+                        help="turn photos upright by their EXIF orientation tag (default: as the checkpoint's "
+                             "training did; on for reference and older checkpoints)")
+    parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
+                        help="refuse images larger than MP megapixels, read from the file's header before "
+                             f"decoding (default {DEFAULT_MAX_PIXELS / 1e6:g})")
+
+
+def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Predictor options that add_decoding_arguments' flags set.
+
+    Pillow's own decompression-bomb limit is raised to --max-megapixels when that is higher: the
+    command owns its process, and the limit checked is then ours.
+    """
+    if not args.max_megapixels > 0:
+        raise MSRNError("--max-megapixels must be positive")
+    max_pixels = int(args.max_megapixels * 1e6)
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    return {"exif_orientation": None if args.exif_orientation is None else args.exif_orientation == "on",
+            "max_pixels": max_pixels}
 
 
 def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:
@@ -354,8 +322,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "names its picture (\"explanation\"). An unreadable image gets an error record and the rest\n"
         "go on; the exit status is then 1."
     )
-    add_checkpoint_arguments(parser)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (walked)")
+    add_checkpoint_arguments(parser, required=False)
+    parser.add_argument("--onnx", metavar="FILE",
+                        help="tag with a model exported by `msrn export` instead of a checkpoint (onnxruntime; "
+                             "labels, thresholds and input size come from the file)")
+    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (walked)")
+    parser.add_argument("--list", action="append", default=[], metavar="FILE",
+                        help="a text file listing image paths, one a line ('-' reads standard input); repeatable")
     parser.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
     parser.add_argument("--out", metavar="FILE", help="write the output here (atomically) instead of stdout")
     parser.add_argument("--threshold", type=float, metavar="T",
@@ -371,6 +344,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_fast_argument(parser)
     parser.add_argument("--tta", default="none", choices=TTA_MODES,
                         help="test-time augmentation: flip averages the scores' logits of each image and its mirror")
+    add_decoding_arguments(parser)
+
+
+PROGRESS_FROM = 32  # inputs from which a progress bar is shown (on a terminal)
 
 
 class _Output:
@@ -417,6 +394,25 @@ def _unique_png(folder: Path, name: str | None, index: int, used: set[str]) -> P
     return folder / f"{candidate}.png"
 
 
+def _load(args: argparse.Namespace) -> Any:
+    """The Predictor of --checkpoint, or the OnnxPredictor of --onnx (exactly one of them)."""
+    options = dict(threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size, **decoding_options(args))
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise MSRNError("give either --checkpoint or --onnx")
+    if args.checkpoint is not None:
+        return load_from_args(args, device=args.device, fast=not args.exact, tta=args.tta, **options)
+    given = [flag for flag, value in (("--word-vectors", args.word_vectors), ("--cooccurrence", args.cooccurrence),
+                                      ("--labels", args.labels), ("--image-size", args.image_size),
+                                      ("--explain", args.explain), ("--exact", args.exact),
+                                      ("--tta", args.tta != "none")) if value]
+    if given:
+        raise MSRNError(f"{', '.join(given)} cannot be used with --onnx: the file fixes its labels, input size "
+                        "and computation, and holds no attention maps")
+    from msrn.onnx_predict import OnnxPredictor
+
+    return OnnxPredictor(args.onnx, **options)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run `msrn predict`: load, tag every input, write records (and attention pictures)."""
     if args.top_k is not None and args.top_k < 1:
@@ -427,8 +423,10 @@ def main(args: argparse.Namespace) -> int:
         raise MSRNError("--explain-labels must be at least 1")
     if args.explain and args.tta != "none":
         raise MSRNError("--explain draws one forward pass of the image as given; it does not combine with --tta")
-    predictor = load_from_args(args, threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size,
-                               device=args.device, fast=args.fast, tta=args.tta)
+    inputs = [*args.inputs, *(path for listed in args.list for path in read_path_list(listed))]
+    if not inputs:
+        raise MSRNError("no images given: name image files or folders, or --list FILE")
+    predictor = _load(args)
     explain_k = 0
     if args.explain:
         from msrn.explain import require_msrn, save_figure
@@ -436,19 +434,23 @@ def main(args: argparse.Namespace) -> int:
         require_msrn(predictor.model, args.checkpoint)
         check_writable(args.explain)
         explain_k = args.explain_labels
-    items = expand_inputs(args.inputs)  # an empty folder fails before any output starts
+    items = expand_inputs(inputs)  # an empty folder fails before any output starts
     output = _Output(args.format, args.out)
     failed, used = 0, set()
-    for index, result in enumerate(predictor.iter_results(items, explain_k=explain_k)):
-        record, expl = result.record, result.explanation
-        if "error" in record:
-            failed += 1
-            print(f"msrn predict: {record['image']}: {record['error']}", file=sys.stderr)
-        if expl is not None:
-            path = _unique_png(Path(args.explain), record["image"], index, used)
-            save_figure(expl, path)
-            record["explanation"] = os.fspath(path)
-        output.write(record)
+    results = predictor.iter_results(items, explain_k=explain_k) if explain_k else predictor.iter_results(items)
+    with tqdm(total=len(items), desc="predict", unit="img", leave=False, file=sys.stderr,
+              disable=None if len(items) >= PROGRESS_FROM else True) as bar:
+        for index, result in enumerate(results):
+            record, expl = result.record, result.explanation
+            if "error" in record:
+                failed += 1
+                bar.write(f"msrn predict: {record['image']}: {record['error']}", file=sys.stderr)
+            if expl is not None:
+                path = _unique_png(Path(args.explain), record["image"], index, used)
+                save_figure(expl, path)
+                record["explanation"] = os.fspath(path)
+            output.write(record)
+            bar.update()
     output.close()
     if args.explain:
         print(f"msrn predict: attention pictures in {args.explain}", file=sys.stderr)

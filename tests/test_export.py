@@ -1,12 +1,18 @@
-"""msrn export: ONNX graphs that onnxruntime runs with PyTorch's logits, for any batch size."""
+"""msrn export: ONNX graphs that onnxruntime runs with PyTorch's logits, for any batch size, and tagging
+from the ONNX file alone, without torch."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from image_helpers import sideways_jpeg
+from PIL import Image
 
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
@@ -14,11 +20,13 @@ from msrn.export import export_onnx, traceable_attention
 from msrn.models import create_model
 from msrn.models.attention import label_attention
 from msrn.models.loading import model_state
+from msrn.predict import load
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'msrn[export]')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'msrn[export]')")
 
 LABELS = ["cat", "dog", "car", "tree", "sky"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(path, x: torch.Tensor) -> np.ndarray:
@@ -73,3 +81,77 @@ def test_missing_onnx_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
     model = create_model("baseline_tiny", labels=LABELS).eval()
     with pytest.raises(MSRNError, match=r"pip install 'msrn\[export\]'"):
         export_onnx(model, tmp_path / "m.onnx", image_size=64)
+
+
+TORCH_FREE = """
+import json, sys
+sys.modules["torch"] = None  # any import of torch now fails: the ONNX path must not need it
+from msrn.onnx_predict import load_onnx
+predictor = load_onnx(sys.argv[1])
+records = predictor.predict(sys.argv[2:], threshold=0.0)
+print(json.dumps({"records": records, "labels": predictor.labels, "thresholds": predictor.thresholds.tolist(),
+                  "image_size": predictor.image_size, "torch": sys.modules["torch"] is not None}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A checkpoint with per-label thresholds, its ONNX export, and images: plain, sideways, broken."""
+    root = tmp_path_factory.mktemp("onnx")
+    torch.manual_seed(2)
+    state = model_state(create_model("msrn_tiny", labels=LABELS), image_size=64)
+    state["thresholds"] = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.45])
+    torch.save(state, root / "m.pt")
+    assert cli(["export", "--checkpoint", str(root / "m.pt"), "--out", str(root / "m.onnx")]) == 0
+    rng = np.random.default_rng(0)
+    images = []
+    for i, size in enumerate([(90, 70), (64, 64), (200, 120)]):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(root / f"{i}.png")
+        images.append(root / f"{i}.png")
+    (root / "phone.jpg").write_bytes(sideways_jpeg(Image.open(images[2])))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return {"root": root, "ckpt": root / "m.pt", "onnx": root / "m.onnx",
+            "images": [*images, root / "phone.jpg", root / "broken.jpg"]}
+
+
+def _scores(records: list[dict]) -> list[dict]:
+    """label -> score per record (None for an unreadable image)."""
+    return [None if "error" in r else {x["label"]: x["score"] for x in r["labels"]} for r in records]
+
+
+def test_onnx_file_alone_tags_like_the_torch_path_without_torch(exported: dict) -> None:
+    meta = {p.key: p.value for p in onnx.load(str(exported["onnx"])).metadata_props}
+    assert json.loads(meta["thresholds"]) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.45])
+    assert json.loads(meta["exif_orientation"]) is True and meta["image_size"] == "64"
+    out = subprocess.run([sys.executable, "-c", TORCH_FREE, str(exported["onnx"]), *map(str, exported["images"])],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["labels"] == LABELS and got["image_size"] == 64 and not got["torch"]
+    assert got["thresholds"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.45])
+    want = load(exported["ckpt"]).predict(exported["images"], threshold=0.0)  # the default torch path
+    for g, w in zip(_scores(got["records"]), _scores(want), strict=True):
+        if w is None:
+            assert g is None
+            continue
+        assert g.keys() == w.keys() and max(abs(g[k] - w[k]) for k in w) <= 1e-4
+    assert "cannot decode" in got["records"][-1]["error"]  # phone.jpg above: EXIF orientation applied alike
+
+
+def test_cli_predict_with_onnx(exported: dict, capsys: pytest.CaptureFixture, tmp_path) -> None:
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(map(str, exported["images"][:3])) + "\n\n")
+    assert cli(["predict", "--onnx", str(exported["onnx"]), "--list", str(listing)]) == 0
+    from_onnx = json.loads(capsys.readouterr().out)
+    assert cli(["predict", "--checkpoint", str(exported["ckpt"]), *map(str, exported["images"][:3])]) == 0
+    from_torch = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in from_onnx] == [r["image"] for r in from_torch]
+    for g, w in zip(_scores(from_onnx), _scores(from_torch), strict=True):  # the stored thresholds apply
+        assert g.keys() == w.keys() and max(abs(g[k] - w[k]) for k in w) <= 1e-4
+    for args, words in ((["--onnx", str(exported["onnx"]), "--explain", str(tmp_path)], "--explain"),
+                        (["--onnx", str(exported["onnx"]), "--checkpoint", str(exported["ckpt"])], "either"),
+                        ([], "either"),
+                        (["--onnx", str(exported["ckpt"])], "not a readable ONNX model")):
+        assert cli(["predict", *args, str(exported["images"][0])]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err

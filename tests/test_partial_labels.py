@@ -23,7 +23,7 @@ from msrn.data import build_dataset
 from msrn.errors import MSRNError
 from msrn.labels.graph import conditional, count_cooccurrence
 from msrn.labels.labelset import LabelSet, build_label_set
-from msrn.metrics import multilabel_metrics, per_label_thresholds, tune_thresholds
+from msrn.metrics import multilabel_metrics, per_label_thresholds, reference_tuned_metrics
 from msrn.targets import UNKNOWN
 
 SIX = ("CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -134,8 +134,9 @@ def test_thresholds_ignore_unknown_entries() -> None:
     as_negative = np.where(targets == UNKNOWN, 0, targets)
     assert per_label_thresholds(probs, targets)[0] == 0.3  # the unknown 0.6-0.8 are no false positives
     assert per_label_thresholds(probs, as_negative)[0] == 0.81  # as negatives they would be
-    assert tune_thresholds(probs, targets)["CF1"] == 100.0
-    assert tune_thresholds(probs, as_negative)["CF1"] < 100.0
+    logits = np.array([[2.0], [1.5], [1.0], [0.5], [-0.8], [-2.0]])  # the reference's grid is on logits
+    assert reference_tuned_metrics(logits, targets)["CF1"] == 100.0  # at -0.8, only known entries counted
+    assert reference_tuned_metrics(logits, as_negative)["CF1"] < 100.0
 
 
 # --------------------------------------------------------------------------- graph, label set, commands

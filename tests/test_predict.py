@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from model_helpers import randomise_batchnorms
 from PIL import Image
 
+import msrn
 from msrn.cli import main as cli
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
@@ -218,7 +220,7 @@ def test_fast_predictor_folds_batch_norm_and_keeps_scores_and_explanations(tmp_p
     ckpt = tmp_path / "m.pt"
     torch.save(model_state(model.eval(), image_size=64), ckpt)
     images = [_image(i) for i in range(3)]
-    plain, fast = load(ckpt, threshold=0.0), load(ckpt, threshold=0.0, fast=True)
+    plain, fast = load(ckpt, threshold=0.0, fast=False), load(ckpt, threshold=0.0)  # fast: the default
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.model.modules())
     assert fast.labels == LABELS and fast.image_size == 64
     expected = plain.probabilities(images)
@@ -229,8 +231,41 @@ def test_fast_predictor_folds_batch_norm_and_keeps_scores_and_explanations(tmp_p
     paths = [tmp_path / f"{i}.png" for i in range(3)]
     for img, path in zip(images, paths):
         img.save(path)
-    assert cli(["predict", "--checkpoint", str(ckpt), "--fast", "--threshold", "0", *map(str, paths)]) == 0
+    for flags in ([], ["--fast"], ["--exact"]):  # --fast, once an option, is the default and still accepted
+        assert cli(["predict", "--checkpoint", str(ckpt), *flags, "--threshold", "0", *map(str, paths)]) == 0
+        records = json.loads(capsys.readouterr().out)
+        got = np.array([[x["score"] for x in sorted(r["labels"], key=lambda x: LABELS.index(x["label"]))]
+                        for r in records])
+        np.testing.assert_allclose(got, expected, atol=2e-6 if flags != ["--exact"] else 1e-6)
+    with pytest.raises(SystemExit):  # one or the other
+        cli(["predict", "--checkpoint", str(ckpt), "--fast", "--exact", str(paths[0])])
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"msrn {msrn.__version__}"
+
+
+def test_list_file_and_progress_bar(files: dict, tmp_path, capsys: pytest.CaptureFixture,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = files["folder"]
+    monkeypatch.chdir(folder)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"img1.png\n\n{folder / 'img0.png'}\n  nested/img0.jpg  \n")
+    assert cli(["predict", "--checkpoint", str(files["ckpt"]), "--list", str(listing), "img2.png"]) == 0
     records = json.loads(capsys.readouterr().out)
-    got = np.array([[x["score"] for x in sorted(r["labels"], key=lambda x: LABELS.index(x["label"]))]
-                    for r in records])
-    np.testing.assert_allclose(got, expected, atol=2e-6)
+    assert [r["image"] for r in records] == ["img2.png", "img1.png", str(folder / "img0.png"), "nested/img0.jpg"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("img1.png\n"))
+    assert cli(["predict", "--checkpoint", str(files["ckpt"]), "--list", "-"]) == 0
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == ["img1.png"]
+    assert cli(["predict", "--checkpoint", str(files["ckpt"]), "--list", str(tmp_path / "nope.txt")]) == 2
+    assert "cannot read the image list" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: bars are shown
+    long = tmp_path / "long.txt"
+    long.write_text("img0.png\n" * 40)
+    assert cli(["predict", "--checkpoint", str(files["ckpt"]), "--list", str(long), "--batch-size", "8"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 40 and "predict:" in captured.err and "/40" in captured.err
+    assert cli(["predict", "--checkpoint", str(files["ckpt"]), "img0.png", "img1.png"]) == 0
+    assert capsys.readouterr().err == ""  # a short list: no bar

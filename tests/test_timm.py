@@ -41,6 +41,15 @@ def test_head_reads_the_maps_at_strides_8_16_32(name: str) -> None:
         assert model(x).shape == (2, len(LABELS))
 
 
+def test_channels_last_maps_are_turned_to_channels_first() -> None:
+    _timm_or_skip()
+    torch.manual_seed(0)
+    model = create_model("msrn_timm", labels=LABELS, backbone="swin_tiny_patch4_window7_224").eval()  # its size: 224
+    assert model.backbone.channels_last
+    maps = model.backbone.forward_features(torch.randn(1, 3, 224, 224))
+    assert [tuple(m.shape[1:]) for m in maps] == [(192, 28, 28), (384, 14, 14), (768, 7, 7)]
+
+
 def test_checkpoint_round_trip_and_timm_weight_file(tmp_path: Path) -> None:
     timm = _timm_or_skip()
     from msrn.models.loading import load_model, model_state

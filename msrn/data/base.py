@@ -1,7 +1,6 @@
-"""The common dataset record (`MultiLabelData`), robust image decoding and the torch `ImageDataset`."""
+"""The common dataset record (`MultiLabelData`) and the torch `ImageDataset` (decoding: msrn.images)."""
 from __future__ import annotations
 
-import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from msrn.errors import MSRNError
+from msrn.images import open_image
 from msrn.targets import UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class MultiLabelData:
     labels: list[str]
     targets: np.ndarray
     note: str = ""
+    exif_orientation: bool = False  # decode with the EXIF orientation applied (user photos; not the benchmarks)
 
     def __post_init__(self) -> None:
         """Check that images, labels and targets agree, so a reader bug shows up at once."""
@@ -84,51 +85,6 @@ def read_text(path: Path) -> str:
         raise MSRNError(f"{path}: cannot read as UTF-8 text ({e})") from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB: alpha composited on white, 16/32-bit ints scaled to 8 bit."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I;16") or mode == "I":
-        # 16-bit greyscale (PNG "I;16" or "I"): map 0..65535 onto 0..255.
-        arr = np.asarray(img, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "F":
-        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("LA", "La", "PA", "RGBa") or (mode == "L" and "transparency" in img.info):
-        img = img.convert("RGBA")
-    if img.mode == "RGBA":
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, img).convert("RGB")
-    return img.convert("RGB")
-
-
-def open_image(source: PathLike | bytes, name: str | None = None) -> Image.Image:
-    """Decode an image file (or uploaded bytes) fully and return it as RGB; any failure is an
-    MSRNError naming the file (or `name`)."""
-    where = name or str(source if not isinstance(source, bytes) else "upload")
-    if isinstance(source, bytes) and not source:
-        raise MSRNError(f"{where}: the image is empty")
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
-            img.load()
-            rgb = _to_rgb(img)
-            if rgb is img:
-                rgb = img.copy()
-    except FileNotFoundError:
-        raise MSRNError(f"{where}: image file not found") from None
-    except UnidentifiedImageError:
-        raise MSRNError(f"{where}: cannot decode image (not an image format Pillow reads)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise MSRNError(f"{where}: cannot decode image ({e})") from None
-    if rgb.width == 0 or rgb.height == 0:
-        raise MSRNError(f"{where}: image has zero size")
-    return rgb
-
-
 class ImageDataset(torch.utils.data.Dataset):
     """Torch dataset over `MultiLabelData`: item i is (3xHxW float32 image, C float32 target, index).
 
@@ -165,7 +121,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Decode and transform image i."""
-        image = self.transform(open_image(self.data.images[i]))
+        image = self.transform(open_image(self.data.images[i], exif_orientation=self.data.exif_orientation))
         return image, self._targets[i], i
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -76,4 +76,5 @@ def read_csv_dataset(path: Path, split: str, name: str = "csv") -> MultiLabelDat
         targets[r, [index[n] for n in unknown]] = UNKNOWN
     folder = path.resolve().parent
     images = [folder / row[0] for row in chosen]
-    return MultiLabelData(name, split, folder, images, labels, targets)
+    # a user's own photos: shown upright, as a viewer shows them (the benchmark readers follow the reference)
+    return MultiLabelData(name, split, folder, images, labels, targets, exif_orientation=True)

@@ -106,7 +106,8 @@ class TestTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """Resize one PIL image into a normalised 3 x S x S tensor."""
-        img = img.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+        img = img if img.mode == "RGB" else img.convert("RGB")  # convert would copy a whole RGB photo
+        img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
         return to_tensor_normalized(img)
 
     def __repr__(self) -> str:

@@ -226,7 +226,7 @@ class Trainer:
         return self.ema.module if which == "ema" else self.model
 
     def checkpoint(self, full: bool, which: str = "live") -> dict:
-        ckpt = model_state(self.weights(which), self.cfg.image_size)
+        ckpt = model_state(self.weights(which), self.cfg.image_size, self.train_data.exif_orientation)
         ckpt.update(labelset=self.labelset.to_dict(), config=self.cfg.to_dict(), epoch=self.epoch,
                     global_step=self.global_step, best=self.best, history=self.history)
         if self.ema is not None:

@@ -89,8 +89,12 @@ def load_reference(
     return model
 
 
-def model_state(model: nn.Module, image_size: int) -> dict[str, Any]:
-    """The model part of a project checkpoint (weights, config, labels, input size)."""
+def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True) -> dict[str, Any]:
+    """The model part of a project checkpoint (weights, config, labels, input size, how images were decoded).
+
+    exif_orientation says whether the training images were shown upright by their EXIF orientation,
+    so that prediction decodes alike.
+    """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     if isinstance(model, MSRN):
         arch = {"kind": "msrn", "config": model.cfg.to_dict()}
@@ -98,7 +102,7 @@ def model_state(model: nn.Module, image_size: int) -> dict[str, Any]:
         arch = {"kind": "baseline", "backbone": model.backbone.arch, "num_classes": model.fc.out_features,
                 "labels": list(model.label_names)}
     return {"format": FORMAT, "version": VERSION, "model": arch, "image_size": int(image_size),
-            "state_dict": model.state_dict()}
+            "exif_orientation": bool(exif_orientation), "state_dict": model.state_dict()}
 
 
 def build_from_state(ckpt: dict, where: str) -> nn.Module:
@@ -149,6 +153,8 @@ def load_model(
     else:
         raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
     model.image_size = int(ckpt.get("image_size", 448))  # reference checkpoints were trained at 448
+    # older and reference checkpoints record no decoding: a person's photo is then shown upright
+    model.exif_orientation = bool(ckpt.get("exif_orientation", True))
     thresholds = ckpt.get("thresholds")
     if thresholds is not None:
         model.register_buffer("thresholds", torch.as_tensor(thresholds, dtype=torch.float32), persistent=False)

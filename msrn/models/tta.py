@@ -29,6 +29,6 @@ def with_tta(model: nn.Module, mode: str = "none") -> nn.Module:
     """The model itself for mode "none", wrapped in FlipAverage for "flip"."""
     if mode == "none":
         return model
-    if mode == "flip":
-        return FlipAverage(model)
+    if mode == "flip":  # in the wrapped model's mode, so restoring it never switches an eval-only model to train
+        return FlipAverage(model).train(model.training)
     raise MSRNError(f"--tta must be one of {', '.join(TTA_MODES)}, not {mode!r}")
