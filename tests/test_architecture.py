@@ -14,13 +14,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "msrn"
 
 # the lowest layer first; a module's layer is that of its longest matching prefix
 LAYERS: list[tuple[str, ...]] = [
-    ("msrn.errors", "msrn.io", "msrn.targets", "msrn.safe_pickle", "msrn.download", "msrn.checkpoint",
-     "msrn.metrics", "msrn.plots", "msrn.distributed", "msrn.images"),  # images: decoding, torch-free
+    ("msrn.errors", "msrn.io", "msrn.images", "msrn.targets", "msrn.safe_pickle", "msrn.download",
+     "msrn.checkpoint", "msrn.metrics", "msrn.plots", "msrn.distributed"),
     ("msrn.data",),
     ("msrn.labels", "msrn.labelset"),
     ("msrn.models",),
     ("msrn.engine", "msrn.config"),
-    ("msrn.predict", "msrn.explain", "msrn.export", "msrn.serve", "msrn.cli", "msrn.__main__", "msrn"),
+    ("msrn.tagging", "msrn.predict", "msrn.onnx_predict", "msrn.explain", "msrn.export", "msrn.serve", "msrn.cli",
+     "msrn.__main__", "msrn"),
 ]
 NAMES = ("base", "data", "labels", "models", "engine", "inference")
 
