@@ -237,7 +237,7 @@ class Predictor:
         return Explanation(
             image=img, name=Path(name).name if name else f"image {i}",
             labels=[self.labels[j] for j in ids], scores=[float(probs[j]) for j in ids],
-            maps=maps, thresholds=[float(thresholds[j]) for j in ids],
+            maps=maps, thresholds=[float(thresholds[j]) for j in ids], depths=tuple(self.model.cfg.depths),
         )
 
     @staticmethod

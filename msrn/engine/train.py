@@ -152,7 +152,7 @@ class Trainer:
                                             tau=cfg.tau, cooccurrence=cfg.cooccurrence)
             model = create_model(cfg.model, labels=self.labelset.labels, word_vectors=self.labelset.word_vectors,
                                  cooccurrence=self.labelset.cooccurrence, tau=cfg.tau, pool_ratio=cfg.pool_ratio,
-                                 pretrained=cfg.pretrained)
+                                 pretrained=cfg.pretrained, **cfg.model_switches())
         if self.test_data.labels != self.labelset.labels:
             raise MSRNError(f"the {self.test_data.split} split's labels differ from the training split's")
         self.model = model.to(self.device)
@@ -163,7 +163,9 @@ class Trainer:
         self.net = self.model
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # a head that reads no deeper than layer3 leaves the later backbone layers without gradients
+            shallow = max(getattr(getattr(self.model, "cfg", None), "depths", (3,))) < 3
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=shallow)
         self.optimizer = make_sgd(self.model.param_groups(cfg.lr, cfg.lr_backbone), cfg)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16" and self.device.type == "cuda")
