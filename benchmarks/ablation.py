@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 
@@ -66,11 +68,20 @@ def head_weights(model: str, switches: dict, num_classes: int = 16) -> int:
     return sum(p.numel() for n, p in m.named_parameters() if not n.startswith("backbone."))
 
 
-def run_one(row: str, seed: int, out: Path, settings: dict, workers: int) -> dict:
-    """Train one row with one seed and evaluate it: a runs.json record."""
-    model, switches = ROWS[row]
-    data = ensure_scenes(out / "data" / f"seed{seed}", seed=seed, num_train=settings["num_train"],
+def data_for(seed: int, out: Path, settings: dict) -> Path:
+    """The seed's scenes data under out/data, generated on first use."""
+    return ensure_scenes(out / "data" / f"seed{seed}", seed=seed, num_train=settings["num_train"],
                          num_test=settings["num_test"], image_size=settings["image_size"])
+
+
+def run_one(row: str, seed: int, out: Path, settings: dict, workers: int, threads: int | None = None) -> dict:
+    """Train one row with one seed and evaluate it: a runs.json record."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, switches = ROWS[row]
+    data = data_for(seed, out, settings)
     folder = out / "runs" / f"{row.replace(' ', '_').replace('+', '')}_seed{seed}"
     overrides = dict(data=str(data), out=str(folder), model=model, seed=seed, workers=workers,
                      image_size=settings["image_size"], epochs=settings["epochs"],
@@ -134,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", nargs="+", choices=list(ROWS), help="default: every row")
     p.add_argument("--epochs", type=int, help="override the scenes preset's epoch count")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes per run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in its own process with one thread (loading in that process)")
     p.add_argument("--quick", action="store_true", help="tiny data and one epoch: checks the script in seconds")
     p.add_argument("--record", action="store_true",
                    help=f"store the seed spread of msrn and baseline in {SEED_SPREAD} for msrn demo")
@@ -154,17 +167,25 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{log_path} holds runs with other settings; use another --out")
     have = {(r["row"], r["seed"]) for r in records}
     weights = {row: head_weights(*ROWS[row]) for row in rows}
-    for seed in seeds:
-        for row in rows:
-            if (row, seed) in have:
-                continue
-            t0 = time.time()
-            record = run_one(row, seed, out, settings, args.workers)
-            record.update(head_weights=weights[row], settings=settings)
-            records.append(record)
-            atomic_write_json(log_path, records)
-            print(f"{row:<20} seed {seed}: mAP {record['mAP']:.2f} CF1 {record['CF1']:.2f} OF1 {record['OF1']:.2f} "
-                  f"({time.time() - t0:.0f} s)", flush=True)
+    todo = [(row, seed) for seed in seeds for row in rows if (row, seed) not in have]
+    for seed in sorted({s for _, s in todo}):
+        data_for(seed, out, settings)  # before any run, so parallel runs never generate the same folder
+
+    def done(record: dict) -> None:
+        record.update(head_weights=weights[record["row"]], settings=settings)
+        records.append(record)
+        atomic_write_json(log_path, records)
+        print(f"{record['row']:<20} seed {record['seed']}: mAP {record['mAP']:.2f} CF1 {record['CF1']:.2f} "
+              f"OF1 {record['OF1']:.2f} ({record['seconds']:.0f} s training)", flush=True)
+
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_one, row, seed, out, settings, 0, 1) for row, seed in todo]
+            for future in as_completed(futures):
+                done(future.result())
+    else:
+        for row, seed in todo:
+            done(run_one(row, seed, out, settings, args.workers))
     text = tables(records, rows, seeds)
     atomic_write_text(out / "table.md", text)
     print(text)

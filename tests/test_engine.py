@@ -123,15 +123,16 @@ def test_presets_carry_the_paper_recipe() -> None:
     assert TrainConfig.from_dict(coco.to_dict()) == coco
 
 
-def test_ablation_switches_on_the_command_line(tmp_path: Path) -> None:
+def test_ablation_switches_and_crop_scales_on_the_command_line(tmp_path: Path) -> None:
     from msrn.checkpoint import load_model
 
     csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
     out = tmp_path / "run"
     assert cli(train_args(csv, out, "--epochs", "1", "--depths", "3", "2", "--no-group-semantics",
-                          "--no-label-graph")) == 0
+                          "--no-label-graph", "--crop-scales", "1", "0.85")) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["depths"], cfg["group_semantics"], cfg["label_graph"]) == ([2, 3], False, False)
+    assert cfg["crop_scales"] == [1.0, 0.85]
     model = load_model(out / "best.pt")
     assert model.cfg.depths == (2, 3) and not model.cfg.group_semantics and not model.cfg.label_graph
     assert TrainConfig.from_dict(cfg).model_switches() == {"depths": (2, 3), "group_semantics": False,
@@ -141,6 +142,8 @@ def test_ablation_switches_on_the_command_line(tmp_path: Path) -> None:
         preset_config("scenes", model="baseline_tiny", label_graph=False)
     with pytest.raises(MSRNError, match="--depths"):
         preset_config("scenes", depths=(0, 3))
+    with pytest.raises(MSRNError, match="--crop-scales"):
+        preset_config("scenes", crop_scales=(1.0, 1.5))
 
 
 def test_difficult_labels_count_as_positive_in_training() -> None:

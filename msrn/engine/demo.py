@@ -117,7 +117,7 @@ def _figure_image(fig: Figure) -> Image.Image:
 def score_panel(labels: list[str], truth: np.ndarray, msrn: np.ndarray, base: np.ndarray, height: int) -> Image.Image:
     """Bars of both models' probabilities for the true labels and each model's top guesses."""
     shown = sorted(set(np.flatnonzero(truth)) | set(np.argsort(-msrn)[:4]) | set(np.argsort(-base)[:4]),
-                   key=lambda j: (-truth[j], -max(msrn[j], base[j])))
+                   key=lambda j: (not truth[j], -max(msrn[j], base[j])))
     fig = Figure(figsize=(4.2, height / 100), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(shown))

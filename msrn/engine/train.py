@@ -176,7 +176,8 @@ class Trainer:
                             f"({world} x {cfg.grad_accum})")
         self.rank_batch = cfg.batch_size // world
         self.micro_batch = self.rank_batch // cfg.grad_accum
-        self.train_set = ImageDataset(self.train_data, TrainTransform(cfg.image_size), on_error=cfg.on_error)
+        self.train_set = ImageDataset(self.train_data, TrainTransform(cfg.image_size, cfg.crop_scales),
+                                      on_error=cfg.on_error)
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, shuffle=True, rank=dist.rank(), world=world)
         self.loader = build_loader(SeededView(self.train_set, cfg.seed), self.micro_batch, shuffle=False,
                                    workers=cfg.workers, seed=cfg.seed, sampler=self.sampler)
