@@ -31,7 +31,7 @@ import numpy as np
 
 from msrn.config import preset_config
 from msrn.data.scenes import ensure_scenes
-from msrn.engine.demo import SEED_SPREAD, evaluate_run
+from msrn.engine.demo import SEED_SPREAD, compute_threads, evaluate_run
 from msrn.io import atomic_write_json, atomic_write_text
 from msrn.models import create_model
 
@@ -78,8 +78,7 @@ def run_one(row: str, seed: int, out: Path, settings: dict, workers: int, thread
     """Train one row with one seed and evaluate it: a runs.json record."""
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or compute_threads(workers))
     model, switches = ROWS[row]
     data = data_for(seed, out, settings)
     folder = out / "runs" / f"{row.replace(' ', '_').replace('+', '')}_seed{seed}"

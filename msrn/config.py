@@ -127,7 +127,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the built-in benchmark (msrn demo) on 128 px scenes: labels there hang on small objects anywhere in the
     # frame, which the multi-scale crop would cut away while keeping their labels, so only flips augment
     "scenes": dict(model="msrn_tiny", pretrained=None, image_size=128, batch_size=32, lr=0.1, lr_backbone=0.1,
-                   epochs=16, lr_steps=(12,), pool_ratio=0.2, workers=1, max_grad_norm=10.0, crop_scales=(1.0,)),
+                   epochs=14, lr_steps=(11,), pool_ratio=0.2, workers=1, max_grad_norm=10.0, crop_scales=(1.0,)),
 }
 
 

@@ -54,6 +54,7 @@ CLUTTER = tuple((s, c) for s in SHAPES for c in COLOURS if (s, c) not in {v[1:] 
 IMAGE_SIZE = 128
 LABEL_SIDES = (8, 64)  # object side in pixels, drawn log-uniformly
 CLUTTER_SIDES = (8, 48)
+CLUTTER_COUNT = (1, 3)  # clutter objects per image
 # object-size buckets (side in pixels, lower bound inclusive): thirds of the log-uniform range
 SIZE_BUCKETS: dict[str, tuple[int, int]] = {"small": (8, 16), "medium": (16, 32), "large": (32, 65)}
 P_ONE_SCENE = 0.7  # otherwise two scenes
@@ -79,7 +80,7 @@ How an image is made:
 2. Ambiguous pairs: {pairs} look exactly alike (same shape, same colour distribution). Only the
    labels around them tell them apart, and an ambiguous label never appears without an
    unambiguous label of its own scene.
-3. Background: a random dark tint, 2-6 thin random lines, then 2-5 clutter objects: shapes in
+3. Background: a random dark tint, 2-6 thin random lines, then {clutter[0]}-{clutter[1]} clutter objects: shapes in
    shape/colour pairings that are no label's (shared colours and shapes, so neither colour nor
    shape alone identifies a label).
 4. Label objects, one per present label, in random order; side log-uniform in
@@ -216,7 +217,7 @@ def render_scene(labels: list[str], size: int, rng: np.random.RandomState) -> tu
     def side_of(sides: tuple[int, int]) -> int:
         return max(4, min(size, round(_log_uniform_side(rng, sides) * scale)))
 
-    for _ in range(rng.randint(2, 6)):
+    for _ in range(rng.randint(CLUTTER_COUNT[0], CLUTTER_COUNT[1] + 1)):
         shape, colour = CLUTTER[rng.randint(len(CLUTTER))]
         side = side_of(CLUTTER_SIDES)
         x, y = (int(v) for v in rng.randint(0, size - side + 1, size=2))
@@ -273,7 +274,8 @@ def _readme(seed: int, num_train: int, num_test: int, image_size: int) -> str:
         seed=seed, num_train=num_train, num_test=num_test, size=image_size, version=VERSION,
         num_labels=len(LABELS), num_scenes=len(SCENES), table="\n".join(rows), p_one=P_ONE_SCENE,
         p_label=P_LABEL, p_stray=P_STRAY, pairs=", ".join(f"{a}/{b}" for a, b in AMBIGUOUS_PAIRS),
-        label_sides=LABEL_SIDES, clutter_sides=CLUTTER_SIDES, min_visible=MIN_VISIBLE, p_occ=P_OCCLUDER,
+        label_sides=LABEL_SIDES, clutter_sides=CLUTTER_SIDES, clutter=CLUTTER_COUNT, min_visible=MIN_VISIBLE,
+        p_occ=P_OCCLUDER,
         buckets=", ".join(f"{k} {lo}-{hi - 1}" for k, (lo, hi) in SIZE_BUCKETS.items()), manifest=MANIFEST,
     )  # fmt: skip
 

@@ -89,7 +89,8 @@ def create_model(
     if name in BASELINES:
         if overrides:
             raise MSRNError(f"{name} is a baseline without the MSRN head: {', '.join(sorted(overrides))} do not apply")
-        model = PlainClassifier(*BASELINES[name][:1], num_classes, labels, hidden=BASELINES[name][1])
+        arch, hidden = BASELINES[name]
+        model = PlainClassifier(arch, num_classes, labels, hidden=hidden)
         backbone = model.backbone
     elif name in MODEL_CONFIGS:
         names = labels or [str(i) for i in range(num_classes)]

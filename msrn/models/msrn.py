@@ -55,11 +55,6 @@ class MSRNConfig:
         d["depths"] = tuple(d.get("depths", DEPTHS))
         return cls(**d)
 
-    def ablated(self) -> list[str]:
-        """What this configuration leaves out of the paper's model, in words (empty for the full model)."""
-        out = [] if tuple(self.depths) == DEPTHS else [f"depths {'+'.join(map(str, self.depths))} only"]
-        return out + ["no group semantics"] * (not self.group_semantics) + ["no label graph"] * (not self.label_graph)
-
 
 def check_depths(depths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """The depths as an increasing tuple, or ValueError unless they are a non-empty subset of 1, 2, 3."""
