@@ -28,6 +28,7 @@ class TrainConfig:
     pretrained: str | None = None  # the backbone's weights: "imagenet", a file or URL, or a reference/msrn checkpoint
     init: str | None = None  # start from every weight of a reference or msrn checkpoint (fine-tuning)
     image_size: int = 448
+    crop_scales: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6)  # the multi-scale crop's sides, x the shorter side
     epochs: int = 30
     batch_size: int = 16  # the global batch (all processes, one optimiser step)
     lr: float = 0.1  # the head (everything outside the backbone)
@@ -39,6 +40,10 @@ class TrainConfig:
     max_grad_norm: float | None = None  # clip the gradient norm; None = off (the reference's clip runs before
     # backward and so clips nothing: its effective recipe has no clipping)
     pool_ratio: float = 0.2  # K = int(pool_ratio * C) label groups
+    # ablation switches of the MSRN head (the paper's model: all three depths, groups and graph on)
+    depths: tuple[int, ...] = (1, 2, 3)  # which depths the head reads: any of 1 (layer2), 2 (layer3), 3 (layer4)
+    group_semantics: bool = True  # global group semantics (graph pooling into K groups)
+    label_graph: bool = True  # the co-occurrence graph; off: the GAT layers see an identity adjacency
     word_vectors: str | None = None  # None/"ngram", "encoder", "reference", a GloVe/fastText file, a .pkl
     name_map: str | None = None  # label=words file for names missing from a vector file
     cooccurrence: str | None = None  # None/"train": count the training split; "reference" or a {'adj','nums'} pickle
@@ -71,6 +76,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["lr_steps"] = list(self.lr_steps)
+        d["depths"] = list(self.depths)
+        d["crop_scales"] = list(self.crop_scales)
         return d
 
     @classmethod
@@ -80,9 +87,16 @@ class TrainConfig:
         if unknown:
             raise MSRNError(f"unknown configuration keys: {', '.join(unknown)}")
         d = dict(d)
-        if "lr_steps" in d:
-            d["lr_steps"] = tuple(int(s) for s in d["lr_steps"])
+        for key, kind in (("lr_steps", int), ("depths", int), ("crop_scales", float)):
+            if key in d:
+                d[key] = tuple(kind(s) for s in d[key])
         return cls(**d)
+
+    def model_switches(self) -> dict[str, Any]:
+        """The ablation switches as MSRNConfig overrides: empty for the paper's model, so baselines take them."""
+        switches = {"depths": tuple(self.depths), "group_semantics": self.group_semantics,
+                    "label_graph": self.label_graph}
+        return {} if switches == _FULL_MODEL else switches
 
     def validate(self) -> None:
         if self.pretrained is not None and self.pretrained.strip().lower() in ("", "none"):
@@ -95,6 +109,8 @@ class TrainConfig:
             raise MSRNError("epochs and batch-size must be >= 1 and image-size >= 32")
         if self.model.startswith("msrn") and self.image_size < 64:  # stride-32 features, then a 2x2 pool
             raise MSRNError(f"--model {self.model} needs --image-size >= 64, not {self.image_size}")
+        if not self.crop_scales or not all(0 < x <= 1 for x in self.crop_scales):
+            raise MSRNError(f"--crop-scales must be fractions in (0, 1], not {list(self.crop_scales)}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise MSRNError(f"--amp must be none, bf16 or fp16, not {self.amp!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -105,6 +121,12 @@ class TrainConfig:
             raise MSRNError(f"--workers ({self.workers}) and --save-every ({self.save_every}) must be >= 0")
         if self.on_error not in ("stop", "skip"):
             raise MSRNError(f"--on-error must be stop or skip, not {self.on_error!r}")
+        if not self.depths or sorted(set(self.depths)) != sorted(self.depths) or not set(self.depths) <= {1, 2, 3}:
+            raise MSRNError(f"--depths must be distinct values among 1, 2, 3, not {list(self.depths)}")
+        self.depths = tuple(sorted(self.depths))
+        if self.model_switches() and not self.model.startswith("msrn"):
+            raise MSRNError(f"--depths, --no-group-semantics and --no-label-graph change the MSRN head; "
+                            f"{self.model} has none")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise MSRNError(f"--grad-accum {self.grad_accum} must divide --batch-size {self.batch_size}")
         if (self.model == "msrn_timm") != bool(self.backbone):
@@ -127,6 +149,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("none", "bf16", "fp16"), "on_error": ("stop", "skip"), "loss": LOSSES, "tta": TTA_MODES,
 }
 
+_FULL_MODEL = {"depths": (1, 2, 3), "group_semantics": True, "label_graph": True}
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
               lr_backbone=0.01, epochs=30, lr_steps=(20,))
 # The paper's code asks for 20 epochs with a step at 30 and then runs 200 epochs selecting on the
@@ -140,6 +163,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the built-in demo: a tiny backbone from scratch on 64 px images, minutes on a CPU
     "synthetic": dict(model="msrn_tiny", pretrained=None, image_size=64, batch_size=32, lr=0.1,
                       lr_backbone=0.1, epochs=12, lr_steps=(9,), pool_ratio=0.2, workers=1, max_grad_norm=10.0),
+    # the built-in benchmark (msrn demo) on 128 px scenes: labels there hang on small objects anywhere in the
+    # frame, which the multi-scale crop would cut away while keeping their labels, so only flips augment
+    "scenes": dict(model="msrn_tiny", pretrained=None, image_size=128, batch_size=32, lr=0.1, lr_backbone=0.1,
+                   epochs=14, lr_steps=(11,), pool_ratio=0.2, workers=1, max_grad_norm=10.0, crop_scales=(1.0,)),
 }
 
 
@@ -183,6 +210,8 @@ HELP: dict[str, str] = {
     "max_grad_norm": "clip the gradient norm at this value (default off, as the reference's effective recipe); "
                      "0 turns clipping off",
     "save_every": "also write last.pt every N optimiser steps (0: only at epoch ends)",
+    "crop_scales": "training crop sides as fractions of the shorter image side, one drawn per image "
+                   "(the reference's multi-scale crop: 1.0 0.9 0.8 0.7 0.6)",
     "amp": "mixed precision on GPU: none (default, exact fp32), bf16 or fp16",
     "resume": "resume from a checkpoint; with no file, from last.pt in the run folder",
     "on_error": "unreadable training image: stop, or skip it (counted and logged)",
@@ -201,6 +230,11 @@ HELP: dict[str, str] = {
     "tta": "test-time augmentation of every epoch's evaluation: none (default) or flip (the average of the "
            "image's and its mirror's logits); evaluate and predict take --tta too",
     "ema_warmup": "EMA warm-up in optimiser steps: step n uses decay x (1 - exp(-n / STEPS)); default 0 (none)",
+    "depths": "ablation: the depths the MSRN head reads, any of 1 (after layer2), 2 (layer3), 3 (layer4); "
+              "default all three",
+    "group_semantics": "ablation: --no-group-semantics drops the global group semantics (graph pooling)",
+    "label_graph": "ablation: --no-label-graph gives the GAT layers an identity adjacency instead of the "
+                   "co-occurrence graph",
 }
 
 
@@ -221,7 +255,7 @@ def add_config_arguments(parser: Any) -> None:
         if ann.startswith("bool"):
             kw["action"] = argparse.BooleanOptionalAction
         elif ann.startswith("tuple"):
-            kw.update(type=int, nargs="+")
+            kw.update(type=float if "float" in ann else int, nargs="+")
         elif ann.startswith("int"):
             kw["type"] = int
         elif ann.startswith("float"):
@@ -234,6 +268,6 @@ def add_config_arguments(parser: Any) -> None:
 def config_from_args(args: Any) -> TrainConfig:
     """The preset of args.dataset with every option the user gave on top."""
     values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
-    if values["dataset"] != "synthetic" and not values["data"]:
+    if values["dataset"] not in ("synthetic", "scenes") and not values["data"]:
         raise MSRNError(f"--data is required for --dataset {values['dataset']}")
     return preset_config(values.pop("dataset"), **values)

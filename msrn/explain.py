@@ -133,11 +133,13 @@ class Explanation:
     scores: list[float]
     maps: list[np.ndarray]
     thresholds: list[float] = field(default_factory=list)
+    depths: tuple[int, ...] = (1, 2, 3)  # the depth each map comes from (fewer in an ablated model)
 
     def depth_titles(self) -> list[str]:
         """Column titles: depth number, scale word and grid size."""
         return [
-            f"depth {s + 1} · {DEPTH_NAMES[s]} · {m.shape[1]}×{m.shape[2]}" for s, m in enumerate(self.maps)
+            f"depth {s} · {DEPTH_NAMES[s - 1]} · {m.shape[1]}×{m.shape[2]}"
+            for s, m in zip(self.depths, self.maps, strict=True)
         ]
 
 
@@ -191,13 +193,14 @@ def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
     k = max(1, len(rows))
     aspect = expl.image.height / expl.image.width
     cell = 2.6
-    fig = Figure(figsize=(4 * cell + 0.6, k * cell * min(max(aspect, 0.5), 1.6) + 1.5), layout="constrained")
+    cols = 1 + len(expl.maps)
+    fig = Figure(figsize=(cols * cell + 0.6, k * cell * min(max(aspect, 0.5), 1.6) + 1.5), layout="constrained")
     fig.patch.set_facecolor("white")
-    axes = np.asarray(fig.subplots(k, 4, squeeze=False))
+    axes = np.asarray(fig.subplots(k, cols, squeeze=False))
     shown = expl.image.convert("RGB").resize(panel_size(expl.image, side), Image.BILINEAR)
     titles = ["input", *expl.depth_titles()]
     for j in range(k):
-        for col in range(4):
+        for col in range(cols):
             ax = axes[j, col]
             ax.set_xticks([])
             ax.set_yticks([])

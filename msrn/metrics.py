@@ -191,6 +191,29 @@ def multilabel_metrics(
     return result
 
 
+def subset_metrics(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    keep: np.ndarray,
+    threshold: float = 0.5,
+    scores_are_logits: bool = False,
+) -> dict:
+    """mAP, CF1 and OF1 over the positives `keep` marks (N x C bool) against every negative: one object-size
+    bucket, say. Other positives take no part (not ranked, not hits, not misses); labels without a kept
+    positive are left out."""
+    scores, targets = _check_inputs(scores, targets)
+    keep = np.asarray(keep, dtype=bool) & (targets == 1)
+    counted = keep | (targets == 0)
+    ap = average_precision(scores, np.where(counted, targets, -1))
+    has = keep.any(axis=0)
+    predicted = (_probabilities(scores, scores_are_logits) >= threshold) & counted
+    six = _six(predicted[:, has], keep[:, has])
+    return {
+        "mAP": float(100.0 * ap[has].mean()) if has.any() else None, "CF1": six["CF1"], "OF1": six["OF1"],
+        "positives": int(keep.sum()), "labels": int(has.sum()),
+    }  # fmt: skip
+
+
 def _default_grid() -> np.ndarray:
     """Thresholds 0.01, 0.02, ..., 0.99 on the probability scale."""
     return np.round(np.arange(1, 100) / 100.0, 2)

@@ -186,7 +186,7 @@ class Predictor:
         return Explanation(
             image=img, name=Path(name).name if name else f"image {index}",
             labels=[self.labels[j] for j in ids], scores=[float(probs[j]) for j in ids],
-            maps=maps, thresholds=[float(thresholds[j]) for j in ids],
+            maps=maps, thresholds=[float(thresholds[j]) for j in ids], depths=tuple(self.model.cfg.depths),
         )
 
     def predict(

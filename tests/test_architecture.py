@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("msrn.models",),
     ("msrn.engine", "msrn.config"),
     ("msrn.tagging", "msrn.predict", "msrn.onnx_predict", "msrn.explain", "msrn.export", "msrn.serve", "msrn.cli",
-     "msrn.__main__", "msrn"),
+     "msrn.__main__", "msrn", "msrn.engine.demo"),  # the demo trains, evaluates and explains: the top layer
 ]
 NAMES = ("base", "data", "labels", "models", "engine", "inference")
 

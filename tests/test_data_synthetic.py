@@ -1,6 +1,7 @@
-"""The built-in synthetic data: determinism, idempotent generation, structure; and `msrn inspect`."""
+"""The built-in data sets (synthetic, scenes): determinism, idempotent generation, structure; `msrn inspect`."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -9,7 +10,22 @@ import pytest
 
 from msrn.cli import main as cli_main
 from msrn.data import build_dataset, ensure_synthetic
+from msrn.data.scenes import (
+    AMBIGUOUS,
+    AMBIGUOUS_PAIRS,
+    LABELS,
+    MIN_VISIBLE,
+    SCENES,
+    SCENES_LABELS,
+    ensure_scenes,
+    object_sides,
+    read_scenes,
+    render_scene,
+    sample_labels,
+    size_buckets,
+)
 from msrn.data.synthetic import EXCLUSIVE, GROUPS, MANIFEST, SYNTHETIC_LABELS
+from msrn.labels.graph import TAU
 
 SMALL = {"num_train": 40, "num_test": 12}
 
@@ -89,3 +105,81 @@ def test_inspect_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert cli_main(["inspect", "--dataset", "voc2007", "--data", str(tmp_path / "none"), "--json"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "no VOC 2007 tree" in captured.err
+
+
+# ----------------------------------------------------------------------------- scenes: the built-in benchmark
+
+SCENES_SMALL = {"num_train": 60, "num_test": 20}
+
+
+@pytest.fixture(scope="module")
+def scenes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_scenes(tmp_path_factory.mktemp("scenes") / "s", seed=5, **SCENES_SMALL)
+
+
+def test_scenes_same_seed_same_files(scenes_root: Path, tmp_path: Path) -> None:
+    again = tree_bytes(ensure_scenes(tmp_path / "b", seed=5, **SCENES_SMALL))
+    other = tree_bytes(ensure_scenes(tmp_path / "c", seed=6, **SCENES_SMALL))
+    assert tree_bytes(scenes_root) == again and len(again) == 60 + 20 + 5
+    assert again["annotations.csv"] != other["annotations.csv"]
+    assert again["labels.txt"].decode().split() == list(SCENES_LABELS)
+    assert "orange/ball" in again["README.md"].decode() and "not real data" in again["README.md"].decode()
+    stamp = (scenes_root / "annotations.csv").stat().st_mtime_ns
+    assert read_scenes(scenes_root, "test").name == "scenes"  # an existing generation is read as it is
+    assert (scenes_root / "annotations.csv").stat().st_mtime_ns == stamp
+
+
+def test_scenes_objects_span_the_size_buckets(scenes_root: Path) -> None:
+    train = read_scenes(scenes_root, "train")
+    sides = object_sides(train)
+    assert ((sides > 0) == (train.targets == 1)).all()
+    present = sides[sides > 0]
+    assert present.min() < 10 and present.max() > 55  # 8 to 64 px, log-uniform
+    buckets = size_buckets(sides)
+    assert sum(int(b.sum()) for b in buckets.values()) == int((train.targets == 1).sum())
+    for name, b in buckets.items():  # each bucket holds a fair share of the objects (a third in expectation)
+        assert b.sum() > 0.2 * present.size, name
+
+
+def test_scenes_clutter_and_occlusion(scenes_root: Path) -> None:
+    rows = list(csv.DictReader(open(scenes_root / "objects.csv", encoding="utf-8")))
+    labelled = [r for r in rows if r["label"]]
+    clutter = [r for r in rows if not r["label"]]
+    assert len({r["image"] for r in clutter}) == 80  # every image has clutter ...
+    appearances = {(sh, c) for _, sh, c in LABELS.values()}
+    assert all((r["shape"], r["colour"]) not in appearances for r in clutter)  # ... that looks like no label
+    shapes, colours = {r["shape"] for r in clutter}, {r["colour"] for r in clutter}
+    assert {"disc", "star"} <= shapes and {"orange", "white"} <= colours  # though it shares their shapes and colours
+    visible = np.array([float(r["visible"]) for r in labelled])
+    assert visible.min() >= MIN_VISIBLE - 0.05 and (visible < 0.95).mean() > 0.1  # partly hidden, never mostly
+
+
+def test_scenes_ambiguous_pairs_look_alike_and_need_context(scenes_root: Path) -> None:
+    assert len(AMBIGUOUS_PAIRS) == 3
+    for a, b in AMBIGUOUS_PAIRS:
+        assert LABELS[a][1:] == LABELS[b][1:] and LABELS[a][0] != LABELS[b][0]
+        drawn = [render_scene([x], 128, np.random.RandomState(1))[0] for x in (a, b)]
+        assert np.array_equal(np.asarray(drawn[0]), np.asarray(drawn[1]))  # same pixels for the same draws
+    others = [v[1:] for k, v in LABELS.items() if k not in AMBIGUOUS]
+    assert len(set(others)) == len(others)  # every other label has an appearance of its own
+    train = read_scenes(scenes_root, "train")
+    col = {label: j for j, label in enumerate(train.labels)}
+    for label in AMBIGUOUS:  # an ambiguous label always comes with a distinct label of its scene
+        partners = [col[m] for m in SCENES[LABELS[label][0]] if m not in AMBIGUOUS]
+        rows = train.targets[:, col[label]] == 1
+        assert rows.any() and (train.targets[rows][:, partners] == 1).any(axis=1).all(), label
+
+
+def test_scenes_cooccurrence_gives_the_graph_its_scenes() -> None:
+    rng = np.random.RandomState(0)
+    names = list(SCENES_LABELS)
+    t = np.zeros((3000, len(names)), dtype=np.int8)
+    for i in range(len(t)):
+        t[i, [names.index(x) for x in sample_labels(rng)]] = 1
+    counts = t.T.astype(float) @ t
+    cond = counts / np.diag(counts)[:, None]  # P(column label | row label)
+    same = np.array([[LABELS[a][0] == LABELS[b][0] and a != b for b in names] for a in names])
+    other = np.array([[LABELS[a][0] != LABELS[b][0] for b in names] for a in names])
+    assert cond[same].mean() > 3 * cond[other].mean()
+    assert cond[same].min() >= TAU  # every pair within a scene passes the graph's threshold ...
+    assert cond[other].max() < TAU  # ... and no pair across scenes does

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from data_helpers import LABELS, make_csv
+from PIL import Image
 
 from msrn.cli import main as cli
 from msrn.config import PRESETS, TrainConfig, preset_config
@@ -121,6 +122,29 @@ def test_presets_carry_the_paper_recipe() -> None:
     assert TrainConfig.from_dict(coco.to_dict()) == coco
 
 
+def test_ablation_switches_and_crop_scales_on_the_command_line(tmp_path: Path) -> None:
+    from msrn.models.loading import load_model
+
+    csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
+    out = tmp_path / "run"
+    assert cli(train_args(csv, out, "--epochs", "1", "--depths", "3", "2", "--no-group-semantics",
+                          "--no-label-graph", "--crop-scales", "1", "0.85")) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["depths"], cfg["group_semantics"], cfg["label_graph"]) == ([2, 3], False, False)
+    assert cfg["crop_scales"] == [1.0, 0.85]
+    model = load_model(out / "best.pt")
+    assert model.cfg.depths == (2, 3) and not model.cfg.group_semantics and not model.cfg.label_graph
+    assert TrainConfig.from_dict(cfg).model_switches() == {"depths": (2, 3), "group_semantics": False,
+                                                           "label_graph": False}
+    assert preset_config("scenes").model_switches() == {}  # the paper's model by default
+    with pytest.raises(MSRNError, match="baseline_tiny has none"):
+        preset_config("scenes", model="baseline_tiny", label_graph=False)
+    with pytest.raises(MSRNError, match="--depths"):
+        preset_config("scenes", depths=(0, 3))
+    with pytest.raises(MSRNError, match="--crop-scales"):
+        preset_config("scenes", crop_scales=(1.0, 1.5))
+
+
 def test_difficult_labels_count_as_positive_in_training() -> None:
     from msrn.engine.losses import soft_margin_loss as training_loss
 
@@ -219,12 +243,30 @@ def test_missing_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 
 @pytest.mark.slow
-def test_demo_trains_msrn_and_baseline(tmp_path: Path) -> None:
-    from msrn.engine.demo import run_demo, write_summary
+def test_demo_trains_msrn_and_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from msrn.engine import demo
 
-    summary = run_demo(tmp_path, epochs=1, workers=0)
+    summary = demo.run_demo(tmp_path, epochs=1, workers=0, data_size=(40, 24, 64))
     assert set(summary) == {"msrn", "baseline"}
     assert summary["msrn"]["model"] == "msrn_tiny" and summary["baseline"]["model"] == "baseline_tiny"
-    text = write_summary(tmp_path, summary)
-    assert "| msrn |" in text and (tmp_path / "summary.json").is_file()
-    assert all(0 < s["mAP"] <= 100 for s in summary.values())
+    for s in summary.values():
+        assert {"mAP", "CF1", "OF1", "seconds"} <= set(s) and 0 < s["mAP"] <= 100
+        assert set(s["splits"]) == {"small", "medium", "large", "ambiguous", "distinct"}
+    explained = demo.write_explanations(tmp_path, summary)
+    assert 1 <= len(explained) <= demo.EXPLAINED
+    for path, present in explained:
+        with Image.open(tmp_path / path) as im:
+            assert im.width > im.height > 200  # the attention grid with the score bars beside it
+        assert present
+    monkeypatch.setattr(demo, "SEED_SPREAD", tmp_path / "none.json")
+    text = demo.write_summary(tmp_path, summary, explained)
+    assert "| msrn |" in text and "| baseline |" in text and "mAP small" in text and "No benchmark run" in text
+    assert all(f"]({path})" in text for path, _ in explained)
+    assert json.loads((tmp_path / "summary.json").read_text())["msrn"]["mAP"] == summary["msrn"]["mAP"]
+    spread = {"command": "python benchmarks/ablation.py", "date": "2026-12-01", "seeds": [0, 1, 2],
+              "runs": {"msrn": {"mAP": [90.0, 91.0, 92.0], "CF1": [80.0] * 3, "OF1": [81.0] * 3},
+                       "baseline": {"mAP": [88.0, 88.5, 89.0], "CF1": [70.0] * 3, "OF1": [71.0] * 3}}}
+    (tmp_path / "spread.json").write_text(json.dumps(spread))
+    monkeypatch.setattr(demo, "SEED_SPREAD", tmp_path / "spread.json")
+    text = demo.write_summary(tmp_path, summary, explained)
+    assert "91.00 ± 1.00" in text and "+2.00 / +2.50 / +3.00" in text and "(mean +2.50)" in text

@@ -381,3 +381,107 @@ def test_benchmark_presets_do_not_clip_gradients():
     for dataset in ("voc2007", "coco2014", "nuswide", "apparel"):
         assert preset_config(dataset, data="x").max_grad_norm is None
     assert preset_config("voc2007", data="x", max_grad_norm=10.0).max_grad_norm == 10.0  # still an option
+
+
+# ----------------------------------------------------------------------------- ablation switches, MLP baseline
+
+ABLATIONS = [
+    {"depths": (3,)}, {"depths": (1,)}, {"depths": (2, 3)}, {"depths": (1, 3)},
+    {"group_semantics": False}, {"label_graph": False},
+    {"depths": (2,), "group_semantics": False, "label_graph": False},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("switches", ABLATIONS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_every_switch_builds_trains_a_step_and_reloads(switches: dict, tmp_path: Path):
+    from msrn.models.loading import load_model, model_state
+
+    model = _tiny_model(**switches).train()
+    cfg = model.cfg
+    depths = switches.get("depths", (1, 2, 3))
+    rows = 5 + (2 if cfg.group_semantics else 0)
+    assert cfg.depths == depths and model.fc1.in_features == rows * len(depths) * 64
+    assert (model.conv_buffer1 is not None) == (1 in depths) and (model.conv_buffer2 is not None) == (2 in depths)
+    assert (model.group_embed is not None) == cfg.group_semantics
+    x = torch.randn(2, 3, 64, 64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    logits, gloss = model(x)
+    assert logits.shape == (2, 5) and (float(gloss.detach()) > 0) == cfg.group_semantics
+    (F.binary_cross_entropy_with_logits(logits, torch.ones(2, 5)) + gloss).backward()
+    opt.step()
+    unread = tuple(f"backbone.layer{s + 2}." for s in (1, 2) if s >= max(depths))  # layers past the deepest read
+    for n, p in model.named_parameters():
+        assert (p.grad is None) == n.startswith(unread), n
+        # alone in its neighbourhood, a label's GAT attention is a softmax over one score: its `a` learns nothing
+        frozen = n.startswith(unread) or (not cfg.label_graph and n.endswith(".a"))
+        assert torch.equal(p, before[n]) == frozen, n
+    model.eval()
+    torch.save(model_state(model, image_size=64), tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.cfg == model.cfg
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_label_graph_off_means_an_identity_adjacency():
+    on, off = _tiny_model(seed=2), _tiny_model(seed=2, label_graph=False)
+    assert torch.equal(on.adjacency, off.adjacency)  # the graph is still recorded, just not used
+    lonely = create_model("msrn_tiny", num_classes=5, num_groups=2,
+                          word_vectors=np.random.default_rng(2).standard_normal((5, 300)))  # no edges at all
+    lonely.load_state_dict({**on.state_dict(), "adjacency": lonely.adjacency})
+    with torch.no_grad():
+        local_on, groups_on, _ = on.semantics()
+        local_off, groups_off, _ = off.semantics()
+        local_lonely, groups_lonely, _ = lonely.semantics()
+    assert torch.equal(local_off, local_lonely) and torch.equal(groups_off, groups_lonely)
+    assert not torch.allclose(local_on, local_off)  # the edges did change the label vectors
+
+
+def test_no_group_semantics_drops_the_groups():
+    model = _tiny_model(group_semantics=False)
+    local, groups, gloss = model.semantics()
+    assert local.shape == (5, 64) and groups.shape == (0, 64) and float(gloss) == 0.0
+    assert not any(k.startswith("group_embed") for k in model.state_dict())
+
+
+def test_bad_switches_are_one_line_errors():
+    for depths in ((), (0,), (1, 1), (2, 4)):
+        with pytest.raises(MSRNError, match="depths"):
+            create_model("msrn_tiny", num_classes=3, depths=depths)
+    with pytest.raises(MSRNError, match="baseline"):
+        create_model("baseline_tiny", num_classes=3, depths=(3,))
+    with pytest.raises(MSRNError, match="no setting"):
+        create_model("msrn_tiny", num_classes=3, depth=(3,))
+
+
+def test_checkpoints_without_switches_load_as_the_full_model(tmp_path: Path):
+    from msrn.models.loading import load_model, model_state
+
+    model = _tiny_model().eval()
+    ckpt = model_state(model, image_size=64)
+    for key in ("depths", "group_semantics", "label_graph"):  # as written before the switches existed
+        del ckpt["model"]["config"][key]
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.cfg.depths == (1, 2, 3) and loaded.cfg.group_semantics and loaded.cfg.label_graph
+    assert loaded.fc1.in_features == (5 + 2) * 3 * 64
+
+
+def test_mlp_baseline_has_about_msrns_head_size(tmp_path: Path):
+    from msrn.models.loading import load_model, model_state
+
+    def head(m: torch.nn.Module) -> int:
+        return sum(p.numel() for n, p in m.named_parameters() if not n.startswith("backbone."))
+
+    mlp, msrn = create_model("baseline_mlp_tiny", num_classes=16), create_model("msrn_tiny", num_classes=16)
+    assert mlp.hidden > 0 and abs(head(mlp) / head(msrn) - 1) < 0.05
+    logits, zero = mlp.train()(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 16) and float(zero) == 0.0
+    names = {id(p): n for n, p in mlp.named_parameters()}
+    assert {names[id(p)] for p in mlp.param_groups(0.1, 0.01)[1]["params"]} == {
+        "fc_hidden.weight", "fc_hidden.bias", "fc.weight", "fc.bias"}
+    torch.save(model_state(mlp.eval(), image_size=64), tmp_path / "mlp.pt")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "mlp.pt")(x), mlp(x))

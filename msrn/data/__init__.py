@@ -1,4 +1,4 @@
-"""Dataset readers (VOC 2007, COCO 2014, NUS-WIDE, apparel, CSV, synthetic), transforms and loaders."""
+"""Dataset readers (VOC 2007, COCO 2014, NUS-WIDE, apparel, CSV, synthetic, scenes), transforms and loaders."""
 from __future__ import annotations
 
 import argparse
@@ -12,16 +12,17 @@ from msrn.data.base import ImageDataset, MultiLabelData, open_image
 from msrn.data.coco import read_coco2014
 from msrn.data.csvfile import read_csv_dataset
 from msrn.data.nuswide import read_nuswide
+from msrn.data.scenes import ensure_scenes, read_scenes
 from msrn.data.synthetic import ensure_synthetic, read_synthetic
 from msrn.data.voc import read_voc2007
 from msrn.errors import MSRNError
 
 __all__ = [
     "DATASETS", "DEFAULT_SPLITS", "READER_OPTIONS", "ImageDataset", "MultiLabelData", "add_reader_arguments",
-    "build_dataset", "ensure_synthetic", "open_image", "reader_options",
+    "build_dataset", "ensure_scenes", "ensure_synthetic", "open_image", "reader_options",
 ]  # fmt: skip
 
-DATASETS: tuple[str, ...] = ("voc2007", "coco2014", "nuswide", "apparel", "csv", "synthetic")
+DATASETS: tuple[str, ...] = ("voc2007", "coco2014", "nuswide", "apparel", "csv", "synthetic", "scenes")
 DEFAULT_SPLITS: dict[str, tuple[str, str]] = {
     "voc2007": ("trainval", "test"),
     "coco2014": ("train", "val"),
@@ -29,6 +30,7 @@ DEFAULT_SPLITS: dict[str, tuple[str, str]] = {
     "apparel": ("train", "test"),
     "csv": ("train", "test"),
     "synthetic": ("train", "test"),
+    "scenes": ("train", "test"),
 }
 _READERS: dict[str, Callable[..., MultiLabelData]] = {
     "voc2007": read_voc2007,
@@ -37,6 +39,7 @@ _READERS: dict[str, Callable[..., MultiLabelData]] = {
     "apparel": read_apparel,
     "csv": read_csv_dataset,
     "synthetic": read_synthetic,
+    "scenes": read_scenes,
 }
 # reader options that `msrn train` (TrainConfig fields), `evaluate` and `inspect` take, by the readers' names
 READER_OPTIONS: tuple[str, ...] = ("keep_unannotated", "apparel_labels")

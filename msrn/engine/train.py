@@ -173,7 +173,8 @@ class Trainer:
                                             tau=cfg.tau, cooccurrence=cfg.cooccurrence)
             model = create_model(cfg.model, labels=self.labelset.labels, word_vectors=self.labelset.word_vectors,
                                  cooccurrence=self.labelset.cooccurrence, tau=cfg.tau, pool_ratio=cfg.pool_ratio,
-                                 pretrained=cfg.pretrained, **({"backbone": cfg.backbone} if cfg.backbone else {}))
+                                 pretrained=cfg.pretrained, **({"backbone": cfg.backbone} if cfg.backbone else {}),
+                                 **cfg.model_switches())
             if cfg.init:
                 init_from_checkpoint(model, cfg.init)
         if self.test_data.labels != self.labelset.labels:
@@ -186,7 +187,9 @@ class Trainer:
         self.net = self.model
         if dist.is_distributed():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # a head that reads no deeper than layer3 leaves the later backbone layers without gradients
+            shallow = max(getattr(getattr(self.model, "cfg", None), "depths", (3,))) < 3
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=shallow)
         self.criterion = build_loss(cfg.loss, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip,
                                     cfg.focal_gamma, cfg.focal_alpha)
         self.optimizer = make_sgd(self.model.param_groups(cfg.lr, cfg.lr_backbone), cfg)
@@ -200,7 +203,8 @@ class Trainer:
                             f"({world} x {cfg.grad_accum})")
         self.rank_batch = cfg.batch_size // world
         self.micro_batch = self.rank_batch // cfg.grad_accum
-        self.train_set = ImageDataset(self.train_data, TrainTransform(cfg.image_size), on_error=cfg.on_error)
+        self.train_set = ImageDataset(self.train_data, TrainTransform(cfg.image_size, cfg.crop_scales),
+                                      on_error=cfg.on_error)
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, shuffle=True, rank=dist.rank(), world=world)
         self.loader = build_loader(SeededView(self.train_set, cfg.seed), self.micro_batch, shuffle=False,
                                    workers=cfg.workers, seed=cfg.seed, sampler=self.sampler)

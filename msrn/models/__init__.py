@@ -1,6 +1,7 @@
 """Model registry and `create_model`, in the style of timm: a name picks a configuration."""
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from msrn.errors import MSRNError
 from msrn.labels.graph import TAU, Cooccurrence, adjacency, read_cooccurrence
 from msrn.labels.wordvec import load_word_vectors
-from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
+from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier, check_depths
 from msrn.models.resnet import ResNet
 from msrn.models.timm_backbone import PREFIX, TimmBackbone, load_timm_pretrained
 
@@ -24,12 +25,15 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 }
 # fc1 sees (C + K) x 3 x D inputs; above this many weights (4 GiB in fp32) building is refused
 MAX_FC1_WEIGHTS = 2**30
-# the same backbones without the MSRN head (global pooling + linear), for baselines
-BASELINES: dict[str, str] = {
-    "baseline_resnet101": "resnet101",
-    "baseline_resnet50": "resnet50",
-    "baseline_resnet18": "resnet18",
-    "baseline_tiny": "resnet_tiny",
+# the same backbones without the MSRN head, for baselines: name -> (backbone, hidden width of an MLP head;
+# 0 = global pooling + linear). baseline_mlp_tiny's 1.00M head weights match msrn_tiny's head at 16 labels
+# (0.99M, the built-in scenes benchmark), to tell capacity from structure.
+BASELINES: dict[str, tuple[str, int]] = {
+    "baseline_resnet101": ("resnet101", 0),
+    "baseline_resnet50": ("resnet50", 0),
+    "baseline_resnet18": ("resnet18", 0),
+    "baseline_tiny": ("resnet_tiny", 0),
+    "baseline_mlp_tiny": ("resnet_tiny", 6912),
 }
 
 
@@ -86,7 +90,10 @@ def create_model(
     if not num_classes or num_classes < 1:
         raise MSRNError("create_model needs num_classes or labels")
     if name in BASELINES:
-        model = PlainClassifier(BASELINES[name], num_classes, labels)
+        if overrides:
+            raise MSRNError(f"{name} is a baseline without the MSRN head: {', '.join(sorted(overrides))} do not apply")
+        arch, hidden = BASELINES[name]
+        model = PlainClassifier(arch, num_classes, labels, hidden=hidden)
     elif name in MODEL_CONFIGS:
         if name == "msrn_timm":
             overrides["backbone"] = timm_name(overrides.get("backbone"))
@@ -101,11 +108,19 @@ def create_model(
             raise MSRNError(f"co-occurrence statistics have {co.num_classes} labels, the model {num_classes}")
         adj = np.eye(num_classes, dtype=np.float32) if co is None else adjacency(co, tau)
         groups = num_groups or max(1, int(pool_ratio * num_classes))
+        unknown = sorted(set(overrides) - {f.name for f in fields(MSRNConfig)})
+        if unknown:
+            raise MSRNError(f"{name} has no setting {', '.join(unknown)}")
         cfg = MSRNConfig(
             num_classes=num_classes, num_groups=groups, word_dim=vecs.shape[1], labels=list(labels or []),
             **{**MODEL_CONFIGS[name], **overrides},
         )
-        fc1 = (cfg.num_classes + cfg.num_groups) * 3 * cfg.semantic_dim * cfg.hidden_dim
+        try:
+            cfg.depths = check_depths(cfg.depths)
+        except ValueError as e:
+            raise MSRNError(str(e)) from None
+        rows = cfg.num_classes + (cfg.num_groups if cfg.group_semantics else 0)
+        fc1 = rows * len(cfg.depths) * cfg.semantic_dim * cfg.hidden_dim
         if fc1 > MAX_FC1_WEIGHTS:  # checked before allocating: 5000 labels would ask for tens of GB
             raise MSRNError(
                 f"{name} with {num_classes} labels and {groups} groups needs {fc1 / 1e9:.1f} billion weights in "

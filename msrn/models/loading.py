@@ -100,7 +100,7 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
         arch = {"kind": "msrn", "config": model.cfg.to_dict()}
     else:
         arch = {"kind": "baseline", "backbone": model.backbone.arch, "num_classes": model.fc.out_features,
-                "labels": list(model.label_names)}
+                "labels": list(model.label_names), "hidden": model.hidden}
     return {"format": FORMAT, "version": VERSION, "model": arch, "image_size": int(image_size),
             "exif_orientation": bool(exif_orientation), "state_dict": model.state_dict()}
 
@@ -116,7 +116,7 @@ def build_from_state(ckpt: dict, where: str) -> nn.Module:
             cfg = MSRNConfig.from_dict(arch["config"])
             model = MSRN(cfg, state["word_vectors"], state["adjacency"])
         elif arch.get("kind") == "baseline":
-            model = PlainClassifier(arch["backbone"], arch["num_classes"], arch.get("labels"))
+            model = PlainClassifier(arch["backbone"], arch["num_classes"], arch.get("labels"), arch.get("hidden", 0))
         else:
             raise MSRNError(f"{where}: unknown model kind {arch.get('kind')!r}")
     except (KeyError, TypeError, ValueError) as e:

@@ -21,6 +21,8 @@ from msrn.models.ops import conv1x1, linear, max_pool2x2
 from msrn.models.resnet import ResNet
 from msrn.models.timm_backbone import build_backbone
 
+DEPTHS = (1, 2, 3)  # after layer2, layer3, layer4
+
 
 @dataclass
 class MSRNConfig:
@@ -36,36 +38,57 @@ class MSRNConfig:
     group_loss_weight: float = 1e-4
     attention: str = "chunked"  # "chunked" (exact, low memory) or "naive" (the spec's formula, materialised)
     labels: list[str] = field(default_factory=list)
+    # ablation switches (the paper's model: all on); checkpoints written before them load as the full model
+    depths: tuple[int, ...] = DEPTHS  # which of the three depths are read
+    group_semantics: bool = True  # off: no group pooling, no group rows in the attention, no group loss
+    label_graph: bool = True  # off: the same GAT layers see an identity adjacency (each label on its own)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["label_dims"] = list(self.label_dims)
+        d["depths"] = list(self.depths)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> MSRNConfig:
         d = dict(d)
         d["label_dims"] = tuple(d.get("label_dims", (256, 300)))
+        d["depths"] = tuple(d.get("depths", DEPTHS))
         return cls(**d)
+
+
+def check_depths(depths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """The depths as an increasing tuple, or ValueError unless they are a non-empty subset of 1, 2, 3."""
+    out = tuple(sorted(set(int(s) for s in depths)))
+    if not out or not set(out) <= set(DEPTHS) or len(out) != len(depths):
+        raise ValueError(f"depths must be distinct values among 1, 2, 3, got {list(depths)}")
+    return out
 
 
 class MSRN(nn.Module):
     def __init__(self, cfg: MSRNConfig, word_vectors: torch.Tensor, adjacency: torch.Tensor):
         super().__init__()
         self.cfg = cfg
-        c, k, d = cfg.num_classes, cfg.num_groups, cfg.semantic_dim
+        cfg.depths = check_depths(cfg.depths)
+        c, d = cfg.num_classes, cfg.semantic_dim
+        k = cfg.num_groups if cfg.group_semantics else 0  # group rows the attention and classifier see
         self.backbone = build_backbone(cfg.backbone)  # a ResNet, or a timm model for "timm:NAME"
         c2, c3, c4 = self.backbone.channels
-        self.conv_buffer1 = nn.Conv2d(c2, c2, 1)
-        self.conv_buffer2 = nn.Conv2d(c3, c3, 1)
+        # layers of depths not read are not built (None / Identity: no weights), so nothing sits unused
+        self.conv_buffer1 = nn.Conv2d(c2, c2, 1) if 1 in cfg.depths else None
+        self.conv_buffer2 = nn.Conv2d(c3, c3, 1) if 2 in cfg.depths else None
         for conv in (self.conv_buffer1, self.conv_buffer2):  # drawn as the reference's ResNet init loop draws them
-            kh, kw = conv.kernel_size
-            nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (kh * kw * conv.out_channels)))
-        self.ProjectM = nn.ModuleList(nn.Conv2d(ch, d, 1) for ch in (c2, c3, c4))
+            if conv is not None:
+                kh, kw = conv.kernel_size
+                nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (kh * kw * conv.out_channels)))
+        self.ProjectM = nn.ModuleList(
+            nn.Conv2d(ch, d, 1) if s in cfg.depths else nn.Identity() for s, ch in zip(DEPTHS, (c2, c3, c4))
+        )
         self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
         self.label_embed = GATStack((*cfg.label_dims, d))
-        self.group_embed = GroupStack(d, k)
-        self.fc1 = ReusedGradLinear((c + k) * 3 * d, cfg.hidden_dim)  # nn.Linear that keeps its gradient's memory
+        self.group_embed = GroupStack(d, cfg.num_groups) if cfg.group_semantics else None
+        # nn.Linear that keeps its gradient's memory
+        self.fc1 = ReusedGradLinear((c + k) * len(cfg.depths) * d, cfg.hidden_dim)
         self.fc2 = nn.Linear(cfg.hidden_dim, c)
         # label inputs travel with the weights, so a checkpoint can never meet the wrong vectors
         self.register_buffer("word_vectors", torch.as_tensor(word_vectors, dtype=torch.float32).clone())
@@ -77,31 +100,40 @@ class MSRN(nn.Module):
             )
 
     def semantics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Local label semantics L (C x D), group semantics G (K x D) and the group loss."""
-        mask = self.adjacency > 0
+        """Local label semantics L (C x D), group semantics G (K x D; 0 x D without them) and the group loss."""
+        if self.cfg.label_graph:
+            mask = self.adjacency > 0
+        else:
+            mask = torch.eye(self.cfg.num_classes, dtype=torch.bool, device=self.adjacency.device)
         local = self.label_embed(self.fc_label(self.word_vectors), mask)  # C x D
+        if self.group_embed is None:
+            return local, local.new_zeros(0, local.shape[1]), local.new_zeros(())
         groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
         return local, groups, group_loss(local, groups, assign, self.cfg.group_loss_weight)
 
     def pooled_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """layer2/3/4 outputs -> conv_buffer1/2 (depths 1, 2) and the 2x2 max-pool, each B x C_s x H_s x W_s."""
-        c2, c3, c4 = feats
-        return [max_pool2x2(m) for m in (conv1x1(self.conv_buffer1, c2), conv1x1(self.conv_buffer2, c3), c4)]
+        """layer2/3/4 outputs -> conv_buffer1/2 (depths 1, 2) and the 2x2 max-pool, each B x C_s x H_s x W_s,
+        for the depths read."""
+        convs = (self.conv_buffer1, self.conv_buffer2, None)
+        return [
+            max_pool2x2(f if convs[s - 1] is None else conv1x1(convs[s - 1], f))
+            for s, f in zip(DEPTHS, feats) if s in self.cfg.depths
+        ]  # fmt: skip
 
     def project(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Pooled maps -> ProjectM to D channels, each B x D x H_s x W_s."""
-        return [conv1x1(proj, m) for proj, m in zip(self.ProjectM, maps)]
+        """Pooled maps of the depths read -> ProjectM to D channels, each B x D x H_s x W_s."""
+        return [conv1x1(self.ProjectM[s - 1], m) for s, m in zip(self.cfg.depths, maps)]
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Projected, pooled maps at the three depths, each B x D x H_s x W_s (the explanations' grid)."""
-        return self.project(self.pooled_maps(self.backbone.forward_features(x)))
+        """Projected, pooled maps at the depths read, each B x D x H_s x W_s (the explanations' grid)."""
+        return self.project(self.pooled_maps(self.backbone.forward_features(x, max(self.cfg.depths))))
 
     def depth_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Projected features at the three depths, each B x D x N_s."""
+        """Projected features at the depths read, each B x D x N_s."""
         return [m.flatten(2) for m in self.feature_maps(x)]
 
     def head(self, attended: torch.Tensor) -> torch.Tensor:
-        """(B x (C+K) x 3D) attended semantics -> B x C logits."""
+        """(B x (C+K) x SD) attended semantics, S depths read -> B x C logits."""
         h = torch.tanh(attended).flatten(1)
         return self.fc2(F.leaky_relu(linear(self.fc1, h), 0.01))
 
@@ -112,7 +144,7 @@ class MSRN(nn.Module):
         local, groups, gloss = self.semantics()
         sem = torch.cat([local, groups], 0)  # (C+K) x D
         attend = label_attention_naive if self.cfg.attention == "naive" else label_attention
-        attended = torch.cat([attend(f, sem) for f in self.depth_features(x)], -1)  # B x (C+K) x 3D
+        attended = torch.cat([attend(f, sem) for f in self.depth_features(x)], -1)  # B x (C+K) x SD
         logits = self.head(attended)
         if return_group_loss if return_group_loss is not None else self.training:
             return logits, gloss
@@ -131,26 +163,41 @@ class MSRN(nn.Module):
 
 
 class PlainClassifier(nn.Module):
-    """The backbone alone with global average pooling and a linear layer: the demo's baseline."""
+    """The backbone alone with global average pooling and a linear layer: the demo's baseline.
 
-    def __init__(self, backbone: str, num_classes: int, labels: list[str] | None = None):
+    With `hidden` > 0 the head is an MLP instead (Linear, LeakyReLU 0.01 as in MSRN's classifier,
+    Linear), a baseline with about MSRN's head capacity but none of its structure.
+    """
+
+    def __init__(self, backbone: str, num_classes: int, labels: list[str] | None = None, hidden: int = 0):
         super().__init__()
         self.backbone = ResNet(backbone)
-        self.fc = nn.Linear(self.backbone.channels[-1], num_classes)
+        width = self.backbone.channels[-1]
+        self.fc_hidden = nn.Linear(width, hidden) if hidden else None
+        self.fc = nn.Linear(hidden or width, num_classes)
         self.label_names = list(labels or [])
 
     def forward(self, x: torch.Tensor, return_group_loss: bool | None = None):
-        logits = self.fc(self.backbone(x))
+        h = self.backbone(x)
+        if self.fc_hidden is not None:
+            h = F.leaky_relu(self.fc_hidden(h), 0.01)
+        logits = self.fc(h)
         if return_group_loss if return_group_loss is not None else self.training:
             return logits, logits.new_zeros(())
         return logits
+
+    @property
+    def hidden(self) -> int:
+        """Width of the MLP head's hidden layer (0: a linear head)."""
+        return 0 if self.fc_hidden is None else self.fc_hidden.out_features
 
     @property
     def labels(self) -> list[str]:
         return self.label_names or [str(i) for i in range(self.fc.out_features)]
 
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
+        head = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
         return [
             {"params": list(self.backbone.parameters()), "lr": lr_backbone, "name": "backbone"},
-            {"params": list(self.fc.parameters()), "lr": lr, "name": "head"},
+            {"params": head, "lr": lr, "name": "head"},
         ]

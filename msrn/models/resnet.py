@@ -99,11 +99,16 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(n - 1)]
         return nn.Sequential(*layers)
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, depth: int = 3) -> tuple[torch.Tensor, ...]:
+        """The outputs of layer2, layer3, layer4; with depth < 3 only the first `depth` (deeper ones unrun)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # B x 64 x H/4 x W/4
         x = self.layer1(x)
         c2 = self.layer2(x)  # B x 512 x H/8 x W/8 (resnet101)
+        if depth == 1:
+            return (c2,)
         c3 = self.layer3(c2)  # B x 1024 x H/16 x W/16
+        if depth == 2:
+            return c2, c3
         c4 = self.layer4(c3)  # B x 2048 x H/32 x W/32
         return c2, c3, c4
 
