@@ -15,7 +15,7 @@ from msrn.errors import MSRNError
 
 # subcommand -> (module holding add_arguments/main, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("msrn.engine.demo", "train and evaluate a small MSRN on the built-in synthetic data"),
+    "demo": ("msrn.engine.demo", "train and evaluate a small MSRN and a baseline on the built-in scenes benchmark"),
     "train": ("msrn.engine.train", "train MSRN on a dataset"),
     "evaluate": ("msrn.engine.evaluate", "evaluate a checkpoint (project or reference) on a split"),
     "inspect": ("msrn.data.inspect", "show what a dataset reader sees"),

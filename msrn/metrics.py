@@ -206,12 +206,12 @@ def subset_metrics(
     counted = keep | (targets == 0)
     ap = average_precision(scores, np.where(counted, targets, -1))
     has = keep.any(axis=0)
-    predicted = (_probabilities(scores, scores_are_logits) >= threshold) & counted
-    six = _six(predicted[:, has], keep[:, has])
-    return {
-        "mAP": float(100.0 * ap[has].mean()) if has.any() else None, "CF1": six["CF1"], "OF1": six["OF1"],
-        "positives": int(keep.sum()), "labels": int(has.sum()),
-    }  # fmt: skip
+    out = {"mAP": None, "CF1": None, "OF1": None, "positives": int(keep.sum()), "labels": int(has.sum())}
+    if has.any():
+        predicted = (_probabilities(scores, scores_are_logits) >= threshold) & counted
+        six = _six(predicted[:, has], keep[:, has])
+        out.update(mAP=float(100.0 * ap[has].mean()), CF1=six["CF1"], OF1=six["OF1"])
+    return out
 
 
 def _default_grid() -> np.ndarray:

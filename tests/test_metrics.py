@@ -28,6 +28,7 @@ from msrn.metrics import (
     per_label_thresholds,
     reference_order_average_precision,
     reference_tuned_metrics,
+    subset_metrics,
 )
 
 SIX = ("CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -404,3 +405,24 @@ def test_format_metrics_is_readable() -> None:
     for word in ("mAP", "CP", "OF1", "top-3", "score >= 0.5", "ranking loss", "coverage error"):
         assert word in text
     assert not any(math.isnan(v) for v in (m["CF1"], m["OF1_top3"], m["lrap"]))
+
+
+def test_subset_metrics_keep_some_positives_against_every_negative() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.random((40, 4))
+    targets = (rng.random((40, 4)) < 0.4).astype(np.int8)
+    targets[0] = 1  # every label has a positive
+    whole, full = subset_metrics(scores, targets, targets == 1), multilabel_metrics(scores, targets)
+    for key in ("mAP", "CF1", "OF1"):
+        assert whole[key] == pytest.approx(full[key])
+    keep = (targets == 1) & (np.arange(40)[:, None] < 20)  # the positives of the first 20 images only
+    part = subset_metrics(scores, targets, keep)
+    masked = np.where((targets == 1) & ~keep, -1, targets)  # the others leave the ranking, as difficult ones do
+    assert part["mAP"] == pytest.approx(100 * np.nanmean(average_precision(scores, masked)))
+    predicted = (scores >= 0.5) & ((targets == 0) | keep)
+    tp, n_pred, n_true = (predicted & keep).sum(), predicted.sum(), keep.sum()
+    op, orec = tp / n_pred, tp / n_true
+    assert part["OF1"] == pytest.approx(100 * 2 * op * orec / (op + orec))  # dropped positives are no misses
+    assert part["positives"] == int(keep.sum()) and part["labels"] == 4
+    none = subset_metrics(scores, targets, np.zeros_like(keep))
+    assert none["mAP"] is None and none["CF1"] is None and none["positives"] == 0
