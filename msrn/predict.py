@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from msrn.data.transforms import TestTransform
+from msrn.engine.evaluate import add_fast_argument
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.io import atomic_write_text, check_writable
@@ -261,19 +262,6 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
                              "the names of the reference dataset with their count, in the reference's order)")
     parser.add_argument("--image-size", type=int, metavar="S",
                         help="input side in pixels (default: the checkpoint's; 448 for reference checkpoints)")
-
-
-def add_fast_argument(parser: argparse.ArgumentParser) -> None:
-    """--exact (predict, serve, evaluate): the spec's literal computation instead of the default folded model.
-
-    --fast, once the option for the folded model, is the default now and stays accepted.
-    """
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--exact", action="store_true",
-                       help="run the network as written (batch norm apart, default memory layout) instead of the "
-                            "default batch-norm-folded, channels-last copy: the same scores to ~1e-6, slower on CPU "
-                            "(see BENCHMARKS.md)")
-    group.add_argument("--fast", action="store_true", help="the folded model: the default (kept for old command lines)")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:

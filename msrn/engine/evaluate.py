@@ -145,12 +145,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", default="none", choices=TTA_MODES,
                    help="test-time augmentation: flip averages the logits of each image and its mirror "
                         "(give it to reproduce the metrics of a run trained with --tta flip)")
-    exact = p.add_mutually_exclusive_group()
-    exact.add_argument("--exact", action="store_true",
-                       help="run the network as written instead of the default batch-norm-folded, channels-last "
-                            "copy (the same logits to ~1e-6, faster on CPU; see BENCHMARKS.md)")
-    exact.add_argument("--fast", action="store_true", help="the folded model: the default (kept for old command lines)")
+    add_fast_argument(p)
     add_reader_arguments(p)
+
+
+def add_fast_argument(parser: argparse.ArgumentParser) -> None:
+    """--exact (predict, serve, evaluate): the spec's literal computation instead of the default folded model.
+
+    --fast, once the option for the folded model, is the default now and stays accepted.
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--exact", action="store_true",
+                       help="run the network as written (batch norm apart, default memory layout) instead of the "
+                            "default batch-norm-folded, channels-last copy: the same scores to ~1e-6, slower on CPU "
+                            "(see BENCHMARKS.md)")
+    group.add_argument("--fast", action="store_true", help="the folded model: the default (kept for old command lines)")
 
 
 def main(args: argparse.Namespace) -> int:
