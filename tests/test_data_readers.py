@@ -22,7 +22,7 @@ def tiny_image(path: Path, colour: tuple[int, int, int] = (10, 20, 30)) -> None:
 
 
 def test_registry_is_complete() -> None:
-    assert DATASETS == ("voc2007", "coco2014", "nuswide", "apparel", "csv", "synthetic")
+    assert DATASETS == ("voc2007", "coco2014", "nuswide", "apparel", "csv", "synthetic", "scenes")
     assert set(DEFAULT_SPLITS) == set(DATASETS)
     assert DEFAULT_SPLITS["voc2007"] == ("trainval", "test")
     with pytest.raises(MSRNError, match="unknown dataset"):
