@@ -117,7 +117,9 @@ def tables(records: list[dict], rows: list[str], seeds: list[int]) -> str:
         per_seed = " / ".join(f"{r['mAP']:.2f}" for r in runs)
         gap = (" / ".join(f"{r['mAP'] - by['baseline', s]['mAP']:+.2f}" for r, s in zip(runs, seeds))
                if "baseline" in done else "")
-        head.append(f"| {row} | {ROW_NOTES[row]} | {runs[0]['head_weights'] / 1e6:.2f}M | " + " | ".join(cells)
+        w = runs[0]["head_weights"]
+        head.append(f"| {row} | {ROW_NOTES[row]} | {f'{w / 1e6:.2f}M' if w >= 10_000 else f'{w:,}'} | "
+                    + " | ".join(cells)
                     + f" | {per_seed} | {gap} | {np.mean([r['seconds'] for r in runs]):.0f} |")
     split = ["| row | " + " | ".join(f"{m} {s}" for s in SPLITS for m in METRICS) + " |",
              "|---|" + "---|" * (len(SPLITS) * len(METRICS))]
@@ -133,7 +135,7 @@ def seed_spread(records: list[dict], seeds: list[int], settings: dict, command: 
     by = {(r["row"], r["seed"]): r for r in records}
     return {
         "command": command, "date": date.today().isoformat(), "seeds": list(seeds), "settings": settings,
-        "runs": {row: {m: [round(by[row, s][m], 2) for s in seeds] for m in METRICS} for row in ("msrn", "baseline")},
+        "runs": {row: {m: [round(by[row, s][m], 4) for s in seeds] for m in METRICS} for row in ("msrn", "baseline")},
     }  # fmt: skip
 
 

@@ -35,7 +35,7 @@ def test_quick_run_writes_the_table(ablation, tmp_path: Path, monkeypatch: pytes
     assert len(by_split.splitlines()) == 2 + len(ablation.ROWS)
     spread = json.loads(record.read_text())
     assert spread["seeds"] == [0, 1] and set(spread["runs"]) == {"msrn", "baseline"}
-    assert spread["runs"]["msrn"]["mAP"] == [round(r["mAP"], 2) for r in runs if r["row"] == "msrn"]
+    assert spread["runs"]["msrn"]["mAP"] == [round(r["mAP"], 4) for r in runs if r["row"] == "msrn"]
     before = (out / "runs.json").read_text()
     assert ablation.main(["--quick", "--out", str(out), "--workers", "0", "--rows", "msrn", "baseline"]) == 0
     assert (out / "runs.json").read_text() == before  # every run was there already: nothing retrained

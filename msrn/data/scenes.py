@@ -42,8 +42,10 @@ LABELS: dict[str, tuple[str, str, str]] = {
     "rocket": ("sky", "triangle", "red"), "comet": ("sky", "bar", "yellow"),
 }  # fmt: skip
 SCENES_LABELS = tuple(sorted(LABELS))  # sorted, as the CSV reader orders labels
-SCENES: dict[str, tuple[str, ...]] = {s: tuple(k for k in LABELS if LABELS[k][0] == s) for s in dict.fromkeys(
-    v[0] for v in LABELS.values())}
+SCENES: dict[str, tuple[str, ...]] = {  # scene -> its labels, both in LABELS order
+    scene: tuple(k for k, v in LABELS.items() if v[0] == scene)
+    for scene in dict.fromkeys(v[0] for v in LABELS.values())
+}
 AMBIGUOUS_PAIRS: tuple[tuple[str, str], ...] = tuple(
     (a, b) for i, a in enumerate(LABELS) for b in list(LABELS)[i + 1 :] if LABELS[a][1:] == LABELS[b][1:]
 )
@@ -184,15 +186,17 @@ class _Canvas:
         self.labelled: list[int] = []  # ids of label objects, whose visibility is protected
 
     def visible(self, k: int) -> int:
+        """Pixels of object k still on top."""
         return int((self.owner == k).sum())
 
-    def ok_after(self, mask: np.ndarray, x: int, y: int) -> float:
+    def kept_after(self, mask: np.ndarray, x: int, y: int) -> float:
         """The lowest visible share any label object would keep if `mask` were drawn at (x, y)."""
         region = self.owner[y : y + mask.shape[0], x : x + mask.shape[1]][mask]
         covered = np.bincount(region[region >= 0], minlength=len(self.areas))
         return min((self.visible(k) - covered[k]) / self.areas[k] for k in self.labelled) if self.labelled else 1.0
 
     def draw(self, mask: np.ndarray, x: int, y: int, colour: np.ndarray, label: bool) -> int:
+        """Paint `mask` at (x, y) over everything drawn so far; returns the new object's id."""
         k = len(self.areas)
         h, w = mask.shape
         self.pixels[y : y + h, x : x + w][mask] = colour
@@ -230,7 +234,7 @@ def render_scene(labels: list[str], size: int, rng: np.random.RandomState) -> tu
         best = (-1.0, 0, 0)
         for _ in range(30):
             x, y = (int(v) for v in rng.randint(0, size - side + 1, size=2))
-            kept = canvas.ok_after(mask, x, y)
+            kept = canvas.kept_after(mask, x, y)
             best = max(best, (kept, x, y))
             if kept >= MIN_VISIBLE:
                 break
@@ -248,7 +252,7 @@ def render_scene(labels: list[str], size: int, rng: np.random.RandomState) -> tu
             x = int(np.clip(rec["x"] - 2 + (0 if horizontal else rng.randint(-thick // 2, side)), 0, size - w))
             y = int(np.clip(rec["y"] - 2 + (rng.randint(-thick // 2, side) if horizontal else 0), 0, size - h))
             bar = np.ones((h, w), dtype=bool)
-            if canvas.ok_after(bar, x, y) >= MIN_VISIBLE:
+            if canvas.kept_after(bar, x, y) >= MIN_VISIBLE:
                 canvas.draw(bar, x, y, colour, label=False)
                 records.append(dict(label="", shape="occluder", colour="clutter", x=x, y=y, side=max(h, w)))
                 break
