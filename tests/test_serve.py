@@ -112,14 +112,8 @@ def test_baseline_is_served_without_panels(checkpoints: dict) -> None:
 @pytest.fixture
 def live_server(checkpoints: dict) -> Iterator[str]:
     """The app on a free loopback port, served from a thread."""
-    server = make_server(create_app(load(checkpoints["msrn"])), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}/"
-    finally:
-        server.shutdown()
-        thread.join(5)
+    with _serving(create_app(load(checkpoints["msrn"]))) as url:
+        yield url
 
 
 def test_page_in_headless_chromium(live_server: str, checkpoints: dict) -> None:
