@@ -11,6 +11,7 @@ import torch
 from data_helpers import LABELS, make_csv
 from PIL import Image
 
+from msrn.checkpoint import load_model
 from msrn.cli import main as cli
 from msrn.config import PRESETS, TrainConfig, preset_config
 from msrn.errors import MSRNError
@@ -78,6 +79,12 @@ def test_evaluate_reproduces_the_run_metrics(
     assert cli(["evaluate", "--dataset", "csv", "--data", str(csv), "--checkpoint", str(out / "best.pt"),
                 "--json", str(fast), "--workers", "0"]) == 0  # the default: the folded model
     assert json.loads(fast.read_text())["mAP"] == pytest.approx(ours["mAP"], abs=1e-6)
+
+
+def test_checkpoints_record_how_the_training_images_were_decoded(run: tuple[Path, Path]) -> None:
+    _, out = run  # a CSV dataset: a user's photos, turned upright by their EXIF orientation
+    assert torch.load(out / "best.pt", weights_only=True)["exif_orientation"] is True
+    assert load_model(out / "best.pt").exif_orientation is True
 
 
 def test_schedule_and_parameter_groups(run: tuple[Path, Path]) -> None:

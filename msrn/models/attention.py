@@ -121,7 +121,7 @@ class _LabelAttention(torch.autograd.Function):
 
 
 # torch.compile leaves this function to eager: traced, its tile loops unroll into a graph that inductor
-# schedules with far larger temporaries (0.53 GB more peak memory per image at COCO sizes), for no gain.
+# schedules with far larger temporaries (BENCHMARKS.md has the peak memory), for no gain.
 @torch.compiler.disable
 def label_attention(feats: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
     """V[b, m, d] = sum_n softmax_n(F[b,d,n] S[m,d]) F[b,d,n]; feats B x D x N, sem M x D -> B x M x D.
