@@ -11,10 +11,10 @@ import torch
 from data_helpers import LABELS, make_csv
 from PIL import Image
 
-from msrn.checkpoint import load_model
 from msrn.cli import main as cli
 from msrn.config import PRESETS, TrainConfig, preset_config
 from msrn.errors import MSRNError
+from msrn.models.loading import load_model
 
 METRIC_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "CR_top3", "CF1_top3", "OP_top3",
                "OR_top3", "OF1_top3", "ap_per_label")
