@@ -9,7 +9,7 @@ told apart only by their scene) against the others. Writes to --out:
   runs.json   one record per (row, seed), written after each run; a rerun skips the runs it holds
   table.md    mean +- sample standard deviation over the seeds of mAP, CF1 and OF1
 
---record also stores the seed spread of MSRN and the baseline in msrn/engine/seed_spread.json,
+--record also stores the seed spread of MSRN and the baseline in msrn/seed_spread.json,
 which `msrn demo` quotes beside its single-seed result. --quick runs every row on tiny data
 (32 training images of 64 px, one epoch, two seeds) to check the script, not the model.
 
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from msrn.config import preset_config
 from msrn.data.scenes import ensure_scenes
-from msrn.engine.demo import SEED_SPREAD, compute_threads, evaluate_run
+from msrn.demo import SEED_SPREAD, compute_threads, evaluate_run
+from msrn.engine.config import preset_config
 from msrn.io import atomic_write_json, atomic_write_text
 from msrn.models import create_model
 

@@ -5,7 +5,8 @@ The network is random, with its batch-norm statistics calibrated on the images a
 would set them, so activations have a trained network's size (random running statistics make a
 ResNet-101's layer4 reach 1e7, where every float32 path is chaotic). Reports the largest
 probability difference of each float32 path from float64, from each other, and between batch 1
-and the same image inside a batch of B (what micro-batching changes), and the time of each path.
+and the same image inside a batch of B (what micro-batching changes), and the time of each path;
+then the same for each of the default's two rewritings alone (batch norm folded, channels-last).
 
     python benchmarks/bench_fast_default.py                      # msrn_resnet101, 448 px, batch 4
     python benchmarks/bench_fast_default.py --model msrn_tiny --image-size 64
@@ -15,13 +16,15 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from msrn.inference.predictor import Predictor
 from msrn.models import create_model
-from msrn.predict import Predictor
+from msrn.models.fuse import optimize_for_inference
 
 
 def calibrated_model(name: str, x: torch.Tensor, labels: int, seed: int) -> nn.Module:
@@ -42,15 +45,27 @@ def calibrated_model(name: str, x: torch.Tensor, labels: int, seed: int) -> nn.M
     return model.eval()
 
 
-def timed(predictor: Predictor, x: torch.Tensor, rounds: int) -> tuple[np.ndarray, float]:
+def timed(probabilities: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, rounds: int
+          ) -> tuple[np.ndarray, float]:
     """Probabilities and the best of `rounds` times (after one warm-up call)."""
-    probs = predictor.run(x)[0]
+    probs = probabilities(x)
     best = float("inf")
     for _ in range(rounds):
         t0 = time.perf_counter()
-        predictor.run(x)
+        probabilities(x)
         best = min(best, time.perf_counter() - t0)
     return probs, best
+
+
+def part_of_default(model: nn.Module, **options: bool) -> Callable[[torch.Tensor], np.ndarray]:
+    """Probabilities from the model with one part of the default's rewriting (fold_bn or channels_last) off."""
+    part = optimize_for_inference(model, **options)
+
+    def probabilities(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(part(x)).numpy()
+
+    return probabilities
 
 
 def main() -> None:
@@ -73,7 +88,8 @@ def main() -> None:
     with torch.no_grad():
         reference = torch.sigmoid(copy.deepcopy(model).double()(x.double())).numpy()
     exact, fast = Predictor(model, s, fast=False), Predictor(model, s, fast=True)
-    (pe, te), (pf, tf) = timed(exact, x, args.rounds), timed(fast, x, args.rounds)
+    (pe, te) = timed(lambda v: exact.run(v)[0], x, args.rounds)
+    (pf, tf) = timed(lambda v: fast.run(v)[0], x, args.rounds)
     pe1, pf1 = exact.run(x[:1])[0], fast.run(x[:1])[0]
     print(f"{args.model} at {s} px, batch {b}, {args.labels} labels, {args.threads} threads")
     print(f"  max |p - p_float64|: --exact {np.abs(pe - reference).max():.2e}, "
@@ -82,6 +98,11 @@ def main() -> None:
     print(f"  batch 1 against the same image in a batch of {b}: --exact {np.abs(pe1 - pe[:1]).max():.2e}, "
           f"default {np.abs(pf1 - pf[:1]).max():.2e}")
     print(f"  time per batch: --exact {te:.2f} s, default {tf:.2f} s ({tf / te:.2f}x)")
+    for title, options in (("batch norm folded only", dict(channels_last=False)),
+                           ("channels-last only", dict(fold_bn=False))):
+        pp, tp = timed(part_of_default(model, **options), x, args.rounds)
+        print(f"  {title}: max |p - p_float64| {np.abs(pp - reference).max():.2e}, "
+              f"max |p - p_exact| {np.abs(pp - pe).max():.2e}, time {tp / te:.2f}x --exact")
 
 
 if __name__ == "__main__":

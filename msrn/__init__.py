@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 
 __all__ = ["Predictor", "create_model", "list_models", "load", "__version__"]
 
-# imported on first use, so that torch-free modules (msrn.images, msrn.onnx_predict) import without torch
-_LAZY = {"Predictor": "msrn.predict", "load": "msrn.predict", "create_model": "msrn.models",
+# imported on first use, so that torch-free modules (msrn.images, msrn.inference.onnx_predict) import without torch
+_LAZY = {"Predictor": "msrn.inference.predictor", "load": "msrn.inference.predictor", "create_model": "msrn.models",
          "list_models": "msrn.models"}
 
 

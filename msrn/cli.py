@@ -15,14 +15,14 @@ from msrn.errors import MSRNError
 
 # subcommand -> (module holding add_arguments/main, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("msrn.engine.demo", "train and evaluate a small MSRN and a baseline on the built-in scenes benchmark"),
+    "demo": ("msrn.demo", "train and evaluate a small MSRN and a baseline on the built-in scenes benchmark"),
     "train": ("msrn.engine.train", "train MSRN on a dataset"),
     "evaluate": ("msrn.engine.evaluate", "evaluate a checkpoint (project or reference) on a split"),
     "inspect": ("msrn.data.inspect", "show what a dataset reader sees"),
     "labels": ("msrn.labels.labelset", "build the label graph and label vectors of a dataset"),
-    "predict": ("msrn.predict", "tag images with a trained model"),
-    "export": ("msrn.export", "export a checkpoint to ONNX"),
-    "serve": ("msrn.serve", "a local web page to try a model"),
+    "predict": ("msrn.inference.predict", "tag images with a trained model"),
+    "export": ("msrn.inference.export", "export a checkpoint to ONNX"),
+    "serve": ("msrn.inference.serve", "a local web page to try a model"),
 }
 
 

@@ -17,11 +17,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("msrn.errors", "msrn.io", "msrn.images", "msrn.targets", "msrn.safe_pickle", "msrn.download",
      "msrn.checkpoint", "msrn.metrics", "msrn.plots", "msrn.distributed"),
     ("msrn.data",),
-    ("msrn.labels", "msrn.labelset"),
+    ("msrn.labels",),
     ("msrn.models",),
-    ("msrn.engine", "msrn.config"),
-    ("msrn.tagging", "msrn.predict", "msrn.onnx_predict", "msrn.explain", "msrn.export", "msrn.serve", "msrn.cli",
-     "msrn.__main__", "msrn", "msrn.engine.demo"),  # the demo trains, evaluates and explains: the top layer
+    ("msrn.engine",),
+    ("msrn.inference", "msrn.demo", "msrn.cli", "msrn.__main__", "msrn"),  # the demo trains, evaluates, explains
 ]
 NAMES = ("base", "data", "labels", "models", "engine", "inference")
 

@@ -16,9 +16,9 @@ from msrn.data.csvfile import read_csv_dataset
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.images import open_image
+from msrn.inference.predictor import load
 from msrn.models import create_model
 from msrn.models.loading import model_state
-from msrn.predict import load
 
 datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn not installed (its sample photo is used)")
 

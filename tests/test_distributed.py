@@ -22,8 +22,8 @@ from torch import nn
 
 from msrn import distributed
 from msrn.checkpoint import read_checkpoint
-from msrn.config import TrainConfig
 from msrn.data import build_dataset
+from msrn.engine.config import TrainConfig
 from msrn.engine.evaluate import predict_scores, score_metrics
 from msrn.engine.losses import model_group_loss
 from msrn.engine.sampling import EpochSampler

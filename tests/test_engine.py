@@ -12,7 +12,7 @@ from data_helpers import LABELS, make_csv
 from PIL import Image
 
 from msrn.cli import main as cli
-from msrn.config import PRESETS, TrainConfig, preset_config
+from msrn.engine.config import PRESETS, TrainConfig, preset_config
 from msrn.errors import MSRNError
 from msrn.models.loading import load_model
 
@@ -251,7 +251,7 @@ def test_missing_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture)
 
 @pytest.mark.slow
 def test_demo_trains_msrn_and_baseline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from msrn.engine import demo
+    from msrn import demo
 
     summary = demo.run_demo(tmp_path, epochs=1, workers=0, data_size=(40, 24, 64))
     assert set(summary) == {"msrn", "baseline"}

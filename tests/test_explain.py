@@ -8,10 +8,10 @@ from PIL import Image
 
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
-from msrn.explain import attention_maps, explained_forward, overlay, panel_size, save_figure
+from msrn.inference.explain import attention_maps, explained_forward, overlay, panel_size, save_figure
+from msrn.inference.predictor import load
 from msrn.models import create_model
 from msrn.models.loading import model_state
-from msrn.predict import load
 
 LABELS = ["cat", "dog", "car", "tree", "sky", "boat"]
 

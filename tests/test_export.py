@@ -16,11 +16,11 @@ from PIL import Image
 
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
-from msrn.export import export_onnx, traceable_attention
+from msrn.inference.export import export_onnx, traceable_attention
+from msrn.inference.predictor import load
 from msrn.models import create_model
 from msrn.models.attention import label_attention
 from msrn.models.loading import model_state
-from msrn.predict import load
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'msrn[export]')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'msrn[export]')")
@@ -86,7 +86,7 @@ def test_missing_onnx_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_
 TORCH_FREE = """
 import json, sys
 sys.modules["torch"] = None  # any import of torch now fails: the ONNX path must not need it
-from msrn.onnx_predict import load_onnx
+from msrn.inference.onnx_predict import load_onnx
 predictor = load_onnx(sys.argv[1])
 records = predictor.predict(sys.argv[2:], threshold=0.0)
 print(json.dumps({"records": records, "labels": predictor.labels, "thresholds": predictor.thresholds.tolist(),

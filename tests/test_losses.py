@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msrn.config import preset_config
+from msrn.engine.config import preset_config
 from msrn.engine.losses import LOSSES, asymmetric_loss, build_loss, focal_loss, soft_margin_loss
 from msrn.errors import MSRNError
 

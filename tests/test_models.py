@@ -376,7 +376,7 @@ def test_conv_buffers_start_as_the_reference_draws_them():
 
 def test_benchmark_presets_do_not_clip_gradients():
     """The reference's clip_grad_norm_ runs before backward, so its effective recipe has none."""
-    from msrn.config import preset_config
+    from msrn.engine.config import preset_config
 
     for dataset in ("voc2007", "coco2014", "nuswide", "apparel"):
         assert preset_config(dataset, data="x").max_grad_norm is None

@@ -17,9 +17,10 @@ import msrn
 from msrn.cli import main as cli
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
+from msrn.inference.predictor import Predictor, load
+from msrn.inference.tagging import array_to_image
 from msrn.models import create_model
 from msrn.models.loading import model_state
-from msrn.predict import Predictor, array_to_image, load
 
 LABELS = ["cat", "dog", "car", "tree", "sky"]
 

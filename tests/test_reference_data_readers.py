@@ -14,9 +14,9 @@ import pytest
 
 from msrn.cli import build_parser
 from msrn.cli import main as cli_main
-from msrn.config import TrainConfig, config_from_args
 from msrn.data import build_dataset, reader_options
 from msrn.data.apparel import APPAREL_LABELS
+from msrn.engine.config import TrainConfig, config_from_args
 from msrn.errors import MSRNError
 from msrn.safe_pickle import load_numpy_pickle
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msrn.config import PRESETS, preset_config
 from msrn.data import build_dataset
 from msrn.data.base import MultiLabelData
 from msrn.data.voc import VOC_LABELS
+from msrn.engine.config import PRESETS, preset_config
 from msrn.errors import MSRNError
 from msrn.labels.graph import read_cooccurrence
 from msrn.labels.labelset import build_label_set

@@ -22,13 +22,13 @@ import torch
 from image_helpers import bomb_png, sideways_jpeg
 from PIL import Image
 
+from msrn.inference.predictor import load
 from msrn.models import create_model
 from msrn.models.loading import model_state
-from msrn.predict import load
 
 pytest.importorskip("flask", reason="flask not installed (pip install 'msrn[serve]')")
 
-from msrn.serve import Batcher, create_app, make_server  # noqa: E402  (needs flask)
+from msrn.inference.serve import Batcher, create_app, make_server  # noqa: E402  (needs flask)
 
 LABELS = ["cat", "dog", "car", "tree", "sky"]
 CHROMIUM = os.environ.get("MSRN_CHROMIUM", "/usr/bin/chromium")

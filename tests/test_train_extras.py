@@ -33,7 +33,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_flip_tta_reproduces_the_run_and_averages_mirrored_logits(run: tuple[Path, Path], tmp_path: Path) -> None:
     from PIL import Image, ImageOps
 
-    from msrn.predict import load
+    from msrn.inference.predictor import load
 
     csv_path, out = run
     m = json.loads((out / "metrics.json").read_text())
@@ -116,8 +116,8 @@ def test_without_tensorboard_nothing_changes(tmp_path: Path, monkeypatch: pytest
 
 
 def test_checkpoints_from_before_these_options_still_load_and_resume(run: tuple[Path, Path], tmp_path: Path) -> None:
+    from msrn.inference.predictor import load
     from msrn.io import atomic_save_torch
-    from msrn.predict import load
 
     csv_path, out = run
     new_keys = ("loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "focal_gamma", "focal_alpha", "ema",

@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from msrn import distributed as dist
 from msrn.checkpoint import checkpoint_weights, match_init_state, read_checkpoint, require_backbone
-from msrn.config import TrainConfig, add_config_arguments, config_from_args
 from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset, reader_options
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TrainTransform
+from msrn.engine.config import TrainConfig, add_config_arguments, config_from_args
 from msrn.engine.ema import WeightEMA
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
 from msrn.engine.losses import build_loss, model_group_loss

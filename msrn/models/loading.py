@@ -29,8 +29,8 @@ from msrn.checkpoint import (
 from msrn.errors import MSRNError
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
-from msrn.models import create_model
 from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
+from msrn.models.registry import create_model
 
 
 def load_reference(

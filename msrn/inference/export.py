@@ -3,9 +3,9 @@
 The graph takes `image` (batch x 3 x S x S, normalised as `TestTransform` does; the batch axis
 is dynamic) and returns `logits` (batch x C). The label names and per-label thresholds (JSON
 lists), the input size, the decoding (EXIF orientation) and the normalisation are stored in the
-model's metadata_props, so that `msrn.onnx_predict` tags images from the file alone. The label and group semantics
-depend on the weights only, so they are computed once here and stored as a constant; the
-attention is the spec's formula written with plain tensor ops (the training code's custom
+model's metadata_props, so that `msrn.inference.onnx_predict` tags images from the file alone.
+The label and group semantics depend on the weights only, so they are computed once here and
+stored as a constant; the attention is the spec's formula written with plain tensor ops (the training code's custom
 autograd function cannot be traced), split over label chunks to bound its memory.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from torch import nn
 
 from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from msrn.errors import MSRNError
+from msrn.inference.args import add_checkpoint_arguments, load_from_args
 from msrn.io import atomic_write_bytes
 from msrn.models.msrn import MSRN
-from msrn.predict import add_checkpoint_arguments, load_from_args
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, relative to max(1, max |logit|)
@@ -73,7 +73,7 @@ def _require_onnx() -> tuple[object, object]:
 
 def metadata(model: nn.Module, image_size: int) -> dict[str, str]:
     """What a consumer of the ONNX file needs besides the graph: labels, their thresholds, input size,
-    decoding and normalisation (msrn.onnx_predict tags images from these alone)."""
+    decoding and normalisation (msrn.inference.onnx_predict tags images from these alone)."""
     stored = getattr(model, "thresholds", None)
     thresholds = stored.tolist() if isinstance(stored, torch.Tensor) else [0.5] * len(model.labels)
     return {

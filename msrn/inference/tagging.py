@@ -1,6 +1,6 @@
 """Tagging without torch: the inputs it accepts (paths, folders, lists, PIL images, arrays), how
-they are decoded and batched, and the record each image gets. Shared by `msrn.predict` (PyTorch)
-and `msrn.onnx_predict` (onnxruntime only).
+they are decoded and batched, and the record each image gets. Shared by `msrn.inference.predictor` (PyTorch)
+and `msrn.inference.onnx_predict` (onnxruntime only).
 
 A record is `{"image": path, "labels": [{"label": name, "score": probability}, ...]}` with labels
 in descending score, or `{"image", "error", "labels": []}` for an image that cannot be read.

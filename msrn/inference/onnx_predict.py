@@ -4,7 +4,7 @@ Everything besides the graph comes from the file's metadata: label names, per-la
 input size, normalisation and whether photos are turned upright by their EXIF orientation. This
 module imports no torch, so a deployment needs neither torch nor a checkpoint:
 
-    from msrn.onnx_predict import load_onnx
+    from msrn.inference.onnx_predict import load_onnx
     records = load_onnx("model.onnx").predict(["a.jpg", "photos/"])
 
 Decoding, resizing and records are those of `msrn predict`; the scores match the PyTorch path's
@@ -22,7 +22,7 @@ from PIL import Image
 
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, normalized_array
-from msrn.tagging import (
+from msrn.inference.tagging import (
     ImageInput,
     Result,
     as_list,
@@ -120,7 +120,7 @@ class OnnxPredictor:
         self, images: ImageInput | Iterable[ImageInput], threshold: float | Sequence[float] | None = None,
         top_k: int | None = None,
     ) -> list[dict]:
-        """Records for paths, folders, PIL images or arrays, as `msrn.predict.Predictor.predict` gives."""
+        """Records for paths, folders, PIL images or arrays, as `msrn.inference.predictor.Predictor.predict` gives."""
         return [result.record for result in self.iter_results(images, threshold, top_k)]
 
     def probabilities(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:

@@ -20,10 +20,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from msrn.config import TrainConfig, preset_config
 from msrn.data import build_dataset, ensure_scenes
 from msrn.data.base import MultiLabelData
 from msrn.data.scenes import AMBIGUOUS, SIZE_BUCKETS, object_sides, size_buckets
+from msrn.engine.config import TrainConfig, preset_config
 
 # MSRN's and the baseline's per-seed results from the last `benchmarks/ablation.py --record` run
 SEED_SPREAD = Path(__file__).with_name("seed_spread.json")
@@ -163,9 +163,9 @@ def semantic_similarity(model: object) -> float:
 
 def write_explanations(out: Path, summary: dict) -> list[tuple[str, str]]:
     """PNG per chosen test image: MSRN's attention per top label and depth, both models' scores beside it."""
-    from msrn.explain import figure
+    from msrn.inference.explain import figure
+    from msrn.inference.predictor import load
     from msrn.io import atomic_write_bytes
-    from msrn.predict import load
 
     data = build_dataset("scenes", out / "data", "test")
     chosen = pick_images(data)

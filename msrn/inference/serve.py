@@ -1,6 +1,6 @@
 """`msrn serve`: a web page and a JSON API that tag uploaded images, on the waitress WSGI server.
 
-Endpoints: `GET /` (the page, msrn/static/index.html), `GET /api/info`, `GET /healthz` and
+Endpoints: `GET /` (the page, msrn/inference/static/index.html), `GET /api/info`, `GET /healthz` and
 `POST /api/predict` (multipart field `image`; `explain=1` adds attention panels), which answers
 with the image's record as `msrn predict` writes it, its best scores and, when asked, base64 PNG
 attention panels for the top labels at the three depths.
@@ -34,16 +34,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from msrn.engine.evaluate import add_fast_argument
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, open_image
-from msrn.predict import (
-    Predictor,
-    add_checkpoint_arguments,
-    add_decoding_arguments,
-    add_fast_argument,
-    decoding_options,
-    load_from_args,
-)
+from msrn.inference.args import add_checkpoint_arguments, add_decoding_arguments, decoding_options, load_from_args
+from msrn.inference.predictor import Predictor
 
 MAX_UPLOAD_MB = 20
 SHOWN_SCORES = 10  # scores listed on the page, best first
@@ -60,7 +55,7 @@ IMAGE_BLOCK = 64 << 20  # bytes per Pillow image block (its default: 16 MB)
 
 def _b64_png(image: Image.Image) -> str:
     """A PIL image as a base64 PNG string for a data: URL."""
-    from msrn.explain import png_bytes
+    from msrn.inference.explain import png_bytes
 
     return base64.b64encode(png_bytes(image)).decode("ascii")
 
@@ -211,7 +206,7 @@ def answer(predictor: Predictor, name: str, probs: np.ndarray, explanation: Any)
     record = predictor.record(name, probs)
     out: dict[str, Any] = {"record": record, "depths": [], "panels": []}
     if explanation is not None:
-        from msrn.explain import concentration, panels
+        from msrn.inference.explain import concentration, panels
 
         out["depths"] = explanation.depth_titles()
         out["panels"] = [
@@ -242,14 +237,14 @@ def create_app(
         from flask import Flask, jsonify, request
     except ImportError:
         raise MSRNError("msrn serve needs Flask: pip install 'msrn[serve]'") from None
-    from msrn.explain import panel_size
+    from msrn.inference.explain import panel_size
     from msrn.models.msrn import MSRN
 
     if queue < 1 or batch_size < 1 or batch_wait_ms < 0:
         raise MSRNError("--queue and --batch-size must be at least 1, --batch-wait-ms at least 0")
     explain_k = explain_k if isinstance(predictor.model, MSRN) else 0
-    page = resources.files("msrn").joinpath("static/index.html").read_text(encoding="utf-8")
-    app = Flask("msrn.serve")
+    page = resources.files("msrn.inference").joinpath("static/index.html").read_text(encoding="utf-8")
+    app = Flask("msrn.inference.serve")
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
     app.config["MSRN_QUEUE"] = queue
     batcher = Batcher(predictor, batch_size, batch_wait_ms / 1000, explain_k)

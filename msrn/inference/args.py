@@ -1,0 +1,75 @@
+"""Command-line options shared by predict, export and serve: which checkpoint, and how images are decoded."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from msrn.errors import MSRNError
+from msrn.images import DEFAULT_MAX_PIXELS
+from msrn.inference.predictor import Predictor, load
+
+
+def read_label_file(path: str | os.PathLike) -> list[str]:
+    """Label names, one per line (blank lines ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MSRNError(f"cannot read label names from {path}: {e}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise MSRNError(f"{path} holds no label names")
+    return names
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--checkpoint, the reference checkpoint's companion files and --image-size (shared with export, serve)."""
+    parser.add_argument("--checkpoint", required=required, metavar="FILE",
+                        help="a project checkpoint (best.pt, last.pt) or a reference MSRN checkpoint")
+    parser.add_argument("--word-vectors", metavar="FILE",
+                        help="reference checkpoints: a word-vector pickle; default 'reference', the reference's "
+                             "own for the dataset with the checkpoint's label count (fetched once, SHA-256 checked)")
+    parser.add_argument("--cooccurrence", metavar="FILE",
+                        help="reference checkpoints: a co-occurrence pickle {'adj','nums'}; default 'reference', as "
+                             "for --word-vectors")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="label names, one per line, in output order (reference checkpoints store none; default: "
+                             "the names of the reference dataset with their count, in the reference's order)")
+    parser.add_argument("--image-size", type=int, metavar="S",
+                        help="input side in pixels (default: the checkpoint's; 448 for reference checkpoints)")
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """--exif-orientation and --max-megapixels (predict, serve): how image files are decoded."""
+    parser.add_argument("--exif-orientation", choices=("on", "off"),
+                        help="turn photos upright by their EXIF orientation tag (default: as the checkpoint's "
+                             "training did; on for reference and older checkpoints)")
+    parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
+                        help="refuse images larger than MP megapixels, read from the file's header before "
+                             f"decoding (default {DEFAULT_MAX_PIXELS / 1e6:g})")
+
+
+def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Predictor options that add_decoding_arguments' flags set.
+
+    Pillow's own decompression-bomb limit is raised to --max-megapixels when that is higher: the
+    command owns its process, and the limit checked is then ours.
+    """
+    if not args.max_megapixels > 0:
+        raise MSRNError("--max-megapixels must be positive")
+    max_pixels = int(args.max_megapixels * 1e6)
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    return {"exif_orientation": None if args.exif_orientation is None else args.exif_orientation == "on",
+            "max_pixels": max_pixels}
+
+
+def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:
+    """The Predictor that the shared checkpoint options describe."""
+    if args.image_size is not None and args.image_size < 32:
+        raise MSRNError("--image-size must be at least 32")
+    labels = read_label_file(args.labels) if args.labels else None
+    return load(args.checkpoint, args.word_vectors, args.cooccurrence, labels, image_size=args.image_size, **options)

@@ -1,0 +1,174 @@
+"""`msrn predict`: tag image files, folders and lists with a checkpoint or an ONNX file, as JSON or CSV.
+
+Records are those of `msrn.inference.predictor` (one per image, best labels first); an image that
+cannot be read gets an error record and the others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from msrn.engine.evaluate import add_fast_argument
+from msrn.errors import MSRNError
+from msrn.inference.args import add_checkpoint_arguments, add_decoding_arguments, decoding_options, load_from_args
+from msrn.inference.tagging import expand_inputs, read_path_list
+from msrn.io import atomic_write_text, check_writable
+from msrn.models.tta import TTA_MODES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `msrn predict`."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "Label selection: a label is reported when its probability >= its threshold; then --top-k\n"
+        "keeps the K best of those. Both apply. `--threshold 0 --top-k 5` gives the 5 best labels\n"
+        "whatever their scores; `--threshold 0` alone lists every label.\n"
+        "Output: json is a list with one record per image, {\"image\", \"labels\": [{\"label\", \"score\"}]},\n"
+        "labels by descending score; csv has columns image,label,score,error with one row per label\n"
+        "(one row with an empty label for an image with none). With --explain each JSON record also\n"
+        "names its picture (\"explanation\"). An unreadable image gets an error record and the rest\n"
+        "go on; the exit status is then 1."
+    )
+    add_checkpoint_arguments(parser, required=False)
+    parser.add_argument("--onnx", metavar="FILE",
+                        help="tag with a model exported by `msrn export` instead of a checkpoint (onnxruntime; "
+                             "labels, thresholds and input size come from the file)")
+    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (walked)")
+    parser.add_argument("--list", action="append", default=[], metavar="FILE",
+                        help="a text file listing image paths, one a line ('-' reads standard input); repeatable")
+    parser.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
+    parser.add_argument("--out", metavar="FILE", help="write the output here (atomically) instead of stdout")
+    parser.add_argument("--threshold", type=float, metavar="T",
+                        help="report labels with probability >= T (default: the checkpoint's per-label "
+                             "thresholds if it has them, else 0.5)")
+    parser.add_argument("--top-k", type=int, metavar="K", help="report at most the K best labels passing the threshold")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="write one PNG per image to DIR: attention of its top labels at the three depths")
+    parser.add_argument("--explain-labels", type=int, default=3, metavar="N",
+                        help="how many top-scoring labels --explain shows per image (default 3)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_fast_argument(parser)
+    parser.add_argument("--tta", default="none", choices=TTA_MODES,
+                        help="test-time augmentation: flip averages the scores' logits of each image and its mirror")
+    add_decoding_arguments(parser)
+
+
+PROGRESS_FROM = 32  # inputs from which a progress bar is shown (on a terminal)
+
+
+class _Output:
+    """Streams records as JSON or CSV to stdout, or collects them for one atomic write to a file."""
+
+    def __init__(self, fmt: str, out: str | None) -> None:
+        self.fmt, self.path = fmt, out
+        self.sink = io.StringIO() if out else sys.stdout
+        self.count = 0
+        if fmt == "csv":
+            self.csv = csv.writer(self.sink, lineterminator="\n")
+            self.csv.writerow(["image", "label", "score", "error"])
+        else:
+            self.sink.write("[")
+
+    def write(self, record: dict) -> None:
+        """Append one image's record."""
+        if self.fmt == "csv":
+            rows = [[record["image"], x["label"], f"{x['score']:.6f}", ""] for x in record["labels"]]
+            self.csv.writerows(rows or [[record["image"], "", "", record.get("error", "")]])
+        else:
+            self.sink.write(("," if self.count else "") + "\n" + json.dumps(record, ensure_ascii=False))
+        self.count += 1
+        self.sink.flush()
+
+    def close(self) -> None:
+        """Finish the document and, for --out, write the file."""
+        if self.fmt == "json":
+            self.sink.write("\n]\n")
+        if self.path:
+            atomic_write_text(self.path, self.sink.getvalue())
+        else:
+            self.sink.flush()
+
+
+def _unique_png(folder: Path, name: str | None, index: int, used: set[str]) -> Path:
+    """DIR/<image stem>.png, with -2, -3 ... when two inputs share a stem."""
+    stem = Path(name).stem if name else f"image-{index}"
+    candidate, n = stem, 1
+    while candidate.lower() in used:
+        n += 1
+        candidate = f"{stem}-{n}"
+    used.add(candidate.lower())
+    return folder / f"{candidate}.png"
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The Predictor of --checkpoint, or the OnnxPredictor of --onnx (exactly one of them)."""
+    options = dict(threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size, **decoding_options(args))
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise MSRNError("give either --checkpoint or --onnx")
+    if args.checkpoint is not None:
+        return load_from_args(args, device=args.device, fast=not args.exact, tta=args.tta, **options)
+    given = [flag for flag, value in (("--word-vectors", args.word_vectors), ("--cooccurrence", args.cooccurrence),
+                                      ("--labels", args.labels), ("--image-size", args.image_size),
+                                      ("--explain", args.explain), ("--exact", args.exact),
+                                      ("--tta", args.tta != "none")) if value]
+    if given:
+        raise MSRNError(f"{', '.join(given)} cannot be used with --onnx: the file fixes its labels, input size "
+                        "and computation, and holds no attention maps")
+    from msrn.inference.onnx_predict import OnnxPredictor
+
+    return OnnxPredictor(args.onnx, **options)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `msrn predict`: load, tag every input, write records (and attention pictures)."""
+    if args.top_k is not None and args.top_k < 1:
+        raise MSRNError("--top-k must be at least 1")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise MSRNError("--threshold must lie in [0, 1]")
+    if args.explain_labels < 1:
+        raise MSRNError("--explain-labels must be at least 1")
+    if args.explain and args.tta != "none":
+        raise MSRNError("--explain draws one forward pass of the image as given; it does not combine with --tta")
+    inputs = [*args.inputs, *(path for listed in args.list for path in read_path_list(listed))]
+    if not inputs:
+        raise MSRNError("no images given: name image files or folders, or --list FILE")
+    predictor = _load(args)
+    explain_k = 0
+    if args.explain:
+        from msrn.inference.explain import require_msrn, save_figure
+
+        require_msrn(predictor.model, args.checkpoint)
+        check_writable(args.explain)
+        explain_k = args.explain_labels
+    items = expand_inputs(inputs)  # an empty folder fails before any output starts
+    output = _Output(args.format, args.out)
+    failed, used = 0, set()
+    results = predictor.iter_results(items, explain_k=explain_k) if explain_k else predictor.iter_results(items)
+    with tqdm(total=len(items), desc="predict", unit="img", leave=False, file=sys.stderr,
+              disable=None if len(items) >= PROGRESS_FROM else True) as bar:
+        for index, result in enumerate(results):
+            record, expl = result.record, result.explanation
+            if "error" in record:
+                failed += 1
+                bar.write(f"msrn predict: {record['image']}: {record['error']}", file=sys.stderr)
+            if expl is not None:
+                path = _unique_png(Path(args.explain), record["image"], index, used)
+                save_figure(expl, path)
+                record["explanation"] = os.fspath(path)
+            output.write(record)
+            bar.update()
+    output.close()
+    if args.explain:
+        print(f"msrn predict: attention pictures in {args.explain}", file=sys.stderr)
+    if failed:
+        print(f"msrn predict: {failed} of {output.count} images could not be read", file=sys.stderr)
+    return 1 if failed else 0

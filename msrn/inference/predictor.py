@@ -1,0 +1,223 @@
+"""The `Predictor` (what `msrn.load` returns): a loaded model that tags images, batch by batch.
+
+A record per image is `{"image": path, "labels": [{"label": name, "score": probability}, ...]}`
+with labels in descending score; an image that cannot be read gets `{"image", "error", "labels": []}`
+instead, and the others go on.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from msrn.data.transforms import TestTransform
+from msrn.errors import MSRNError
+from msrn.images import DEFAULT_MAX_PIXELS
+from msrn.inference.tagging import (
+    ImageInput,
+    Result,
+    as_list,
+    decoded_batches,
+    describe,
+    error_record,
+    expand_inputs,
+    make_record,
+    read_input,
+    threshold_vector,
+)
+from msrn.models.loading import load_model
+from msrn.models.tta import with_tta
+
+
+class Predictor:
+    """A loaded model ready to tag images: `predict` for records, `probabilities`, `explain` for maps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: int | None = None,
+        threshold: float | Sequence[float] | None = None,
+        top_k: int | None = None,
+        batch_size: int = 8,
+        device: str | torch.device = "cpu",
+        fast: bool = True,
+        tta: str = "none",
+        exif_orientation: bool | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self._infer: nn.Module = self.model  # what plain (unexplained) batches run through
+        if fast:  # batch norm folded, channels-last: the same logits to ~1e-6 (msrn.models.fuse); faster
+            from msrn.models.fuse import optimize_for_inference
+
+            self._infer = optimize_for_inference(self.model)
+            self.model = self._infer.model  # the folded network itself, still an MSRN, for explanations
+        self._infer, self.tta = with_tta(self._infer, tta), tta  # "flip": scores average the image and its mirror
+        self.image_size = int(image_size or getattr(model, "image_size", 448))
+        self.transform = TestTransform(self.image_size)
+        self.labels: list[str] = list(model.labels)
+        self.thresholds = self._threshold_vector(threshold)
+        self.top_k = top_k
+        self.batch_size = max(1, int(batch_size))
+        # decode as training did (the checkpoint says how), unless told otherwise
+        self.exif_orientation = bool(getattr(model, "exif_orientation", True) if exif_orientation is None
+                                     else exif_orientation)
+        self.max_pixels = max_pixels  # None: Pillow's own decompression-bomb limit only
+
+    def _threshold_vector(self, threshold: float | Sequence[float] | None) -> np.ndarray:
+        """Per-label thresholds: the argument, else the checkpoint's own, else 0.5 for every label."""
+        if threshold is None:
+            stored = getattr(self.model, "thresholds", None)
+            threshold = stored.detach().cpu().numpy() if isinstance(stored, torch.Tensor) else 0.5
+        return threshold_vector(threshold, len(self.labels))
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        word_vectors: Any = None,
+        cooccurrence: Any = None,
+        labels: Sequence[str] | None = None,
+        **options: Any,
+    ) -> Predictor:
+        """Load a project or reference checkpoint (the latter with its word vectors and co-occurrence,
+        by default the reference's own files for the dataset with its number of labels).
+
+        labels name a reference checkpoint's outputs (it stores none; by default that dataset's names);
+        a project checkpoint's own names must match them.
+        """
+        labels = list(labels) if labels is not None else None
+        return cls(load_model(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels), **options)
+
+    def decode(self, item: ImageInput) -> Image.Image:
+        """One input as the RGB image the model sees (orientation and pixel limit as configured), or an MSRNError."""
+        return read_input(item, self.exif_orientation, self.max_pixels)
+
+    def _batches(self, items: Sequence[ImageInput]) -> Iterator[list[tuple[int, Image.Image | None, str | None]]]:
+        """Batches of (index, decoded image or None, error or None), decoded lazily."""
+        return decoded_batches(items, self.decode, self.batch_size)
+
+    def _forward(self, images: list[Image.Image], explain_k: int) -> tuple[np.ndarray, np.ndarray | None, list]:
+        """`run` on decoded images."""
+        return self.run(torch.stack([self.transform(img) for img in images]), explain_k)
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, explain_k: int = 0) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+        """Probabilities (B x C) of a batch of transformed images (B x 3 x S x S), and with explain_k > 0
+        the top label ids (B x k) and attention maps (3 arrays B x k x H_s x W_s)."""
+        x = x.to(self.device)
+        if explain_k <= 0:
+            return torch.sigmoid(self._infer(x)).float().cpu().numpy(), None, []
+        from msrn.inference.explain import explained_forward
+
+        logits, idx, maps = explained_forward(self.model, x, explain_k)
+        return (
+            torch.sigmoid(logits).float().cpu().numpy(),
+            idx.cpu().numpy(),
+            [m.float().cpu().numpy() for m in maps],
+        )
+
+    def record(
+        self, name: str | None, probs: np.ndarray, thresholds: np.ndarray | None = None, top_k: int | None = None
+    ) -> dict:
+        """The record of one image: labels at or above their threshold, best first, at most top_k
+        (defaults: the predictor's own)."""
+        thresholds = self.thresholds if thresholds is None else thresholds
+        return make_record(self.labels, name, probs, thresholds, self.top_k if top_k is None else top_k)
+
+    def iter_results(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        threshold: float | Sequence[float] | None = None,
+        top_k: int | None = None,
+        explain_k: int = 0,
+    ) -> Iterator[Result]:
+        """A Result per image, in input order, computed batch by batch (explain_k > 0 adds maps)."""
+        items = expand_inputs(as_list(images))
+        thresholds = self.thresholds if threshold is None else self._threshold_vector(threshold)
+        top_k = self.top_k if top_k is None else top_k
+        if explain_k > 0:
+            from msrn.inference.explain import require_msrn
+
+            require_msrn(self.model)
+            if self.tta != "none":
+                raise MSRNError(f"explanations show one forward pass of the image as given; not with tta={self.tta!r}")
+        for batch in self._batches(items):
+            good = [(i, img) for i, img, _ in batch if img is not None]
+            probs, idx, maps = self._forward([img for _, img in good], explain_k) if good else (None, None, [])
+            row = {i: r for r, (i, _) in enumerate(good)}
+            for i, img, err in batch:
+                name = describe(items[i])
+                if err is not None:
+                    yield Result(error_record(name, err))
+                    continue
+                r = row[i]
+                expl = None
+                if idx is not None:
+                    expl = self.explanation(img, name, probs[r], idx[r], [m[r] for m in maps], thresholds, i)
+                yield Result(self.record(name, probs[r], thresholds, top_k), probs[r], expl)
+
+    def explanation(
+        self, img: Image.Image, name: str | None, probs: np.ndarray, ids: np.ndarray,
+        maps: list[np.ndarray], thresholds: np.ndarray | None = None, index: int = 0,
+    ) -> Any:
+        """Bundle one image's top labels, scores and maps (from `run`) for drawing."""
+        from msrn.inference.explain import Explanation
+
+        thresholds = self.thresholds if thresholds is None else thresholds
+        return Explanation(
+            image=img, name=Path(name).name if name else f"image {index}",
+            labels=[self.labels[j] for j in ids], scores=[float(probs[j]) for j in ids],
+            maps=maps, thresholds=[float(thresholds[j]) for j in ids], depths=tuple(self.model.cfg.depths),
+        )
+
+    def predict(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        threshold: float | Sequence[float] | None = None,
+        top_k: int | None = None,
+    ) -> list[dict]:
+        """Records for paths, folders, PIL images or arrays (one input or a list); see the module docstring."""
+        return [result.record for result in self.iter_results(images, threshold, top_k)]
+
+    def probabilities(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
+        """N x C label probabilities in `labels` order; an unreadable image is an error here."""
+        items = expand_inputs(as_list(images))
+        rows = []
+        for batch in self._batches(items):
+            errors = [err for _, _, err in batch if err is not None]
+            if errors:
+                raise MSRNError(errors[0])
+            rows.append(self._forward([img for _, img, _ in batch], 0)[0])
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
+
+    def explain(self, images: ImageInput | Iterable[ImageInput], k: int = 3) -> list[Any]:
+        """An `msrn.inference.explain.Explanation` (top-k labels and their maps) per image; unreadable is an error."""
+        out = []
+        for result in self.iter_results(images, explain_k=max(1, k)):
+            if result.explanation is None:
+                raise MSRNError(result.record["error"])
+            out.append(result.explanation)
+        return out
+
+
+def load(
+    checkpoint: str | os.PathLike,
+    word_vectors: Any = None,
+    cooccurrence: Any = None,
+    labels: Sequence[str] | None = None,
+    **options: Any,
+) -> Predictor:
+    """`msrn.load("best.pt")`: a Predictor for a project checkpoint or a reference one (`voc_checkpoint.pth.tar`).
+
+    options: image_size, threshold, top_k, batch_size, device, fast, tta ("none" or "flip"), exif_orientation,
+    max_pixels (see `Predictor`).
+    """
+    return Predictor.from_checkpoint(checkpoint, word_vectors, cooccurrence, labels, **options)
