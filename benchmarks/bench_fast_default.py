@@ -6,7 +6,8 @@ would set them, so activations have a trained network's size (random running sta
 ResNet-101's layer4 reach 1e7, where every float32 path is chaotic). Reports the largest
 probability difference of each float32 path from float64, from each other, and between batch 1
 and the same image inside a batch of B (what micro-batching changes), and the time of each path;
-then the same for each of the default's two rewritings alone (batch norm folded, channels-last).
+then the same for each of the default's two rewritings alone (batch norm folded, channels-last),
+and how far the literal path moves with the thread count or the input's memory layout.
 
     python benchmarks/bench_fast_default.py                      # msrn_resnet101, 448 px, batch 4
     python benchmarks/bench_fast_default.py --model msrn_tiny --image-size 64
@@ -103,6 +104,12 @@ def main() -> None:
         pp, tp = timed(part_of_default(model, **options), x, args.rounds)
         print(f"  {title}: max |p - p_float64| {np.abs(pp - reference).max():.2e}, "
               f"max |p - p_exact| {np.abs(pp - pe).max():.2e}, time {tp / te:.2f}x --exact")
+    torch.set_num_threads(1)
+    pe_one = exact.run(x)[0]
+    torch.set_num_threads(args.threads)
+    pe_cl = exact.run(x.contiguous(memory_format=torch.channels_last))[0]
+    print(f"  --exact against itself: 1 thread vs {args.threads}: {np.abs(pe_one - pe).max():.2e}, "
+          f"the same input stored channels-last: {np.abs(pe_cl - pe).max():.2e}")
 
 
 if __name__ == "__main__":
