@@ -16,6 +16,7 @@ import os
 import sys
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from msrn.errors import MSRNError
 from msrn.inference.args import add_checkpoint_arguments, load_from_args
 from msrn.io import atomic_write_bytes
+from msrn.models.loading import REFERENCE_IMAGE_SIZE
 from msrn.models.msrn import MSRN
 
 OPSET = 17
@@ -71,16 +73,17 @@ def _require_onnx() -> tuple[object, object]:
     return onnx, onnxruntime
 
 
-def metadata(model: nn.Module, image_size: int) -> dict[str, str]:
-    """What a consumer of the ONNX file needs besides the graph: labels, their thresholds, input size,
-    decoding and normalisation (msrn.inference.onnx_predict tags images from these alone)."""
-    stored = getattr(model, "thresholds", None)
-    thresholds = stored.tolist() if isinstance(stored, torch.Tensor) else [0.5] * len(model.labels)
+def metadata(
+    model: nn.Module, image_size: int, thresholds: Sequence[float] | None = None, exif_orientation: bool = True
+) -> dict[str, str]:
+    """What a consumer of the ONNX file needs besides the graph: labels, their thresholds (default 0.5),
+    input size, decoding and normalisation (msrn.inference.onnx_predict tags images from these alone)."""
+    thresholds = [0.5] * len(model.labels) if thresholds is None else thresholds
     return {
         "labels": json.dumps(list(model.labels), ensure_ascii=False),
         "thresholds": json.dumps([float(t) for t in thresholds]),
         "image_size": str(int(image_size)),
-        "exif_orientation": json.dumps(bool(getattr(model, "exif_orientation", True))),
+        "exif_orientation": json.dumps(bool(exif_orientation)),
         "input": "RGB, bilinear resize to image_size x image_size, /255, minus mean, over std; NCHW float32",
         "mean": json.dumps([round(float(v), 6) for v in IMAGENET_MEAN]),
         "std": json.dumps([round(float(v), 6) for v in IMAGENET_STD]),
@@ -110,16 +113,22 @@ def verify(path: str | os.PathLike, model: nn.Module, image_size: int, batch: in
 
 
 def export_onnx(
-    model: nn.Module, path: str | os.PathLike, image_size: int | None = None, opset: int = OPSET
+    model: nn.Module,
+    path: str | os.PathLike,
+    image_size: int = REFERENCE_IMAGE_SIZE,
+    opset: int = OPSET,
+    thresholds: Sequence[float] | None = None,
+    exif_orientation: bool = True,
 ) -> float:
-    """Write `model` to `path` as ONNX (dynamic batch, labels in metadata), verified; return the max diff.
+    """Write `model` to `path` as ONNX (dynamic batch; labels, thresholds, input size and decoding in
+    metadata), verified; return the max diff.
 
     The file appears only once verified: it is written beside `path` and renamed over it.
     """
     onnx, _ = _require_onnx()
     if opset < 17:
         raise MSRNError(f"opset {opset} is too old; use 17 or newer")
-    image_size = int(image_size or getattr(model, "image_size", 448))
+    image_size = int(image_size)
     model = model.eval().cpu()
     module = ExportableMSRN(model).eval() if isinstance(model, MSRN) else model
     path = Path(path)
@@ -136,7 +145,7 @@ def export_onnx(
             )
         proto = onnx.load(os.fspath(tmp))
         del proto.metadata_props[:]
-        for key, value in metadata(model, image_size).items():
+        for key, value in metadata(model, image_size, thresholds, exif_orientation).items():
             proto.metadata_props.add(key=key, value=value)
         proto.doc_string = "MSRN multi-label classifier exported by msrn export"
         onnx.checker.check_model(proto)
@@ -161,7 +170,8 @@ def main(args: argparse.Namespace) -> int:
     _require_onnx()
     predictor = load_from_args(args, fast=False)  # the network as written; onnxruntime does its own folding
     model = predictor.model
-    diff = export_onnx(model, args.out, predictor.image_size, args.opset)
+    diff = export_onnx(model, args.out, predictor.image_size, args.opset, predictor.thresholds.tolist(),
+                       predictor.exif_orientation)
     print(
         f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {predictor.image_size}px, "
         f"dynamic batch); onnxruntime logits match PyTorch's within {diff:.2g}",
