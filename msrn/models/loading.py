@@ -31,10 +31,12 @@ from msrn.checkpoint import (
     reference_backbone,
 )
 from msrn.errors import MSRNError
+from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
+from msrn.labels.wordvec import load_word_vectors
 from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
-from msrn.models.registry import create_model
+from msrn.models.registry import build_model
 
 # the reference trained and evaluated at 448 x 448, and its checkpoints record no input size
 REFERENCE_IMAGE_SIZE = 448
@@ -99,12 +101,10 @@ def load_reference(
             check_label_order(known, labels, f"the {known} labels")
         labels = list(REFERENCE_LABELS[known]) if labels is None else labels
     files = {kind: reference_file(known, kind) for kind in wanted}
-    word_vectors = files.get("word_vectors", word_vectors)
-    cooccurrence = files.get("cooccurrence", cooccurrence)
-    model = create_model(
-        name, num_classes=num_classes, labels=labels, num_groups=num_groups,
-        word_vectors=word_vectors, cooccurrence=cooccurrence,
-    )
+    names = labels or [str(i) for i in range(num_classes)]
+    vectors = load_word_vectors(files.get("word_vectors", word_vectors), names)
+    adj = adjacency_from(files.get("cooccurrence", cooccurrence), num_classes)
+    model = build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups)
     mapped, dropped = map_reference_state(state)
     load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
     if dropped:
