@@ -16,10 +16,10 @@ from PIL import Image
 
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
-from msrn.inference.export import export_onnx, traceable_attention
+from msrn.inference.export import export_onnx
 from msrn.inference.predictor import load
 from msrn.models import create_model
-from msrn.models.attention import label_attention
+from msrn.models.attention import label_attention, traceable_attention
 from msrn.models.loading import model_state
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'msrn[export]')")

@@ -5,8 +5,8 @@ is dynamic) and returns `logits` (batch x C). The label names and per-label thre
 lists), the input size, the decoding (EXIF orientation) and the normalisation are stored in the
 model's metadata_props, so that `msrn.inference.onnx_predict` tags images from the file alone.
 The label and group semantics depend on the weights only, so they are computed once here and
-stored as a constant; the attention is the spec's formula written with plain tensor ops (the training code's custom
-autograd function cannot be traced), split over label chunks to bound its memory.
+stored as a constant; the attention is its traceable form (msrn.models.attention): the spec's formula in
+plain tensor ops, split over label chunks to bound its memory.
 """
 from __future__ import annotations
 
@@ -32,21 +32,10 @@ from msrn.models.msrn import MSRN
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, relative to max(1, max |logit|)
-CHUNK = 16  # semantic vectors per attention block in the exported graph
-
-
-def traceable_attention(feats: torch.Tensor, sem: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
-    """label_attention_naive's formula in blocks of `chunk` semantics: B x D x N, M x D -> B x M x D."""
-    outs = []
-    for start in range(0, sem.shape[0], chunk):
-        s = sem[start:start + chunk]  # m x D
-        alpha = torch.softmax(feats[:, None] * s[None, :, :, None], dim=-1)  # B x m x D x N
-        outs.append((alpha * feats[:, None]).sum(-1))
-    return torch.cat(outs, 1)
 
 
 class ExportableMSRN(nn.Module):
-    """MSRN's forward with frozen semantics and traceable attention (same numbers as `MSRN.forward`)."""
+    """MSRN's forward with frozen semantics and the traceable attention (same numbers as `MSRN.forward`)."""
 
     def __init__(self, model: MSRN) -> None:
         super().__init__()
@@ -57,8 +46,7 @@ class ExportableMSRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images -> logits."""
-        attended = torch.cat([traceable_attention(f, self.sem) for f in self.model.depth_features(x)], -1)
-        return self.model.head(attended)
+        return self.model.classify(self.model.depth_features(x), self.sem, attention="traceable")
 
 
 def _require_onnx() -> tuple[object, object]:
