@@ -33,7 +33,7 @@ from msrn.engine.scores import write_scores
 from msrn.io import atomic_write_json, check_writable
 from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
 from msrn.models.fuse import optimize_for_inference
-from msrn.models.loading import load_checkpoint
+from msrn.models.loading import REFERENCE_IMAGE_SIZE, load_checkpoint
 from msrn.models.tta import TTA_MODES, with_tta
 
 log = logging.getLogger("msrn")
@@ -136,7 +136,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cooccurrence", metavar="FILE",
                    help="reference checkpoints: a co-occurrence pickle; default 'reference', the reference's own "
                         "for --dataset (fetched once, SHA-256 checked)")
-    p.add_argument("--image-size", type=int, help="default: the checkpoint's (448 for reference checkpoints)")
+    p.add_argument("--image-size", type=int,
+                   help=f"default: the checkpoint's ({REFERENCE_IMAGE_SIZE} for reference checkpoints)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")

@@ -38,8 +38,8 @@ from msrn.models.tta import with_tta
 class Predictor:
     """A loaded model ready to tag images: `predict` for records, `probabilities`, `explain` for maps.
 
-    Without image_size, threshold or exif_orientation: 448 px, 0.5 for every label, EXIF upright
-    (`from_checkpoint` passes the checkpoint's own instead).
+    Without image_size, threshold or exif_orientation: the reference's input size, 0.5 for every label,
+    EXIF upright (`from_checkpoint` passes the checkpoint's own instead).
     """
 
     def __init__(
