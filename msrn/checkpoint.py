@@ -105,11 +105,12 @@ def _refusal_reason(message: str) -> str:
     return reason.split(" Please use")[0].strip() or "not a tensors-only pickle"
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """torch.load with weights_only=True; unreadable, truncated or code-carrying files give one line."""
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """torch.load with weights_only=True; unreadable, truncated or code-carrying files give one line
+    calling the file a `what` (a checkpoint, a label set: any dict that torch.save wrote)."""
     path = Path(path)
     if not path.is_file():
-        raise MSRNError(f"checkpoint {path} does not exist")
+        raise MSRNError(f"{what} {path} does not exist")
     try:
         with warnings.catch_warnings():  # a plain pickle's protocol notice would precede the one-line error
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -119,15 +120,15 @@ def read_checkpoint(path: str | Path) -> dict:
         with open(path, "rb") as f:
             pickled = f.read(1) == b"\x80"  # the PROTO opcode that starts a protocol 2+ pickle
         if not pickled and "GLOBAL" not in str(e):  # bytes that are no pickle at all
-            raise MSRNError(f"{path} is not a readable checkpoint (truncated, corrupt or another format): "
+            raise MSRNError(f"{path} is not a readable {what} (truncated, corrupt or another format): "
                             f"{reason}") from None
-        raise MSRNError(f"{path} is not a tensors-only checkpoint (it may carry code); refusing to load it "
+        raise MSRNError(f"{path} is not a tensors-only {what} (it may carry code); refusing to load it "
                         f"({reason})") from None
     except Exception as e:  # weights_only loading runs no foreign code; a damaged file fails in many ways
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MSRNError(f"{path} is not a readable checkpoint (truncated or corrupt?): {first}") from None
+        raise MSRNError(f"{path} is not a readable {what} (truncated or corrupt?): {first}") from None
     if not isinstance(obj, dict):
-        raise MSRNError(f"{path} is not a checkpoint: expected a dict, found {type(obj).__name__}")
+        raise MSRNError(f"{path} is not a {what}: expected a dict, found {type(obj).__name__}")
     return obj
 
 

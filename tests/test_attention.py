@@ -113,3 +113,12 @@ def test_no_grad_inference_matches() -> None:
         out = label_attention(feats, sem)
     assert not out.requires_grad
     assert _rel(out, label_attention_naive(feats, sem)) < 1e-5
+
+
+def test_the_three_forms_agree_by_name() -> None:
+    feats, sem = _inputs(2, 8, 12, 37)  # 37 semantics: the traceable form's blocks do not divide them
+    want = label_attention_naive(feats.double(), sem.double())
+    for form in attention.FORMS:
+        assert _rel(attention.attend(feats, sem, form), want) < 1e-5, form
+    with pytest.raises(ValueError, match="chunked"):
+        attention.attend(feats, sem, "approximate")

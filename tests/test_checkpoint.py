@@ -20,7 +20,7 @@ from msrn.checkpoint import checkpoint_weights, map_reference_state, match_init_
 from msrn.data.apparel import APPAREL_LABELS
 from msrn.errors import MSRNError
 from msrn.models import create_model
-from msrn.models.loading import load_model, model_state
+from msrn.models.loading import load_checkpoint, load_model, model_state
 from msrn.models.pretrained import load_pretrained_backbone
 from msrn.models.resnet import ResNet
 from msrn.safe_pickle import load_numpy_pickle
@@ -263,7 +263,7 @@ def test_project_checkpoint_round_trip(tmp_path: Path):
     torch.save(model_state(model, image_size=64), path)
     loaded = load_model(path)
     assert type(loaded) is type(model) and not loaded.training
-    assert loaded.image_size == 64
+    assert load_checkpoint(path).image_size == 64
     assert loaded.labels == model.labels == [f"label{i}" for i in range(5)]
     assert torch.equal(loaded.adjacency, model.adjacency) and torch.equal(loaded.word_vectors, model.word_vectors)
     x = torch.randn(2, 3, 64, 64)
@@ -291,7 +291,7 @@ def test_baseline_checkpoint_round_trip(tmp_path: Path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    assert loaded.labels == ["a", "b", "c"] and loaded.image_size == 32
+    assert loaded.labels == ["a", "b", "c"] and load_checkpoint(path).image_size == 32
 
 
 def test_project_checkpoint_with_a_missing_weight_is_an_error(tmp_path: Path):

@@ -28,7 +28,7 @@ from msrn.engine.evaluate import predict_scores, score_metrics
 from msrn.engine.losses import model_group_loss
 from msrn.engine.sampling import EpochSampler
 from msrn.engine.train import train
-from msrn.models.loading import load_model
+from msrn.models.loading import load_checkpoint
 
 pytestmark = pytest.mark.slow  # every test here launches torchrun
 
@@ -70,12 +70,10 @@ def single_process_config(data: Path, out: Path, **fields: object) -> TrainConfi
 
 def evaluate_single_process(checkpoint: Path, data: Path) -> dict:
     """`msrn evaluate`'s metrics for a checkpoint, computed in this (single) process."""
-    model = load_model(checkpoint, labels=build_dataset("csv", data, "test").labels)
+    loaded = load_checkpoint(checkpoint, labels=build_dataset("csv", data, "test").labels)
     test = build_dataset("csv", data, "test")
-    logits = predict_scores(model, test, model.image_size, 5, 0, torch.device("cpu"))
-    thresholds = getattr(model, "thresholds", None)
-    return score_metrics(logits, test.targets, None if thresholds is None else thresholds.numpy(),
-                         model_group_loss(model))
+    logits = predict_scores(loaded.model, test, loaded.image_size, 5, 0, torch.device("cpu"))
+    return score_metrics(logits, test.targets, loaded.thresholds, model_group_loss(loaded.model))
 
 
 def test_ddp_run_metrics_equal_single_process_evaluation_of_its_checkpoint(csv_data: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from PIL import Image
 from msrn.cli import main as cli
 from msrn.engine.config import PRESETS, TrainConfig, preset_config
 from msrn.errors import MSRNError
-from msrn.models.loading import load_model
+from msrn.models.loading import load_checkpoint, load_model
 
 METRIC_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "CR_top3", "CF1_top3", "OP_top3",
                "OR_top3", "OF1_top3", "ap_per_label")
@@ -54,7 +54,6 @@ def test_evaluate_reproduces_the_run_metrics(
     from msrn.data import build_dataset
     from msrn.engine.evaluate import predict_scores
     from msrn.metrics import reference_tuned_metrics
-    from msrn.models.loading import load_model
 
     csv, out = run
     report = tmp_path / "eval.json"
@@ -69,8 +68,8 @@ def test_evaluate_reproduces_the_run_metrics(
     tuned = ours["tuned_on_test_set"]
     assert tuned["split"] == "test" and "not a fair number" in tuned["note"]
     test = build_dataset("csv", str(csv), "test")
-    model = load_model(out / "best.pt")
-    want = reference_tuned_metrics(predict_scores(model, test, model.image_size, 4, 0, torch.device("cpu")),
+    loaded = load_checkpoint(out / "best.pt")
+    want = reference_tuned_metrics(predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu")),
                                    test.targets)
     for key, value in want.items():
         assert tuned[key] == (value if value is None else pytest.approx(value, abs=1e-9)), key
@@ -84,7 +83,7 @@ def test_evaluate_reproduces_the_run_metrics(
 def test_checkpoints_record_how_the_training_images_were_decoded(run: tuple[Path, Path]) -> None:
     _, out = run  # a CSV dataset: a user's photos, turned upright by their EXIF orientation
     assert torch.load(out / "best.pt", weights_only=True)["exif_orientation"] is True
-    assert load_model(out / "best.pt").exif_orientation is True
+    assert load_checkpoint(out / "best.pt").exif_orientation is True
 
 
 def test_schedule_and_parameter_groups(run: tuple[Path, Path]) -> None:
@@ -102,8 +101,6 @@ def test_schedule_and_parameter_groups(run: tuple[Path, Path]) -> None:
 
 
 def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
-    from msrn.models.loading import load_model
-
     csv = make_csv(tmp_path / "data", seed=1)
     out = tmp_path / "run"
     args = train_args(csv, out, "--val-fraction", "0.25", "--tune-thresholds", "--epochs", "1")
@@ -111,9 +108,9 @@ def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
     m = json.loads((out / "metrics.json").read_text())
     assert m["selected_by"] == "validation mAP"
     assert set(m["thresholds_by_label"]) == set(LABELS)
-    model = load_model(out / "best.pt")
-    assert model.thresholds.shape == (3,)
-    assert np.allclose(model.thresholds.numpy(), [m["thresholds_by_label"][k] for k in LABELS])
+    loaded = load_checkpoint(out / "best.pt")
+    assert loaded.thresholds.shape == (3,)
+    assert np.allclose(loaded.thresholds, [m["thresholds_by_label"][k] for k in LABELS])
 
 
 def test_presets_carry_the_paper_recipe() -> None:
@@ -130,7 +127,6 @@ def test_presets_carry_the_paper_recipe() -> None:
 
 
 def test_ablation_switches_and_crop_scales_on_the_command_line(tmp_path: Path) -> None:
-    from msrn.models.loading import load_model
 
     csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
     out = tmp_path / "run"
@@ -196,7 +192,6 @@ def relabelled_csv(csv: Path, folder: Path) -> Path:
 def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, Path], tmp_path: Path) -> None:
     from msrn.checkpoint import read_checkpoint
     from msrn.engine.train import Trainer, train
-    from msrn.models.loading import load_model
 
     csv, out = run
     source = read_checkpoint(out / "best.pt")["state_dict"]

@@ -16,10 +16,10 @@ from PIL import Image
 
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
-from msrn.inference.export import export_onnx, traceable_attention
+from msrn.inference.export import export_onnx
 from msrn.inference.predictor import load
 from msrn.models import create_model
-from msrn.models.attention import label_attention
+from msrn.models.attention import label_attention, traceable_attention
 from msrn.models.loading import model_state
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'msrn[export]')")
@@ -44,9 +44,8 @@ def test_traceable_attention_is_the_formula() -> None:
 def test_onnx_matches_pytorch_for_any_batch(name: str, tmp_path) -> None:
     torch.manual_seed(0)
     model = create_model(name, labels=LABELS).eval()
-    model.image_size = 64
     path = tmp_path / "model.onnx"
-    assert export_onnx(model, path) <= 1e-4
+    assert export_onnx(model, path, image_size=64) <= 1e-4
     proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["labels"]) == LABELS and meta["image_size"] == "64"

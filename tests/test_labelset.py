@@ -1,6 +1,7 @@
 """Label sets: graph counted by hand, vector sources, reference pickles, save/load, report, `msrn labels`."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import warnings
@@ -9,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_helpers import make_csv
 from PIL import Image
 
+import msrn.engine.train
 import msrn.labels.encoder
 from msrn.cli import main as cli_main
 from msrn.data import MultiLabelData, build_dataset
@@ -341,3 +344,34 @@ def test_checkpoint_vectors_win_over_a_later_file(tmp_path: Path) -> None:
         loaded = load_model(path, word_vectors=b_file)
     assert any("ignored" in str(w.message) for w in caught)
     np.testing.assert_array_equal(loaded.word_vectors.numpy(), a)
+
+
+# ------------------------------------------------------------------ the model's graph is the label set's
+
+
+def test_create_model_takes_the_label_sets_adjacency_as_it_is() -> None:
+    ls = build_label_set(HAND, reweight=0.6)
+    assert not np.allclose(ls.adjacency(), build_label_set(HAND).adjacency())  # the re-weighting shows
+    model = create_model("msrn_tiny", label_set=ls)
+    assert model.labels == ls.labels
+    np.testing.assert_array_equal(model.adjacency.numpy(), ls.adjacency())
+    np.testing.assert_array_equal(model.word_vectors.numpy(), ls.word_vectors)
+    with pytest.raises(MSRNError, match="not both"):
+        create_model("msrn_tiny", label_set=ls, cooccurrence=ls.cooccurrence)
+
+
+def test_training_builds_the_model_from_its_label_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[LabelSet] = []
+
+    def reweighted(*args, **kwargs) -> LabelSet:
+        built.append(dataclasses.replace(build_label_set(*args, **kwargs), reweight=0.9))
+        return built[-1]
+
+    monkeypatch.setattr(msrn.engine.train, "build_label_set", reweighted)
+    csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
+    assert cli_main(["train", "--dataset", "csv", "--data", str(csv), "--out", str(tmp_path / "run"), "--model",
+                     "msrn_tiny", "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--workers", "0",
+                     "--pretrained", "none", "--val-fraction", "0", "--tau", "0.05"]) == 0
+    ls = built[0]
+    assert not np.allclose(ls.adjacency(), dataclasses.replace(ls, reweight=0.25).adjacency())
+    np.testing.assert_array_equal(load_model(tmp_path / "run" / "best.pt").adjacency.numpy(), ls.adjacency())

@@ -33,7 +33,7 @@ from msrn.engine.scores import write_scores
 from msrn.io import atomic_write_json, check_writable
 from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
 from msrn.models.fuse import optimize_for_inference
-from msrn.models.loading import load_model
+from msrn.models.loading import REFERENCE_IMAGE_SIZE, load_checkpoint
 from msrn.models.tta import TTA_MODES, with_tta
 
 log = logging.getLogger("msrn")
@@ -136,7 +136,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cooccurrence", metavar="FILE",
                    help="reference checkpoints: a co-occurrence pickle; default 'reference', the reference's own "
                         "for --dataset (fetched once, SHA-256 checked)")
-    p.add_argument("--image-size", type=int, help="default: the checkpoint's (448 for reference checkpoints)")
+    p.add_argument("--image-size", type=int,
+                   help=f"default: the checkpoint's ({REFERENCE_IMAGE_SIZE} for reference checkpoints)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -168,16 +169,16 @@ def main(args: argparse.Namespace) -> int:
         check_writable(Path(args.scores).absolute().parent)  # before the long evaluation, not after it
     split = args.split or DEFAULT_SPLITS[args.dataset][1]
     data = build_dataset(args.dataset, args.data, split, **reader_options(args))
-    model = load_model(args.checkpoint, word_vectors=args.word_vectors, cooccurrence=args.cooccurrence,
-                       labels=data.labels, dataset=args.dataset).to(device)
-    image_size = args.image_size or model.image_size
-    thresholds = getattr(model, "thresholds", None)
+    loaded = load_checkpoint(args.checkpoint, word_vectors=args.word_vectors, cooccurrence=args.cooccurrence,
+                             labels=data.labels, dataset=args.dataset)
+    model = loaded.model.to(device)
+    image_size = args.image_size or loaded.image_size
     group_loss = model_group_loss(model)  # before --fast, whose eval-only copy keeps no group loss
     if not args.exact:  # batch norm folded, channels-last: the same logits to ~1e-6, faster
         model = optimize_for_inference(model)
     model = with_tta(model, args.tta)
     logits = predict_scores(model, data, image_size, args.batch_size, args.workers, device, args.amp)
-    m = score_metrics(logits, data.targets, None if thresholds is None else thresholds.cpu().numpy(), group_loss)
+    m = score_metrics(logits, data.targets, loaded.thresholds, group_loss)
     # the reference code's figures, threshold tuned on the evaluated split itself: reported here only, labelled
     m["tuned_on_test_set"] = reference_tuned_figures(logits, data.targets, split)
     m.update(dataset=args.dataset, split=split, checkpoint=str(args.checkpoint), labels=data.labels,

@@ -171,8 +171,7 @@ class Trainer:
         else:
             self.labelset = build_label_set(self.train_data, vectors=cfg.word_vectors, name_map=cfg.name_map,
                                             tau=cfg.tau, cooccurrence=cfg.cooccurrence)
-            model = create_model(cfg.model, labels=self.labelset.labels, word_vectors=self.labelset.word_vectors,
-                                 cooccurrence=self.labelset.cooccurrence, tau=cfg.tau, pool_ratio=cfg.pool_ratio,
+            model = create_model(cfg.model, label_set=self.labelset, pool_ratio=cfg.pool_ratio,
                                  pretrained=cfg.pretrained, **({"backbone": cfg.backbone} if cfg.backbone else {}),
                                  **cfg.model_switches())
             if cfg.init:

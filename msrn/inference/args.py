@@ -11,6 +11,7 @@ from PIL import Image
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.inference.predictor import Predictor, load
+from msrn.models.loading import REFERENCE_IMAGE_SIZE
 
 
 def read_label_file(path: str | os.PathLike) -> list[str]:
@@ -39,7 +40,8 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
                         help="label names, one per line, in output order (reference checkpoints store none; default: "
                              "the names of the reference dataset with their count, in the reference's order)")
     parser.add_argument("--image-size", type=int, metavar="S",
-                        help="input side in pixels (default: the checkpoint's; 448 for reference checkpoints)")
+                        help=f"input side in pixels (default: the checkpoint's; {REFERENCE_IMAGE_SIZE} for reference "
+                             "checkpoints)")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,6 @@ from torch import nn
 
 from msrn.errors import MSRNError
 from msrn.io import atomic_write_bytes
-from msrn.models.attention import label_attention, label_attention_naive
 from msrn.models.msrn import MSRN
 
 DEPTH_NAMES = ("fine", "middle", "coarse")
@@ -112,13 +111,11 @@ def attention_maps(
 def explained_forward(model: MSRN, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Logits, each image's k best label ids (B x k) and their attention maps, from one backbone pass.
 
-    Mirrors `MSRN.forward` (same attention, same head) so the logits are the model's own.
+    The logits come from `MSRN.classify`, as in `MSRN.forward`, so they are the model's own.
     """
     feats, sizes = depth_features(model, x)
     local, groups, _ = model.semantics()
-    attend = label_attention_naive if model.cfg.attention == "naive" else label_attention
-    sem = torch.cat([local, groups], 0)
-    logits = model.head(torch.cat([attend(f, sem) for f in feats], -1))
+    logits = model.classify(feats, torch.cat([local, groups], 0))
     idx = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return logits, idx, maps_from_features(feats, sizes, local, idx)
 

@@ -5,8 +5,8 @@ is dynamic) and returns `logits` (batch x C). The label names and per-label thre
 lists), the input size, the decoding (EXIF orientation) and the normalisation are stored in the
 model's metadata_props, so that `msrn.inference.onnx_predict` tags images from the file alone.
 The label and group semantics depend on the weights only, so they are computed once here and
-stored as a constant; the attention is the spec's formula written with plain tensor ops (the training code's custom
-autograd function cannot be traced), split over label chunks to bound its memory.
+stored as a constant; the attention is its traceable form (msrn.models.attention): the spec's formula in
+plain tensor ops, split over label chunks to bound its memory.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import os
 import sys
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,25 +27,15 @@ from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from msrn.errors import MSRNError
 from msrn.inference.args import add_checkpoint_arguments, load_from_args
 from msrn.io import atomic_write_bytes
+from msrn.models.loading import REFERENCE_IMAGE_SIZE
 from msrn.models.msrn import MSRN
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, relative to max(1, max |logit|)
-CHUNK = 16  # semantic vectors per attention block in the exported graph
-
-
-def traceable_attention(feats: torch.Tensor, sem: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
-    """label_attention_naive's formula in blocks of `chunk` semantics: B x D x N, M x D -> B x M x D."""
-    outs = []
-    for start in range(0, sem.shape[0], chunk):
-        s = sem[start:start + chunk]  # m x D
-        alpha = torch.softmax(feats[:, None] * s[None, :, :, None], dim=-1)  # B x m x D x N
-        outs.append((alpha * feats[:, None]).sum(-1))
-    return torch.cat(outs, 1)
 
 
 class ExportableMSRN(nn.Module):
-    """MSRN's forward with frozen semantics and traceable attention (same numbers as `MSRN.forward`)."""
+    """MSRN's forward with frozen semantics and the traceable attention (same numbers as `MSRN.forward`)."""
 
     def __init__(self, model: MSRN) -> None:
         super().__init__()
@@ -55,8 +46,7 @@ class ExportableMSRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images -> logits."""
-        attended = torch.cat([traceable_attention(f, self.sem) for f in self.model.depth_features(x)], -1)
-        return self.model.head(attended)
+        return self.model.classify(self.model.depth_features(x), self.sem, attention="traceable")
 
 
 def _require_onnx() -> tuple[object, object]:
@@ -71,16 +61,17 @@ def _require_onnx() -> tuple[object, object]:
     return onnx, onnxruntime
 
 
-def metadata(model: nn.Module, image_size: int) -> dict[str, str]:
-    """What a consumer of the ONNX file needs besides the graph: labels, their thresholds, input size,
-    decoding and normalisation (msrn.inference.onnx_predict tags images from these alone)."""
-    stored = getattr(model, "thresholds", None)
-    thresholds = stored.tolist() if isinstance(stored, torch.Tensor) else [0.5] * len(model.labels)
+def metadata(
+    model: nn.Module, image_size: int, thresholds: Sequence[float] | None = None, exif_orientation: bool = True
+) -> dict[str, str]:
+    """What a consumer of the ONNX file needs besides the graph: labels, their thresholds (default 0.5),
+    input size, decoding and normalisation (msrn.inference.onnx_predict tags images from these alone)."""
+    thresholds = [0.5] * len(model.labels) if thresholds is None else thresholds
     return {
         "labels": json.dumps(list(model.labels), ensure_ascii=False),
         "thresholds": json.dumps([float(t) for t in thresholds]),
         "image_size": str(int(image_size)),
-        "exif_orientation": json.dumps(bool(getattr(model, "exif_orientation", True))),
+        "exif_orientation": json.dumps(bool(exif_orientation)),
         "input": "RGB, bilinear resize to image_size x image_size, /255, minus mean, over std; NCHW float32",
         "mean": json.dumps([round(float(v), 6) for v in IMAGENET_MEAN]),
         "std": json.dumps([round(float(v), 6) for v in IMAGENET_STD]),
@@ -110,16 +101,22 @@ def verify(path: str | os.PathLike, model: nn.Module, image_size: int, batch: in
 
 
 def export_onnx(
-    model: nn.Module, path: str | os.PathLike, image_size: int | None = None, opset: int = OPSET
+    model: nn.Module,
+    path: str | os.PathLike,
+    image_size: int = REFERENCE_IMAGE_SIZE,
+    opset: int = OPSET,
+    thresholds: Sequence[float] | None = None,
+    exif_orientation: bool = True,
 ) -> float:
-    """Write `model` to `path` as ONNX (dynamic batch, labels in metadata), verified; return the max diff.
+    """Write `model` to `path` as ONNX (dynamic batch; labels, thresholds, input size and decoding in
+    metadata), verified; return the max diff.
 
     The file appears only once verified: it is written beside `path` and renamed over it.
     """
     onnx, _ = _require_onnx()
     if opset < 17:
         raise MSRNError(f"opset {opset} is too old; use 17 or newer")
-    image_size = int(image_size or getattr(model, "image_size", 448))
+    image_size = int(image_size)
     model = model.eval().cpu()
     module = ExportableMSRN(model).eval() if isinstance(model, MSRN) else model
     path = Path(path)
@@ -136,7 +133,7 @@ def export_onnx(
             )
         proto = onnx.load(os.fspath(tmp))
         del proto.metadata_props[:]
-        for key, value in metadata(model, image_size).items():
+        for key, value in metadata(model, image_size, thresholds, exif_orientation).items():
             proto.metadata_props.add(key=key, value=value)
         proto.doc_string = "MSRN multi-label classifier exported by msrn export"
         onnx.checker.check_model(proto)
@@ -161,7 +158,8 @@ def main(args: argparse.Namespace) -> int:
     _require_onnx()
     predictor = load_from_args(args, fast=False)  # the network as written; onnxruntime does its own folding
     model = predictor.model
-    diff = export_onnx(model, args.out, predictor.image_size, args.opset)
+    diff = export_onnx(model, args.out, predictor.image_size, args.opset, predictor.thresholds.tolist(),
+                       predictor.exif_orientation)
     print(
         f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {predictor.image_size}px, "
         f"dynamic batch); onnxruntime logits match PyTorch's within {diff:.2g}",

@@ -31,12 +31,16 @@ from msrn.inference.tagging import (
     read_input,
     threshold_vector,
 )
-from msrn.models.loading import load_model
+from msrn.models.loading import REFERENCE_IMAGE_SIZE, load_checkpoint
 from msrn.models.tta import with_tta
 
 
 class Predictor:
-    """A loaded model ready to tag images: `predict` for records, `probabilities`, `explain` for maps."""
+    """A loaded model ready to tag images: `predict` for records, `probabilities`, `explain` for maps.
+
+    Without image_size, threshold or exif_orientation: the reference's input size, 0.5 for every label,
+    EXIF upright (`from_checkpoint` passes the checkpoint's own instead).
+    """
 
     def __init__(
         self,
@@ -60,22 +64,17 @@ class Predictor:
             self._infer = optimize_for_inference(self.model)
             self.model = self._infer.model  # the folded network itself, still an MSRN, for explanations
         self._infer, self.tta = with_tta(self._infer, tta), tta  # "flip": scores average the image and its mirror
-        self.image_size = int(image_size or getattr(model, "image_size", 448))
+        self.image_size = int(image_size or REFERENCE_IMAGE_SIZE)
         self.transform = TestTransform(self.image_size)
         self.labels: list[str] = list(model.labels)
-        self.thresholds = self._threshold_vector(threshold)
+        self.thresholds = self._threshold_vector(0.5 if threshold is None else threshold)
         self.top_k = top_k
         self.batch_size = max(1, int(batch_size))
-        # decode as training did (the checkpoint says how), unless told otherwise
-        self.exif_orientation = bool(getattr(model, "exif_orientation", True) if exif_orientation is None
-                                     else exif_orientation)
+        self.exif_orientation = True if exif_orientation is None else bool(exif_orientation)
         self.max_pixels = max_pixels  # None: Pillow's own decompression-bomb limit only
 
-    def _threshold_vector(self, threshold: float | Sequence[float] | None) -> np.ndarray:
-        """Per-label thresholds: the argument, else the checkpoint's own, else 0.5 for every label."""
-        if threshold is None:
-            stored = getattr(self.model, "thresholds", None)
-            threshold = stored.detach().cpu().numpy() if isinstance(stored, torch.Tensor) else 0.5
+    def _threshold_vector(self, threshold: float | Sequence[float]) -> np.ndarray:
+        """Per-label thresholds from one value or one per label, checked."""
         return threshold_vector(threshold, len(self.labels))
 
     @classmethod
@@ -91,10 +90,14 @@ class Predictor:
         by default the reference's own files for the dataset with its number of labels).
 
         labels name a reference checkpoint's outputs (it stores none; by default that dataset's names);
-        a project checkpoint's own names must match them.
+        a project checkpoint's own names must match them. image_size, threshold and exif_orientation
+        not given (or None) are the checkpoint's: training's input size, tuned thresholds and decoding.
         """
         labels = list(labels) if labels is not None else None
-        return cls(load_model(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels), **options)
+        loaded = load_checkpoint(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels)
+        stored = {"image_size": loaded.image_size, "threshold": loaded.thresholds,
+                  "exif_orientation": loaded.exif_orientation}
+        return cls(loaded.model, **{**options, **{k: v for k, v in stored.items() if options.get(k) is None}})
 
     def decode(self, item: ImageInput) -> Image.Image:
         """One input as the RGB image the model sees (orientation and pixel limit as configured), or an MSRNError."""

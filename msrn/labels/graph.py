@@ -86,6 +86,31 @@ def adjacency(co: Cooccurrence, tau: float = TAU, reweight: float = REWEIGHT) ->
     return a_hat.astype(np.float32)
 
 
+def as_cooccurrence(src: str | Path | Cooccurrence | dict | tuple) -> Cooccurrence:
+    """Counts given as a Cooccurrence, the reference's pickle file, its `{'adj','nums'}` dict or `(counts, nums)`."""
+    if isinstance(src, Cooccurrence):
+        return src
+    if isinstance(src, (str, Path)):
+        return read_cooccurrence(src)
+    if isinstance(src, dict):
+        return Cooccurrence(np.asarray(src["adj"]), np.asarray(src["nums"]))
+    counts, nums = src
+    return Cooccurrence(np.asarray(counts), np.asarray(nums))
+
+
+def adjacency_from(
+    src: str | Path | Cooccurrence | dict | tuple | None, num_classes: int, tau: float = TAU
+) -> np.ndarray | None:
+    """A_hat (default re-weighting) for `num_classes` labels from counts in any form `as_cooccurrence` takes;
+    None for None (a model then gets no edges)."""
+    if src is None:
+        return None
+    co = as_cooccurrence(src)
+    if co.num_classes != num_classes:
+        raise MSRNError(f"co-occurrence statistics have {co.num_classes} labels, the model {num_classes}")
+    return adjacency(co, tau)
+
+
 def edges(co: Cooccurrence, tau: float = TAU) -> list[tuple[int, int, float]]:
     """The directed edges i -> j with P(j | i) >= tau, as (i, j, P) sorted by P descending."""
     p = conditional(co)

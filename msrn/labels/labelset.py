@@ -11,10 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import pickle
-import re
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from msrn.checkpoint import read_checkpoint
 from msrn.data import DATASETS, DEFAULT_SPLITS, build_dataset
 from msrn.errors import MSRNError
 from msrn.io import atomic_save_torch, atomic_write_bytes, atomic_write_text, check_writable
@@ -159,21 +157,7 @@ class LabelSet:
     @classmethod
     def load(cls, path: str | Path) -> LabelSet:
         """Read a file written by `save`, with weights_only=True so it can never run code."""
-        path = Path(path)
-        if not path.is_file():
-            raise MSRNError(f"label set {path} does not exist")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
-            detail = found.group(1).split(". ")[0].strip() if found else type(e).__name__
-            if "global" in detail.lower():
-                raise MSRNError(f"{path} holds Python objects, not a plain label set; refusing it ({detail})") from None
-            raise MSRNError(f"{path} is not a readable label set (truncated or corrupt?): {detail}") from None
-        except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise MSRNError(f"{path} is not a readable label set (truncated or corrupt?): {first}") from None
-        return cls.from_dict(obj, str(path))
+        return cls.from_dict(read_checkpoint(path, "label set"), str(path))
 
 
 def _as_array(x: Any) -> np.ndarray:

@@ -14,7 +14,11 @@ recomputes each tile in backward instead of storing it; the gradients are closed
     dV/dF[n] = alpha[n] * (1 + S * (F[n] - V)),    dV/dS = sum_n alpha[n] (F[n] - V)^2
 
 so forward and backward each evaluate exp once per element of B x N x M x D.
-`label_attention_naive` is the spec's formula written literally, for tests and benchmarks.
+
+The forms side by side, chosen by name in `attend`: "chunked" (the above; training and inference),
+"naive" (the spec's formula written literally, for tests and benchmarks) and "traceable" (the formula
+in plain tensor ops, blocks of TRACE_CHUNK semantics, for ONNX export: a custom autograd function
+cannot be traced).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 19))
 # scores are floored at -50: each floored term is at most exp(-50) = 2e-22 next to the 1, which
 # moves a softmax over N positions by at most N * 2e-22 relative, far below float32's 6e-8.
 EXP_FLOOR = -50.0
+TRACE_CHUNK = 16  # semantic vectors per block of the traceable form: bounds its B x m x D x N temporary
 
 
 def _tile_steps(rows: int, m: int, n: int) -> tuple[int, int]:
@@ -140,3 +145,23 @@ def label_attention_naive(feats: torch.Tensor, sem: torch.Tensor) -> torch.Tenso
     f = feats.to(dtype).transpose(1, 2)  # B x N x D
     alpha = torch.softmax(f[:, :, None, :] * sem.to(dtype)[None, None], dim=1)  # B x N x M x D
     return (alpha * f[:, :, None, :]).sum(1)
+
+
+def traceable_attention(feats: torch.Tensor, sem: torch.Tensor, chunk: int = TRACE_CHUNK) -> torch.Tensor:
+    """label_attention_naive's formula in blocks of `chunk` semantics: B x D x N, M x D -> B x M x D."""
+    outs = []
+    for start in range(0, sem.shape[0], chunk):
+        s = sem[start:start + chunk]  # m x D
+        alpha = torch.softmax(feats[:, None] * s[None, :, :, None], dim=-1)  # B x m x D x N
+        outs.append((alpha * feats[:, None]).sum(-1))
+    return torch.cat(outs, 1)
+
+
+FORMS = {"chunked": label_attention, "naive": label_attention_naive, "traceable": traceable_attention}
+
+
+def attend(feats: torch.Tensor, sem: torch.Tensor, form: str = "chunked") -> torch.Tensor:
+    """Label-guided attention in one of its FORMS (the same numbers): feats B x D x N, sem M x D -> B x M x D."""
+    if form not in FORMS:
+        raise ValueError(f"attention must be one of {', '.join(FORMS)}, got {form!r}")
+    return FORMS[form](feats, sem)

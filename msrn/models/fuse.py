@@ -11,7 +11,6 @@ import copy
 import torch
 from torch import nn
 
-from msrn.models.attention import label_attention
 from msrn.models.msrn import MSRN
 
 
@@ -79,8 +78,7 @@ class InferenceModel(nn.Module):
         x = x.contiguous(memory_format=self.memory_format)
         if not isinstance(self.model, MSRN):
             return self.model(x)
-        feats = self.model.depth_features(x)  # 3 x (B x D x N_s)
-        return self.model.head(torch.cat([label_attention(f, self.semantics) for f in feats], -1))
+        return self.model.classify(self.model.depth_features(x), self.semantics, attention="chunked")
 
     @property
     def labels(self) -> list[str]:

@@ -7,14 +7,18 @@ counts the graph came from, optional per-label thresholds and, for `last.pt`, th
 Reference checkpoints (`{'epoch','arch','state_dict','best_score'}`, keys `resnet_101.*`) load
 into the same module with their keys mapped (msrn.checkpoint); only the unused `conv_buffer0`,
 `W`, `B` and `ProjectMs` may be dropped, and the loader says so.
+
+`load_checkpoint` returns a `Loaded`: the model with what the checkpoint says about using it (input size,
+per-label thresholds, image decoding). `load_model` is its model alone.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 from torch import nn
 
 from msrn.checkpoint import (
@@ -27,10 +31,31 @@ from msrn.checkpoint import (
     reference_backbone,
 )
 from msrn.errors import MSRNError
+from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
+from msrn.labels.wordvec import load_word_vectors
 from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
-from msrn.models.registry import create_model
+from msrn.models.registry import build_model
+
+# the reference trained and evaluated at 448 x 448, and its checkpoints record no input size
+REFERENCE_IMAGE_SIZE = 448
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model from a checkpoint (eval mode, CPU) and how it is meant to be used: input side in pixels,
+    per-label thresholds (None: the checkpoint tuned none) and whether photos are turned upright by EXIF."""
+
+    model: nn.Module
+    image_size: int = REFERENCE_IMAGE_SIZE
+    thresholds: np.ndarray | None = None
+    exif_orientation: bool = True
+
+    @property
+    def labels(self) -> list[str]:
+        """The model's output names, in order."""
+        return self.model.labels
 
 
 def load_reference(
@@ -76,12 +101,10 @@ def load_reference(
             check_label_order(known, labels, f"the {known} labels")
         labels = list(REFERENCE_LABELS[known]) if labels is None else labels
     files = {kind: reference_file(known, kind) for kind in wanted}
-    word_vectors = files.get("word_vectors", word_vectors)
-    cooccurrence = files.get("cooccurrence", cooccurrence)
-    model = create_model(
-        name, num_classes=num_classes, labels=labels, num_groups=num_groups,
-        word_vectors=word_vectors, cooccurrence=cooccurrence,
-    )
+    names = labels or [str(i) for i in range(num_classes)]
+    vectors = load_word_vectors(files.get("word_vectors", word_vectors), names)
+    adj = adjacency_from(files.get("cooccurrence", cooccurrence), num_classes)
+    model = build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups)
     mapped, dropped = map_reference_state(state)
     load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
     if dropped:
@@ -125,14 +148,14 @@ def build_from_state(ckpt: dict, where: str) -> nn.Module:
     return model
 
 
-def load_model(
+def load_checkpoint(
     source: str | Path | dict,
     word_vectors: Any = None,
     cooccurrence: Any = None,
     labels: list[str] | None = None,
     dataset: str | None = None,
-) -> nn.Module:
-    """A ready model (eval mode, CPU) from a project checkpoint or a reference checkpoint.
+) -> Loaded:
+    """A ready model (eval mode, CPU) from a project checkpoint or a reference checkpoint, with its usage.
 
     For project checkpoints the stored label vectors win: a different file passed here is
     ignored with a warning, so a model can never be paired with the wrong vectors. A reference
@@ -152,10 +175,22 @@ def load_model(
         model = load_reference(ckpt, word_vectors, cooccurrence, labels, where, dataset)
     else:
         raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
-    model.image_size = int(ckpt.get("image_size", 448))  # reference checkpoints were trained at 448
-    # older and reference checkpoints record no decoding: a person's photo is then shown upright
-    model.exif_orientation = bool(ckpt.get("exif_orientation", True))
     thresholds = ckpt.get("thresholds")
-    if thresholds is not None:
-        model.register_buffer("thresholds", torch.as_tensor(thresholds, dtype=torch.float32), persistent=False)
-    return model.eval()
+    return Loaded(
+        model=model.eval(),
+        image_size=int(ckpt.get("image_size", REFERENCE_IMAGE_SIZE)),
+        thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
+        # older and reference checkpoints record no decoding: a person's photo is then shown upright
+        exif_orientation=bool(ckpt.get("exif_orientation", True)),
+    )
+
+
+def load_model(
+    source: str | Path | dict,
+    word_vectors: Any = None,
+    cooccurrence: Any = None,
+    labels: list[str] | None = None,
+    dataset: str | None = None,
+) -> nn.Module:
+    """The model alone from `load_checkpoint` (eval mode, CPU), for code that needs no more."""
+    return load_checkpoint(source, word_vectors, cooccurrence, labels, dataset).model

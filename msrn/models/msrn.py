@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msrn.models.attention import label_attention, label_attention_naive
+from msrn.models.attention import attend
 from msrn.models.gat import GATStack, GroupStack, group_loss
 from msrn.models.linear import ReusedGradLinear
 from msrn.models.ops import conv1x1, linear, max_pool2x2
@@ -137,15 +137,21 @@ class MSRN(nn.Module):
         h = torch.tanh(attended).flatten(1)
         return self.fc2(F.leaky_relu(linear(self.fc1, h), 0.01))
 
+    def classify(self, feats: list[torch.Tensor], sem: torch.Tensor, attention: str | None = None) -> torch.Tensor:
+        """Depth features (each B x D x N_s) and semantics ((C+K) x D, labels then groups) -> B x C logits:
+        attention at each depth (in the form named, default the config's), concatenated, then the head.
+
+        The one path from features to logits: forward, explanations, the folded model and export use it.
+        """
+        form = attention or self.cfg.attention
+        return self.head(torch.cat([attend(f, sem, form) for f in feats], -1))  # B x (C+K) x SD in between
+
     def forward(
         self, x: torch.Tensor, return_group_loss: bool | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: B x 3 x H x W -> logits B x C; in training mode (or when asked) also the group loss."""
         local, groups, gloss = self.semantics()
-        sem = torch.cat([local, groups], 0)  # (C+K) x D
-        attend = label_attention_naive if self.cfg.attention == "naive" else label_attention
-        attended = torch.cat([attend(f, sem) for f in self.depth_features(x)], -1)  # B x (C+K) x SD
-        logits = self.head(attended)
+        logits = self.classify(self.depth_features(x), torch.cat([local, groups], 0))
         if return_group_loss if return_group_loss is not None else self.training:
             return logits, gloss
         return logits

@@ -1,18 +1,16 @@
-"""Model registry and `create_model`, in the style of timm: a name picks a configuration."""
+"""Model registry, in the style of timm: a name picks a configuration, and `build_model` builds it from
+arrays (label vectors, adjacency). `msrn.models.create.create_model` is the entry that reads files."""
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from msrn.errors import MSRNError
-from msrn.labels.graph import TAU, Cooccurrence, adjacency, read_cooccurrence
-from msrn.labels.wordvec import load_word_vectors
 from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier, check_depths
-from msrn.models.timm_backbone import PREFIX, TimmBackbone, load_timm_pretrained
+from msrn.models.timm_backbone import PREFIX
 
 # name -> overrides of MSRNConfig (the paper's model first, then smaller ones for CPU work)
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
@@ -40,47 +38,13 @@ def list_models() -> list[str]:
     return sorted(MODEL_CONFIGS) + sorted(BASELINES)
 
 
-def _as_cooccurrence(src: Any) -> Cooccurrence | None:
-    if src is None or isinstance(src, Cooccurrence):
-        return src
-    if isinstance(src, (str, Path)):
-        return read_cooccurrence(src)
-    if isinstance(src, dict):
-        return Cooccurrence(np.asarray(src["adj"]), np.asarray(src["nums"]))
-    counts, nums = src
-    return Cooccurrence(np.asarray(counts), np.asarray(nums))
-
-
 def placeholder_vectors(num_classes: int, dim: int = 300, seed: int = 0) -> np.ndarray:
     """Fixed random label vectors for models built without real ones (tests, quick experiments)."""
     return np.random.default_rng(seed).standard_normal((num_classes, dim)).astype(np.float32)
 
 
-def create_model(
-    name: str = "msrn_resnet101",
-    num_classes: int | None = None,
-    labels: list[str] | None = None,
-    pool_ratio: float = 0.2,
-    num_groups: int | None = None,
-    word_vectors: str | Path | np.ndarray | None = None,
-    cooccurrence: str | Path | Cooccurrence | tuple | dict | None = None,
-    tau: float = TAU,
-    pretrained: str | Path | None = None,
-    checkpoint: str | Path | None = None,
-    **overrides: Any,
-) -> torch.nn.Module:
-    """Build a registered model.
-
-    `word_vectors` (array, `.pkl`, `.npy` or GloVe text file) and `cooccurrence` (training-split
-    counts, the reference's `{'adj','nums'}` pickle, or `(counts, nums)`) define the label graph;
-    without them the model gets placeholder vectors and no edges. `pretrained` loads the backbone:
-    ImageNet weights (file, URL, 'imagenet') or a reference or msrn checkpoint's backbone with its
-    conv_buffer1/2; `checkpoint` loads a whole trained model instead.
-    """
-    if checkpoint is not None:
-        from msrn.models.loading import load_model
-
-        return load_model(checkpoint, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels)
+def label_count(num_classes: int | None, labels: list[str] | None) -> tuple[int, list[str] | None]:
+    """The number of labels from num_classes and/or label names (which must agree), and the names as a list."""
     if labels is not None:
         labels = list(labels)
         if num_classes is not None and num_classes != len(labels):
@@ -88,53 +52,58 @@ def create_model(
         num_classes = len(labels)
     if not num_classes or num_classes < 1:
         raise MSRNError("create_model needs num_classes or labels")
+    return num_classes, labels
+
+
+def build_model(
+    name: str = "msrn_resnet101",
+    num_classes: int | None = None,
+    labels: list[str] | None = None,
+    word_vectors: np.ndarray | None = None,
+    adjacency: np.ndarray | None = None,
+    pool_ratio: float = 0.2,
+    num_groups: int | None = None,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """A registered model with fresh weights from arrays: label vectors (C x dim; placeholders without them)
+    and the adjacency A_hat (C x C, used as given; no edges without it). Reads no file.
+
+    Baselines take neither. `overrides` change MSRNConfig fields (`backbone=NAME` for msrn_timm).
+    """
+    num_classes, labels = label_count(num_classes, labels)
     if name in BASELINES:
         if overrides:
             raise MSRNError(f"{name} is a baseline without the MSRN head: {', '.join(sorted(overrides))} do not apply")
         arch, hidden = BASELINES[name]
-        model = PlainClassifier(arch, num_classes, labels, hidden=hidden)
-    elif name in MODEL_CONFIGS:
-        if name == "msrn_timm":
-            overrides["backbone"] = timm_name(overrides.get("backbone"))
-        names = labels or [str(i) for i in range(num_classes)]
-        vecs = (
-            placeholder_vectors(num_classes)
-            if word_vectors is None
-            else load_word_vectors(word_vectors, names)
-        )
-        co = _as_cooccurrence(cooccurrence)
-        if co is not None and co.num_classes != num_classes:
-            raise MSRNError(f"co-occurrence statistics have {co.num_classes} labels, the model {num_classes}")
-        adj = np.eye(num_classes, dtype=np.float32) if co is None else adjacency(co, tau)
-        groups = num_groups or max(1, int(pool_ratio * num_classes))
-        unknown = sorted(set(overrides) - {f.name for f in fields(MSRNConfig)})
-        if unknown:
-            raise MSRNError(f"{name} has no setting {', '.join(unknown)}")
-        cfg = MSRNConfig(
-            num_classes=num_classes, num_groups=groups, word_dim=vecs.shape[1], labels=list(labels or []),
-            **{**MODEL_CONFIGS[name], **overrides},
-        )
-        try:
-            cfg.depths = check_depths(cfg.depths)
-        except ValueError as e:
-            raise MSRNError(str(e)) from None
-        rows = cfg.num_classes + (cfg.num_groups if cfg.group_semantics else 0)
-        fc1 = rows * len(cfg.depths) * cfg.semantic_dim * cfg.hidden_dim
-        if fc1 > MAX_FC1_WEIGHTS:  # checked before allocating: 5000 labels would ask for tens of GB
-            raise MSRNError(
-                f"{name} with {num_classes} labels and {groups} groups needs {fc1 / 1e9:.1f} billion weights in "
-                f"fc1 (limit {MAX_FC1_WEIGHTS / 1e9:.1f}); use fewer labels, a smaller --pool-ratio or msrn_tiny"
-            )
-        model = MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj))
-    else:
+        return PlainClassifier(arch, num_classes, labels, hidden=hidden)
+    if name not in MODEL_CONFIGS:
         raise MSRNError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    if pretrained is not None and isinstance(model.backbone, TimmBackbone):
-        load_timm_pretrained(model.backbone, pretrained)
-    elif pretrained is not None:
-        from msrn.models.pretrained import load_pretrained_backbone
-
-        load_pretrained_backbone(model, pretrained)
-    return model
+    if name == "msrn_timm":
+        overrides["backbone"] = timm_name(overrides.get("backbone"))
+    vecs = placeholder_vectors(num_classes) if word_vectors is None else np.asarray(word_vectors, dtype=np.float32)
+    adj = np.eye(num_classes, dtype=np.float32) if adjacency is None else np.asarray(adjacency, dtype=np.float32)
+    if vecs.ndim != 2 or vecs.shape[0] != num_classes or adj.shape != (num_classes, num_classes):
+        raise MSRNError(f"label vectors {vecs.shape} and adjacency {adj.shape} do not fit {num_classes} labels")
+    groups = num_groups or max(1, int(pool_ratio * num_classes))
+    unknown = sorted(set(overrides) - {f.name for f in fields(MSRNConfig)})
+    if unknown:
+        raise MSRNError(f"{name} has no setting {', '.join(unknown)}")
+    cfg = MSRNConfig(
+        num_classes=num_classes, num_groups=groups, word_dim=vecs.shape[1], labels=list(labels or []),
+        **{**MODEL_CONFIGS[name], **overrides},
+    )
+    try:
+        cfg.depths = check_depths(cfg.depths)
+    except ValueError as e:
+        raise MSRNError(str(e)) from None
+    rows = cfg.num_classes + (cfg.num_groups if cfg.group_semantics else 0)
+    fc1 = rows * len(cfg.depths) * cfg.semantic_dim * cfg.hidden_dim
+    if fc1 > MAX_FC1_WEIGHTS:  # checked before allocating: 5000 labels would ask for tens of GB
+        raise MSRNError(
+            f"{name} with {num_classes} labels and {groups} groups needs {fc1 / 1e9:.1f} billion weights in "
+            f"fc1 (limit {MAX_FC1_WEIGHTS / 1e9:.1f}); use fewer labels, a smaller --pool-ratio or msrn_tiny"
+        )
+    return MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj))
 
 
 def timm_name(backbone: str | None) -> str:

@@ -1,0 +1,62 @@
+"""`create_model`, the one-call entry: a registered model from label files, arrays or a `LabelSet`, with
+pretrained backbone weights, or a whole trained model from a checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from msrn.errors import MSRNError
+from msrn.labels.graph import TAU, Cooccurrence, adjacency_from
+from msrn.labels.labelset import LabelSet
+from msrn.labels.wordvec import load_word_vectors
+from msrn.models.loading import load_model
+from msrn.models.pretrained import load_pretrained_backbone
+from msrn.models.registry import MODEL_CONFIGS, build_model, label_count
+from msrn.models.timm_backbone import TimmBackbone, load_timm_pretrained
+
+
+def create_model(
+    name: str = "msrn_resnet101",
+    num_classes: int | None = None,
+    labels: list[str] | None = None,
+    pool_ratio: float = 0.2,
+    num_groups: int | None = None,
+    word_vectors: str | Path | np.ndarray | None = None,
+    cooccurrence: str | Path | Cooccurrence | tuple | dict | None = None,
+    tau: float = TAU,
+    pretrained: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    label_set: LabelSet | None = None,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """Build a registered model.
+
+    `word_vectors` (array, `.pkl`, `.npy` or GloVe text file) and `cooccurrence` (training-split
+    counts, the reference's `{'adj','nums'}` pickle, or `(counts, nums)`) define the label graph;
+    without them the model gets placeholder vectors and no edges. A `label_set` gives labels, vectors
+    and adjacency (its tau and re-weighting) instead. `pretrained` loads the backbone:
+    ImageNet weights (file, URL, 'imagenet') or a reference or msrn checkpoint's backbone with its
+    conv_buffer1/2; `checkpoint` loads a whole trained model instead.
+    """
+    if checkpoint is not None:
+        return load_model(checkpoint, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels)
+    if label_set is not None:
+        if labels is not None or word_vectors is not None or cooccurrence is not None or tau != TAU:
+            raise MSRNError("give a label set or labels, word vectors, co-occurrence and tau, not both")
+        labels, vectors, adj = label_set.labels, label_set.word_vectors, label_set.adjacency()
+    elif name in MODEL_CONFIGS:  # baselines take no label inputs: their files are not read
+        num_classes, labels = label_count(num_classes, labels)
+        names = labels or [str(i) for i in range(num_classes)]
+        vectors = None if word_vectors is None else load_word_vectors(word_vectors, names)
+        adj = adjacency_from(cooccurrence, num_classes, tau)
+    else:
+        vectors = adj = None
+    model = build_model(name, num_classes, labels, vectors, adj, pool_ratio, num_groups, **overrides)
+    if pretrained is not None and isinstance(model.backbone, TimmBackbone):
+        load_timm_pretrained(model.backbone, pretrained)
+    elif pretrained is not None:
+        load_pretrained_backbone(model, pretrained)
+    return model
