@@ -1,4 +1,5 @@
-"""The command line imports only the chosen subcommand's module (checked in a fresh interpreter)."""
+"""What the command line and the package import: only the chosen subcommand's module, and no drawing
+library for tagging (each checked in a fresh interpreter)."""
 from __future__ import annotations
 
 import json
@@ -15,13 +16,17 @@ from msrn.cli import main as cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def loaded_after(argv: list[str]) -> set[str]:
-    """The msrn modules imported by running `msrn *argv` (which exits through argparse) in a new process."""
-    code = ("import json, sys\nfrom msrn.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('msrn', 'torch', 'matplotlib')))))")
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+def loaded_by(code: str, *argv: str) -> set[str]:
+    """The msrn, torch and matplotlib modules imported after running code in a new interpreter."""
+    code += "\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith(('msrn', 'torch', 'matplotlib')))))"
+    done = subprocess.run([sys.executable, "-c", "import json, sys\n" + code, *argv], capture_output=True,
+                          text=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def loaded_after(argv: list[str]) -> set[str]:
+    """The modules imported by running `msrn *argv` (which exits through argparse)."""
+    return loaded_by("from msrn.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass", *argv)
 
 
 def test_command_name_is_the_first_word() -> None:
@@ -59,3 +64,10 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as done:
         cli(["nosuch"])
     assert done.value.code == 2 and "invalid choice: 'nosuch'" in capsys.readouterr().err
+
+
+def test_tagging_imports_no_drawing_library() -> None:
+    loaded = loaded_by("import msrn\nmsrn.load")  # the Predictor's module: attention maps, not their pictures
+    assert "msrn.inference.predictor" in loaded and "msrn.inference.explain" in loaded
+    assert not any(m.startswith("matplotlib") for m in loaded), sorted(m for m in loaded if "matplotlib" in m)
+    assert not any(m.startswith(("torch", "matplotlib")) for m in loaded_by("import msrn.inference.onnx_predict"))

@@ -9,7 +9,6 @@ tensor file and writes a readable report, so a user sees what the model will be 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import pickle
 import re
@@ -17,14 +16,15 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
-from msrn.data import DATASETS, DEFAULT_SPLITS, build_dataset
+from msrn.data import DATASETS, DEFAULT_SPLITS, MultiLabelData, build_dataset
 from msrn.errors import MSRNError
-from msrn.io import atomic_save_torch, atomic_write_bytes, atomic_write_text, check_writable
+from msrn.io import atomic_save_torch, atomic_write_text, check_writable
 from msrn.labels.encoder import DEFAULT_ENCODER, encode_labels
 from msrn.labels.graph import (
     REWEIGHT,
@@ -40,10 +40,8 @@ from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, default_sources, resolve
 from msrn.labels.vectors_ngram import NGRAM_DIM, ngram_vectors
 from msrn.labels.wordvec import label_words, load_word_vectors, read_name_map
+from msrn.plots import save_figure
 from msrn.targets import UNKNOWN
-
-if TYPE_CHECKING:
-    from msrn.data import MultiLabelData
 
 FORMAT = "msrn-labels"
 VERSION = 1
@@ -351,21 +349,8 @@ def report_text(ls: LabelSet) -> str:
     return "\n".join(lines)
 
 
-def _save_figure(fig: Any, path: Path) -> None:
-    """Render a matplotlib Figure with Agg into memory and write the PNG atomically."""
-    # matplotlib on drawing only: the CLI imports this module
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def plot_label_graph(ls: LabelSet, path: Path) -> None:
     """Circular drawing of the graph: nodes sized by image count, an arrow i -> j per edge."""
-    from matplotlib.figure import Figure  # matplotlib on drawing only: the CLI imports this module
-
     c = ls.num_classes
     side = float(np.clip(5 + 0.1 * c, 6, 16))
     fig = Figure(figsize=(side, side), layout="constrained")
@@ -405,13 +390,11 @@ def plot_label_graph(ls: LabelSet, path: Path) -> None:
     ax.axis("off")
     title = f"label graph: {len(edge_list)} edges i -> j with P(j|i) >= {ls.tau:g}"
     ax.set_title(title if edge_list else title + " (none: labels attend only to themselves)")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_cooccurrence(ls: LabelSet, path: Path) -> None:
     """Heatmap of P(j|i) (row i, column j) with label names; cells that pass tau are boxed."""
-    from matplotlib.figure import Figure  # matplotlib on drawing only: the CLI imports this module
-
     c = ls.num_classes
     p = ls.conditional()
     side = float(np.clip(3 + 0.2 * c, 6, 20))
@@ -432,7 +415,7 @@ def plot_cooccurrence(ls: LabelSet, path: Path) -> None:
                 ax.text(j, i, f"{p[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="black" if min(p[i, j], 1) > 0.6 else "white")  # fmt: skip
     ax.set_title(f"P(j|i) = M[i,j] / n[i]; boxed: >= tau {ls.tau:g}")
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def write_report(ls: LabelSet, folder: str | Path) -> list[Path]:
