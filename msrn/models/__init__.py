@@ -1,8 +1,9 @@
 """The networks: MSRN and its baselines, built by name (`create_model`), and loaded from checkpoints.
 
 `registry` names the configurations and builds them; `msrn` is the module (backbone, label graph,
-label-guided attention at three depths, head); `resnet`, `gat`, `attention`, `ops` and `linear` are its
-parts; `fuse` the folded inference form; `loading` and `pretrained` read weights into them.
+label-guided attention at three depths, head); `resnet` (or `timm_backbone`), `gat`, `attention`, `ops`
+and `linear` are its parts; `fuse` the folded inference form, `tta` flip averaging; `loading` and
+`pretrained` read weights into them.
 """
 from __future__ import annotations
 
