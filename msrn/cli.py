@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("msrn.engine.train", "train MSRN on a dataset"),
     "evaluate": ("msrn.engine.evaluate", "evaluate a checkpoint (project or reference) on a split"),
     "inspect": ("msrn.data.inspect", "show what a dataset reader sees"),
-    "labels": ("msrn.labels.labelset", "build the label graph and label vectors of a dataset"),
+    "labels": ("msrn.labels.report", "build the label graph and label vectors of a dataset"),
     "predict": ("msrn.inference.predict", "tag images with a trained model"),
     "export": ("msrn.inference.export", "export a checkpoint to ONNX"),
     "serve": ("msrn.inference.serve", "a local web page to try a model"),
