@@ -19,14 +19,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("msrn.engine.train", "train MSRN on a dataset"),
     "evaluate": ("msrn.engine.evaluate", "evaluate a checkpoint (project or reference) on a split"),
     "inspect": ("msrn.data.inspect", "show what a dataset reader sees"),
-    "labels": ("msrn.labels.labelset", "build the label graph and label vectors of a dataset"),
+    "labels": ("msrn.labels.report", "build the label graph and label vectors of a dataset"),
     "predict": ("msrn.inference.predict", "tag images with a trained model"),
     "export": ("msrn.inference.export", "export a checkpoint to ONNX"),
     "serve": ("msrn.inference.serve", "a local web page to try a model"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_name(argv: Sequence[str]) -> str | None:
+    """The subcommand argv names: its first word that is not an option (`msrn` itself takes no values)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser listing every subcommand from COMMANDS; only `command`'s module is imported, for its options."""
     parser = argparse.ArgumentParser(prog="msrn", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"msrn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -34,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
+        if name != command:
+            continue
         try:
             importlib.import_module(module).add_arguments(p)
         except ModuleNotFoundError as e:
@@ -44,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_name(argv))
     args = parser.parse_args(argv)
     if getattr(args, "_missing", False):
         parser.error(f"command '{args.command}' is not available in this build")

@@ -9,21 +9,28 @@ last benchmark run (benchmarks/ablation.py) and a few test images with where MSR
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
 from msrn.data import build_dataset, ensure_scenes
 from msrn.data.base import MultiLabelData
-from msrn.data.scenes import AMBIGUOUS, SIZE_BUCKETS, object_sides, size_buckets
+from msrn.data.scenes import AMBIGUOUS, LABELS, SIZE_BUCKETS, object_sides, size_buckets
 from msrn.engine.config import TrainConfig, preset_config
+from msrn.engine.evaluate import predict_scores
+from msrn.engine.train import train
+from msrn.inference.draw import figure
+from msrn.inference.predictor import load
+from msrn.io import atomic_write_json, atomic_write_text
+from msrn.metrics import subset_metrics
+from msrn.models.loading import load_model
+from msrn.plots import figure_image, save_image
 
 # MSRN's and the baseline's per-seed results from the last `benchmarks/ablation.py --record` run
 SEED_SPREAD = Path(__file__).with_name("seed_spread.json")
@@ -33,9 +40,7 @@ EXPLAINED = 4  # test images shown with MSRN's attention
 
 def compute_threads(workers: int) -> int:
     """Torch threads that leave a core to each loading process: more threads than free cores make OpenMP
-    spin (on 2 shared cores, 2 threads beside one loader ran a training step 9x slower than 1 thread)."""
-    import torch
-
+    spin (BENCHMARKS.md, "Where MSRN's gain comes from", measures it)."""
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))
 
 
@@ -50,8 +55,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def scenes_metrics(logits: np.ndarray, data: MultiLabelData) -> dict:
     """mAP, CF1 and OF1 of a scenes split per object-size bucket and for ambiguous / distinct labels."""
-    from msrn.metrics import subset_metrics
-
     positive = data.targets == 1
     ambiguous = np.array([label in AMBIGUOUS for label in data.labels])
     keeps = {**size_buckets(object_sides(data)), "ambiguous": positive & ambiguous, "distinct": positive & ~ambiguous}
@@ -60,11 +63,6 @@ def scenes_metrics(logits: np.ndarray, data: MultiLabelData) -> dict:
 
 def evaluate_run(folder: Path, cfg: TrainConfig, workers: int | None = None) -> dict:
     """A run's test metrics (metrics.json) plus its scenes splits, from best.pt."""
-    import torch
-
-    from msrn.engine.evaluate import predict_scores
-    from msrn.models.loading import load_model
-
     m = json.loads((folder / "metrics.json").read_text())
     data = build_dataset("scenes", cfg.data, cfg.test_split or "test")
     logits = predict_scores(load_model(folder / "best.pt"), data, cfg.image_size, cfg.batch_size,
@@ -79,11 +77,7 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None, workers: int |
 
     data_size: (train images, test images, image side) instead of the benchmark's (tests use tiny ones).
     """
-    from msrn.engine.train import train
-
     out.mkdir(parents=True, exist_ok=True)
-    import torch
-
     size = dict(zip(("num_train", "num_test", "image_size"), data_size)) if data_size else {}
     data = ensure_scenes(out / "data", seed=seed, **size)
     summary = {}
@@ -107,8 +101,6 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None, workers: int |
 def pick_images(data: MultiLabelData) -> list[int]:
     """Test images to explain, chosen by content alone: the first showing a small object, the first
     with an ambiguous label, the first with two scenes' labels and the first with a large object."""
-    from msrn.data.scenes import LABELS
-
     sides = object_sides(data)
     small, large = size_buckets(sides)["small"], size_buckets(sides)["large"]
     ambiguous = np.array([label in AMBIGUOUS for label in data.labels])
@@ -121,13 +113,6 @@ def pick_images(data: MultiLabelData) -> list[int]:
         if found:
             chosen.append(found[0])
     return chosen[:EXPLAINED]
-
-
-def _figure_image(fig: Figure) -> Image.Image:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, facecolor="white")
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
 def score_panel(labels: list[str], truth: np.ndarray, msrn: np.ndarray, base: np.ndarray, height: int) -> Image.Image:
@@ -148,13 +133,11 @@ def score_panel(labels: list[str], truth: np.ndarray, msrn: np.ndarray, base: np
     ax.set_xlabel("probability (dashed: 0.5)")
     ax.set_title("✓ in the image, ✗ not", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
-    return _figure_image(fig)
+    return figure_image(fig)
 
 
 def semantic_similarity(model: object) -> float:
     """Mean cosine similarity between an MSRN's label semantic vectors (1: the attention is alike for every label)."""
-    import torch
-
     with torch.no_grad():
         local = torch.nn.functional.normalize(model.semantics()[0], dim=1)
     c = local.shape[0]
@@ -163,10 +146,6 @@ def semantic_similarity(model: object) -> float:
 
 def write_explanations(out: Path, summary: dict) -> list[tuple[str, str]]:
     """PNG per chosen test image: MSRN's attention per top label and depth, both models' scores beside it."""
-    from msrn.inference.explain import figure
-    from msrn.inference.predictor import load
-    from msrn.io import atomic_write_bytes
-
     data = build_dataset("scenes", out / "data", "test")
     chosen = pick_images(data)
     images = [data.images[i] for i in chosen]
@@ -179,7 +158,7 @@ def write_explanations(out: Path, summary: dict) -> list[tuple[str, str]]:
     written = []
     for i, expl, mp, k in zip(chosen, expls, msrn_probs, range(len(chosen))):
         expl.name = f"test image {Path(data.images[i]).stem}"
-        left = _figure_image(figure(expl))
+        left = figure_image(figure(expl))
         if base_probs is not None:
             right = score_panel(data.labels, data.targets[i] == 1, mp, base_probs[k], left.height)
             both = Image.new("RGB", (left.width + right.width, left.height), "white")
@@ -187,9 +166,7 @@ def write_explanations(out: Path, summary: dict) -> list[tuple[str, str]]:
             both.paste(right, (left.width, 0))
             left = both
         path = out / "explain" / f"{Path(data.images[i]).stem}.png"
-        buf = io.BytesIO()
-        left.save(buf, format="PNG", optimize=True)
-        atomic_write_bytes(path, buf.getvalue())
+        save_image(left, path)
         present = [data.labels[j] for j in np.flatnonzero(data.targets[i] == 1)]
         written.append((str(path.relative_to(out)), ", ".join(present)))
     return written
@@ -217,8 +194,6 @@ def spread_text() -> str:
 
 
 def write_summary(out: Path, summary: dict, explained: list[tuple[str, str]] | None = None) -> str:
-    from msrn.io import atomic_write_json, atomic_write_text
-
     keys = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "seconds")
     lines = ["| run | model | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, s in summary.items():

@@ -1,4 +1,5 @@
-"""Training-history and per-label AP figures, rendered with Agg and written atomically as PNG."""
+"""Figures and images as PNG (the one place that renders and encodes them), and the training-history
+and per-label AP figures. Rendering uses Agg on a Figure, never pyplot's global state."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import math
 import os
 from collections.abc import Sequence
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from msrn.io import atomic_write_bytes
 
@@ -17,12 +20,41 @@ _DPI = 100
 _MAX_HEIGHT_IN = 120.0  # keeps very long label lists under Agg's pixel limit
 
 
-def _save_png(fig: Figure, path: str | os.PathLike[str]) -> None:
-    """Render fig to PNG in memory with Agg (no pyplot global state) and write it atomically."""
+def figure_png(fig: Figure) -> bytes:
+    """The figure rendered with Agg as PNG bytes, on white."""
     FigureCanvasAgg(fig)
     buffer = _bytes_io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)
-    atomic_write_bytes(path, buffer.getvalue())
+    fig.savefig(buffer, format="png", dpi=_DPI, facecolor="white")
+    return buffer.getvalue()
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
+    """Render the figure to PNG and write it atomically."""
+    atomic_write_bytes(path, figure_png(fig))
+
+
+def figure_image(fig: Figure) -> Image.Image:
+    """The figure as an RGB PIL image (its PNG rendering), to paste beside other pictures."""
+    return Image.open(_bytes_io.BytesIO(figure_png(fig))).convert("RGB")
+
+
+def figure_pixels(fig: Figure) -> np.ndarray:
+    """The figure drawn with Agg as an H x W x 3 uint8 array (for image logs that take pixels)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def image_png(image: Image.Image) -> bytes:
+    """A PIL image encoded as (optimised) PNG bytes."""
+    buffer = _bytes_io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def save_image(image: Image.Image, path: str | os.PathLike[str]) -> None:
+    """A PIL image written atomically as PNG."""
+    atomic_write_bytes(path, image_png(image))
 
 
 def _series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
@@ -54,7 +86,7 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike[str]) -> None:
             ax.legend()
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    _save_png(fig, path)
+    save_figure(fig, path)
 
 
 def plot_ap_per_label(
@@ -64,7 +96,7 @@ def plot_ap_per_label(
     title: str | None = None,
 ) -> None:
     """Horizontal AP bars (percent, as multilabel_metrics' ap_per_label) sorted by AP, with the mAP line."""
-    _save_png(ap_per_label_figure(ap, labels, title), path)
+    save_figure(ap_per_label_figure(ap, labels, title), path)
 
 
 def ap_per_label_figure(ap: Sequence[float | None], labels: Sequence[str], title: str | None = None) -> Figure:

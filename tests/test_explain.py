@@ -8,7 +8,8 @@ from PIL import Image
 
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
-from msrn.inference.explain import attention_maps, explained_forward, overlay, panel_size, save_figure
+from msrn.inference.draw import overlay, panel_size, save_figure
+from msrn.inference.explain import attention_maps, explained_forward
 from msrn.inference.predictor import load
 from msrn.models import create_model
 from msrn.models.loading import model_state

@@ -20,7 +20,8 @@ from msrn.data import MultiLabelData, build_dataset
 from msrn.data.voc import VOC_LABELS
 from msrn.errors import MSRNError
 from msrn.labels.graph import Cooccurrence
-from msrn.labels.labelset import REPORT_FILES, LabelSet, build_label_set, diagnostics, label_vectors, write_report
+from msrn.labels.labelset import LabelSet, build_label_set, label_vectors
+from msrn.labels.report import REPORT_FILES, diagnostics, write_report
 from msrn.labels.vectors_ngram import word_vector
 from msrn.models import create_model
 from msrn.models.loading import load_model, model_state

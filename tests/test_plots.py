@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from matplotlib.figure import Figure
 from PIL import Image
 
 from msrn import io, plots
@@ -103,3 +104,20 @@ def test_failed_write_keeps_previous_figure(tmp_path: Path, monkeypatch: pytest.
         plots.plot_ap_per_label([30.0, 40.0], ["c", "d"], ap_png)
     assert (history_png.read_bytes(), ap_png.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ap.png", "history.png"]
+
+
+def test_one_renderer_for_files_bytes_images_and_pixels(tmp_path: Path) -> None:
+    fig = Figure(figsize=(3, 2))
+    fig.patch.set_facecolor("black")  # the PNG forms are rendered on white whatever the figure says
+    fig.subplots().plot([0, 1], [1, 0])
+    plots.save_figure(fig, tmp_path / "f.png")
+    assert _check_png(tmp_path / "f.png", 300, 200) == (300, 200)
+    assert (tmp_path / "f.png").read_bytes() == plots.figure_png(fig)
+    image = plots.figure_image(fig)
+    assert image.mode == "RGB" and image.size == (300, 200) and image.getpixel((0, 0)) == (255, 255, 255)
+    pixels = plots.figure_pixels(fig)
+    assert pixels.shape == (200, 300, 3) and pixels.dtype.name == "uint8"
+    plots.save_image(image, tmp_path / "i.png")
+    with Image.open(tmp_path / "i.png") as again:
+        assert again.convert("RGB").tobytes() == image.tobytes()
+    assert plots.image_png(image) == (tmp_path / "i.png").read_bytes()

@@ -291,11 +291,11 @@ def test_reader_options_reach_every_command(tmp_path: Path) -> None:
     cfg = TrainConfig(dataset="apparel", apparel_labels="x.pkl")
     assert reader_options(cfg) == {"apparel_labels": "x.pkl"}
     assert TrainConfig.from_dict(cfg.to_dict()).apparel_labels == "x.pkl"  # kept in config.json for resumes
-    parser = build_parser()
-    args = parser.parse_args(["train", "--dataset", "coco2014", "--data", "d", "--keep-unannotated"])
+    args = build_parser("train").parse_args(["train", "--dataset", "coco2014", "--data", "d", "--keep-unannotated"])
     assert reader_options(config_from_args(args)) == {"keep_unannotated": True}
     for command in (["evaluate", "--checkpoint", "c.pt"], ["inspect"]):
-        args = parser.parse_args([*command, "--dataset", "apparel", "--data", "d", "--apparel-labels", "p.pkl"])
+        argv = [*command, "--dataset", "apparel", "--data", "d", "--apparel-labels", "p.pkl"]
+        args = build_parser(command[0]).parse_args(argv)
         assert reader_options(args) == {"apparel_labels": "p.pkl"}
     with pytest.raises(MSRNError, match="takes no option apparel_labels"):
         build_dataset("coco2014", tmp_path, "train", apparel_labels="p.pkl")

@@ -116,6 +116,7 @@ def live_server(checkpoints: dict) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.slow  # drives a real browser
 def test_page_in_headless_chromium(live_server: str, checkpoints: dict) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
     if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):

@@ -12,22 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from msrn.plots import ap_per_label_figure, figure_pixels
 
 INSTALL_HINT = ("TensorBoard: with the tensorboard extra installed (pip install 'msrn[tensorboard]'), every run "
                 "also writes event files to <out>/tensorboard; view them with `tensorboard --logdir <out>`.")
 EPOCH_METRICS = ("mAP", "CF1", "OF1")
-
-
-def _figure_pixels(fig: Any) -> np.ndarray:
-    """An H x W x 3 uint8 rendering of a matplotlib Figure (Agg, no pyplot state)."""
-    # matplotlib on drawing only: the CLI imports this module
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 class Board:
@@ -46,8 +37,6 @@ class Board:
               labels: list[str], split: str) -> None:
         """The epoch's train loss, and for each weights ("live", "ema") its validation metrics (or
         None) and test metrics, with the test split's AP-per-label figure."""
-        from msrn.plots import ap_per_label_figure  # matplotlib on drawing only: the CLI imports this module
-
         self.writer.add_scalar("epoch/train_loss", train_loss, global_step)
         for which, (val, test) in results.items():
             prefix = "" if which == "live" else f"{which}_"
@@ -56,7 +45,7 @@ class Board:
                     if metrics[key] is not None:
                         self.writer.add_scalar(f"{prefix}{part}/{key}", metrics[key], global_step)
             title = f"AP per label, {split} split, step {global_step}" + (f" ({which} weights)" if prefix else "")
-            image = _figure_pixels(ap_per_label_figure(test["ap_per_label"], labels, title=title))
+            image = figure_pixels(ap_per_label_figure(test["ap_per_label"], labels, title=title))
             self.writer.add_image(f"{prefix}test/ap_per_label", image, global_step, dataformats="HWC")
         self.writer.flush()
 
@@ -72,7 +61,7 @@ class Board:
 def open_board(folder: Path, purge_step: int) -> Board | None:
     """A Board writing into folder, dropping earlier events at steps >= purge_step; None without tensorboard."""
     try:
-        from torch.utils.tensorboard import SummaryWriter  # optional: only with the `tensorboard` extra
+        from torch.utils.tensorboard import SummaryWriter  # optional: the `tensorboard` extra
     except ImportError:
         return None
     return Board(SummaryWriter(str(folder), purge_step=purge_step))

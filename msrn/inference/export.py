@@ -52,7 +52,7 @@ class ExportableMSRN(nn.Module):
 def _require_onnx() -> tuple[object, object]:
     """The onnx and onnxruntime modules, or one line saying how to install them."""
     try:
-        import onnx
+        import onnx  # optional: the `export` extra
         import onnxruntime
     except ImportError as e:
         raise MSRNError(

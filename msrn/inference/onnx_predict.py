@@ -61,7 +61,7 @@ class OnnxPredictor:
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
         try:
-            import onnxruntime
+            import onnxruntime  # optional: the `export` extra
         except ImportError:
             raise MSRNError("tagging with an ONNX file needs onnxruntime: pip install onnxruntime") from None
         where = os.fspath(path)

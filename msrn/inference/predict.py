@@ -19,6 +19,9 @@ from tqdm import tqdm
 from msrn.engine.evaluate import add_fast_argument
 from msrn.errors import MSRNError
 from msrn.inference.args import add_checkpoint_arguments, add_decoding_arguments, decoding_options, load_from_args
+from msrn.inference.draw import save_figure
+from msrn.inference.explain import require_msrn
+from msrn.inference.onnx_predict import OnnxPredictor
 from msrn.inference.tagging import expand_inputs, read_path_list
 from msrn.io import atomic_write_text, check_writable
 from msrn.models.tta import TTA_MODES
@@ -123,8 +126,6 @@ def _load(args: argparse.Namespace) -> Any:
     if given:
         raise MSRNError(f"{', '.join(given)} cannot be used with --onnx: the file fixes its labels, input size "
                         "and computation, and holds no attention maps")
-    from msrn.inference.onnx_predict import OnnxPredictor
-
     return OnnxPredictor(args.onnx, **options)
 
 
@@ -144,8 +145,6 @@ def main(args: argparse.Namespace) -> int:
     predictor = _load(args)
     explain_k = 0
     if args.explain:
-        from msrn.inference.explain import require_msrn, save_figure
-
         require_msrn(predictor.model, args.checkpoint)
         check_writable(args.explain)
         explain_k = args.explain_labels

@@ -19,6 +19,7 @@ from torch import nn
 from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS
+from msrn.inference.explain import Explanation, explained_forward, require_msrn
 from msrn.inference.tagging import (
     ImageInput,
     Result,
@@ -31,6 +32,7 @@ from msrn.inference.tagging import (
     read_input,
     threshold_vector,
 )
+from msrn.models.fuse import optimize_for_inference
 from msrn.models.loading import REFERENCE_IMAGE_SIZE, load_checkpoint
 from msrn.models.tta import with_tta
 
@@ -59,8 +61,6 @@ class Predictor:
         self.model = model.eval().to(self.device)
         self._infer: nn.Module = self.model  # what plain (unexplained) batches run through
         if fast:  # batch norm folded, channels-last: the same logits to ~1e-6 (msrn.models.fuse); faster
-            from msrn.models.fuse import optimize_for_inference
-
             self._infer = optimize_for_inference(self.model)
             self.model = self._infer.model  # the folded network itself, still an MSRN, for explanations
         self._infer, self.tta = with_tta(self._infer, tta), tta  # "flip": scores average the image and its mirror
@@ -118,8 +118,6 @@ class Predictor:
         x = x.to(self.device)
         if explain_k <= 0:
             return torch.sigmoid(self._infer(x)).float().cpu().numpy(), None, []
-        from msrn.inference.explain import explained_forward
-
         logits, idx, maps = explained_forward(self.model, x, explain_k)
         return (
             torch.sigmoid(logits).float().cpu().numpy(),
@@ -147,8 +145,6 @@ class Predictor:
         thresholds = self.thresholds if threshold is None else self._threshold_vector(threshold)
         top_k = self.top_k if top_k is None else top_k
         if explain_k > 0:
-            from msrn.inference.explain import require_msrn
-
             require_msrn(self.model)
             if self.tta != "none":
                 raise MSRNError(f"explanations show one forward pass of the image as given; not with tta={self.tta!r}")
@@ -172,8 +168,6 @@ class Predictor:
         maps: list[np.ndarray], thresholds: np.ndarray | None = None, index: int = 0,
     ) -> Any:
         """Bundle one image's top labels, scores and maps (from `run`) for drawing."""
-        from msrn.inference.explain import Explanation
-
         thresholds = self.thresholds if thresholds is None else thresholds
         return Explanation(
             image=img, name=Path(name).name if name else f"image {index}",

@@ -38,7 +38,11 @@ from msrn.engine.evaluate import add_fast_argument
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, open_image
 from msrn.inference.args import add_checkpoint_arguments, add_decoding_arguments, decoding_options, load_from_args
+from msrn.inference.draw import panel_size, panels
+from msrn.inference.explain import concentration
 from msrn.inference.predictor import Predictor
+from msrn.models.msrn import MSRN
+from msrn.plots import image_png
 
 MAX_UPLOAD_MB = 20
 SHOWN_SCORES = 10  # scores listed on the page, best first
@@ -55,9 +59,7 @@ IMAGE_BLOCK = 64 << 20  # bytes per Pillow image block (its default: 16 MB)
 
 def _b64_png(image: Image.Image) -> str:
     """A PIL image as a base64 PNG string for a data: URL."""
-    from msrn.inference.explain import png_bytes
-
-    return base64.b64encode(png_bytes(image)).decode("ascii")
+    return base64.b64encode(image_png(image)).decode("ascii")
 
 
 class Admission:
@@ -206,8 +208,6 @@ def answer(predictor: Predictor, name: str, probs: np.ndarray, explanation: Any)
     record = predictor.record(name, probs)
     out: dict[str, Any] = {"record": record, "depths": [], "panels": []}
     if explanation is not None:
-        from msrn.inference.explain import concentration, panels
-
         out["depths"] = explanation.depth_titles()
         out["panels"] = [
             {"label": explanation.labels[j], "score": round(explanation.scores[j], 6),
@@ -234,12 +234,9 @@ def create_app(
 ) -> Any:
     """The Flask application serving one predictor; its batching thread is `app.extensions["msrn"]`."""
     try:
-        from flask import Flask, jsonify, request
+        from flask import Flask, jsonify, request  # optional: the `serve` extra
     except ImportError:
         raise MSRNError("msrn serve needs Flask: pip install 'msrn[serve]'") from None
-    from msrn.inference.explain import panel_size
-    from msrn.models.msrn import MSRN
-
     if queue < 1 or batch_size < 1 or batch_wait_ms < 0:
         raise MSRNError("--queue and --batch-size must be at least 1, --batch-wait-ms at least 0")
     explain_k = explain_k if isinstance(predictor.model, MSRN) else 0
@@ -317,7 +314,7 @@ class Server:
 
     def __init__(self, app: Any, host: str, port: int) -> None:
         try:
-            import waitress
+            import waitress  # optional: the `serve` extra
         except ImportError:
             raise MSRNError("msrn serve needs waitress: pip install 'msrn[serve]'") from None
         try:
@@ -363,12 +360,11 @@ def return_freed_memory() -> None:
 
     Two allocator habits kept what decoding freed: glibc gives threads that allocate at the same
     time heaps of their own (up to 8 per core) and keeps memory freed in each, and once a block
-    under 32 MB has been freed it carves later ones from those heaps instead of mapping them.
-    After 16 concurrent 24-megapixel uploads the server held 1.8 GB above its warm RSS. Pillow's
-    image blocks of 64 MB (above that 32 MB bound) are always mapped and unmapped, and two heaps
-    shared by all threads reuse what is freed: 0.4 GB at the peak, 0.1 GB after, at no measurable
-    cost in the model's speed (torch's allocations are left as they are). glibc only for the
-    heaps; call it before threads start.
+    under its mapping bound (32 MB) has been freed it carves later ones from those heaps instead of
+    mapping them. Pillow's image blocks are set above that bound (IMAGE_BLOCK), so they are always
+    mapped and unmapped, and glibc to two heaps shared by all threads, which reuse what is freed;
+    torch's allocations are left as they are. The memory this saves is measured in BENCHMARKS.md
+    ("Serving"). glibc only for the heaps; call it before threads start.
     """
     Image.core.set_block_size(IMAGE_BLOCK)
     name = ctypes.util.find_library("c")

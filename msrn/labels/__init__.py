@@ -3,6 +3,6 @@
 `labelset.LabelSet` is the one place the adjacency comes from: `graph` turns co-occurrence counts
 into the reweighted adjacency (spec section 2), `wordvec`, `vectors_ngram` and `encoder` give the
 label vectors (GloVe/fastText text files, hashed character n-grams, a sentence encoder), and
-`reference_files` names and checks the reference's pickles. `labelset` also writes the report and
-runs `msrn labels`. Nothing here builds a model: `msrn.models` takes what this package returns.
+`reference_files` names and checks the reference's pickles. `report` writes the report (markdown and
+two drawings) and runs `msrn labels`. Nothing here builds a model: `msrn.models` takes what this package returns.
 """

@@ -49,7 +49,7 @@ def encode_labels(texts: list[str], model: str = DEFAULT_ENCODER) -> np.ndarray:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
-        from sentence_transformers import SentenceTransformer
+        from sentence_transformers import SentenceTransformer  # optional: the `text` extra
         from transformers.utils import logging as hf_logging
     except ModuleNotFoundError:
         raise MSRNError(f"the text encoder needs sentence-transformers; install it with {INSTALL_HINT}") from None

@@ -3,26 +3,22 @@
 `build_label_set` counts co-occurrence on the TRAINING split only (spec section 2), picks label
 vectors from a source (hashed character n-grams by default, a GloVe/fastText text file, the
 reference's pickles, or a sentence encoder) and returns a `LabelSet` that saves to a plain
-tensor file and writes a readable report, so a user sees what the model will be told.
-`msrn labels` is the command-line front end; `msrn train` calls `build_label_set` itself.
+tensor file. Its readable report and `msrn labels` are in `msrn.labels.report`; `msrn train`
+calls `build_label_set` itself.
 """
 from __future__ import annotations
 
-import argparse
-import io
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from msrn.checkpoint import read_checkpoint
-from msrn.data import DATASETS, DEFAULT_SPLITS, build_dataset
+from msrn.data import MultiLabelData
 from msrn.errors import MSRNError
-from msrn.io import atomic_save_torch, atomic_write_bytes, atomic_write_text, check_writable
+from msrn.io import atomic_save_torch
 from msrn.labels.encoder import DEFAULT_ENCODER, encode_labels
 from msrn.labels.graph import (
     REWEIGHT,
@@ -35,33 +31,13 @@ from msrn.labels.graph import (
     read_cooccurrence,
 )
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
-from msrn.labels.reference_files import REFERENCE, check_label_order, default_sources, resolve
+from msrn.labels.reference_files import REFERENCE, check_label_order, resolve
 from msrn.labels.vectors_ngram import NGRAM_DIM, ngram_vectors
 from msrn.labels.wordvec import label_words, load_word_vectors, read_name_map
-from msrn.targets import UNKNOWN
-
-if TYPE_CHECKING:
-    from msrn.data import MultiLabelData
 
 FORMAT = "msrn-labels"
 VERSION = 1
-REPORT_FILES = ("labels_report.md", "label_graph.png", "label_cooccurrence.png")
 COUNTED = "train"  # the co-occurrence source that counts the training split
-TOP_PARTNERS = 3  # strongest co-occurring labels listed per label in the report
-KNOWN_ONLY = ("partial labels: co-occurrence counted over known entries only, P(j|i) = images with i and j / "
-              "images with i where j is known (not / all images with i)")
-VECTORS_HELP = (
-    "label vector source: 'reference' (the reference's GloVe pickle for the dataset, fetched once and "
-    "checked; the default for voc2007, coco2014, nuswide and apparel), 'ngram' (the default otherwise; "
-    "hashed character n-grams, offline, spelling similarity only), 'ngram:DIM', 'encoder' or "
-    "'encoder:MODEL' (sentence encoder, needs msrn[text]), or a file: GloVe/fastText text (.txt/.vec), "
-    "a word-vector pickle (.pkl) or a C x dim .npy"
-)
-COOCCURRENCE_HELP = (
-    "label co-occurrence: 'reference' (the reference's {'adj','nums'} pickle for the dataset, fetched once "
-    "and checked; the default for voc2007, coco2014, nuswide and apparel), 'train' (count the training "
-    "split; the default otherwise) or such a pickle file"
-)
 
 
 @dataclass
@@ -243,260 +219,3 @@ def build_label_set(
             raise MSRNError(f"co-occurrence {cooccurrence} has {co.num_classes} labels, the dataset {len(labels)}")
     vecs, source = label_vectors(labels, vectors, name_map)
     return LabelSet(labels, co, vecs, source, tau, reweight, num_images)
-
-
-# ------------------------------------------------------------------------------------ report
-
-
-def diagnostics(ls: LabelSet) -> list[str]:
-    """Plain-language warnings about the graph and vectors (unseen labels, odd counts, twin vectors)."""
-    notes = []
-    co, c = ls.cooccurrence, ls.num_classes
-    unseen = [ls.labels[i] for i in range(c) if co.nums[i] <= 0]
-    if unseen:
-        notes.append(f"{len(unseen)} label(s) occur in no training image and get no edges: {', '.join(unseen[:10])}")
-    linked = {i for i, j, _ in ls.edges()} | {j for i, j, _ in ls.edges()}
-    isolated = [ls.labels[i] for i in range(c) if i not in linked and co.nums[i] > 0]
-    if isolated and len(isolated) < c:
-        notes.append(f"{len(isolated)} label(s) have no edge at tau {ls.tau:g}: {', '.join(isolated[:10])}")
-    if np.any(np.diag(co.counts) != 0):
-        notes.append("the counts' diagonal is not zero (as in the reference NUS-WIDE pickle); used as stored")
-    if not np.array_equal(co.counts, co.counts.T):
-        notes.append("the counts are not symmetric (as in the reference Apparel pickle); used as stored")
-    if np.any(ls.conditional() > 1.0 + 1e-9):
-        notes.append("some P(j|i) exceed 1: the pair counts and image counts disagree; used as stored")
-    rounded = np.round(ls.word_vectors.astype(np.float64), 6)
-    _, first, counts = np.unique(rounded, axis=0, return_index=True, return_counts=True)
-    twins = [ls.labels[i] for i, n in zip(first, counts, strict=True) if n > 1]
-    if twins:
-        shown = ", ".join(twins[:5])
-        notes.append(f"some labels share an identical vector (e.g. {shown}); the model cannot tell them apart")
-    return notes
-
-
-def _fmt_label(name: str) -> str:
-    """A label name safe inside a markdown table cell."""
-    return name.replace("|", "\\|")
-
-
-def report_text(ls: LabelSet) -> str:
-    """The markdown report: per label its count and partners, the edges, the vectors' nearest labels."""
-    co, p, c = ls.cooccurrence, ls.conditional(), ls.num_classes
-    edge_list = ls.edges()
-    v = ls.word_vectors.astype(np.float64)
-    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    sim = v @ v.T
-    np.fill_diagonal(sim, -np.inf)
-    images = f"{ls.num_images} training images" if ls.num_images is not None else "a stored co-occurrence file"
-    lines = [
-        "# Label set report",
-        "",
-        f"- labels: {c}, counted on {images}",
-        *([f"- {KNOWN_ONLY}"] if co.known is not None else []),
-        f"- label vectors: {ls.vector_source}, {ls.word_vectors.shape[1]} dimensions",
-        f"- graph: edge i -> j when P(j|i) >= tau = {ls.tau:g}; re-weighting p = {ls.reweight:g}; "
-        f"{len(edge_list)} edges",
-        "- drawings: `label_graph.png` (arrows i -> j, node size by image count) and "
-        "`label_cooccurrence.png` (P(j|i), row i, column j; boxed cells pass tau)",
-        "",
-    ]
-    notes = diagnostics(ls)
-    if notes:
-        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    lines += [
-        "## Labels",
-        "",
-        "| # | label | images | strongest co-occurring labels, P(j\\|i) | edges out | nearest by vector |",
-        "|---|---|---|---|---|---|",
-    ]
-    for i, name in enumerate(ls.labels):
-        row = p[i].copy()
-        row[i] = -1.0
-        order = [j for j in np.argsort(-row, kind="stable")[:TOP_PARTNERS] if row[j] > 0]
-        partners = ", ".join(f"{_fmt_label(ls.labels[j])} {row[j]:.2f}" for j in order) or "none"
-        out = sum(1 for a, _, _ in edge_list if a == i)
-        nearest = f"{_fmt_label(ls.labels[int(np.argmax(sim[i]))])} {np.max(sim[i]):.2f}" if c > 1 else "-"
-        lines.append(f"| {i} | {_fmt_label(name)} | {co.nums[i]:g} | {partners} | {out} | {nearest} |")
-    lines += ["", f"## Edges passing tau = {ls.tau:g}", ""]
-    if edge_list:
-        lines += ["| from i | to j | P(j\\|i) | images with both |", "|---|---|---|---|"]
-        lines += [
-            f"| {_fmt_label(ls.labels[i])} | {_fmt_label(ls.labels[j])} | {pij:.3f} | {co.counts[i, j]:g} |"
-            for i, j, pij in edge_list
-        ]
-    else:
-        lines.append("No pair passes the threshold: every label only attends to itself.")
-    lines += [
-        "",
-        "The model's attention layers only use which entries of the adjacency are non-zero: each label",
-        "looks at itself and at the labels its edges point to (spec section 2).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    """Render a matplotlib Figure with Agg into memory and write the PNG atomically."""
-    # matplotlib on drawing only: the CLI imports this module
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def plot_label_graph(ls: LabelSet, path: Path) -> None:
-    """Circular drawing of the graph: nodes sized by image count, an arrow i -> j per edge."""
-    from matplotlib.figure import Figure  # matplotlib on drawing only: the CLI imports this module
-
-    c = ls.num_classes
-    side = float(np.clip(5 + 0.1 * c, 6, 16))
-    fig = Figure(figsize=(side, side), layout="constrained")
-    ax = fig.subplots()
-    angles = np.pi / 2 - 2 * np.pi * np.arange(c) / c
-    pos = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    nums = np.maximum(ls.cooccurrence.nums, 0)
-    sizes = 40 + 900 * np.sqrt(nums / max(nums.max(), 1e-12)) * (20 / max(c, 20))
-    radius_pt = np.sqrt(sizes) / 2
-    edge_list = ls.edges()
-    for i, j, pij in edge_list:
-        strength = min(pij, 1.0)
-        ax.annotate(
-            "", xy=pos[j], xytext=pos[i],
-            arrowprops=dict(arrowstyle="-|>", color="tab:red", alpha=0.35 + 0.6 * strength, lw=0.6 + 2.4 * strength,
-                            shrinkA=radius_pt[i] + 1, shrinkB=radius_pt[j] + 1, connectionstyle="arc3,rad=0.12",
-                            mutation_scale=12),
-        )  # fmt: skip
-    ax.scatter(pos[:, 0], pos[:, 1], s=sizes, c="tab:blue", alpha=0.8, zorder=3)
-    font = float(np.clip(240 / max(c, 1), 5, 11))
-    gap = 0.05 + radius_pt / (side * 72 / 3.4)  # node radius in data units (3.4 = axis span) plus a margin
-    for k, name in enumerate(ls.labels):
-        cx, cy = pos[k]
-        x, y = pos[k] * (1 + gap[k])
-        if c > 24:  # many labels: radial text, read left to right on both halves
-            angle = float(np.degrees(angles[k]))
-            rotation, ha, va = (angle, "left", "center") if cx >= 0 else (angle + 180, "right", "center")
-        else:
-            rotation = 0.0
-            ha = "left" if cx > 0.2 else "right" if cx < -0.2 else "center"
-            va = "bottom" if cy > 0.2 else "top" if cy < -0.2 else "center"
-        ax.text(x, y, f"{name} ({nums[k]:g})", fontsize=font, ha=ha, va=va, rotation=rotation,
-                rotation_mode="anchor")  # fmt: skip
-    ax.set_xlim(-1.7, 1.7)
-    ax.set_ylim(-1.35, 1.35)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    title = f"label graph: {len(edge_list)} edges i -> j with P(j|i) >= {ls.tau:g}"
-    ax.set_title(title if edge_list else title + " (none: labels attend only to themselves)")
-    _save_figure(fig, path)
-
-
-def plot_cooccurrence(ls: LabelSet, path: Path) -> None:
-    """Heatmap of P(j|i) (row i, column j) with label names; cells that pass tau are boxed."""
-    from matplotlib.figure import Figure  # matplotlib on drawing only: the CLI imports this module
-
-    c = ls.num_classes
-    p = ls.conditional()
-    side = float(np.clip(3 + 0.2 * c, 6, 20))
-    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(np.clip(p, 0, 1), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="P(j | i)", extend="max" if p.max() > 1 else "neither")
-    font = float(np.clip(300 / max(c, 1), 4, 10))
-    ax.set_xticks(range(c), ls.labels, rotation=90, fontsize=font)
-    ax.set_yticks(range(c), ls.labels, fontsize=font)
-    ax.set_xlabel("j (co-occurring label)")
-    ax.set_ylabel("i (given label)")
-    rows, cols = np.nonzero(p >= ls.tau)
-    ax.scatter(cols, rows, s=(side * 60 / c) ** 2, marker="s", facecolors="none", edgecolors="red", linewidths=1)
-    if c <= 20:
-        for i in range(c):
-            for j in range(c):
-                ax.text(j, i, f"{p[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="black" if min(p[i, j], 1) > 0.6 else "white")  # fmt: skip
-    ax.set_title(f"P(j|i) = M[i,j] / n[i]; boxed: >= tau {ls.tau:g}")
-    _save_figure(fig, path)
-
-
-def write_report(ls: LabelSet, folder: str | Path) -> list[Path]:
-    """Write the markdown report and the two drawings into folder (atomically); return their paths."""
-    folder = Path(folder)
-    check_writable(folder)
-    text_path, graph_path, heat_path = (folder / name for name in REPORT_FILES)
-    atomic_write_text(text_path, report_text(ls))
-    plot_label_graph(ls, graph_path)
-    plot_cooccurrence(ls, heat_path)
-    return [text_path, graph_path, heat_path]
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `msrn labels`."""
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset kind")
-    parser.add_argument("--data", required=True, help="dataset folder (or CSV file for --dataset csv)")
-    parser.add_argument("--split", help="split to count on (default: the dataset's training split)")
-    parser.add_argument("--out", default="labels.pt", help="label set file to write (default: labels.pt)")
-    parser.add_argument("--vectors", "--word-vectors", dest="vectors", help=VECTORS_HELP)
-    parser.add_argument("--name-map", help="file of 'label=words' lines for odd names, e.g. diningtable=dining table")
-    parser.add_argument("--tau", type=float, default=TAU, help=f"edge threshold on P(j|i) (default {TAU})")
-    parser.add_argument("--reweight", type=float, default=REWEIGHT, help=f"neighbour weight p (default {REWEIGHT})")
-    parser.add_argument("--cooccurrence", help=COOCCURRENCE_HELP)
-    parser.add_argument("--report", help="folder for the report and drawings (default: the folder of --out)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-
-
-def summary(ls: LabelSet) -> dict[str, Any]:
-    """A JSON-ready summary: labels, image counts, edges, vector source and graph options."""
-    return {
-        "labels": ls.labels,
-        "counts": {name: float(n) for name, n in zip(ls.labels, ls.cooccurrence.nums, strict=True)},
-        "num_images": ls.num_images,
-        "vector_source": ls.vector_source,
-        "vector_dim": int(ls.word_vectors.shape[1]),
-        "tau": ls.tau,
-        "reweight": ls.reweight,
-        "known_entries_only": ls.cooccurrence.known is not None,
-        "edges": [{"from": ls.labels[i], "to": ls.labels[j], "p": round(p, 6)} for i, j, p in ls.edges()],
-        "notes": diagnostics(ls),
-    }
-
-
-def main(args: argparse.Namespace) -> int:
-    """Build, save and report the label set of a dataset's training split."""
-    train_split, test_split = DEFAULT_SPLITS[args.dataset]
-    split = args.split or train_split
-    if split == test_split:
-        print(f"msrn labels: warning: counting on the test split {split!r}; the graph should come from "
-              "training data only", file=sys.stderr)  # fmt: skip
-    data = build_dataset(args.dataset, args.data, split)
-    preset = default_sources(args.dataset)  # the sources `msrn train` would use
-    vectors = args.vectors or preset.get("word_vectors")
-    cooccurrence = args.cooccurrence or preset.get("cooccurrence") or COUNTED
-    ls = build_label_set(data, vectors, args.name_map, args.tau, args.reweight, cooccurrence)
-    out = Path(args.out)
-    check_writable(out.parent if str(out.parent) else Path("."))
-    ls.save(out)
-    files = write_report(ls, Path(args.report) if args.report else out.parent)
-    info = summary(ls)
-    if args.json:
-        print(json.dumps({**info, "out": str(out), "report": [str(f) for f in files]}, indent=2))
-        return 0
-    counted = f"{ls.num_images} images ({args.dataset}, split {split})" if ls.num_images is not None else (
-        f"the reference's {args.dataset} file" if cooccurrence == REFERENCE else f"the stored file {cooccurrence}")
-    print(f"{ls.num_classes} labels, co-occurrence from {counted}")
-    if ls.cooccurrence.known is not None:
-        print(f"{KNOWN_ONLY}; {int((data.targets == UNKNOWN).sum())} unknown entries")
-    print(f"vectors: {ls.vector_source} ({ls.num_classes} x {ls.word_vectors.shape[1]})")
-    edge_list = ls.edges()
-    print(f"graph: tau {ls.tau:g}, re-weighting {ls.reweight:g}: {len(edge_list)} edges i -> j")
-    width = max(len(x) for x in ls.labels)
-    for i, name in enumerate(ls.labels):
-        outs = ", ".join(f"{ls.labels[j]} {p:.2f}" for a, j, p in edge_list if a == i)
-        print(f"  {name:<{width}}  {ls.cooccurrence.nums[i]:>8g} images" + (f"  -> {outs}" if outs else ""))
-    for note in info["notes"]:
-        print(f"note: {note}")
-    print(f"wrote {out} and the report {', '.join(str(f) for f in files)}")
-    return 0

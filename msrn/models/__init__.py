@@ -2,9 +2,10 @@
 
 `registry` names the configurations and builds them from arrays (`build_model`); `create` is the
 one-call entry (`create_model`: label files, arrays or a LabelSet; pretrained backbones; checkpoints);
-`msrn` is the module (backbone, label graph, label-guided attention at three depths, head); `resnet`,
-`gat`, `attention`, `ops` and `linear` are its parts; `fuse` the folded inference form; `loading`
-(`load_checkpoint` -> `Loaded`) and `pretrained` read weights into them.
+`msrn` is the module (backbone, label graph, label-guided attention at three depths, head); `resnet`
+(or `timm_backbone`), `gat`, `attention`, `ops` and `linear` are its parts; `fuse` the folded inference
+form, `tta` flip averaging; `loading` (`load_checkpoint` -> `Loaded`) and `pretrained` read weights
+into them.
 """
 from __future__ import annotations
 
