@@ -140,6 +140,11 @@ def settle_config(cfg: TrainConfig, state: dict | None, keep_epochs: bool) -> Tr
     return cfg
 
 
+def _val_score(vm: dict | None) -> float | None:
+    """The validation mAP that selects epochs; None without a validation split or a positive in it."""
+    return None if vm is None else vm["mAP"]
+
+
 def _val_map(vm: dict | None) -> float:
     """A validation mAP to compare, -1 where there is none (no split, or no positive in it)."""
     return -1.0 if vm is None or vm["mAP"] is None else vm["mAP"]
@@ -414,24 +419,29 @@ class Trainer:
             self.board.epoch(self.global_step, train_loss, {k: (r[0], r[2]) for k, r in results.items()},
                              self.labelset.labels, self.test_data.split)
         which = self.select_weights(results)
-        vm, thresholds, tm = results[which]
-        score = None if vm is None else vm["mAP"]
+        score = _val_score(results[which][0])
         improved = score is None or not self.best or score >= self.best.get("score", -1)
         val_txt = f" val mAP {score:.2f} |" if score is not None else ""
+        tm = results[which][2]
         log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch,
                  self.cfg.epochs, train_loss, val_txt, tm["mAP"] or float("nan"), tm["CF1"], tm["OF1"],
                  weights_text(results), seconds, " *" if improved else "")
         if improved:  # best.pt before last.pt: a kill in between redoes this epoch's end, rewriting them alike
-            self.best = {"epoch": self.epoch, "score": score if score is not None else tm["mAP"],
-                         "selected_by": "validation mAP" if score is not None else "last epoch",
-                         "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
-            if self.ema is not None:
-                self.best["weights"] = which
-            self.save("best.pt", full=False, which=which)
-            self.write_reports(tm)
+            self.keep_best(which, *results[which])
         elif dist.is_main():
             self.write_history_plot()
         self.save("last.pt", full=True)
+
+    def keep_best(self, which: str, vm: dict | None, thresholds: np.ndarray | None, tm: dict) -> None:
+        """Record this epoch as the selected one and write best.pt from `which` weights, metrics.json and plots."""
+        score = _val_score(vm)
+        self.best = {"epoch": self.epoch, "score": score if score is not None else tm["mAP"],
+                     "selected_by": "validation mAP" if score is not None else "last epoch",
+                     "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
+        if self.ema is not None:
+            self.best["weights"] = which
+        self.save("best.pt", full=False, which=which)
+        self.write_reports(tm)
 
     def close_epoch(self) -> float:
         """Advance the schedule and the counters to the next epoch; the epoch's training loss, over all processes."""
