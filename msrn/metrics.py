@@ -57,7 +57,7 @@ def _check_inputs(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, 
     return scores, targets.astype(np.int8)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function (no overflow warnings for large |x|)."""
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
@@ -150,7 +150,7 @@ def _ranking_metrics(scores: np.ndarray, relevant: np.ndarray, known: np.ndarray
 
 def _probabilities(scores: np.ndarray, scores_are_logits: bool) -> np.ndarray:
     """Sigmoid of logits, or the scores themselves when they are already probabilities."""
-    return _sigmoid(scores) if scores_are_logits else scores
+    return sigmoid(scores) if scores_are_logits else scores
 
 
 def multilabel_metrics(

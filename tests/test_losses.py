@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from msrn.engine.config import preset_config
-from msrn.engine.losses import LOSSES, asymmetric_loss, build_loss, focal_loss, soft_margin_loss
+from msrn.engine.evaluate import score_metrics
+from msrn.engine.losses import LOSSES, asymmetric_loss, build_loss, focal_loss, objective, soft_margin_loss
 from msrn.errors import MSRNError
 
 
@@ -127,3 +128,16 @@ def test_config_selects_and_checks_the_loss() -> None:
         preset_config("synthetic", loss="hinge")
     with pytest.raises(MSRNError, match="asl-clip"):
         preset_config("synthetic", loss="asl", asl_clip=1.5)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_reported_loss_is_the_objective_that_training_minimises(name: str) -> None:
+    """score_metrics reports losses.objective with the run's loss, not the soft margin: the same logits and
+    targets (difficult positive, unknown left out) give the training value plus the group loss."""
+    x, t = (a.float() for a in _problem(seed=4))
+    loss = build_loss(name)
+    reported = score_metrics(x.numpy(), t.numpy(), group_loss=0.3, loss=loss)["loss"]
+    assert reported == pytest.approx(float(objective(loss, x, t, torch.tensor(0.3))), rel=1e-6)
+    assert reported == float(loss(x, t)) + 0.3  # the sum in float64, as the figures always were
+    if name != "softmargin":
+        assert reported != pytest.approx(score_metrics(x.numpy(), t.numpy(), group_loss=0.3)["loss"], rel=1e-3)

@@ -28,6 +28,7 @@ from msrn.metrics import (
     per_label_thresholds,
     reference_order_average_precision,
     reference_tuned_metrics,
+    sigmoid,
     subset_metrics,
 )
 
@@ -201,6 +202,15 @@ def test_top_k_keys_follow_k_and_cover_all_labels_when_k_is_large() -> None:
     m = multilabel_metrics(scores, targets, top_k=5)
     assert m["OR_top5"] == pytest.approx(100.0)
     assert "OR_top3" not in m
+
+
+def test_sigmoid_is_the_logistic_function_without_overflow() -> None:
+    """The one sigmoid engine code reuses: the textbook formula where it is finite, 0 and 1 at the extremes."""
+    x = np.array([-800.0, -30.0, -1.5, 0.0, 2.0, 40.0, 800.0])
+    with np.errstate(over="raise", invalid="raise"):
+        p = sigmoid(x)
+    np.testing.assert_allclose(p[1:-1], 1 / (1 + np.exp(-x[1:-1])), rtol=1e-14)
+    assert (p[0], p[3], p[-1]) == (0.0, 0.5, 1.0)
 
 
 def test_logits_are_passed_through_sigmoid() -> None:

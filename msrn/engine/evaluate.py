@@ -28,7 +28,7 @@ from msrn.data import (
 )
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
-from msrn.engine.losses import LossFn, model_group_loss, soft_margin_loss
+from msrn.engine.losses import LossFn, model_group_loss, objective, soft_margin_loss
 from msrn.engine.scores import write_scores
 from msrn.io import atomic_write_json, check_writable
 from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
@@ -84,14 +84,15 @@ def score_metrics(
     loss: LossFn = soft_margin_loss,
 ) -> dict:
     """Spec section 8 metrics from logits and, if given, the metrics at per-label thresholds chosen
-    on a validation split; `loss` is the training objective (the run's loss plus the model's
-    `group_loss`, see model_group_loss), so it compares with the training curve."""
+    on a validation split; "loss" is the training objective (losses.objective: the run's `loss` plus
+    the model's `group_loss`, see model_group_loss), so it compares with the training curve.
+    `msrn evaluate` passes no `loss`: it reports the soft-margin objective whatever loss the run used."""
     m = multilabel_metrics(logits, targets, scores_are_logits=True)
     if thresholds is not None:
         at = multilabel_metrics(logits, targets, threshold=thresholds, scores_are_logits=True)
         m["per_label_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
     as_tensor = [torch.from_numpy(np.ascontiguousarray(a)) for a in (logits, targets)]
-    m["loss"] = float(loss(*as_tensor)) + group_loss
+    m["loss"] = float(objective(loss, *as_tensor, torch.tensor(group_loss, dtype=torch.float64)))  # summed in float64
     return m
 
 

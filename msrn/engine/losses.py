@@ -6,6 +6,8 @@ Every loss is the mean over the known entries of the batch, so with no unknown e
 gamma 0 and no clip is exactly the soft-margin loss (binary cross-entropy, averaged).
 Everything is computed from log-sigmoids in float32: finite values and gradients even at
 saturated logits (|x| = 100), where a log of a rounded probability would give inf.
+`objective` adds the model's group loss: the one definition that training minimises and that the
+validation and test losses report, so the curves compare.
 """
 from __future__ import annotations
 
@@ -102,6 +104,12 @@ def build_loss(
     if name == "focal":
         return lambda x, t: focal_loss(x, t, focal_gamma, focal_alpha)
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+def objective(loss: LossFn, logits: torch.Tensor, targets: torch.Tensor, group_loss: torch.Tensor) -> torch.Tensor:
+    """What training minimises and every reported loss shows: `loss` on the targets as the dataset
+    encodes them (difficult positive, unknown left out) plus the model's group loss."""
+    return loss(logits, targets) + group_loss
 
 
 @torch.no_grad()

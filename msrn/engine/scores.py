@@ -14,6 +14,7 @@ import numpy as np
 
 from msrn.data import MultiLabelData
 from msrn.io import atomic_write_text
+from msrn.metrics import sigmoid
 
 
 def _shown_path(image: Path, root: Path) -> str:
@@ -39,7 +40,4 @@ def scores_csv(data: MultiLabelData, probabilities: np.ndarray) -> str:
 
 def write_scores(path: str | Path, data: MultiLabelData, logits: np.ndarray) -> None:
     """Write the probabilities of `logits` (N x C) as the scores CSV, atomically."""
-    x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(-np.abs(x))
-    probabilities = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))  # sigmoid without overflow
-    atomic_write_text(path, scores_csv(data, probabilities))
+    atomic_write_text(path, scores_csv(data, sigmoid(np.asarray(logits, dtype=np.float64))))

@@ -31,16 +31,17 @@ from msrn.data.transforms import TrainTransform
 from msrn.engine.config import TrainConfig, add_config_arguments, config_from_args
 from msrn.engine.ema import WeightEMA
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
-from msrn.engine.losses import build_loss, model_group_loss
+from msrn.engine.losses import build_loss, model_group_loss, objective
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
 from msrn.io import atomic_save_torch, atomic_write_json, check_writable, remove_stale_temps
 from msrn.labels.labelset import LabelSet, build_label_set
-from msrn.metrics import per_label_thresholds
+from msrn.metrics import per_label_thresholds, sigmoid
 from msrn.models import create_model
 from msrn.models.loading import build_from_state, model_state
 from msrn.models.tta import with_tta
+from msrn.plots import plot_ap_per_label, plot_history
 
 log = logging.getLogger("msrn")
 
@@ -128,13 +129,56 @@ def resolve_resume(cfg: TrainConfig) -> Path | None:
     return path
 
 
+def settle_config(cfg: TrainConfig, state: dict | None, keep_epochs: bool) -> TrainConfig:
+    """The validated config of the run: a resumed run's own, except where it runs and for how long
+    (keep_epochs: no --epochs was given, so the run's own epoch count stays)."""
+    if state is not None:
+        saved = TrainConfig.from_dict(state["config"])
+        cfg = dataclasses.replace(saved, epochs=saved.epochs if keep_epochs else cfg.epochs, workers=cfg.workers,
+                                  device=cfg.device, out=cfg.out, resume=cfg.resume)
+    cfg.validate()
+    return cfg
+
+
+def _val_score(vm: dict | None) -> float | None:
+    """The validation mAP that selects epochs; None without a validation split or a positive in it."""
+    return None if vm is None else vm["mAP"]
+
+
 def _val_map(vm: dict | None) -> float:
     """A validation mAP to compare, -1 where there is none (no split, or no positive in it)."""
     return -1.0 if vm is None or vm["mAP"] is None else vm["mAP"]
 
 
+def history_entry(epoch: int, train_loss: float, seconds: float, results: dict) -> dict:
+    """One epoch's row of the history: its training loss and time, and per evaluated weights ("live",
+    "ema", prefixed ema_) the validation mAP, the test loss and the test mAP."""
+    entry = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds}
+    for which, (vm, _, tm) in results.items():
+        prefix = "" if which == "live" else "ema_"
+        if vm is not None:
+            entry[prefix + "val_mAP"] = vm["mAP"]
+        entry.update({prefix + "test_loss": tm["loss"], prefix + "mAP": tm["mAP"]})
+    return entry
+
+
+def weights_text(results: dict) -> str:
+    """The log line's account of the live and EMA weights' mAP, when both were evaluated."""
+    if len(results) < 2:
+        return ""
+    parts = []
+    for which, (vm, _, tm) in results.items():
+        val = f"val {_val_map(vm):.2f} " if vm is not None else ""
+        parts.append(f"{which} {val}test {tm['mAP'] or float('nan'):.2f}")
+    return " | mAP " + ", ".join(parts)
+
+
 class Trainer:
-    """Owns one run: data, model, optimiser, schedule, state on disk."""
+    """Owns one run: data, model, optimiser, schedule, state on disk.
+
+    Built in the steps __init__ lists; fit() then runs epochs, each train_epoch and end_epoch
+    (evaluate every kept set of weights, select, save).
+    """
 
     def __init__(self, cfg: TrainConfig, keep_epochs: bool = False):
         if cfg.init and cfg.resume:
@@ -144,27 +188,40 @@ class Trainer:
         self.out = Path(cfg.out)
         resume = dist.broadcast_object(resolve_resume(cfg))  # rank 0 decides; every rank reads the file
         self.state = read_resume_state(resume) if resume else None
-        if self.state is not None:  # the run's own config wins, except where to run and for how long
-            saved = TrainConfig.from_dict(self.state["config"])
-            epochs = saved.epochs if keep_epochs else cfg.epochs  # keep_epochs: no --epochs was given
-            cfg = dataclasses.replace(saved, epochs=epochs, workers=cfg.workers, device=cfg.device,
-                                      out=cfg.out, resume=cfg.resume)
-        cfg.validate()
-        self.cfg = cfg
+        self.cfg = settle_config(cfg, self.state, keep_epochs)
+        self.prepare_run_folder()
+        self.build_data()
+        self.build_model(resume)
+        self.distribute_model()
+        self.build_optimiser()
+        self.build_loader()
+        self.start_or_restore()
+
+    # -- building the run, in order --------------------------------------------------------------
+    def prepare_run_folder(self) -> None:
+        """Check the run folder before any work (not after the first epoch), log into it, seed the run."""
         if dist.is_main():
-            check_writable(self.out)  # before any work, not after the first epoch
+            check_writable(self.out)
             remove_stale_temps(self.out)  # half-written saves of a killed run
         dist.barrier()
         setup_logging(self.out if dist.is_main() else None)
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
+        torch.manual_seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed % 2**32)
 
+    def build_data(self) -> None:
+        """The training split less the validation part carved from it (--val-fraction), and the test split."""
+        cfg = self.cfg
         train_split, test_split = DEFAULT_SPLITS[cfg.dataset]
         options = reader_options(cfg)
         self.train_data, self.val_data = split_validation(
             build_dataset(cfg.dataset, cfg.data, cfg.train_split or train_split, **options), cfg.val_fraction, cfg.seed
         )
         self.test_data = build_dataset(cfg.dataset, cfg.data, cfg.test_split or test_split, **options)
+
+    def build_model(self, resume: Path | None) -> None:
+        """The label set and the model on the device: a resumed run's own, else built from the training
+        labels (with --init, then given a checkpoint's weights)."""
+        cfg = self.cfg
         if self.state is not None:
             self.labelset = LabelSet.from_dict(self.state["labelset"])
             model = build_from_state(self.state, str(resume))
@@ -179,16 +236,25 @@ class Trainer:
         if self.test_data.labels != self.labelset.labels:
             raise MSRNError(f"the {self.test_data.split} split's labels differ from the training split's")
         self.model = model.to(self.device)
-        if cfg.sync_bn and dist.is_distributed():
+
+    def distribute_model(self) -> None:
+        """self.net, what the training steps run: the model itself, or under torchrun its DistributedDataParallel
+        wrapper (with synchronised BatchNorm on --sync-bn)."""
+        if not dist.is_distributed():
+            self.net = self.model
+            return
+        if self.cfg.sync_bn:
             if self.device.type == "cpu":
                 raise MSRNError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm has no CPU implementation")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.net = self.model
-        if dist.is_distributed():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # a head that reads no deeper than layer3 leaves the later backbone layers without gradients
-            shallow = max(getattr(getattr(self.model, "cfg", None), "depths", (3,))) < 3
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=shallow)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # a head that reads no deeper than layer3 leaves the later backbone layers without gradients
+        shallow = max(getattr(getattr(self.model, "cfg", None), "depths", (3,))) < 3
+        self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=shallow)
+
+    def build_optimiser(self) -> None:
+        """The loss, SGD with its step schedule, the fp16 gradient scaler and the weight average (--ema)."""
+        cfg = self.cfg
         self.criterion = build_loss(cfg.loss, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip,
                                     cfg.focal_gamma, cfg.focal_alpha)
         self.optimizer = make_sgd(self.model.param_groups(cfg.lr, cfg.lr_backbone), cfg)
@@ -196,6 +262,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16" and self.device.type == "cuda")
         self.ema = WeightEMA(self.model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
 
+    def build_loader(self) -> None:
+        """The training loader: this process's share of each batch, in micro-batches of batch / --grad-accum."""
+        cfg = self.cfg
         world = dist.world_size()
         if cfg.batch_size % (world * cfg.grad_accum):
             raise MSRNError(f"--batch-size {cfg.batch_size} must be a multiple of processes x --grad-accum "
@@ -208,6 +277,9 @@ class Trainer:
         self.loader = build_loader(SeededView(self.train_set, cfg.seed), self.micro_batch, shuffle=False,
                                    workers=cfg.workers, seed=cfg.seed, sampler=self.sampler)
 
+    def start_or_restore(self) -> None:
+        """Counters, history and best from zero (writing config.json), or as the resumed checkpoint left them;
+        then the TensorBoard writer."""
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict] = []
         self.best: dict = {}
@@ -275,8 +347,10 @@ class Trainer:
         self.running_loss = list(s["running_loss"]) if dist.is_main() else [0.0, 0]  # saved sums are global
         log.info("resumed at epoch %d, step %d of that epoch", self.epoch + 1, self.step_in_epoch)
 
-    # -- loop ---------------------------------------------------------------------------------
+    # -- an epoch of training -------------------------------------------------------------------
     def train_epoch(self) -> None:
+        """One pass over the training data (its rest, when resumed mid-epoch): an optimiser step every
+        --grad-accum micro-batches, and one for the micro-batches left at the end."""
         cfg = self.cfg
         self.net.train()
         self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
@@ -286,19 +360,7 @@ class Trainer:
         micro, last = 0, len(self.loader) - 1
         step_loss = [0.0, 0]  # this optimiser step's loss sum and image count (for TensorBoard)
         for i, (images, targets, _) in enumerate(self.loader):
-            images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
-            # DDP averages gradients only on the micro-batch that ends an optimiser step
-            with dist.grad_sync(self.net, micro + 1 == cfg.grad_accum or i == last):
-                with autocast(self.device, cfg.amp):
-                    logits, gloss = self.net(images, return_group_loss=True)
-                    loss = self.criterion(logits, targets) + gloss.float()
-                if not torch.isfinite(loss):
-                    last_pt = self.out / "last.pt"
-                    kept = f"the last good checkpoint {last_pt} is intact" if last_pt.is_file() else "nothing saved yet"
-                    raise MSRNError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
-                                    f"{self.step_in_epoch + 1}; stopped ({kept}): lower --lr or check the data")
-                self.scaler.scale(loss / cfg.grad_accum).backward()
-            value = float(loss.detach()) * len(images)
+            value = self.forward_backward(images, targets, ends_step=micro + 1 == cfg.grad_accum or i == last)
             self.running_loss[0] += value
             self.running_loss[1] += len(images)
             step_loss = [step_loss[0] + value, step_loss[1] + len(images)]
@@ -311,6 +373,23 @@ class Trainer:
         if micro:
             self.optimizer_step(step_loss[0] / step_loss[1])
         bar.close()
+
+    def forward_backward(self, images: torch.Tensor, targets: torch.Tensor, ends_step: bool) -> float:
+        """One micro-batch: the objective, stopped with one line when not finite, back-propagated;
+        returns the loss summed over its images."""
+        images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        # DDP averages gradients only on the micro-batch that ends an optimiser step
+        with dist.grad_sync(self.net, ends_step):
+            with autocast(self.device, self.cfg.amp):
+                logits, gloss = self.net(images, return_group_loss=True)
+                loss = objective(self.criterion, logits, targets, gloss.float())
+            if not torch.isfinite(loss):
+                last_pt = self.out / "last.pt"
+                kept = f"the last good checkpoint {last_pt} is intact" if last_pt.is_file() else "nothing saved yet"
+                raise MSRNError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
+                                f"{self.step_in_epoch + 1}; stopped ({kept}): lower --lr or check the data")
+            self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        return float(loss.detach()) * len(images)
 
     def optimizer_step(self, loss: float) -> None:
         if self.cfg.max_grad_norm:
@@ -328,6 +407,59 @@ class Trainer:
         if self.cfg.save_every and self.global_step % self.cfg.save_every == 0:
             self.save("last.pt", full=True)
 
+    # -- the end of an epoch: evaluate, select, save --------------------------------------------
+    def end_epoch(self, seconds: float) -> None:
+        """Close the epoch, evaluate the live (and EMA) weights, log, then save best.pt when the selected
+        weights are at least as good, and last.pt."""
+        train_loss = self.close_epoch()
+        results = self.evaluate_weights()
+        self.history.append(history_entry(self.epoch, train_loss, seconds, results))
+        if self.board is not None:
+            self.board.epoch(self.global_step, train_loss, {k: (r[0], r[2]) for k, r in results.items()},
+                             self.labelset.labels, self.test_data.split)
+        which = self.select_weights(results)
+        score = _val_score(results[which][0])
+        improved = score is None or not self.best or score >= self.best.get("score", -1)
+        val_txt = f" val mAP {score:.2f} |" if score is not None else ""
+        tm = results[which][2]
+        log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch,
+                 self.cfg.epochs, train_loss, val_txt, tm["mAP"] or float("nan"), tm["CF1"], tm["OF1"],
+                 weights_text(results), seconds, " *" if improved else "")
+        if improved:  # best.pt before last.pt: a kill in between redoes this epoch's end, rewriting them alike
+            self.keep_best(which, *results[which])
+        elif dist.is_main():
+            self.write_history_plot()
+        self.save("last.pt", full=True)
+
+    def keep_best(self, which: str, vm: dict | None, thresholds: np.ndarray | None, tm: dict) -> None:
+        """Record this epoch as the selected one and write best.pt from `which` weights, metrics.json and plots."""
+        score = _val_score(vm)
+        self.best = {"epoch": self.epoch, "score": score if score is not None else tm["mAP"],
+                     "selected_by": "validation mAP" if score is not None else "last epoch",
+                     "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
+        if self.ema is not None:
+            self.best["weights"] = which
+        self.save("best.pt", full=False, which=which)
+        self.write_reports(tm)
+
+    def close_epoch(self) -> float:
+        """Advance the schedule and the counters to the next epoch; the epoch's training loss, over all processes."""
+        self.scheduler.step()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        loss_sum, loss_count = dist.sum_across(self.running_loss)
+        self.running_loss = [0.0, 0]
+        return loss_sum / max(1, loss_count)
+
+    def evaluate_weights(self) -> dict:
+        """Each kept set of weights evaluated: "live" (and "ema") -> (validation metrics or None, tuned
+        thresholds or None, test metrics)."""
+        results = {}
+        for which in ("live", "ema") if self.ema is not None else ("live",):
+            dist.broadcast_buffers(self.weights(which))  # rank 0's BatchNorm statistics: the ones best.pt gets
+            results[which] = self.evaluate(self.weights(which))
+        return results
+
     def evaluate(self, module: nn.Module) -> tuple[dict | None, np.ndarray | None, dict]:
         """Validation metrics (None without a validation split), the per-label thresholds tuned on it
         when asked for, and the test metrics at those thresholds, for one set of weights."""
@@ -340,76 +472,22 @@ class Trainer:
                                      self.device, cfg.amp, desc="val")
             vm = score_metrics(vlogits, self.val_data.targets, group_loss=group_loss, loss=self.criterion)
             if cfg.tune_thresholds:
-                probs = 1 / (1 + np.exp(-vlogits.astype(np.float64)))
-                thresholds = per_label_thresholds(probs, self.val_data.targets)
+                thresholds = per_label_thresholds(sigmoid(vlogits.astype(np.float64)), self.val_data.targets)
         tlogits = predict_scores(module, self.test_data, cfg.image_size, self.rank_batch, cfg.workers,
                                  self.device, cfg.amp, desc="test")
         return vm, thresholds, score_metrics(tlogits, self.test_data.targets, thresholds, group_loss, self.criterion)
 
-    def end_epoch(self, seconds: float) -> None:
-        cfg = self.cfg
-        self.scheduler.step()
-        self.epoch += 1
-        self.step_in_epoch = 0
-        loss_sum, loss_count = dist.sum_across(self.running_loss)
-        train_loss = loss_sum / max(1, loss_count)
-        self.running_loss = [0.0, 0]
-        entry = {"epoch": self.epoch, "train_loss": train_loss, "seconds": seconds}
-        results = {}  # "live" (and "ema") -> (validation metrics or None, thresholds, test metrics)
-        for which in ("live", "ema") if self.ema is not None else ("live",):
-            dist.broadcast_buffers(self.weights(which))  # rank 0's BatchNorm statistics: the ones best.pt gets
-            results[which] = vm, _, tm = self.evaluate(self.weights(which))
-            prefix = "" if which == "live" else "ema_"
-            if vm is not None:
-                entry[prefix + "val_mAP"] = vm["mAP"]
-            entry.update({prefix + "test_loss": tm["loss"], prefix + "mAP": tm["mAP"]})
-        self.history.append(entry)
-        if self.board is not None:
-            self.board.epoch(self.global_step, train_loss, {k: (r[0], r[2]) for k, r in results.items()},
-                             self.labelset.labels, self.test_data.split)
-        if self.val_data is not None:  # the validation split picks the weights, live on a tie
-            which = max(results, key=lambda k: _val_map(results[k][0]))
-        else:  # nothing is picked on the test split: the EMA weights when the run keeps them
-            which = "ema" if self.ema is not None else "live"
-        vm, thresholds, tm = results[which]
-        score = None if vm is None else vm["mAP"]
-        improved = score is None or not self.best or score >= self.best.get("score", -1)
-        val_txt = f" val mAP {score:.2f} |" if score is not None else ""
-        log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch, cfg.epochs,
-                 train_loss, val_txt, tm["mAP"] or float("nan"), tm["CF1"], tm["OF1"], self.weights_text(results),
-                 seconds, " *" if improved else "")
-        if improved:
-            self.best = {"epoch": self.epoch, "score": score if score is not None else tm["mAP"],
-                         "selected_by": "validation mAP" if score is not None else "last epoch",
-                         "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
-            if self.ema is not None:
-                self.best["weights"] = which
-        if improved:  # before last.pt: a kill in between redoes this epoch's end, rewriting them alike
-            self.save("best.pt", full=False, which=which)
-            self.write_reports(tm)
-        elif dist.is_main():
-            self.write_history_plot()
-        self.save("last.pt", full=True)
-
-    @staticmethod
-    def weights_text(results: dict) -> str:
-        """The log line's account of the live and EMA weights' mAP, when both were evaluated."""
-        if len(results) < 2:
-            return ""
-        parts = []
-        for which, (vm, _, tm) in results.items():
-            val = f"val {_val_map(vm):.2f} " if vm is not None else ""
-            parts.append(f"{which} {val}test {tm['mAP'] or float('nan'):.2f}")
-        return " | mAP " + ", ".join(parts)
+    def select_weights(self, results: dict) -> str:
+        """Which weights this epoch offers as best.pt: the better on validation (live on a tie); without a
+        validation split nothing is picked on the test split, so the EMA weights when the run keeps them."""
+        if self.val_data is not None:
+            return max(results, key=lambda k: _val_map(results[k][0]))
+        return "ema" if self.ema is not None else "live"
 
     def write_history_plot(self) -> None:
-        from msrn.plots import plot_history  # matplotlib on drawing only: the CLI imports this module
-
         plot_history(self.history, self.out / "history.png")
 
     def write_reports(self, tm: dict) -> None:
-        from msrn.plots import plot_ap_per_label  # matplotlib on drawing only: the CLI imports this module
-
         if not dist.is_main():
             return
         labels = self.labelset.labels
@@ -427,6 +505,7 @@ class Trainer:
         self.write_history_plot()
 
     def fit(self) -> dict:
+        """Train the remaining epochs; the selected epoch's summary (self.best)."""
         cfg = self.cfg
         log.info("train %s: %d images (%s), test %d images (%s), %d labels, model %s, device %s%s",
                  cfg.dataset, len(self.train_data), self.train_data.split, len(self.test_data),
