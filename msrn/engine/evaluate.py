@@ -29,11 +29,12 @@ from msrn.data import (
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
 from msrn.engine.losses import LossFn, model_group_loss, objective, soft_margin_loss
+from msrn.engine.options import add_checkpoint_arguments, add_fast_argument
 from msrn.engine.scores import write_scores
 from msrn.io import atomic_write_json, check_writable
 from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
 from msrn.models.fuse import optimize_for_inference
-from msrn.models.loading import REFERENCE_IMAGE_SIZE, load_checkpoint
+from msrn.models.loading import load_checkpoint
 from msrn.models.tta import TTA_MODES, with_tta
 
 log = logging.getLogger("msrn")
@@ -125,20 +126,12 @@ def format_tuned(tuned: dict) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--data", required=True, help="dataset root folder (the CSV file for --dataset csv)")
-    p.add_argument("--checkpoint", required=True, help="an msrn checkpoint, or a reference *_checkpoint.pth.tar")
     p.add_argument("--split", help="split to evaluate (default: the dataset's test split)")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
     p.add_argument("--scores", metavar="FILE",
                    help="also write every image's label probabilities to this CSV: a header (image, then the labels "
                         "in order), then per image its path and one probability per label")
-    p.add_argument("--word-vectors", metavar="FILE",
-                   help="reference checkpoints: a word-vector pickle; default 'reference', the reference's own "
-                        "for --dataset (fetched once, SHA-256 checked)")
-    p.add_argument("--cooccurrence", metavar="FILE",
-                   help="reference checkpoints: a co-occurrence pickle; default 'reference', the reference's own "
-                        "for --dataset (fetched once, SHA-256 checked)")
-    p.add_argument("--image-size", type=int,
-                   help=f"default: the checkpoint's ({REFERENCE_IMAGE_SIZE} for reference checkpoints)")
+    add_checkpoint_arguments(p, labels=False)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
@@ -150,18 +143,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_fast_argument(p)
     add_reader_arguments(p)
 
-
-def add_fast_argument(parser: argparse.ArgumentParser) -> None:
-    """--exact (predict, serve, evaluate): the spec's literal computation instead of the default folded model.
-
-    --fast, once the option for the folded model, is the default now and stays accepted.
-    """
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--exact", action="store_true",
-                       help="run the network as written (batch norm apart, default memory layout) instead of the "
-                            "default batch-norm-folded, channels-last copy: the same scores to ~1e-6, slower on CPU "
-                            "(see BENCHMARKS.md)")
-    group.add_argument("--fast", action="store_true", help="the folded model: the default (kept for old command lines)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""Command-line options shared by predict, export and serve: which checkpoint, and how images are decoded."""
+"""Options of the tagging commands: how predict and serve decode images, and the Predictor that the checkpoint
+options (msrn.engine.options, shared with evaluate) describe."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,6 @@ from PIL import Image
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.inference.predictor import Predictor, load
-from msrn.models.loading import REFERENCE_IMAGE_SIZE
 
 
 def read_label_file(path: str | os.PathLike) -> list[str]:
@@ -25,23 +25,6 @@ def read_label_file(path: str | os.PathLike) -> list[str]:
         raise MSRNError(f"{path} holds no label names")
     return names
 
-
-def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """--checkpoint, the reference checkpoint's companion files and --image-size (shared with export, serve)."""
-    parser.add_argument("--checkpoint", required=required, metavar="FILE",
-                        help="a project checkpoint (best.pt, last.pt) or a reference MSRN checkpoint")
-    parser.add_argument("--word-vectors", metavar="FILE",
-                        help="reference checkpoints: a word-vector pickle; default 'reference', the reference's "
-                             "own for the dataset with the checkpoint's label count (fetched once, SHA-256 checked)")
-    parser.add_argument("--cooccurrence", metavar="FILE",
-                        help="reference checkpoints: a co-occurrence pickle {'adj','nums'}; default 'reference', as "
-                             "for --word-vectors")
-    parser.add_argument("--labels", metavar="FILE",
-                        help="label names, one per line, in output order (reference checkpoints store none; default: "
-                             "the names of the reference dataset with their count, in the reference's order)")
-    parser.add_argument("--image-size", type=int, metavar="S",
-                        help=f"input side in pixels (default: the checkpoint's; {REFERENCE_IMAGE_SIZE} for reference "
-                             "checkpoints)")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:

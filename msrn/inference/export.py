@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from msrn.engine.options import add_checkpoint_arguments
 from msrn.errors import MSRNError
-from msrn.inference.args import add_checkpoint_arguments, load_from_args
+from msrn.inference.args import load_from_args
 from msrn.io import atomic_write_bytes
 from msrn.models.loading import REFERENCE_IMAGE_SIZE
 from msrn.models.msrn import MSRN

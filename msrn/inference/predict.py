@@ -16,9 +16,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from msrn.engine.evaluate import add_fast_argument
+from msrn.engine.options import add_checkpoint_arguments, add_fast_argument
 from msrn.errors import MSRNError
-from msrn.inference.args import add_checkpoint_arguments, add_decoding_arguments, decoding_options, load_from_args
+from msrn.inference.args import add_decoding_arguments, decoding_options, load_from_args
 from msrn.inference.draw import save_figure
 from msrn.inference.explain import require_msrn
 from msrn.inference.onnx_predict import OnnxPredictor

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from msrn.engine.evaluate import add_fast_argument
+from msrn.engine.options import add_checkpoint_arguments, add_fast_argument
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, open_image
-from msrn.inference.args import add_checkpoint_arguments, add_decoding_arguments, decoding_options, load_from_args
+from msrn.inference.args import add_decoding_arguments, decoding_options, load_from_args
 from msrn.inference.draw import panel_size, panels
 from msrn.inference.explain import concentration
 from msrn.inference.predictor import Predictor
