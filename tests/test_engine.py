@@ -152,6 +152,21 @@ def test_ablation_switches_and_crop_scales_on_the_command_line(tmp_path: Path) -
         preset_config("scenes", crop_scales=(1.0, 1.5))
 
 
+def test_in_memory_trains_exactly_as_reading_files(tmp_path: Path) -> None:
+    csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
+    for name, flag in (("files", "--no-in-memory"), ("memory", "--in-memory")):
+        assert cli(train_args(csv, tmp_path / name, flag, "--epochs", "1", "--val-fraction", "0.25")) == 0
+    files, memory = (torch.load(tmp_path / n / "last.pt", weights_only=False) for n in ("files", "memory"))
+    assert memory["config"]["in_memory"] and not files["config"]["in_memory"]
+    assert files["state_dict"].keys() == memory["state_dict"].keys()
+    assert all(torch.equal(files["state_dict"][k], memory["state_dict"][k]) for k in files["state_dict"])
+    assert files["history"][0]["mAP"] == memory["history"][0]["mAP"]
+    assert files["history"][0]["val_mAP"] == memory["history"][0]["val_mAP"]
+    assert preset_config("scenes", data="x").in_memory
+    with pytest.raises(MSRNError, match="--on-error skip"):
+        preset_config("scenes", data="x", on_error="skip")
+
+
 def test_difficult_labels_count_as_positive_in_training() -> None:
     from msrn.engine.losses import soft_margin_loss as training_loss
 
