@@ -292,3 +292,32 @@ def test_demo_trains_msrn_and_baseline(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(demo, "SEED_SPREAD", tmp_path / "spread.json")
     text = demo.write_summary(tmp_path, summary, explained)
     assert "91.00 ± 1.00" in text and "+2.00 / +2.50 / +3.00" in text and "(mean +2.50)" in text
+
+
+def test_demo_trains_at_once_only_where_cores_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from msrn import demo
+
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    assert demo.concurrent_runs(2, 0, "cpu") == 2  # one thread each, loading in-process
+    assert demo.concurrent_runs(2, 1, "cpu") == 1  # a loading process per run would take the second core
+    assert demo.concurrent_runs(1, 0, "cpu") == 1 and demo.concurrent_runs(2, 0, "cuda") == 1
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 1)
+    assert demo.concurrent_runs(2, 0, "cpu") == 1
+    stream = io.StringIO()
+    tagged = demo._Tagged(stream, "[msrn] ")
+    tagged.write("epoch 1")
+    tagged.write(" done\nepoch 2\n")
+    assert stream.getvalue() == "[msrn] epoch 1 done\n[msrn] epoch 2\n" and not tagged.isatty()
+
+
+@pytest.mark.slow
+def test_demo_runs_at_once_give_what_they_give_one_after_the_other(tmp_path: Path) -> None:
+    from msrn import demo
+
+    apart = demo.run_demo(tmp_path / "apart", epochs=1, data_size=(24, 16, 64), jobs=1)
+    together = demo.run_demo(tmp_path / "together", epochs=1, data_size=(24, 16, 64), jobs=2)
+    for name in ("msrn", "baseline"):
+        assert together[name]["mAP"] == apart[name]["mAP"] and together[name]["splits"] == apart[name]["splits"]
+    assert (tmp_path / "together" / "msrn" / "log.txt").read_text().count("epoch 1/1") == 1
