@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -71,31 +75,72 @@ def evaluate_run(folder: Path, cfg: TrainConfig, workers: int | None = None) -> 
     return {**{k: m[k] for k in keys}, "splits": scenes_metrics(logits, data)}
 
 
+def concurrent_runs(runs: int, workers: int, device: str) -> int:
+    """Runs the demo trains at once on a CPU: one per core that a run's thread and its loading
+    processes leave free. Each run keeps one thread, which stays fast when other jobs share the cores."""
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return max(1, min(runs, (os.cpu_count() or 1) // (1 + workers))) if on_cpu else 1
+
+
+class _Tagged:
+    """stderr of a run trained beside another: each line starts with the run's name; no progress bars."""
+
+    def __init__(self, stream: TextIO, tag: str) -> None:
+        self.stream, self.tag, self.fresh = stream, tag, True
+
+    def write(self, text: str) -> int:
+        parts = text.splitlines(keepends=True)
+        out = []
+        for part in parts:
+            out.append(self.tag + part if self.fresh else part)
+            self.fresh = part.endswith("\n")
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def train_run(name: str, cfg: TrainConfig, threads: int, tagged: bool = False) -> dict:
+    """Train and evaluate one of the demo's runs with `threads` torch threads: its summary entry."""
+    torch.set_num_threads(threads)
+    if tagged:
+        sys.stderr = _Tagged(sys.stderr, f"[{name}] ")
+    t0 = time.time()
+    train(cfg)
+    seconds = round(time.time() - t0, 1)
+    return {"model": cfg.model, "seconds": seconds, **evaluate_run(Path(cfg.out), cfg)}
+
+
 def run_demo(out: Path, seed: int = 0, epochs: int | None = None, workers: int | None = None,
-             device: str = "auto", baseline: bool = True, data_size: tuple[int, int, int] | None = None) -> dict:
+             device: str = "auto", baseline: bool = True, data_size: tuple[int, int, int] | None = None,
+             jobs: int | None = None) -> dict:
     """Train MSRN (and the plain baseline) on the scenes benchmark; return {name: metrics summary}.
 
     data_size: (train images, test images, image side) instead of the benchmark's (tests use tiny ones).
+    jobs: runs trained at once, each in its own process with one thread (default: concurrent_runs).
     """
     out.mkdir(parents=True, exist_ok=True)
     size = dict(zip(("num_train", "num_test", "image_size"), data_size)) if data_size else {}
     data = ensure_scenes(out / "data", seed=seed, **size)
-    summary = {}
+    cfgs = {name: preset_config("scenes", data=str(data), out=str(out / name), model=model, seed=seed,
+                                epochs=epochs, workers=workers, device=device, image_size=size.get("image_size"))
+            for name, model in RUNS.items() if baseline or name != "baseline"}
+    first = next(iter(cfgs.values()))
+    jobs = jobs or concurrent_runs(len(cfgs), first.workers, device)
+    if jobs > 1:
+        print(f"training {' and '.join(cfgs)} at once, one process and one thread each", flush=True)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {name: pool.submit(train_run, name, cfg, 1, True) for name, cfg in cfgs.items()}
+            return {name: future.result() for name, future in futures.items()}
     threads = torch.get_num_threads()
     try:
-        for name, model in RUNS.items():
-            if name == "baseline" and not baseline:
-                continue
-            cfg = preset_config("scenes", data=str(data), out=str(out / name), model=model, seed=seed,
-                                epochs=epochs, workers=workers, device=device, image_size=size.get("image_size"))
-            torch.set_num_threads(compute_threads(cfg.workers))
-            t0 = time.time()
-            train(cfg)
-            seconds = round(time.time() - t0, 1)
-            summary[name] = {"model": model, "seconds": seconds, **evaluate_run(out / name, cfg)}
+        return {name: train_run(name, cfg, compute_threads(cfg.workers)) for name, cfg in cfgs.items()}
     finally:
         torch.set_num_threads(threads)
-    return summary
 
 
 def pick_images(data: MultiLabelData) -> list[int]:

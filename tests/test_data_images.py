@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from msrn.data import ImageDataset, MultiLabelData, open_image
+from msrn.data.base import in_memory
 from msrn.data.loader import build_loader
 from msrn.data.transforms import (
     TestTransform,
@@ -19,6 +20,7 @@ from msrn.data.transforms import (
     multiscale_crop_box,
     to_tensor_normalized,
 )
+from msrn.engine.sampling import EpochSampler, SeededView
 from msrn.errors import MSRNError
 
 MEAN = np.array([0.485, 0.456, 0.406])
@@ -234,3 +236,38 @@ def test_skipped_counter_works_with_spawned_workers(tmp_path: Path) -> None:
     ds = ImageDataset(make_data(tmp_path, 4, broken=(2,)), TestTransform(8), on_error="skip")
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="spawn")
     assert torch.cat([index for _, _, index in loader]).tolist() == [0, 1, 3, 3] and ds.skipped == 1
+
+
+def test_in_memory_gives_the_batches_the_files_give(tmp_path: Path) -> None:
+    files = make_data(tmp_path, 7)
+    held = in_memory(files)
+    assert held.pixels is not None and len(held.pixels) == 7 and files.pixels is None
+    for path in files.images:  # nothing is read from a file any more
+        path.unlink()
+
+    def epoch(data: MultiLabelData, seed: int, n: int) -> list[torch.Tensor]:
+        sampler = EpochSampler(len(data), seed)
+        sampler.set_epoch(n)
+        view = SeededView(ImageDataset(data, TrainTransform(8, scales=(1.0, 0.8))), seed)
+        loader = build_loader(view, 3, shuffle=False, workers=0, seed=seed, sampler=sampler)
+        return [torch.cat([b[k].flatten().float() for b in loader]) for k in range(3)]
+
+    # the same files, read again into a second copy, give the same batches for each seed and epoch
+    again = make_data(tmp_path, 7)
+    for seed, n in ((0, 0), (0, 1), (3, 0)):
+        a, b = epoch(held, seed, n), epoch(again, seed, n)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(epoch(held, 0, 0)[0], epoch(held, 0, 1)[0])
+    image, target, index = ImageDataset(held, TestTransform(5))[2]
+    assert image.shape == (3, 5, 5) and target.tolist() == [0.0, 1.0, 0.0] and index == 2
+
+
+def test_in_memory_refuses_broken_files_and_too_much(tmp_path: Path) -> None:
+    with pytest.raises(MSRNError, match=r"2\.png: cannot decode"):
+        in_memory(make_data(tmp_path, 4, broken=(2,)))
+    with pytest.raises(MSRNError, match=r"exceed .* at .*1\.png"):
+        in_memory(make_data(tmp_path, 4), limit=12 * 10 * 3 + 1)
+    data = make_data(tmp_path, 3)
+    with pytest.raises(MSRNError, match="2 decoded images for 3 files"):
+        MultiLabelData("csv", "train", tmp_path, data.images, data.labels, data.targets,
+                       pixels=[np.zeros((2, 2, 3), np.uint8)] * 2)

@@ -148,6 +148,21 @@ def test_ablation_switches_and_crop_scales_on_the_command_line(tmp_path: Path) -
         preset_config("scenes", crop_scales=(1.0, 1.5))
 
 
+def test_in_memory_trains_exactly_as_reading_files(tmp_path: Path) -> None:
+    csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
+    for name, flag in (("files", "--no-in-memory"), ("memory", "--in-memory")):
+        assert cli(train_args(csv, tmp_path / name, flag, "--epochs", "1", "--val-fraction", "0.25")) == 0
+    files, memory = (torch.load(tmp_path / n / "last.pt", weights_only=False) for n in ("files", "memory"))
+    assert memory["config"]["in_memory"] and not files["config"]["in_memory"]
+    assert files["state_dict"].keys() == memory["state_dict"].keys()
+    assert all(torch.equal(files["state_dict"][k], memory["state_dict"][k]) for k in files["state_dict"])
+    assert files["history"][0]["mAP"] == memory["history"][0]["mAP"]
+    assert files["history"][0]["val_mAP"] == memory["history"][0]["val_mAP"]
+    assert preset_config("scenes", data="x").in_memory
+    with pytest.raises(MSRNError, match="--on-error skip"):
+        preset_config("scenes", data="x", on_error="skip")
+
+
 def test_difficult_labels_count_as_positive_in_training() -> None:
     from msrn.engine.losses import soft_margin_loss as training_loss
 
@@ -272,3 +287,32 @@ def test_demo_trains_msrn_and_baseline(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(demo, "SEED_SPREAD", tmp_path / "spread.json")
     text = demo.write_summary(tmp_path, summary, explained)
     assert "91.00 ± 1.00" in text and "+2.00 / +2.50 / +3.00" in text and "(mean +2.50)" in text
+
+
+def test_demo_trains_at_once_only_where_cores_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from msrn import demo
+
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    assert demo.concurrent_runs(2, 0, "cpu") == 2  # one thread each, loading in-process
+    assert demo.concurrent_runs(2, 1, "cpu") == 1  # a loading process per run would take the second core
+    assert demo.concurrent_runs(1, 0, "cpu") == 1 and demo.concurrent_runs(2, 0, "cuda") == 1
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 1)
+    assert demo.concurrent_runs(2, 0, "cpu") == 1
+    stream = io.StringIO()
+    tagged = demo._Tagged(stream, "[msrn] ")
+    tagged.write("epoch 1")
+    tagged.write(" done\nepoch 2\n")
+    assert stream.getvalue() == "[msrn] epoch 1 done\n[msrn] epoch 2\n" and not tagged.isatty()
+
+
+@pytest.mark.slow
+def test_demo_runs_at_once_give_what_they_give_one_after_the_other(tmp_path: Path) -> None:
+    from msrn import demo
+
+    apart = demo.run_demo(tmp_path / "apart", epochs=1, data_size=(24, 16, 64), jobs=1)
+    together = demo.run_demo(tmp_path / "together", epochs=1, data_size=(24, 16, 64), jobs=2)
+    for name in ("msrn", "baseline"):
+        assert together[name]["mAP"] == apart[name]["mAP"] and together[name]["splits"] == apart[name]["splits"]
+    assert (tmp_path / "together" / "msrn" / "log.txt").read_text().count("epoch 1/1") == 1

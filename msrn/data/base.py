@@ -1,6 +1,7 @@
 """The common dataset record (`MultiLabelData`) and the torch `ImageDataset` (decoding: msrn.images)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 PathLike = str | Path
 _COUNTER_SLOTS = 257  # skip counter slots: the main process, then one per DataLoader worker
+IN_MEMORY_LIMIT = 4 * 2**30  # decoded bytes in_memory() holds at most: small data sets such as scenes (98 MiB)
 
 
 @dataclass
@@ -36,10 +38,13 @@ class MultiLabelData:
     targets: np.ndarray
     note: str = ""
     exif_orientation: bool = False  # decode with the EXIF orientation applied (user photos; not the benchmarks)
+    pixels: list[np.ndarray] | None = None  # the images decoded once, H x W x 3 uint8 (in_memory); None: read files
 
     def __post_init__(self) -> None:
-        """Check that images, labels and targets agree, so a reader bug shows up at once."""
+        """Check that images, labels, targets and pixels agree, so a reader bug shows up at once."""
         self.targets = np.asarray(self.targets, dtype=np.int8).reshape(len(self.images), len(self.labels))
+        if self.pixels is not None and len(self.pixels) != len(self.images):
+            raise MSRNError(f"{self.name} {self.split}: {len(self.pixels)} decoded images for {len(self.images)} files")
 
     def __len__(self) -> int:
         """Number of images."""
@@ -85,6 +90,20 @@ def read_text(path: Path) -> str:
         raise MSRNError(f"{path}: cannot read as UTF-8 text ({e})") from None
 
 
+def in_memory(data: MultiLabelData, limit: int = IN_MEMORY_LIMIT) -> MultiLabelData:
+    """`data` with every image decoded once, as the files would be on each read: training then reads no
+    file and needs no loading process. Unreadable images stop here, naming the file."""
+    pixels, total = [], 0
+    for path in data.images:
+        arr = np.asarray(open_image(path, exif_orientation=data.exif_orientation))
+        total += arr.nbytes
+        if total > limit:
+            raise MSRNError(f"{data.name} {data.split}: decoded images exceed {limit / 2**30:.0f} GiB at {path}; "
+                            "too large to hold in memory (leave --in-memory off)")
+        pixels.append(arr)
+    return dataclasses.replace(data, pixels=pixels)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Torch dataset over `MultiLabelData`: item i is (3xHxW float32 image, C float32 target, index).
 
@@ -120,8 +139,11 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.data)
 
     def _load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Decode and transform image i."""
-        image = self.transform(open_image(self.data.images[i], exif_orientation=self.data.exif_orientation))
+        """Decode (or take from memory) and transform image i."""
+        if self.data.pixels is not None:
+            image = self.transform(Image.fromarray(self.data.pixels[i]))
+        else:
+            image = self.transform(open_image(self.data.images[i], exif_orientation=self.data.exif_orientation))
         return image, self._targets[i], i
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from msrn import distributed as dist
 from msrn.checkpoint import checkpoint_weights, match_init_state, read_checkpoint, require_backbone
 from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset, reader_options
+from msrn.data.base import in_memory
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TrainTransform
 from msrn.engine.config import TrainConfig, add_config_arguments, config_from_args
@@ -217,6 +218,9 @@ class Trainer:
             build_dataset(cfg.dataset, cfg.data, cfg.train_split or train_split, **options), cfg.val_fraction, cfg.seed
         )
         self.test_data = build_dataset(cfg.dataset, cfg.data, cfg.test_split or test_split, **options)
+        if cfg.in_memory:  # decoded once: neither the epochs nor their evaluations read a file again
+            self.train_data, self.test_data = in_memory(self.train_data), in_memory(self.test_data)
+            self.val_data = None if self.val_data is None else in_memory(self.val_data)
 
     def build_model(self, resume: Path | None) -> None:
         """The label set and the model on the device: a resumed run's own, else built from the training
