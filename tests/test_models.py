@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import pickle
 from pathlib import Path
@@ -18,6 +19,8 @@ from msrn.models import MODEL_CONFIGS, create_model, list_models
 from msrn.models.attention import label_attention, label_attention_naive
 from msrn.models.gat import GraphAttention, GroupPooling, group_loss
 from msrn.models.msrn import MSRN, MSRNConfig
+from msrn.models.resnet import ResNet
+from msrn.models.timm_backbone import TimmBackbone
 
 # ----------------------------------------------------------------------------- registry, create_model
 
@@ -485,3 +488,12 @@ def test_mlp_baseline_has_about_msrns_head_size(tmp_path: Path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(load_model(tmp_path / "mlp.pt")(x), mlp(x))
+
+
+def test_every_backbone_takes_the_depth_msrn_asks_for() -> None:
+    # MSRN calls backbone.forward_features(x, depth); the timm backbone's tests need torchvision and
+    # skip here, so its signature is checked against ResNet's without building it
+    resnet = inspect.signature(ResNet.forward_features).parameters
+    timm = inspect.signature(TimmBackbone.forward_features).parameters
+    assert list(timm) == list(resnet) == ["self", "x", "depth"]
+    assert timm["depth"].default == resnet["depth"].default == 3

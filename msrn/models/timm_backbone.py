@@ -51,9 +51,10 @@ class TimmBackbone(nn.Module):
         self.channels = tuple(self.body.feature_info.channels())
         self.channels_last = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """B x 3 x H x W -> the maps at strides 8, 16 and 32, each B x C_s x H_s x W_s."""
-        maps = self.body(x)
+    def forward_features(self, x: torch.Tensor, depth: int = 3) -> tuple[torch.Tensor, ...]:
+        """B x 3 x H x W -> the maps at strides 8, 16 and 32 (the first `depth` of them, as ResNet's
+        forward_features gives), each B x C_s x H_s x W_s."""
+        maps = self.body(x)[:depth]
         if self.channels_last:
             maps = [m.permute(0, 3, 1, 2) for m in maps]
         return tuple(m.contiguous() for m in maps)
