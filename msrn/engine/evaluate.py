@@ -156,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
     model = loaded.model.to(device)
     image_size = args.image_size or loaded.image_size
     group_loss = model_group_loss(model)  # before --fast, whose eval-only copy keeps no group loss
-    if not args.exact:  # batch norm folded, channels-last: the same logits to ~1e-6, faster
+    if not args.exact:  # batch norm folded, channels-last: the same logits to float32 rounding, faster
         model = optimize_for_inference(model)
     model = with_tta(model, args.tta)
     logits = predict_scores(model, data, image_size, args.batch_size, args.workers, device, args.amp)

@@ -60,22 +60,18 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self._infer: nn.Module = self.model  # what plain (unexplained) batches run through
-        if fast:  # batch norm folded, channels-last: the same logits to ~1e-6 (msrn.models.fuse); faster
+        if fast:  # batch norm folded, channels-last: the same logits to float32 rounding (msrn.models.fuse); faster
             self._infer = optimize_for_inference(self.model)
             self.model = self._infer.model  # the folded network itself, still an MSRN, for explanations
         self._infer, self.tta = with_tta(self._infer, tta), tta  # "flip": scores average the image and its mirror
         self.image_size = int(image_size or REFERENCE_IMAGE_SIZE)
         self.transform = TestTransform(self.image_size)
         self.labels: list[str] = list(model.labels)
-        self.thresholds = self._threshold_vector(0.5 if threshold is None else threshold)
+        self.thresholds = threshold_vector(0.5 if threshold is None else threshold, len(self.labels))
         self.top_k = top_k
         self.batch_size = max(1, int(batch_size))
         self.exif_orientation = True if exif_orientation is None else bool(exif_orientation)
         self.max_pixels = max_pixels  # None: Pillow's own decompression-bomb limit only
-
-    def _threshold_vector(self, threshold: float | Sequence[float]) -> np.ndarray:
-        """Per-label thresholds from one value or one per label, checked."""
-        return threshold_vector(threshold, len(self.labels))
 
     @classmethod
     def from_checkpoint(
@@ -142,7 +138,7 @@ class Predictor:
     ) -> Iterator[Result]:
         """A Result per image, in input order, computed batch by batch (explain_k > 0 adds maps)."""
         items = expand_inputs(as_list(images))
-        thresholds = self.thresholds if threshold is None else self._threshold_vector(threshold)
+        thresholds = self.thresholds if threshold is None else threshold_vector(threshold, len(self.labels))
         top_k = self.top_k if top_k is None else top_k
         if explain_k > 0:
             require_msrn(self.model)

@@ -2,7 +2,7 @@
 memory, label semantics computed once, optionally torch.compile.
 
 The default model is untouched; `optimize_for_inference` returns a new module whose logits equal
-the original's (eval mode) to float32 rounding, about 1e-6 relative, checked in tests/test_fuse.py.
+the original's (eval mode) to float32 rounding, checked in tests/test_fuse.py.
 """
 from __future__ import annotations
 
