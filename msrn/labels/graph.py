@@ -57,12 +57,16 @@ def count_cooccurrence(targets: np.ndarray) -> Cooccurrence:
     return Cooccurrence(m, nums, t.T @ (~unknown).astype(np.float64) if unknown.any() else None)
 
 
+def reference_counts(obj: object, where: str) -> Cooccurrence:
+    """The counts of the reference's `{'adj': M, 'nums': n}` dict; one line naming `where` for anything else."""
+    if not isinstance(obj, dict) or "adj" not in obj or "nums" not in obj:
+        raise MSRNError(f"{where}: expected a dict with keys 'adj' and 'nums' (the reference's adj pickle)")
+    return Cooccurrence(np.asarray(obj["adj"]), np.asarray(obj["nums"]))
+
+
 def read_cooccurrence(path: str | Path) -> Cooccurrence:
     """Read the reference's pickle `{'adj': M, 'nums': n}` (plain numpy data only)."""
-    obj = load_numpy_pickle(path)
-    if not isinstance(obj, dict) or "adj" not in obj or "nums" not in obj:
-        raise MSRNError(f"{path}: expected a dict with keys 'adj' and 'nums' (the reference's adj pickle)")
-    return Cooccurrence(np.asarray(obj["adj"]), np.asarray(obj["nums"]))
+    return reference_counts(load_numpy_pickle(path), str(path))
 
 
 def conditional(co: Cooccurrence) -> np.ndarray:
@@ -93,7 +97,7 @@ def as_cooccurrence(src: str | Path | Cooccurrence | dict | tuple) -> Cooccurren
     if isinstance(src, (str, Path)):
         return read_cooccurrence(src)
     if isinstance(src, dict):
-        return Cooccurrence(np.asarray(src["adj"]), np.asarray(src["nums"]))
+        return reference_counts(src, "co-occurrence dict")
     counts, nums = src
     return Cooccurrence(np.asarray(counts), np.asarray(nums))
 
