@@ -52,11 +52,6 @@ class Loaded:
     thresholds: np.ndarray | None = None
     exif_orientation: bool = True
 
-    @property
-    def labels(self) -> list[str]:
-        """The model's output names, in order."""
-        return self.model.labels
-
 
 def load_reference(
     ckpt: dict,
