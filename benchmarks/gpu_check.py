@@ -46,7 +46,7 @@ from msrn.data.synthetic import ensure_synthetic  # noqa: E402
 from msrn.engine.evaluate import autocast  # noqa: E402
 from msrn.engine.losses import soft_margin_loss as training_loss  # noqa: E402
 from msrn.models import create_model, placeholder_vectors  # noqa: E402
-from msrn.models.loading import load_model  # noqa: E402
+from msrn.models.loading import load_checkpoint  # noqa: E402
 
 STEPS = ("cuda_tests", "parity", "train", "evaluate", "throughput")
 PARITY_TOL = 1e-4  # max |difference| over max |logit|, as tests/test_checkpoint.py allows
@@ -121,7 +121,7 @@ def step_parity(s: Sizes) -> dict:
         shapes = reference_shapes(create_model(f"msrn_{s.arch}", num_classes=s.classes, num_groups=s.groups))
     sd = random_reference_state(shapes, seed=3)
     ckpt = {"epoch": 1, "arch": s.arch, "state_dict": sd, "best_score": 0}
-    model = load_model(ckpt, word_vectors=wv, cooccurrence=(counts, nums))
+    model = load_checkpoint(ckpt, word_vectors=wv, cooccurrence=(counts, nums)).model
     x = torch.randn(s.parity_batch, 3, s.parity_size, s.parity_size, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
         cpu = model(x)

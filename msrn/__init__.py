@@ -6,11 +6,11 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Predictor", "create_model", "list_models", "load", "__version__"]
+__all__ = ["Predictor", "create_model", "list_models", "load", "load_checkpoint", "__version__"]
 
 # imported on first use, so that torch-free modules (msrn.images, msrn.inference.onnx_predict) import without torch
 _LAZY = {"Predictor": "msrn.inference.predictor", "load": "msrn.inference.predictor", "create_model": "msrn.models",
-         "list_models": "msrn.models"}
+         "list_models": "msrn.models", "load_checkpoint": "msrn.models"}
 
 
 def __getattr__(name: str) -> Any:

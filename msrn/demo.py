@@ -33,7 +33,7 @@ from msrn.inference.draw import figure
 from msrn.inference.predictor import load
 from msrn.io import atomic_write_json, atomic_write_text
 from msrn.metrics import subset_metrics
-from msrn.models.loading import load_model
+from msrn.models.loading import load_checkpoint
 from msrn.plots import figure_image, save_image
 
 # MSRN's and the baseline's per-seed results from the last `benchmarks/ablation.py --record` run
@@ -69,7 +69,7 @@ def evaluate_run(folder: Path, cfg: TrainConfig, workers: int | None = None) -> 
     """A run's test metrics (metrics.json) plus its scenes splits, from best.pt."""
     m = json.loads((folder / "metrics.json").read_text())
     data = build_dataset("scenes", cfg.data, cfg.test_split or "test")
-    logits = predict_scores(load_model(folder / "best.pt"), data, cfg.image_size, cfg.batch_size,
+    logits = predict_scores(load_checkpoint(folder / "best.pt").model, data, cfg.image_size, cfg.batch_size,
                             cfg.workers if workers is None else workers, torch.device("cpu"))
     keys = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "epoch")
     return {**{k: m[k] for k in keys}, "splits": scenes_metrics(logits, data)}

@@ -16,13 +16,15 @@ import torch
 from model_helpers import randomise_batchnorms
 from reference_impl import random_reference_state, reference_forward
 
-from msrn.checkpoint import checkpoint_weights, map_reference_state, match_init_state, read_checkpoint
+from msrn.checkpoint import read_checkpoint
 from msrn.data.apparel import APPAREL_LABELS
 from msrn.errors import MSRNError
 from msrn.models import create_model
-from msrn.models.loading import load_checkpoint, load_model, model_state
+from msrn.models.loading import load_checkpoint, model_state
 from msrn.models.pretrained import load_pretrained_backbone
+from msrn.models.reference_layout import checkpoint_weights, map_reference_state
 from msrn.models.resnet import ResNet
+from msrn.models.state import match_init_state
 from msrn.safe_pickle import load_numpy_pickle
 
 DATASETS = ["voc", "coco", "nuswide", "apparel"]
@@ -60,7 +62,7 @@ def _load_reference(source, reference_data: Path, ds: str):
     wv_path, adj_path = _label_files(reference_data, ds)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_model(source, word_vectors=wv_path, cooccurrence=adj_path)
+        model = load_checkpoint(source, word_vectors=wv_path, cooccurrence=adj_path).model
     return model, [str(w.message) for w in caught]
 
 
@@ -101,7 +103,7 @@ def test_reference_checkpoint_matches_independent_forward(
         source = path
     else:
         # COCO and NUS-WIDE hold a 264M-weight fc1 (1 GB): skip the disk round trip to keep the suite fast;
-        # load_model takes the same dict that torch.load returns
+        # load_checkpoint takes the same dict that torch.load returns
         source = _wrap(sd)
     model, msgs = _load_reference(source, reference_data, ds)
     assert not model.training
@@ -160,9 +162,9 @@ def test_reference_checkpoint_needs_label_files(apparel_state: dict, tmp_path: P
     monkeypatch.setenv("MSRN_REFERENCE_URL", (tmp_path / "absent").as_uri())
     sd = {**apparel_state, "fc2.weight": torch.zeros(7, 2048), "fc2.bias": torch.zeros(7)}
     with pytest.raises(MSRNError, match=r"7 labels match no reference files.*--word-vectors FILE.*--cooccurrence FILE"):
-        load_model(_wrap(sd))
+        load_checkpoint(_wrap(sd))
     with pytest.raises(MSRNError, match="dataset csv has no reference files"):
-        load_model(_wrap(apparel_state), dataset="csv")
+        load_checkpoint(_wrap(apparel_state), dataset="csv")
 
 
 @pytest.fixture
@@ -183,7 +185,7 @@ def test_reference_checkpoint_takes_the_reference_files(apparel_state: dict, ref
     """No files given: the dataset follows from the label count (11: apparel), its pickles are fetched and
     the outputs named; the model is the one built from the explicit pickles."""
     explicit, _ = _load_reference(_wrap(apparel_state), reference_data, "apparel")
-    fetched = load_model(_wrap(apparel_state))
+    fetched = load_checkpoint(_wrap(apparel_state)).model
     assert fetched.labels == explicit.labels == list(APPAREL_LABELS)
     want, got = explicit.state_dict(), fetched.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
@@ -193,10 +195,10 @@ def test_reference_checkpoint_takes_the_reference_files(apparel_state: dict, ref
 
 def test_reference_checkpoint_refuses_another_datasets_labels(apparel_state: dict, reference_mirror):
     with pytest.raises(MSRNError, match="11 labels, voc2007 20"):
-        load_model(_wrap(apparel_state), dataset="voc2007")
+        load_checkpoint(_wrap(apparel_state), dataset="voc2007")
     swapped = list(APPAREL_LABELS[1::-1] + APPAREL_LABELS[2:])  # the data's labels in another order
     with pytest.raises(MSRNError, match="label 0 is 'blue'"):
-        load_model(_wrap(apparel_state), labels=swapped, dataset="apparel")
+        load_checkpoint(_wrap(apparel_state), labels=swapped, dataset="apparel")
     assert not (reference_mirror.parent / "cache").exists()  # refused before anything was fetched
 
 
@@ -261,7 +263,7 @@ def test_project_checkpoint_round_trip(tmp_path: Path):
     model = _tiny().eval()
     path = tmp_path / "best.pt"
     torch.save(model_state(model, image_size=64), path)
-    loaded = load_model(path)
+    loaded = load_checkpoint(path).model
     assert type(loaded) is type(model) and not loaded.training
     assert load_checkpoint(path).image_size == 64
     assert loaded.labels == model.labels == [f"label{i}" for i in range(5)]
@@ -277,21 +279,30 @@ def test_project_checkpoint_keeps_its_own_vectors(tmp_path: Path):
     torch.save(model_state(model, image_size=64), path)
     other = np.ones((5, 300), dtype=np.float32)
     with pytest.warns(UserWarning, match="ignored"):
-        loaded = load_model(path, word_vectors=other)
+        loaded = load_checkpoint(path, word_vectors=other).model
     assert torch.equal(loaded.word_vectors, model.word_vectors)
     with pytest.raises(MSRNError, match="labels"):
-        load_model(path, labels=["a", "b", "c", "d", "e"])
+        load_checkpoint(path, labels=["a", "b", "c", "d", "e"])
 
 
 def test_baseline_checkpoint_round_trip(tmp_path: Path):
     model = create_model("baseline_tiny", labels=["a", "b", "c"]).eval()
     path = tmp_path / "baseline.pt"
     torch.save(model_state(model, image_size=32), path)
-    loaded = load_model(path)
+    loaded = load_checkpoint(path).model
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert loaded.labels == ["a", "b", "c"] and load_checkpoint(path).image_size == 32
+
+
+def test_baseline_checkpoint_refuses_other_label_names(tmp_path: Path):
+    """Same count, other names: a baseline is checked like MSRN, not evaluated silently."""
+    path = tmp_path / "baseline.pt"
+    torch.save(model_state(create_model("baseline_tiny", labels=["a", "b", "c"]), image_size=32), path)
+    assert load_checkpoint(path, labels=["a", "b", "c"]).model.labels == ["a", "b", "c"]
+    with pytest.raises(MSRNError, match="trained on labels"):
+        load_checkpoint(path, labels=["cat", "dog", "bird"])
 
 
 def test_project_checkpoint_with_a_missing_weight_is_an_error(tmp_path: Path):
@@ -299,7 +310,7 @@ def test_project_checkpoint_with_a_missing_weight_is_an_error(tmp_path: Path):
     del ckpt["state_dict"]["fc_label.bias"]
     torch.save(ckpt, tmp_path / "c.pt")
     with pytest.raises(MSRNError, match="fc_label.bias"):
-        load_model(tmp_path / "c.pt")
+        load_checkpoint(tmp_path / "c.pt")
 
 
 def test_truncated_and_garbage_checkpoints_are_errors(tmp_path: Path):
@@ -311,7 +322,7 @@ def test_truncated_and_garbage_checkpoints_are_errors(tmp_path: Path):
         bad = tmp_path / f"cut{cut}.pt"
         bad.write_bytes(data[:cut])
         with pytest.raises(MSRNError):
-            load_model(bad)
+            load_checkpoint(bad)
     noise = tmp_path / "noise.pt"
     noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     with pytest.raises(MSRNError):
@@ -323,7 +334,7 @@ def test_truncated_and_garbage_checkpoints_are_errors(tmp_path: Path):
         read_checkpoint(tmp_path / "list.pt")
     torch.save({"state_dict": {"x": torch.zeros(1)}}, tmp_path / "other.pt")
     with pytest.raises(MSRNError, match="neither"):
-        load_model(tmp_path / "other.pt")
+        load_checkpoint(tmp_path / "other.pt")
 
 
 class _SystemPayload:
@@ -354,7 +365,7 @@ def test_code_carrying_checkpoint_is_refused_without_running_it(payload, tmp_pat
         read_checkpoint(path)
     assert not marker.exists()
     with pytest.raises(MSRNError):
-        load_model(path)
+        load_checkpoint(path)
     assert not marker.exists()
     # a plain pickle (not torch's zip format) with the same payload is refused too
     legacy = tmp_path / "evil_legacy.pth"

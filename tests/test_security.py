@@ -12,7 +12,7 @@ import torch
 
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
-from msrn.models.loading import load_model
+from msrn.models.loading import load_checkpoint
 
 
 class Touch:
@@ -88,7 +88,7 @@ def test_load_model_refuses_code_carrying_checkpoint(tmp_path: Path, payload: ty
     marker, evil = tmp_path / "marker", tmp_path / "evil.pt"
     torch.save({"format": "msrn", "thresholds": payload(marker)}, evil)
     with pytest.raises(MSRNError, match="refusing to load"):
-        load_model(evil)
+        load_checkpoint(evil)
     assert not marker.exists()
 
 

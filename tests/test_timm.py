@@ -52,7 +52,7 @@ def test_channels_last_maps_are_turned_to_channels_first() -> None:
 
 def test_checkpoint_round_trip_and_timm_weight_file(tmp_path: Path) -> None:
     timm = _timm_or_skip()
-    from msrn.models.loading import load_model, model_state
+    from msrn.models.loading import load_checkpoint, model_state
     from msrn.models.timm_backbone import load_timm_pretrained
 
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def test_checkpoint_round_trip_and_timm_weight_file(tmp_path: Path) -> None:
     torch.save(model_state(model, 96), tmp_path / "m.pt")
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
-        torch.testing.assert_close(load_model(tmp_path / "m.pt")(x), model(x))
+        torch.testing.assert_close(load_checkpoint(tmp_path / "m.pt").model(x), model(x))
     # a timm weight file (the whole classifier, as timm's hub serves it) loads through timm's own mechanism
     torch.manual_seed(1)
     torch.save(timm.create_model(SMALL).state_dict(), tmp_path / "imagenet.pth")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import warnings
+from typing import Any
 
 from msrn.models.loading import REFERENCE_IMAGE_SIZE
 
@@ -29,14 +31,23 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
                              "checkpoints)")
 
 
-def add_fast_argument(parser: argparse.ArgumentParser) -> None:
-    """--exact: the spec's literal computation instead of the default folded model.
+class _Deprecated(argparse.Action):
+    """A flag that changes nothing any more: accepted, with a warning that says so."""
 
-    --fast, once the option for the folded model, is the default now and stays accepted.
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        warnings.warn(f"{option_string} is deprecated and does nothing: {self.help}", FutureWarning, stacklevel=2)
+
+
+def add_fast_argument(parser: argparse.ArgumentParser) -> None:
+    """--exact: the network as written instead of the default folded model.
+
+    --fast, once the option for the folded model, warns that it is deprecated: the folded model is the default.
     """
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--exact", action="store_true",
                        help="run the network as written (batch norm apart, default memory layout) instead of the "
                             "default batch-norm-folded, channels-last copy: the same scores to float32 rounding, "
                             "slower on CPU (see BENCHMARKS.md)")
-    group.add_argument("--fast", action="store_true", help="the folded model: the default (kept for old command lines)")
+    group.add_argument("--fast", action=_Deprecated, nargs=0, dest=argparse.SUPPRESS,
+                       help="the folded model is the default; drop --fast from the command line")

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from msrn import distributed as dist
-from msrn.checkpoint import checkpoint_weights, match_init_state, read_checkpoint, require_backbone
+from msrn.checkpoint import read_checkpoint
 from msrn.data import DEFAULT_SPLITS, ImageDataset, MultiLabelData, build_dataset, reader_options
 from msrn.data.base import in_memory
 from msrn.data.loader import build_loader
@@ -40,7 +40,9 @@ from msrn.io import atomic_save_torch, atomic_write_json, check_writable, remove
 from msrn.labels.labelset import LabelSet, build_label_set
 from msrn.metrics import per_label_thresholds, sigmoid
 from msrn.models import create_model
-from msrn.models.loading import build_from_state, model_state
+from msrn.models.loading import load_checkpoint, model_state
+from msrn.models.reference_layout import checkpoint_weights
+from msrn.models.state import match_init_state, require_backbone
 from msrn.models.tta import with_tta
 from msrn.plots import plot_ap_per_label, plot_history
 
@@ -228,7 +230,7 @@ class Trainer:
         cfg = self.cfg
         if self.state is not None:
             self.labelset = LabelSet.from_dict(self.state["labelset"])
-            model = build_from_state(self.state, str(resume))
+            model = load_checkpoint(self.state, where=str(resume)).model.train()
         else:
             self.labelset = build_label_set(self.train_data, vectors=cfg.word_vectors, name_map=cfg.name_map,
                                             tau=cfg.tau, cooccurrence=cfg.cooccurrence)

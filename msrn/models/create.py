@@ -1,5 +1,5 @@
-"""`create_model`, the one-call entry: a registered model from label files, arrays or a `LabelSet`, with
-pretrained backbone weights, or a whole trained model from a checkpoint."""
+"""`create_model`, the one builder's front: a registered model from label files, arrays or a `LabelSet`, with
+pretrained backbone weights. A trained model comes from msrn.models.loading.load_checkpoint."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +12,8 @@ from msrn.errors import MSRNError
 from msrn.labels.graph import TAU, Cooccurrence, adjacency_from
 from msrn.labels.labelset import LabelSet
 from msrn.labels.wordvec import load_word_vectors
-from msrn.models.loading import load_model
 from msrn.models.pretrained import load_pretrained_backbone
-from msrn.models.registry import MODEL_CONFIGS, build_model, label_count
+from msrn.models.registry import MODEL_CONFIGS, _build_model, label_count
 from msrn.models.timm_backbone import TimmBackbone, load_timm_pretrained
 
 
@@ -28,21 +27,19 @@ def create_model(
     cooccurrence: str | Path | Cooccurrence | tuple | dict | None = None,
     tau: float = TAU,
     pretrained: str | Path | None = None,
-    checkpoint: str | Path | None = None,
     label_set: LabelSet | None = None,
     **overrides: Any,
 ) -> torch.nn.Module:
-    """Build a registered model.
+    """A registered model with fresh head weights (the one way to build one; load a trained one with
+    `load_checkpoint`).
 
     `word_vectors` (array, `.pkl`, `.npy` or GloVe text file) and `cooccurrence` (training-split
     counts, the reference's `{'adj','nums'}` pickle, or `(counts, nums)`) define the label graph;
     without them the model gets placeholder vectors and no edges. A `label_set` gives labels, vectors
     and adjacency (its tau and re-weighting) instead. `pretrained` loads the backbone:
     ImageNet weights (file, URL, 'imagenet') or a reference or msrn checkpoint's backbone with its
-    conv_buffer1/2; `checkpoint` loads a whole trained model instead.
+    conv_buffer1/2.
     """
-    if checkpoint is not None:
-        return load_model(checkpoint, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels)
     if label_set is not None:
         if labels is not None or word_vectors is not None or cooccurrence is not None or tau != TAU:
             raise MSRNError("give a label set or labels, word vectors, co-occurrence and tau, not both")
@@ -54,7 +51,7 @@ def create_model(
         adj = adjacency_from(cooccurrence, num_classes, tau)
     else:
         vectors = adj = None
-    model = build_model(name, num_classes, labels, vectors, adj, pool_ratio, num_groups, **overrides)
+    model = _build_model(name, num_classes, labels, vectors, adj, pool_ratio, num_groups, **overrides)
     if pretrained is not None and isinstance(model.backbone, TimmBackbone):
         load_timm_pretrained(model.backbone, pretrained)
     elif pretrained is not None:

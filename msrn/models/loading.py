@@ -1,15 +1,17 @@
-"""Models from checkpoints: a project checkpoint rebuilt from its own description, a reference
-checkpoint built from its label files, and the model part of a project checkpoint (model_state).
+"""Models from checkpoints (`load_checkpoint` -> `Loaded`): a project checkpoint rebuilt from its own
+description, a reference checkpoint built from its label files, and the model part of a project
+checkpoint (model_state). A load reads the file (msrn.checkpoint), maps a reference layout
+(reference_layout), then builds (registry).
 
 Project checkpoints are dicts with `format: "msrn"`: the model config (label names included),
 the weights (word vectors and adjacency are buffers, so they travel inside), the co-occurrence
 counts the graph came from, optional per-label thresholds and, for `last.pt`, the training state.
 Reference checkpoints (`{'epoch','arch','state_dict','best_score'}`, keys `resnet_101.*`) load
-into the same module with their keys mapped (msrn.checkpoint); only the unused `conv_buffer0`,
+into the same module with their keys mapped (models.reference_layout); only the unused `conv_buffer0`,
 `W`, `B` and `ProjectMs` may be dropped, and the loader says so.
 
 `load_checkpoint` returns a `Loaded`: the model with what the checkpoint says about using it (input size,
-per-label thresholds, image decoding). `load_model` is its model alone.
+per-label thresholds, image decoding).
 """
 from __future__ import annotations
 
@@ -21,22 +23,16 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from msrn.checkpoint import (
-    FORMAT,
-    VERSION,
-    is_reference,
-    load_state_strict,
-    map_reference_state,
-    read_checkpoint,
-    reference_backbone,
-)
+from msrn.checkpoint import FORMAT, VERSION, read_checkpoint
 from msrn.errors import MSRNError
 from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
 from msrn.labels.wordvec import load_word_vectors
 from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
-from msrn.models.registry import build_model
+from msrn.models.reference_layout import is_reference, map_reference_state, reference_backbone
+from msrn.models.registry import _build_model
+from msrn.models.state import load_state_strict
 
 # the reference trained and evaluated at 448 x 448, and its checkpoints record no input size
 REFERENCE_IMAGE_SIZE = 448
@@ -53,30 +49,16 @@ class Loaded:
     exif_orientation: bool = True
 
 
-def load_reference(
-    ckpt: dict,
-    word_vectors: Any,
-    cooccurrence: Any,
-    labels: list[str] | None = None,
-    where: str = "reference checkpoint",
-    dataset: str | None = None,
-) -> nn.Module:
-    """Build msrn_resnet101 (or 50) from a reference checkpoint plus its word-vector and adj pickles.
+def _reference_label_inputs(
+    num_classes: int, where: str, word_vectors: Any, cooccurrence: Any, labels: list[str] | None,
+    dataset: str | None,
+) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+    """The label names, vectors and adjacency of a reference checkpoint, which holds none of them.
 
     A pickle not given (or given as 'reference') is the reference's own for the checkpoint's
     dataset: `dataset`, else the one with its number of labels. Without `labels` the outputs are
     named after that dataset's labels, in the reference's order.
     """
-    state = ckpt.get("state_dict", ckpt)
-    try:
-        num_classes = state["fc2.weight"].shape[0]
-        num_groups = state["group_embed.layers.0.assign_mat.W"].shape[1]
-    except KeyError as e:
-        raise MSRNError(f"{where} lacks {e.args[0]}; not an MSRN checkpoint") from None
-    backbone = reference_backbone(state)
-    name = {"resnet101": "msrn_resnet101", "resnet50": "msrn_resnet50"}.get(backbone)
-    if name is None:
-        raise MSRNError(f"{where}: unsupported backbone ({backbone})")
     if labels is not None and len(labels) != num_classes:
         raise MSRNError(f"{where} has {num_classes} labels but the dataset has {len(labels)}")
     known = dataset if dataset is not None else dataset_for_classes(num_classes)
@@ -98,12 +80,29 @@ def load_reference(
     files = {kind: reference_file(known, kind) for kind in wanted}
     names = labels or [str(i) for i in range(num_classes)]
     vectors = load_word_vectors(files.get("word_vectors", word_vectors), names)
-    adj = adjacency_from(files.get("cooccurrence", cooccurrence), num_classes)
-    model = build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups)
+    return labels, vectors, adjacency_from(files.get("cooccurrence", cooccurrence), num_classes)
+
+
+def _load_reference(
+    ckpt: dict, where: str, word_vectors: Any, cooccurrence: Any, labels: list[str] | None, dataset: str | None
+) -> nn.Module:
+    """msrn_resnet101 (or 50) from a reference checkpoint: its label inputs read, its keys mapped, then built."""
+    state = ckpt.get("state_dict", ckpt)
+    try:
+        num_classes = state["fc2.weight"].shape[0]
+        num_groups = state["group_embed.layers.0.assign_mat.W"].shape[1]
+    except KeyError as e:
+        raise MSRNError(f"{where} lacks {e.args[0]}; not an MSRN checkpoint") from None
+    backbone = reference_backbone(state)
+    name = {"resnet101": "msrn_resnet101", "resnet50": "msrn_resnet50"}.get(backbone)
+    if name is None:
+        raise MSRNError(f"{where}: unsupported backbone ({backbone})")
+    labels, vectors, adj = _reference_label_inputs(num_classes, where, word_vectors, cooccurrence, labels, dataset)
     mapped, dropped = map_reference_state(state)
+    model = _build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups)
     load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
     if dropped:
-        warnings.warn(f"{where}: dropped unused reference parameters: {', '.join(dropped)}", stacklevel=2)
+        warnings.warn(f"{where}: dropped unused reference parameters: {', '.join(dropped)}", stacklevel=3)
     return model
 
 
@@ -123,7 +122,7 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
             "exif_orientation": bool(exif_orientation), "state_dict": model.state_dict()}
 
 
-def build_from_state(ckpt: dict, where: str) -> nn.Module:
+def _build_from_state(ckpt: dict, where: str) -> nn.Module:
     """Rebuild the network described by a project checkpoint and load its weights strictly."""
     arch = ckpt.get("model") or {}
     state = ckpt.get("state_dict")
@@ -149,25 +148,29 @@ def load_checkpoint(
     cooccurrence: Any = None,
     labels: list[str] | None = None,
     dataset: str | None = None,
+    where: str | None = None,
 ) -> Loaded:
-    """A ready model (eval mode, CPU) from a project checkpoint or a reference checkpoint, with its usage.
+    """A ready model (eval mode, CPU) from a project or a reference checkpoint (a file, or the dict that
+    torch.load returns, named `where` in messages), with how it is meant to be used.
 
-    For project checkpoints the stored label vectors win: a different file passed here is
-    ignored with a warning, so a model can never be paired with the wrong vectors. A reference
-    checkpoint takes the reference's own files for `dataset` (or its label count) where none are given.
+    A load reads the file, maps a reference layout to this project's keys, then builds. For project
+    checkpoints the stored label vectors win: a different file passed here is ignored with a warning,
+    so a model can never be paired with the wrong vectors, and `labels` must be the ones it was trained
+    on. A reference checkpoint takes the reference's own files for `dataset` (or its label count) where
+    none are given.
     """
-    where = str(source) if not isinstance(source, dict) else "checkpoint"
+    where = where or (str(source) if not isinstance(source, dict) else "checkpoint")
     ckpt = read_checkpoint(source) if not isinstance(source, dict) else source
     if ckpt.get("format") == FORMAT:
-        model = build_from_state(ckpt, where)
+        model = _build_from_state(ckpt, where)
         if word_vectors is not None or cooccurrence is not None:
             warnings.warn(
                 f"{where} carries its own label vectors and graph; the ones given were ignored", stacklevel=2
             )
-        if labels is not None and hasattr(model, "cfg") and list(labels) != model.labels:
+        if labels is not None and list(labels) != model.labels:
             raise MSRNError(f"{where} was trained on labels {model.labels[:5]}..., not the dataset's {labels[:5]}...")
     elif is_reference(ckpt):
-        model = load_reference(ckpt, word_vectors, cooccurrence, labels, where, dataset)
+        model = _load_reference(ckpt, where, word_vectors, cooccurrence, labels, dataset)
     else:
         raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
     thresholds = ckpt.get("thresholds")
@@ -178,14 +181,3 @@ def load_checkpoint(
         # older and reference checkpoints record no decoding: a person's photo is then shown upright
         exif_orientation=bool(ckpt.get("exif_orientation", True)),
     )
-
-
-def load_model(
-    source: str | Path | dict,
-    word_vectors: Any = None,
-    cooccurrence: Any = None,
-    labels: list[str] | None = None,
-    dataset: str | None = None,
-) -> nn.Module:
-    """The model alone from `load_checkpoint` (eval mode, CPU), for code that needs no more."""
-    return load_checkpoint(source, word_vectors, cooccurrence, labels, dataset).model

@@ -8,19 +8,12 @@ from pathlib import Path
 
 from torch import nn
 
-from msrn.checkpoint import (
-    BACKBONE_EXTRAS,
-    FORMAT,
-    backbone_weights,
-    checkpoint_weights,
-    is_reference,
-    load_state_strict,
-    read_checkpoint,
-    require_backbone,
-)
+from msrn.checkpoint import FORMAT, read_checkpoint
 from msrn.download import fetch
 from msrn.errors import MSRNError
+from msrn.models.reference_layout import checkpoint_weights, is_reference
 from msrn.models.resnet import load_imagenet_state
+from msrn.models.state import BACKBONE_EXTRAS, backbone_weights, load_state_strict, require_backbone
 
 log = logging.getLogger(__name__)
 

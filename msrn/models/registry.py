@@ -1,5 +1,6 @@
-"""Model registry, in the style of timm: a name picks a configuration, and `build_model` builds it from
-arrays (label vectors, adjacency). `msrn.models.create.create_model` is the entry that reads files."""
+"""Model registry, in the style of timm: a name picks a configuration, and `_build_model` builds it from
+arrays (label vectors, adjacency). `msrn.models.create.create_model` is its public front, which also reads
+label files and LabelSets."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -55,7 +56,7 @@ def label_count(num_classes: int | None, labels: list[str] | None) -> tuple[int,
     return num_classes, labels
 
 
-def build_model(
+def _build_model(
     name: str = "msrn_resnet101",
     num_classes: int | None = None,
     labels: list[str] | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from msrn.checkpoint import load_state_strict
+from msrn.models.state import load_state_strict
 
 
 class BasicBlock(nn.Module):

@@ -1,0 +1,58 @@
+"""The reference's checkpoint layout (keys `resnet_101.*`, `{'epoch','arch','state_dict','best_score'}`)
+mapped to this project's key names: the backbone is `backbone.*` here, the reference's
+`resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}`, and only the unused `conv_buffer0`, `W`, `B` and
+`ProjectMs` may be dropped. A load reads the file (msrn.checkpoint), maps it here, then builds the model.
+"""
+from __future__ import annotations
+
+import torch
+
+from msrn.checkpoint import FORMAT
+from msrn.errors import MSRNError
+
+# reference keys that have no counterpart in the model and may be dropped (with a notice)
+REFERENCE_UNUSED = ("resnet_101.conv_buffer0.", "W", "B", "ProjectMs.")
+
+
+def is_reference(ckpt: dict) -> bool:
+    """Whether a checkpoint dict (or a bare state) has the reference's layout."""
+    state = ckpt.get("state_dict", ckpt)
+    return isinstance(state, dict) and any(str(k).startswith("resnet_101.") for k in state)
+
+
+def map_reference_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename reference keys to this project's; return (mapped state, dropped unused keys)."""
+    out, dropped = {}, []
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key in REFERENCE_UNUSED or key.startswith(tuple(p for p in REFERENCE_UNUSED if p.endswith("."))):
+            dropped.append(key)
+        elif key.startswith("resnet_101.conv_buffer"):
+            out[key.removeprefix("resnet_101.")] = value
+        elif key.startswith("resnet_101."):
+            out["backbone." + key.removeprefix("resnet_101.")] = value
+        else:
+            out[key] = value
+    return out, dropped
+
+
+def checkpoint_weights(ckpt: dict, where: str) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
+    """An msrn or reference checkpoint's weights under this project's key names, the backbone it holds
+    (None if not recorded) and the reference's unused keys that were dropped."""
+    if ckpt.get("format") == FORMAT:
+        state = ckpt.get("state_dict")
+        if not isinstance(state, dict):
+            raise MSRNError(f"{where} has no state_dict")
+        arch = ckpt.get("model") or {}
+        return dict(state), (arch.get("config") or {}).get("backbone") or arch.get("backbone"), []
+    if is_reference(ckpt):
+        state = ckpt.get("state_dict", ckpt)
+        mapped, dropped = map_reference_state(state)
+        return mapped, reference_backbone(state), dropped
+    raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
+
+
+def reference_backbone(state: dict[str, torch.Tensor]) -> str:
+    """The torchvision name of a reference state's backbone, told by its number of layer3 blocks."""
+    blocks = {k.split(".")[2] for k in state if k.startswith("resnet_101.layer3.")}
+    return {23: "resnet101", 6: "resnet50"}.get(len(blocks), f"resnet with {len(blocks)} layer3 blocks")
