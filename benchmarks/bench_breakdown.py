@@ -25,6 +25,7 @@ import torch
 
 from msrn.models import create_model
 from msrn.models.attention import label_attention
+from msrn.models.ops import conv1x1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         saved["m"] = model.pooled_maps(saved["c"])
 
     def project() -> None:
-        saved["f"] = [m.flatten(2) for m in model.project(saved["m"])]
+        saved["f"] = [conv1x1(proj, m).flatten(2) for proj, m in zip(model.ProjectM, saved["m"])]
 
     def conv_buffer_modules() -> None:
         c2, c3, c4 = saved["c"]
@@ -61,8 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         saved["fm"] = [proj(m).flatten(2) for proj, m in zip(model.ProjectM, saved["mm"])]
 
     def semantics() -> None:
-        local, groups, _ = model.semantics()
-        saved["s"] = torch.cat([local, groups], 0)
+        saved["s"] = model.semantics().rows()
 
     def attention() -> None:
         saved["a"] = torch.cat([label_attention(f, saved["s"]) for f in saved["f"]], -1)

@@ -75,10 +75,7 @@ def _build(args: argparse.Namespace) -> nn.Module:
 
     if args.variant == "backbone":
         return BareBackbone(args.arch)
-    model = create_model(
-        f"msrn_{args.arch}", num_classes=args.classes, num_groups=args.groups,
-        attention="naive" if args.variant == "naive" else "chunked",
-    )
+    model = create_model(f"msrn_{args.arch}", num_classes=args.classes, num_groups=args.groups)
     if args.variant in INFER_ONLY:
         from msrn.models.fuse import optimize_for_inference
 
@@ -105,18 +102,20 @@ def _child(args: argparse.Namespace) -> dict:
     else:
         model.eval()
 
+    form = "naive" if args.variant == "naive" else "chunked"
+
     def step() -> None:
         if opt is None:
             with torch.inference_mode(), amp:
-                model(x)
+                model(x) if args.variant in INFER_ONLY or args.variant == "backbone" else model(x, attention=form)
             return
         with amp:
-            out = model(x)
             if args.variant == "backbone":
-                loss = sum(f.float().mean() for f in out)
-            else:
-                logits, gloss = out
-                loss = nn.functional.multilabel_soft_margin_loss(logits.float(), target) + gloss
+                loss = sum(f.float().mean() for f in model(x))
+            else:  # as msrn train: the semantics once, for the logits and the group loss
+                sem = model.semantics()
+                logits = model(x, semantics=sem, attention=form)
+                loss = nn.functional.multilabel_soft_margin_loss(logits.float(), target) + sem.group_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

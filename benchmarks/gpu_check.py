@@ -158,8 +158,9 @@ def step_train(s: Sizes) -> dict:
         losses, finite = [], True
         for _ in range(s.train_steps):
             with autocast(device, amp):
-                logits, gloss = model(x, return_group_loss=True)
-                loss = training_loss(logits, targets) + gloss.float()
+                sem = model.semantics()
+                logits = model(x, semantics=sem)
+                loss = training_loss(logits, targets) + sem.group_loss.float()
             losses.append(float(loss.detach()))
             finite &= bool(torch.isfinite(logits).all()) and math.isfinite(losses[-1])
             opt.zero_grad(set_to_none=True)

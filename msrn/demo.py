@@ -184,7 +184,7 @@ def score_panel(labels: list[str], truth: np.ndarray, msrn: np.ndarray, base: np
 def semantic_similarity(model: object) -> float:
     """Mean cosine similarity between an MSRN's label semantic vectors (1: the attention is alike for every label)."""
     with torch.no_grad():
-        local = torch.nn.functional.normalize(model.semantics()[0], dim=1)
+        local = torch.nn.functional.normalize(model.semantics().local, dim=1)
     c = local.shape[0]
     return float(((local @ local.T).sum() - c) / max(1, c * (c - 1)))
 

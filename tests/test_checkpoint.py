@@ -124,7 +124,7 @@ def test_reference_checkpoint_matches_independent_forward(
         assert torch.isfinite(want).all() and want.abs().max() > 0.1  # the random weights stay in a sane range
         assert _rel_err(got, want) <= 1e-4, (ds, shape)
     with torch.no_grad():
-        gloss = model.semantics()[2]
+        gloss = model.semantics().group_loss
     assert float(gloss) == pytest.approx(float(want_gloss), rel=1e-4)
 
 

@@ -26,9 +26,9 @@ def model() -> torch.nn.Module:
 
 def _brute_force_maps(model: torch.nn.Module, x: torch.Tensor, ids: list[int]) -> list[torch.Tensor]:
     """The design's alpha materialised for all labels, then summarised as the docstring says."""
-    local, _, _ = model.semantics()
+    local = model.semantics().local
     out = []
-    for f in model.depth_features(x):  # B x D x N
+    for f in (m.flatten(2) for m in model.projected_maps(x)):  # B x D x N
         ft = f.transpose(1, 2)  # B x N x D
         alpha = torch.softmax(ft[:, :, None, :] * local[None, None], dim=1)  # B x N x C x D
         m = (alpha * ft.abs()[:, :, None, :]).sum(-1)  # B x N x C
@@ -42,7 +42,7 @@ def test_maps_follow_the_definition_and_sizes(model: torch.nn.Module) -> None:
     x = torch.randn(2, 3, 96, 80)
     maps = attention_maps(model, x, [4, 1])
     expected = _brute_force_maps(model, x, [4, 1])
-    feats = model.depth_features(x)
+    feats = [m.flatten(2) for m in model.projected_maps(x)]
     assert len(maps) == 3
     for m, e, f in zip(maps, expected, feats, strict=True):
         assert m.shape[:2] == (2, 2) and m.shape[2] * m.shape[3] == f.shape[2]

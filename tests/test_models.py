@@ -271,30 +271,24 @@ def _tiny_model(seed: int = 0, **overrides) -> MSRN:
     )
 
 
-def test_train_mode_returns_group_loss_eval_mode_logits():
+def test_forward_returns_logits_in_every_mode_and_semantics_are_named():
     model = _tiny_model()
     x = torch.randn(2, 3, 64, 64)
-    model.train()
-    out = model(x)
-    assert isinstance(out, tuple) and len(out) == 2
-    logits, gloss = out
-    assert logits.shape == (2, 5) and gloss.shape == () and float(gloss.detach()) > 0
     with torch.no_grad():
-        assert float(gloss) == pytest.approx(float(model.semantics()[2]))
-    model.eval()
-    with torch.no_grad():
-        out = model(x)
-        assert isinstance(out, torch.Tensor) and out.shape == (2, 5)
-        logits2, gloss2 = model(x, return_group_loss=True)
-    assert torch.equal(logits2, out) and float(gloss2) == pytest.approx(float(gloss.detach()))
+        sem = model.semantics()
+        assert sem.local.shape == (5, 64) and sem.groups.shape == (2, 64) and sem.group_loss.shape == ()
+        assert float(sem.group_loss) > 0 and torch.equal(sem.rows(), torch.cat([sem.local, sem.groups], 0))
+        outs = [model.train()(x), model.eval()(x), model(x, semantics=sem)]
+    assert all(isinstance(out, torch.Tensor) and out.shape == (2, 5) for out in outs)
+    assert torch.equal(outs[1], outs[2])
 
 
 def test_every_parameter_gets_a_gradient():
     model = _tiny_model().train()
     x = torch.randn(2, 3, 64, 64)
     target = torch.tensor([[1.0, 0, 1, 0, 0], [0, 1, 0, 0, 1]])
-    logits, gloss = model(x)
-    (F.binary_cross_entropy_with_logits(logits, target) + gloss).backward()
+    sem = model.semantics()
+    (F.binary_cross_entropy_with_logits(model(x, semantics=sem), target) + sem.group_loss).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
@@ -306,10 +300,10 @@ def test_naive_and_default_attention_agree():
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     results = []
     for mode in ("naive", "chunked"):
-        model = _tiny_model(seed=3, attention=mode).double().train()
-        assert model.cfg.attention == mode
-        logits, gloss = model(x)
-        (logits.square().sum() + gloss).backward()
+        model = _tiny_model(seed=3).double().train()
+        sem = model.semantics()
+        logits = model(x, semantics=sem, attention=mode)
+        (logits.square().sum() + sem.group_loss).backward()
         results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
     (la, ga), (lb, gb) = results
     assert torch.allclose(la, lb, rtol=1e-9, atol=1e-10)
@@ -348,16 +342,16 @@ def test_param_groups_split_backbone_and_head():
 
 def test_baseline_model():
     model = create_model("baseline_tiny", num_classes=4).train()
-    logits, zero = model(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, 4) and float(zero) == 0.0
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 4)
     groups = model.param_groups(0.1, 0.01)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
 def test_config_round_trip_and_bad_label_inputs():
     cfg = MSRNConfig(backbone="resnet_tiny", num_classes=3, num_groups=1, label_dims=(8, 8), semantic_dim=16,
-                     hidden_dim=32, labels=["a", "b", "c"])
-    assert MSRNConfig.from_dict(cfg.to_dict()) == cfg
+                     hidden_dim=32)
+    assert MSRNConfig.from_dict(cfg.to_dict()) == cfg and "labels" not in cfg.to_dict()
     with pytest.raises(ValueError):
         MSRN(cfg, torch.zeros(3, 299), torch.eye(3))
     with pytest.raises(ValueError):
@@ -409,7 +403,8 @@ def test_every_switch_builds_trains_a_step_and_reloads(switches: dict, tmp_path:
     x = torch.randn(2, 3, 64, 64)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    logits, gloss = model(x)
+    sem = model.semantics()
+    logits, gloss = model(x, semantics=sem), sem.group_loss
     assert logits.shape == (2, 5) and (float(gloss.detach()) > 0) == cfg.group_semantics
     (F.binary_cross_entropy_with_logits(logits, torch.ones(2, 5)) + gloss).backward()
     opt.step()
@@ -471,6 +466,22 @@ def test_checkpoints_without_switches_load_as_the_full_model(tmp_path: Path):
     assert loaded.fc1.in_features == (5 + 2) * 3 * 64
 
 
+def test_checkpoints_with_labels_and_attention_in_the_config_still_load(tmp_path: Path):
+    """Before the config held the architecture only, it also held the label names and the attention form."""
+    from msrn.models.loading import load_checkpoint, model_state
+
+    model = create_model("msrn_tiny", labels=["cat", "dog", "person"]).eval()
+    ckpt = model_state(model, image_size=64)
+    assert ckpt["model"]["labels"] == ["cat", "dog", "person"] and "labels" not in ckpt["model"]["config"]
+    ckpt["model"]["config"].update(labels=ckpt["model"].pop("labels"), attention="naive")  # as written before
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt").model
+    assert loaded.labels == ["cat", "dog", "person"] and loaded.cfg == model.cfg
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_mlp_baseline_has_about_msrns_head_size(tmp_path: Path):
     from msrn.models.loading import load_checkpoint, model_state
 
@@ -479,8 +490,7 @@ def test_mlp_baseline_has_about_msrns_head_size(tmp_path: Path):
 
     mlp, msrn = create_model("baseline_mlp_tiny", num_classes=16), create_model("msrn_tiny", num_classes=16)
     assert mlp.hidden > 0 and abs(head(mlp) / head(msrn) - 1) < 0.05
-    logits, zero = mlp.train()(torch.randn(2, 3, 64, 64))
-    assert logits.shape == (2, 16) and float(zero) == 0.0
+    assert mlp.train()(torch.randn(2, 3, 64, 64)).shape == (2, 16)
     names = {id(p): n for n, p in mlp.named_parameters()}
     assert {names[id(p)] for p in mlp.param_groups(0.1, 0.01)[1]["params"]} == {
         "fc_hidden.weight", "fc_hidden.bias", "fc.weight", "fc.bias"}

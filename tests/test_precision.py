@@ -64,8 +64,9 @@ def test_fp32_forward_and_gradients_match_float64(device: str, no_tf32: None) ->
     results = []
     for net, dev, dtype in ((model.to(device), device, torch.float32), (exact, "cpu", torch.float64)):
         net.train()
-        logits, gloss = net(x.to(dev, dtype), return_group_loss=True)
-        (training_loss(logits, targets.to(dev)) + gloss).backward()
+        sem = net.semantics()
+        logits = net(x.to(dev, dtype), semantics=sem)
+        (training_loss(logits, targets.to(dev)) + sem.group_loss).backward()
         net.eval()
         with torch.no_grad():
             evaluated = net(x.to(dev, dtype))
@@ -97,8 +98,9 @@ def test_autocast_training_steps_stay_finite_and_learn(device: str, amp: str) ->
     losses = []
     for _ in range(5):
         with autocast(dev, amp):
-            logits, gloss = model(x, return_group_loss=True)
-            loss = training_loss(logits, targets) + gloss.float()
+            sem = model.semantics()
+            logits = model(x, semantics=sem)
+            loss = training_loss(logits, targets) + sem.group_loss.float()
         assert torch.isfinite(logits).all() and torch.isfinite(loss)
         losses.append(float(loss.detach()))
         opt.zero_grad(set_to_none=True)

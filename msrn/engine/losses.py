@@ -106,7 +106,9 @@ def build_loss(
     raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
 
 
-def objective(loss: LossFn, logits: torch.Tensor, targets: torch.Tensor, group_loss: torch.Tensor) -> torch.Tensor:
+def objective(
+    loss: LossFn, logits: torch.Tensor, targets: torch.Tensor, group_loss: torch.Tensor | float
+) -> torch.Tensor:
     """What training minimises and every reported loss shows: `loss` on the targets as the dataset
     encodes them (difficult positive, unknown left out) plus the model's group loss."""
     return loss(logits, targets) + group_loss
@@ -116,4 +118,4 @@ def objective(loss: LossFn, logits: torch.Tensor, targets: torch.Tensor, group_l
 def model_group_loss(model: nn.Module) -> float:
     """The model's group loss: it depends on the weights only, not on images (0 for the baseline)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    return float(model.semantics()[2]) if hasattr(model, "semantics") else 0.0
+    return float(model.semantics().group_loss) if hasattr(model, "semantics") else 0.0

@@ -41,6 +41,7 @@ from msrn.labels.labelset import LabelSet, build_label_set
 from msrn.metrics import per_label_thresholds, sigmoid
 from msrn.models import create_model
 from msrn.models.loading import load_checkpoint, model_state
+from msrn.models.msrn import MSRN
 from msrn.models.reference_layout import checkpoint_weights
 from msrn.models.state import match_init_state, require_backbone
 from msrn.models.tta import with_tta
@@ -387,8 +388,12 @@ class Trainer:
         # DDP averages gradients only on the micro-batch that ends an optimiser step
         with dist.grad_sync(self.net, ends_step):
             with autocast(self.device, self.cfg.amp):
-                logits, gloss = self.net(images, return_group_loss=True)
-                loss = objective(self.criterion, logits, targets, gloss.float())
+                if isinstance(self.model, MSRN):  # the semantics once: the logits' rows and the group loss
+                    sem = self.model.semantics()
+                    logits, gloss = self.net(images, semantics=sem), sem.group_loss.float()
+                else:
+                    logits, gloss = self.net(images), 0.0
+                loss = objective(self.criterion, logits, targets, gloss)
             if not torch.isfinite(loss):
                 last_pt = self.out / "last.pt"
                 kept = f"the last good checkpoint {last_pt} is intact" if last_pt.is_file() else "nothing saved yet"

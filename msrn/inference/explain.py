@@ -18,7 +18,7 @@ here. The map is a distribution over positions, so `N_s * m` reads as "times the
 which is how the pictures state how concentrated a map is.
 
 Maps are computed only for the labels asked for (B x k x D x N_s temporaries, small), on the
-pooled feature maps the classifier reads (`MSRN.feature_maps`).
+pooled, projected maps the classifier reads (`MSRN.projected_maps`).
 """
 from __future__ import annotations
 
@@ -46,23 +46,18 @@ def require_msrn(model: nn.Module, where: str = "this checkpoint") -> MSRN:
     return model
 
 
-def depth_features(model: MSRN, x: torch.Tensor) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
-    """The three projected feature maps (B x D x N_s) and their spatial sizes (H_s, W_s)."""
-    maps = model.feature_maps(x)
-    return [m.flatten(2) for m in maps], [(m.shape[2], m.shape[3]) for m in maps]
-
-
-def maps_from_features(
-    feats: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]], local: torch.Tensor, label_indices: torch.Tensor
+def label_maps(
+    projected: Sequence[torch.Tensor], local: torch.Tensor, label_indices: torch.Tensor
 ) -> list[torch.Tensor]:
     """Contribution-weighted attention maps (see the module docstring), each B x k x H_s x W_s.
 
-    feats: the three B x D x N_s feature maps; local: L (C x D); label_indices: B x k label ids.
+    projected: MSRN.projected_maps, each B x D x H_s x W_s; local: L (C x D); label_indices: B x k label ids.
     """
     sem = local[label_indices]  # B x k x D
     out = []
-    for f, (h, w) in zip(feats, sizes, strict=True):
-        f = f.float()
+    for p in projected:
+        h, w = p.shape[2:]
+        f = p.flatten(2).float()  # B x D x N
         alpha = torch.softmax(f[:, None] * sem[..., None].float(), dim=-1)  # B x k x D x N
         m = (alpha * f.abs()[:, None]).sum(2)  # B x k x N
         m = m / m.sum(-1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
@@ -92,9 +87,7 @@ def attention_maps(
     """
     model = require_msrn(model, "this model")
     idx = _as_index_matrix(label_indices, x.shape[0], model.cfg.num_classes).to(x.device)
-    feats, sizes = depth_features(model, x)
-    local, _, _ = model.semantics()
-    return maps_from_features(feats, sizes, local, idx)
+    return label_maps(model.projected_maps(x), model.semantics().local, idx)
 
 
 @torch.no_grad()
@@ -103,11 +96,10 @@ def explained_forward(model: MSRN, x: torch.Tensor, k: int) -> tuple[torch.Tenso
 
     The logits come from `MSRN.classify`, as in `MSRN.forward`, so they are the model's own.
     """
-    feats, sizes = depth_features(model, x)
-    local, groups, _ = model.semantics()
-    logits = model.classify(feats, torch.cat([local, groups], 0))
+    projected, sem = model.projected_maps(x), model.semantics()
+    logits = model.classify(projected, sem.rows())
     idx = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return logits, idx, maps_from_features(feats, sizes, local, idx)
+    return logits, idx, label_maps(projected, sem.local, idx)
 
 
 @dataclass

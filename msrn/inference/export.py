@@ -42,12 +42,11 @@ class ExportableMSRN(nn.Module):
         super().__init__()
         self.model = model
         with torch.no_grad():
-            local, groups, _ = model.semantics()
-        self.register_buffer("sem", torch.cat([local, groups], 0))
+            self.register_buffer("rows", model.semantics().rows())  # (C+K) x D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images -> logits."""
-        return self.model.classify(self.model.depth_features(x), self.sem, attention="traceable")
+        return self.model.classify(self.model.projected_maps(x), self.rows, attention="traceable")
 
 
 def _require_onnx() -> tuple[object, object]:

@@ -160,8 +160,10 @@ def traceable_attention(feats: torch.Tensor, sem: torch.Tensor, chunk: int = TRA
 FORMS = {"chunked": label_attention, "naive": label_attention_naive, "traceable": traceable_attention}
 
 
-def attend(feats: torch.Tensor, sem: torch.Tensor, form: str = "chunked") -> torch.Tensor:
-    """Label-guided attention in one of its FORMS (the same numbers): feats B x D x N, sem M x D -> B x M x D."""
+def attend(feats: torch.Tensor, sem: torch.Tensor, form: str | None = None) -> torch.Tensor:
+    """Label-guided attention in one of its FORMS (the same numbers): feats B x D x N, sem M x D -> B x M x D.
+    No form named: "chunked"."""
+    form = form or "chunked"
     if form not in FORMS:
         raise ValueError(f"attention must be one of {', '.join(FORMS)}, got {form!r}")
     return FORMS[form](feats, sem)

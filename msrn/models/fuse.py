@@ -61,8 +61,7 @@ class InferenceModel(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if isinstance(model, MSRN):
             with torch.no_grad():
-                local, groups, _ = model.semantics()
-            self.register_buffer("semantics", torch.cat([local, groups], 0))  # (C+K) x D
+                self.register_buffer("rows", model.semantics().rows())  # (C+K) x D
         super().train(False)
 
     def train(self, mode: bool = True) -> InferenceModel:
@@ -71,14 +70,12 @@ class InferenceModel(nn.Module):
             raise RuntimeError("an optimize_for_inference model is eval-only; train the original model")
         return super().train(False)
 
-    def forward(self, x: torch.Tensor, return_group_loss: bool | None = None) -> torch.Tensor:
-        """x: B x 3 x H x W -> logits B x C (no group loss: eval-only)."""
-        if return_group_loss:
-            raise RuntimeError("an optimize_for_inference model returns logits only")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B x 3 x H x W -> logits B x C."""
         x = x.contiguous(memory_format=self.memory_format)
         if not isinstance(self.model, MSRN):
             return self.model(x)
-        return self.model.classify(self.model.depth_features(x), self.semantics, attention="chunked")
+        return self.model.classify(self.model.projected_maps(x), self.rows, attention="chunked")
 
     @property
     def labels(self) -> list[str]:

@@ -3,7 +3,7 @@ description, a reference checkpoint built from its label files, and the model pa
 checkpoint (model_state). A load reads the file (msrn.checkpoint), maps a reference layout
 (reference_layout), then builds (registry).
 
-Project checkpoints are dicts with `format: "msrn"`: the model config (label names included),
+Project checkpoints are dicts with `format: "msrn"`: the model config with the label names beside it,
 the weights (word vectors and adjacency are buffers, so they travel inside), the co-occurrence
 counts the graph came from, optional per-label thresholds and, for `last.pt`, the training state.
 Reference checkpoints (`{'epoch','arch','state_dict','best_score'}`, keys `resnet_101.*`) load
@@ -114,7 +114,7 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     if isinstance(model, MSRN):
-        arch = {"kind": "msrn", "config": model.cfg.to_dict()}
+        arch = {"kind": "msrn", "config": model.cfg.to_dict(), "labels": list(model.label_names)}
     else:
         arch = {"kind": "baseline", "backbone": model.backbone.arch, "num_classes": model.fc.out_features,
                 "labels": list(model.label_names), "hidden": model.hidden}
@@ -130,8 +130,9 @@ def _build_from_state(ckpt: dict, where: str) -> nn.Module:
         raise MSRNError(f"{where} has no state_dict")
     try:
         if arch.get("kind") == "msrn":
-            cfg = MSRNConfig.from_dict(arch["config"])
-            model = MSRN(cfg, state["word_vectors"], state["adjacency"])
+            # older checkpoints keep the label names inside the config
+            labels = arch.get("labels", arch["config"].get("labels"))
+            model = MSRN(MSRNConfig.from_dict(arch["config"]), state["word_vectors"], state["adjacency"], labels)
         elif arch.get("kind") == "baseline":
             model = PlainClassifier(arch["backbone"], arch["num_classes"], arch.get("labels"), arch.get("hidden", 0))
         else:

@@ -8,7 +8,8 @@ and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see ch
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +25,28 @@ from msrn.models.timm_backbone import build_backbone
 DEPTHS = (1, 2, 3)  # after layer2, layer3, layer4
 
 
+class Semantics(NamedTuple):
+    """The label side of MSRN, which depends on the weights alone: local label semantics L (C x D), global
+    group semantics G (K x D; 0 x D without them) and the group loss that keeps groups apart."""
+
+    local: torch.Tensor
+    groups: torch.Tensor
+    group_loss: torch.Tensor
+
+    def rows(self) -> torch.Tensor:
+        """The attention's semantic rows: labels then groups, (C+K) x D."""
+        return torch.cat([self.local, self.groups], 0)
+
+
+# fields of older checkpoints' configs that are no longer architecture: the labels now travel beside the
+# config, and the attention form is chosen when the model runs
+LEGACY_FIELDS = ("labels", "attention")
+
+
 @dataclass
 class MSRNConfig:
-    """Everything needed to rebuild the network (stored in every checkpoint)."""
+    """The architecture, everything needed to rebuild the network (stored in every checkpoint beside the
+    label names)."""
 
     backbone: str = "resnet101"
     num_classes: int = 80
@@ -36,8 +56,6 @@ class MSRNConfig:
     semantic_dim: int = 512  # D
     hidden_dim: int = 2048  # fc1 output
     group_loss_weight: float = 1e-4
-    attention: str = "chunked"  # "chunked" (exact, low memory) or "naive" (the spec's formula, materialised)
-    labels: list[str] = field(default_factory=list)
     # ablation switches (the paper's model: all on); checkpoints written before them load as the full model
     depths: tuple[int, ...] = DEPTHS  # which of the three depths are read
     group_semantics: bool = True  # off: no group pooling, no group rows in the attention, no group loss
@@ -51,7 +69,8 @@ class MSRNConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MSRNConfig:
-        d = dict(d)
+        """The config a checkpoint stored; the LEGACY_FIELDS of older checkpoints are left out."""
+        d = {k: v for k, v in d.items() if k not in LEGACY_FIELDS}
         d["label_dims"] = tuple(d.get("label_dims", (256, 300)))
         d["depths"] = tuple(d.get("depths", DEPTHS))
         return cls(**d)
@@ -66,9 +85,12 @@ def check_depths(depths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
 
 
 class MSRN(nn.Module):
-    def __init__(self, cfg: MSRNConfig, word_vectors: torch.Tensor, adjacency: torch.Tensor):
+    def __init__(
+        self, cfg: MSRNConfig, word_vectors: torch.Tensor, adjacency: torch.Tensor, labels: list[str] | None = None
+    ):
         super().__init__()
         self.cfg = cfg
+        self.label_names = list(labels or [])
         cfg.depths = check_depths(cfg.depths)
         c, d = cfg.num_classes, cfg.semantic_dim
         k = cfg.num_groups if cfg.group_semantics else 0  # group rows the attention and classifier see
@@ -99,17 +121,17 @@ class MSRN(nn.Module):
                 f"do not fit {c} labels of width {cfg.word_dim}"
             )
 
-    def semantics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Local label semantics L (C x D), group semantics G (K x D; 0 x D without them) and the group loss."""
+    def semantics(self) -> Semantics:
+        """Local label semantics L, group semantics G and the group loss (Semantics)."""
         if self.cfg.label_graph:
             mask = self.adjacency > 0
         else:
             mask = torch.eye(self.cfg.num_classes, dtype=torch.bool, device=self.adjacency.device)
         local = self.label_embed(self.fc_label(self.word_vectors), mask)  # C x D
         if self.group_embed is None:
-            return local, local.new_zeros(0, local.shape[1]), local.new_zeros(())
+            return Semantics(local, local.new_zeros(0, local.shape[1]), local.new_zeros(()))
         groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
-        return local, groups, group_loss(local, groups, assign, self.cfg.group_loss_weight)
+        return Semantics(local, groups, group_loss(local, groups, assign, self.cfg.group_loss_weight))
 
     def pooled_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """layer2/3/4 outputs -> conv_buffer1/2 (depths 1, 2) and the 2x2 max-pool, each B x C_s x H_s x W_s,
@@ -120,41 +142,33 @@ class MSRN(nn.Module):
             for s, f in zip(DEPTHS, feats) if s in self.cfg.depths
         ]  # fmt: skip
 
-    def project(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Pooled maps of the depths read -> ProjectM to D channels, each B x D x H_s x W_s."""
-        return [conv1x1(self.ProjectM[s - 1], m) for s, m in zip(self.cfg.depths, maps)]
-
-    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Projected, pooled maps at the depths read, each B x D x H_s x W_s (the explanations' grid)."""
-        return self.project(self.pooled_maps(self.backbone.forward_features(x, max(self.cfg.depths))))
-
-    def depth_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Projected features at the depths read, each B x D x N_s."""
-        return [m.flatten(2) for m in self.feature_maps(x)]
+    def projected_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: B x 3 x H x W -> the pooled maps of the depths read, projected by ProjectM to D channels,
+        each B x D x H_s x W_s: what the attention reads (and the explanations' grid)."""
+        pooled = self.pooled_maps(self.backbone.forward_features(x, max(self.cfg.depths)))
+        return [conv1x1(self.ProjectM[s - 1], m) for s, m in zip(self.cfg.depths, pooled)]
 
     def head(self, attended: torch.Tensor) -> torch.Tensor:
         """(B x (C+K) x SD) attended semantics, S depths read -> B x C logits."""
         h = torch.tanh(attended).flatten(1)
         return self.fc2(F.leaky_relu(linear(self.fc1, h), 0.01))
 
-    def classify(self, feats: list[torch.Tensor], sem: torch.Tensor, attention: str | None = None) -> torch.Tensor:
-        """Depth features (each B x D x N_s) and semantics ((C+K) x D, labels then groups) -> B x C logits:
-        attention at each depth (in the form named, default the config's), concatenated, then the head.
+    def classify(self, maps: list[torch.Tensor], rows: torch.Tensor, attention: str | None = None) -> torch.Tensor:
+        """Projected maps (each B x D x H_s x W_s) and semantic rows ((C+K) x D, labels then groups) -> B x C
+        logits: attention at each depth (in the form named; None: chosen by device), concatenated, then the head.
 
         The one path from features to logits: forward, explanations, the folded model and export use it.
         """
-        form = attention or self.cfg.attention
-        return self.head(torch.cat([attend(f, sem, form) for f in feats], -1))  # B x (C+K) x SD in between
+        attended = [attend(m.flatten(2), rows, attention) for m in maps]  # each B x (C+K) x D
+        return self.head(torch.cat(attended, -1))  # B x (C+K) x SD
 
     def forward(
-        self, x: torch.Tensor, return_group_loss: bool | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """x: B x 3 x H x W -> logits B x C; in training mode (or when asked) also the group loss."""
-        local, groups, gloss = self.semantics()
-        logits = self.classify(self.depth_features(x), torch.cat([local, groups], 0))
-        if return_group_loss if return_group_loss is not None else self.training:
-            return logits, gloss
-        return logits
+        self, x: torch.Tensor, semantics: Semantics | None = None, attention: str | None = None
+    ) -> torch.Tensor:
+        """x: B x 3 x H x W -> logits B x C, in every mode. Training passes the `semantics` it also takes the
+        group loss from, so they are computed once; `attention` names the form (None: chosen by device)."""
+        sem = self.semantics() if semantics is None else semantics
+        return self.classify(self.projected_maps(x), sem.rows(), attention)
 
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
         """The reference's two groups: backbone and its conv_buffers at lr_backbone, the head at lr."""
@@ -165,7 +179,8 @@ class MSRN(nn.Module):
 
     @property
     def labels(self) -> list[str]:
-        return list(self.cfg.labels) or [str(i) for i in range(self.cfg.num_classes)]
+        """The output names (their indices as text when the model was built without names)."""
+        return self.label_names or [str(i) for i in range(self.cfg.num_classes)]
 
 
 class PlainClassifier(nn.Module):
@@ -183,14 +198,12 @@ class PlainClassifier(nn.Module):
         self.fc = nn.Linear(hidden or width, num_classes)
         self.label_names = list(labels or [])
 
-    def forward(self, x: torch.Tensor, return_group_loss: bool | None = None):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B x 3 x H x W -> logits B x C."""
         h = self.backbone(x)
         if self.fc_hidden is not None:
             h = F.leaky_relu(self.fc_hidden(h), 0.01)
-        logits = self.fc(h)
-        if return_group_loss if return_group_loss is not None else self.training:
-            return logits, logits.new_zeros(())
-        return logits
+        return self.fc(h)
 
     @property
     def hidden(self) -> int:

@@ -90,8 +90,7 @@ def _build_model(
     if unknown:
         raise MSRNError(f"{name} has no setting {', '.join(unknown)}")
     cfg = MSRNConfig(
-        num_classes=num_classes, num_groups=groups, word_dim=vecs.shape[1], labels=list(labels or []),
-        **{**MODEL_CONFIGS[name], **overrides},
+        num_classes=num_classes, num_groups=groups, word_dim=vecs.shape[1], **{**MODEL_CONFIGS[name], **overrides}
     )
     try:
         cfg.depths = check_depths(cfg.depths)
@@ -104,7 +103,7 @@ def _build_model(
             f"{name} with {num_classes} labels and {groups} groups needs {fc1 / 1e9:.1f} billion weights in "
             f"fc1 (limit {MAX_FC1_WEIGHTS / 1e9:.1f}); use fewer labels, a smaller --pool-ratio or msrn_tiny"
         )
-    return MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj))
+    return MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj), labels)
 
 
 def timm_name(backbone: str | None) -> str:
