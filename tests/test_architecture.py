@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "msrn"
 # the lowest layer first; a module's layer is that of its longest matching prefix
 LAYERS: list[tuple[str, ...]] = [
     ("msrn.errors", "msrn.io", "msrn.images", "msrn.targets", "msrn.safe_pickle", "msrn.download",
-     "msrn.checkpoint", "msrn.metrics", "msrn.plots", "msrn.distributed"),
+     "msrn.checkpoint", "msrn.metrics", "msrn.plots", "msrn.distributed", "msrn.options"),
     ("msrn.data",),
     ("msrn.labels",),
     ("msrn.models",),
@@ -92,6 +92,14 @@ def test_no_module_imports_from_a_higher_layer(module: str) -> None:
     upward = [f"line {line}: {target} ({NAMES[layer(target)]})" for line, target in imports(module, False)
               if layer(target) > own]
     assert not upward, f"{module} ({NAMES[own]}) imports from a higher layer: {'; '.join(upward)}"
+
+
+def test_inference_does_not_import_the_engine() -> None:
+    """Tagging needs no training code: msrn.inference sits above msrn.engine but imports nothing from it
+    (the options both share live at the base, in msrn.options)."""
+    found = [f"{m} line {line}: {t}" for m in MODULES if m.startswith("msrn.inference")
+             for line, t in imports(m, False) if t == "msrn.engine" or t.startswith("msrn.engine.")]
+    assert not found, "inference imports the engine: " + "; ".join(found)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

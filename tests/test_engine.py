@@ -148,6 +148,34 @@ def test_ablation_switches_and_crop_scales_on_the_command_line(tmp_path: Path) -
         preset_config("scenes", crop_scales=(1.0, 1.5))
 
 
+def test_validate_is_pure_and_every_option_is_declared_on_its_field() -> None:
+    import argparse
+    import dataclasses
+
+    from msrn.engine.config import add_config_arguments
+
+    given = TrainConfig(dataset="csv", pretrained="none", ema=0.0, depths=(3, 1))
+    settled = given.validate()
+    assert (given.pretrained, given.ema, given.depths) == ("none", 0.0, (3, 1))  # the input is left as it was
+    assert (settled.pretrained, settled.ema, settled.depths) == (None, None, (1, 3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        given.epochs = 3
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"], f.name
+        assert actions[f.name].help == f.metadata["help"]
+    # flag types follow the fields' types; choices and bounds come from the field
+    assert actions["crop_scales"].type is float and actions["crop_scales"].nargs == "+"
+    assert actions["lr_steps"].type is int and actions["max_grad_norm"].type is float
+    assert actions["amp"].choices == ["none", "bf16", "fp16"] and actions["depths"].choices == [1, 2, 3]
+    args = parser.parse_args(["--dataset", "csv", "--max-grad-norm", "2", "--ema", "0.99", "--no-label-graph"])
+    assert (args.max_grad_norm, args.ema, args.label_graph) == (2.0, 0.99, False)
+    with pytest.raises(MSRNError, match="--focal-alpha must be in \\[0, 1\\], not 1.5"):
+        TrainConfig(focal_alpha=1.5).validate()
+
+
 def test_in_memory_trains_exactly_as_reading_files(tmp_path: Path) -> None:
     csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
     for name, flag in (("files", "--no-in-memory"), ("memory", "--in-memory")):
@@ -230,7 +258,7 @@ def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, P
     assert tuned.labels == trainer.labelset.labels
     assert not torch.equal(tuned.backbone.conv1.weight, source["backbone.conv1.weight"])  # it trained
     # the run resumes as any run: its saved --init is history, not a second start
-    assert train(dataclasses.replace(cfg, init=None, resume="auto", epochs=2))["epoch"] == 2
+    assert train(dataclasses.replace(cfg, init=None, resume="auto", epochs=2)).epoch == 2
 
 
 def test_init_refuses_resume_and_unknown_keys(run: tuple[Path, Path], tmp_path: Path,

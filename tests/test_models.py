@@ -507,3 +507,9 @@ def test_every_backbone_takes_the_depth_msrn_asks_for() -> None:
     timm = inspect.signature(TimmBackbone.forward_features).parameters
     assert list(timm) == list(resnet) == ["self", "x", "depth"]
     assert timm["depth"].default == resnet["depth"].default == 3
+
+
+def test_each_stage_of_the_model_is_named_once():
+    """One name per stage, after what it returns: no near-synonyms (project / feature_maps / depth_features)."""
+    stages = {n for n in vars(MSRN) if n.endswith(("_maps", "_features")) or n in ("project", "features")}
+    assert stages == {"pooled_maps", "projected_maps"}

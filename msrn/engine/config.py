@@ -1,78 +1,142 @@
 """One typed configuration for training and evaluation, shared by the CLI and the Python API.
 
 Dataset presets carry the paper's hyper-parameters (design section 7), so a user names the
-dataset and the data path and nothing else. Every field can be overridden from the CLI.
+dataset and the data path and nothing else. Every field can be overridden from the CLI: a new option is
+one field, declared with `option(default, help, choices=..., low=..., high=...)`; its flag and its checks
+follow from that declaration.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.errors import MSRNError
 from msrn.labels.reference_files import default_sources
-from msrn.models.tta import TTA_MODES
+from msrn.options import AMP_MODES, RUNTIME_FLAGS, TTA_MODES
 
 
-@dataclass
+def option(default: Any = None, help: str | None = None, *, choices: Sequence[Any] | None = None,
+           low: float | None = None, high: float | None = None, bounds: str = "[]", metavar: str | None = None,
+           factory: Any = None) -> Any:
+    """A TrainConfig field with its command-line option declared on it: help text, allowed values
+    (`choices`, for each element of a tuple) and bounds (`low`, `high`; `bounds` "[]", "[)", "(]" or "()"
+    says which ends are included). `validate` checks them; `add_config_arguments` makes the flag."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "low": low, "high": high,
+            "bounds": bounds, "metavar": metavar}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run depends on; written to the run folder as config.json."""
+    """Everything a training run depends on; written to the run folder as config.json. Each field carries its
+    option's help, choices and bounds, so an option is declared in one place."""
 
-    dataset: str = "synthetic"
-    data: str = ""
-    out: str = "runs/msrn"
-    model: str = "msrn_resnet101"
-    backbone: str | None = None  # --model msrn_timm: the timm model name (e.g. convnext_tiny)
-    pretrained: str | None = None  # the backbone's weights: "imagenet", a file or URL, or a reference/msrn checkpoint
-    init: str | None = None  # start from every weight of a reference or msrn checkpoint (fine-tuning)
-    image_size: int = 448
-    crop_scales: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6)  # the multi-scale crop's sides, x the shorter side
-    epochs: int = 30
-    batch_size: int = 16  # the global batch (all processes, one optimiser step)
-    lr: float = 0.1  # the head (everything outside the backbone)
-    lr_backbone: float = 0.01  # the backbone and its conv_buffer layers, as in the reference
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_steps: tuple[int, ...] = (20,)  # epochs at which both learning rates are multiplied by lr_gamma
-    lr_gamma: float = 0.1
-    max_grad_norm: float | None = None  # clip the gradient norm; None = off (the reference's clip runs before
-    # backward and so clips nothing: its effective recipe has no clipping)
-    pool_ratio: float = 0.2  # K = int(pool_ratio * C) label groups
+    dataset: str = option("synthetic", "dataset kind; its preset carries the paper's hyper-parameters")
+    data: str = option("", "dataset root folder (the CSV file for --dataset csv)")
+    out: str = option("runs/msrn", "run folder: last.pt, best.pt, metrics.json, config.json, log.txt, plots")
+    model: str = option("msrn_resnet101", "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, "
+                        "msrn_tiny, msrn_timm, baseline_*)")
+    backbone: str | None = option(
+        None, "--model msrn_timm: a timm model with feature maps at strides 8, 16, 32 (convnext_tiny, "
+        "efficientnet_b3, regnety_032...); needs timm and torchvision; --pretrained imagenet: timm's weights")
+    pretrained: str | None = option(
+        None, "the backbone's weights: 'imagenet' (torchvision's file), an ImageNet file or URL, 'none', or a "
+        "reference MSRN or msrn checkpoint, whose backbone comes with its conv_buffer1/2 (the reference keeps them "
+        "inside its backbone), e.g. the COCO model for the paper's VOC recipe")
+    init: str | None = option(
+        None, "start training from every weight of a reference MSRN or msrn checkpoint (fine-tuning): layers the "
+        "new label set reshapes start afresh, label vectors and graph come from this run; replaces --pretrained, "
+        "excludes --resume", metavar="CHECKPOINT")
+    image_size: int = option(448, "training and evaluation input side in pixels (msrn models: at least 64)", low=32)
+    crop_scales: tuple[float, ...] = option(
+        (1.0, 0.9, 0.8, 0.7, 0.6), "training crop sides as fractions of the shorter image side, one drawn per "
+        "image (the reference's multi-scale crop: 1.0 0.9 0.8 0.7 0.6)", low=0, high=1, bounds="(]")
+    epochs: int = option(30, "epochs to train", low=1)
+    batch_size: int = option(16, "global batch per optimiser step (all processes together)", low=1)
+    lr: float = option(0.1, "learning rate of the head (everything outside the backbone)")
+    lr_backbone: float = option(0.01, "learning rate of the backbone and its conv_buffer layers, as in the reference")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(1e-4, "SGD weight decay")
+    lr_steps: tuple[int, ...] = option((20,), "epochs at which the learning rates drop by --lr-gamma")
+    lr_gamma: float = option(0.1, "factor of each learning-rate drop")
+    max_grad_norm: float | None = option(
+        None, "clip the gradient norm at this value (default off, as the reference's effective recipe, whose clip "
+        "runs before backward and so clips nothing); 0 turns clipping off")
+    pool_ratio: float = option(0.2, "K = int(pool_ratio x C) label groups")
     # ablation switches of the MSRN head (the paper's model: all three depths, groups and graph on)
-    depths: tuple[int, ...] = (1, 2, 3)  # which depths the head reads: any of 1 (layer2), 2 (layer3), 3 (layer4)
-    group_semantics: bool = True  # global group semantics (graph pooling into K groups)
-    label_graph: bool = True  # the co-occurrence graph; off: the GAT layers see an identity adjacency
-    word_vectors: str | None = None  # None/"ngram", "encoder", "reference", a GloVe/fastText file, a .pkl
-    name_map: str | None = None  # label=words file for names missing from a vector file
-    cooccurrence: str | None = None  # None/"train": count the training split; "reference" or a {'adj','nums'} pickle
-    tau: float = 0.4
-    train_split: str | None = None  # None: the dataset's default
-    test_split: str | None = None
-    keep_unannotated: bool = False  # coco2014: keep images without annotations (the reference leaves them out)
-    apparel_labels: str | None = None  # apparel: the reference's image_label.pkl (default: found in the data folder)
-    val_fraction: float = 0.0  # carve a validation split from training; best.pt is then chosen on it
-    tune_thresholds: bool = False  # per-label thresholds from the validation split, stored in checkpoints
-    seed: int = 0
-    workers: int = 2
-    in_memory: bool = False  # decode every image once and keep it in memory (small data sets: scenes)
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    amp: str = "none"  # none, bf16, fp16: mixed precision, an explicit choice
-    save_every: int = 200  # also write last.pt every N optimiser steps, so a kill loses at most N steps
-    grad_accum: int = 1  # micro-batches per optimiser step (batch_size is split across them)
-    sync_bn: bool = False  # SyncBatchNorm under torchrun
-    on_error: str = "stop"  # unreadable training image: stop, or skip it (counted and logged)
-    loss: str = "softmargin"  # softmargin (the paper's), asl or focal (msrn.engine.losses)
-    asl_gamma_neg: float = ASL_GAMMA_NEG  # ASL's focusing exponents and probability margin (its paper's)
-    asl_gamma_pos: float = ASL_GAMMA_POS
-    asl_clip: float = ASL_CLIP
-    focal_gamma: float = FOCAL_GAMMA
-    focal_alpha: float = FOCAL_ALPHA  # focal loss: weight of positives (negatives get 1 - alpha)
-    ema: float | None = None  # decay of an exponential moving average of the weights; None = off
-    ema_warmup: int = 0  # optimiser steps of the EMA decay's warm-up ramp (msrn.engine.ema); 0 = none
-    tta: str = "none"  # test-time augmentation of the per-epoch evaluation: none, or flip (msrn.models.tta)
-    resume: str | None = None
+    depths: tuple[int, ...] = option(
+        (1, 2, 3), "ablation: the depths the MSRN head reads, any of 1 (after layer2), 2 (layer3), 3 (layer4); "
+        "default all three", choices=(1, 2, 3))
+    group_semantics: bool = option(
+        True, "ablation: --no-group-semantics drops the global group semantics (graph pooling)")
+    label_graph: bool = option(
+        True, "ablation: --no-label-graph gives the GAT layers an identity adjacency instead of the co-occurrence "
+        "graph")
+    word_vectors: str | None = option(
+        None, "label vectors: 'reference' (the reference's GloVe pickle for the dataset, fetched and checked; the "
+        "default for voc2007, coco2014, nuswide, apparel), 'ngram' (built-in; the default otherwise), 'encoder', "
+        "a GloVe/fastText text file, or a .pkl")
+    name_map: str | None = option(None, "file of 'label=words' lines for names missing from a vector file")
+    cooccurrence: str | None = option(
+        None, "label co-occurrence: 'reference' (the reference's {'adj','nums'} pickle for the dataset, fetched "
+        "and checked; the default for voc2007, coco2014, nuswide, apparel), 'train' (count the training split; "
+        "the default otherwise), or such a pickle file")
+    tau: float = option(0.4, "edge threshold on P(j|i) of the label graph")
+    train_split: str | None = option(None, "training split (default: the dataset's)")
+    test_split: str | None = option(None, "test split (default: the dataset's)")
+    keep_unannotated: bool = option(
+        False, "coco2014: keep images without annotations (all-zero targets); the reference leaves them out")
+    apparel_labels: str | None = option(
+        None, "apparel: the reference's image_label.pkl, for its split and labels (default: image_label.pkl in "
+        "the data folder or its apparel/ folder, when there)")
+    val_fraction: float = option(
+        0.0, "carve this fraction of training images as a validation split; best.pt is chosen on it",
+        low=0, high=1, bounds="[)")
+    tune_thresholds: bool = option(
+        False, "per-label thresholds from the validation split (--val-fraction), stored in checkpoints")
+    seed: int = option(0, "seed of every random choice of the run")
+    workers: int = option(2, "data-loading processes", low=0)
+    in_memory: bool = option(
+        False, "decode every image once before training and keep it in memory, so no file is read again and no "
+        "loading process is needed (small data sets; the scenes preset's default); up to 4 GiB decoded")
+    device: str = option("auto", "torch device: auto, cpu, cuda or cuda:N")
+    amp: str = option("none", RUNTIME_FLAGS["amp"]["help"], choices=AMP_MODES)
+    save_every: int = option(200, "also write last.pt every N optimiser steps (0: only at epoch ends), so a kill "
+                             "loses at most N steps", low=0)
+    grad_accum: int = option(1, "micro-batches per optimiser step (--batch-size is split across them)", low=1)
+    sync_bn: bool = option(False, "SyncBatchNorm under torchrun")
+    on_error: str = option("stop", "unreadable training image: stop, or skip it (counted and logged)",
+                           choices=("stop", "skip"))
+    loss: str = option("softmargin", "training loss: softmargin (the paper's, default), asl (Asymmetric Loss) "
+                       "or focal", choices=LOSSES)
+    asl_gamma_neg: float = option(ASL_GAMMA_NEG, f"--loss asl: focusing exponent of negatives (default "
+                                  f"{ASL_GAMMA_NEG:g})", low=0)
+    asl_gamma_pos: float = option(ASL_GAMMA_POS, f"--loss asl: focusing exponent of positives (default "
+                                  f"{ASL_GAMMA_POS:g})", low=0)
+    asl_clip: float = option(ASL_CLIP, f"--loss asl: probability margin; negatives with p below it give no loss "
+                             f"(default {ASL_CLIP:g})", low=0, high=1, bounds="[)")
+    focal_gamma: float = option(FOCAL_GAMMA, f"--loss focal: focusing exponent (default {FOCAL_GAMMA:g})", low=0)
+    focal_alpha: float = option(FOCAL_ALPHA, f"--loss focal: weight of positives, negatives get 1 - alpha "
+                                f"(default {FOCAL_ALPHA:g})", low=0, high=1)
+    ema: float | None = option(
+        None, "keep an exponential moving average of the weights with this decay per step (e.g. 0.999); both "
+        "the live and the EMA weights are evaluated and best.pt holds the better on the validation split (the "
+        "EMA weights without one); 0 turns it off", low=0, high=1, bounds="()")
+    ema_warmup: int = option(
+        0, "EMA warm-up in optimiser steps: step n uses decay x (1 - exp(-n / STEPS)); default 0 (none)", low=0)
+    tta: str = option("none", "test-time augmentation of every epoch's evaluation: none (default) or flip (the "
+                      "average of the image's and its mirror's logits); evaluate and predict take --tta too",
+                      choices=TTA_MODES)
+    resume: str | None = option(None, "resume from a checkpoint; with no file, from last.pt in the run folder",
+                                metavar="CHECKPOINT")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -99,59 +163,67 @@ class TrainConfig:
                     "label_graph": self.label_graph}
         return {} if switches == _FULL_MODEL else switches
 
-    def validate(self) -> None:
-        if self.pretrained is not None and self.pretrained.strip().lower() in ("", "none"):
-            self.pretrained = None  # `--pretrained none` trains the backbone from scratch
-        if self.init is not None and self.init.strip().lower() in ("", "none"):
-            self.init = None
-        if self.init is not None:
-            self.pretrained = None  # --init supplies the backbone too: nothing to download or load twice
-        if self.epochs < 1 or self.batch_size < 1 or self.image_size < 32:
-            raise MSRNError("epochs and batch-size must be >= 1 and image-size >= 32")
-        if self.model.startswith("msrn") and self.image_size < 64:  # stride-32 features, then a 2x2 pool
-            raise MSRNError(f"--model {self.model} needs --image-size >= 64, not {self.image_size}")
-        if not self.crop_scales or not all(0 < x <= 1 for x in self.crop_scales):
-            raise MSRNError(f"--crop-scales must be fractions in (0, 1], not {list(self.crop_scales)}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise MSRNError(f"--amp must be none, bf16 or fp16, not {self.amp!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise MSRNError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
-        if self.tune_thresholds and self.val_fraction <= 0:
+    def validate(self) -> TrainConfig:
+        """This config with its spellings settled (`--pretrained none`, `--ema 0`, sorted depths), or one
+        MSRNError naming the option that is out of its choices or bounds or that conflicts with another.
+        Changes nothing in place."""
+        changes: dict[str, Any] = {}
+        for name in ("pretrained", "init"):  # `--pretrained none` trains the backbone from scratch
+            value = getattr(self, name)
+            if value is not None and value.strip().lower() in ("", "none"):
+                changes[name] = None
+        if (changes.get("init", self.init)) is not None:
+            changes["pretrained"] = None  # --init supplies the backbone too: nothing to download or load twice
+        if self.ema == 0:
+            changes["ema"] = None  # `--ema 0` turns it off
+        cfg = dataclasses.replace(self, **changes)
+        for f in dataclasses.fields(cfg):
+            _check_field(f, getattr(cfg, f.name))
+        if cfg.model.startswith("msrn") and cfg.image_size < 64:  # stride-32 features, then a 2x2 pool
+            raise MSRNError(f"--model {cfg.model} needs --image-size >= 64, not {cfg.image_size}")
+        if not cfg.crop_scales:
+            raise MSRNError("--crop-scales needs at least one fraction")
+        if cfg.tune_thresholds and cfg.val_fraction <= 0:
             raise MSRNError("--tune-thresholds needs a validation split (--val-fraction > 0): never the test split")
-        if self.workers < 0 or self.save_every < 0:
-            raise MSRNError(f"--workers ({self.workers}) and --save-every ({self.save_every}) must be >= 0")
-        if self.on_error not in ("stop", "skip"):
-            raise MSRNError(f"--on-error must be stop or skip, not {self.on_error!r}")
-        if self.in_memory and self.on_error == "skip":
+        if cfg.in_memory and cfg.on_error == "skip":
             raise MSRNError("--in-memory decodes every image before training and stops at an unreadable one; "
                             "it does not go with --on-error skip")
-        if not self.depths or sorted(set(self.depths)) != sorted(self.depths) or not set(self.depths) <= {1, 2, 3}:
-            raise MSRNError(f"--depths must be distinct values among 1, 2, 3, not {list(self.depths)}")
-        self.depths = tuple(sorted(self.depths))
-        if self.model_switches() and not self.model.startswith("msrn"):
+        if not cfg.depths or len(set(cfg.depths)) != len(cfg.depths):
+            raise MSRNError(f"--depths must be distinct values among 1, 2, 3, not {list(cfg.depths)}")
+        cfg = dataclasses.replace(cfg, depths=tuple(sorted(cfg.depths)))
+        if cfg.model_switches() and not cfg.model.startswith("msrn"):
             raise MSRNError(f"--depths, --no-group-semantics and --no-label-graph change the MSRN head; "
-                            f"{self.model} has none")
-        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
-            raise MSRNError(f"--grad-accum {self.grad_accum} must divide --batch-size {self.batch_size}")
-        if (self.model == "msrn_timm") != bool(self.backbone):
+                            f"{cfg.model} has none")
+        if cfg.batch_size % cfg.grad_accum:
+            raise MSRNError(f"--grad-accum {cfg.grad_accum} must divide --batch-size {cfg.batch_size}")
+        if (cfg.model == "msrn_timm") != bool(cfg.backbone):
             raise MSRNError("--backbone NAME goes with --model msrn_timm (a timm model name), and msrn_timm needs it")
-        if self.loss not in CHOICES["loss"]:
-            raise MSRNError(f"--loss must be one of {', '.join(CHOICES['loss'])}, not {self.loss!r}")
-        if min(self.asl_gamma_neg, self.asl_gamma_pos, self.focal_gamma) < 0 or not 0 <= self.asl_clip < 1 \
-                or not 0 <= self.focal_alpha <= 1:
-            raise MSRNError("loss settings: the gammas must be >= 0, --asl-clip in [0, 1), --focal-alpha in [0, 1]")
-        if self.tta not in CHOICES["tta"]:
-            raise MSRNError(f"--tta must be one of {', '.join(CHOICES['tta'])}, not {self.tta!r}")
-        if self.ema == 0:
-            self.ema = None  # `--ema 0` turns it off
-        if self.ema is not None and not 0 < self.ema < 1 or self.ema_warmup < 0:
-            raise MSRNError(f"--ema must lie in (0, 1) (e.g. 0.999), not {self.ema}; --ema-warmup must be >= 0")
+        return cfg
 
 
-# options with a fixed set of values (the CLI offers them as choices)
-CHOICES: dict[str, tuple[str, ...]] = {
-    "amp": ("none", "bf16", "fp16"), "on_error": ("stop", "skip"), "loss": LOSSES, "tta": TTA_MODES,
-}
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_field(f: dataclasses.Field, value: Any) -> None:
+    """One line unless every value of the field (each element of a tuple) is among its choices and in its bounds."""
+    meta = f.metadata
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is None:
+            continue
+        if meta.get("choices") is not None and v not in meta["choices"]:
+            raise MSRNError(f"{_flag(f.name)} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}")
+        low, high, ends = meta.get("low"), meta.get("high"), meta.get("bounds", "[]")
+        too_low = low is not None and (v < low if ends[0] == "[" else v <= low)
+        too_high = high is not None and (v > high if ends[1] == "]" else v >= high)
+        if too_low or too_high:
+            if high is None:
+                allowed = f">= {low:g}" if ends[0] == "[" else f"> {low:g}"
+            else:
+                allowed = f"in {ends[0]}{low:g}, {high:g}{ends[1]}"
+            shown = list(value) if isinstance(value, tuple) else value
+            raise MSRNError(f"{_flag(f.name)} must be {allowed}, not {shown}")
+
 
 _FULL_MODEL = {"depths": (1, 2, 3), "group_semantics": True, "label_graph": True}
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
@@ -183,95 +255,45 @@ def preset_config(dataset: str, **overrides: Any) -> TrainConfig:
     if dataset not in PRESETS:
         raise MSRNError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
     values = {**PRESETS[dataset], **{k: v for k, v in overrides.items() if v is not None}, "dataset": dataset}
-    cfg = TrainConfig.from_dict(values)
-    cfg.validate()
-    return cfg
+    return TrainConfig.from_dict(values).validate()
 
 
 __all__ = ["TrainConfig", "PRESETS", "preset_config"]
 
 
-HELP: dict[str, str] = {
-    "dataset": "dataset kind; its preset carries the paper's hyper-parameters",
-    "data": "dataset root folder (the CSV file for --dataset csv)",
-    "out": "run folder: last.pt, best.pt, metrics.json, config.json, log.txt, plots",
-    "model": "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, msrn_timm, baseline_*)",
-    "backbone": "--model msrn_timm: a timm model with feature maps at strides 8, 16, 32 (convnext_tiny, "
-                "efficientnet_b3, regnety_032...); needs timm and torchvision; --pretrained imagenet: timm's "
-                "weights",
-    "pretrained": "the backbone's weights: 'imagenet' (torchvision's file), an ImageNet file or URL, 'none', or a "
-                  "reference MSRN or msrn checkpoint, whose backbone comes with its conv_buffer1/2 (the reference "
-                  "keeps them inside its backbone), e.g. the COCO model for the paper's VOC recipe",
-    "init": "start training from every weight of a reference MSRN or msrn checkpoint (fine-tuning): layers the "
-            "new label set reshapes start afresh, label vectors and graph come from this run; replaces "
-            "--pretrained, excludes --resume",
-    "word_vectors": "label vectors: 'reference' (the reference's GloVe pickle for the dataset, fetched and "
-                    "checked; the default for voc2007, coco2014, nuswide, apparel), 'ngram' (built-in; the "
-                    "default otherwise), 'encoder', a GloVe/fastText text file, or a .pkl",
-    "cooccurrence": "label co-occurrence: 'reference' (the reference's {'adj','nums'} pickle for the dataset, "
-                    "fetched and checked; the default for voc2007, coco2014, nuswide, apparel), 'train' (count "
-                    "the training split; the default otherwise), or such a pickle file",
-    "batch_size": "global batch per optimiser step (all processes together)",
-    "lr": "learning rate of the head", "lr_backbone": "learning rate of the backbone",
-    "lr_steps": "epochs at which the learning rates drop by --lr-gamma",
-    "val_fraction": "carve this fraction of training images as a validation split; best.pt is chosen on it",
-    "max_grad_norm": "clip the gradient norm at this value (default off, as the reference's effective recipe); "
-                     "0 turns clipping off",
-    "save_every": "also write last.pt every N optimiser steps (0: only at epoch ends)",
-    "crop_scales": "training crop sides as fractions of the shorter image side, one drawn per image "
-                   "(the reference's multi-scale crop: 1.0 0.9 0.8 0.7 0.6)",
-    "amp": "mixed precision on GPU: none (default, exact fp32), bf16 or fp16",
-    "resume": "resume from a checkpoint; with no file, from last.pt in the run folder",
-    "on_error": "unreadable training image: stop, or skip it (counted and logged)",
-    "in_memory": "decode every image once before training and keep it in memory, so no file is read again and "
-                 "no loading process is needed (small data sets; the scenes preset's default); up to 4 GiB decoded",
-    "keep_unannotated": "coco2014: keep images without annotations (all-zero targets); the reference leaves them out",
-    "apparel_labels": "apparel: the reference's image_label.pkl, for its split and labels (default: image_label.pkl "
-                      "in the data folder or its apparel/ folder, when there)",
-    "loss": "training loss: softmargin (the paper's, default), asl (Asymmetric Loss) or focal",
-    "asl_gamma_neg": f"--loss asl: focusing exponent of negatives (default {ASL_GAMMA_NEG:g})",
-    "asl_gamma_pos": f"--loss asl: focusing exponent of positives (default {ASL_GAMMA_POS:g})",
-    "asl_clip": f"--loss asl: probability margin; negatives with p below it give no loss (default {ASL_CLIP:g})",
-    "focal_gamma": f"--loss focal: focusing exponent (default {FOCAL_GAMMA:g})",
-    "focal_alpha": f"--loss focal: weight of positives, negatives get 1 - alpha (default {FOCAL_ALPHA:g})",
-    "ema": "keep an exponential moving average of the weights with this decay per step (e.g. 0.999); both the "
-           "live and the EMA weights are evaluated and best.pt holds the better on the validation split (the EMA "
-           "weights without one)",
-    "tta": "test-time augmentation of every epoch's evaluation: none (default) or flip (the average of the "
-           "image's and its mirror's logits); evaluate and predict take --tta too",
-    "ema_warmup": "EMA warm-up in optimiser steps: step n uses decay x (1 - exp(-n / STEPS)); default 0 (none)",
-    "depths": "ablation: the depths the MSRN head reads, any of 1 (after layer2), 2 (layer3), 3 (layer4); "
-              "default all three",
-    "group_semantics": "ablation: --no-group-semantics drops the global group semantics (graph pooling)",
-    "label_graph": "ablation: --no-label-graph gives the GAT layers an identity adjacency instead of the "
-                   "co-occurrence graph",
-}
+def _flag_type(hint: Any) -> tuple[Any, bool]:
+    """The element type a flag parses and whether it takes several values, from a field's resolved type
+    (`int`, `float | None`, `tuple[int, ...]`, ...)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):  # X | None: the flag parses X
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True
+    return hint, False
 
 
-def add_config_arguments(parser: Any) -> None:
-    """One option per TrainConfig field; unset options keep the dataset preset's value."""
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, made from the field's type and metadata; unset options keep the
+    dataset preset's value."""
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"default": None, "help": HELP.get(f.name)}
-        if f.name == "dataset":
-            parser.add_argument(flag, required=True, choices=list(PRESETS), help=HELP["dataset"])
+        flag, meta = _flag(f.name), f.metadata
+        if f.name == "dataset":  # the presets are its choices
+            parser.add_argument(flag, required=True, choices=list(PRESETS), help=meta["help"])
             continue
-        if f.name == "resume":
-            parser.add_argument(flag, nargs="?", const="auto", default=None, metavar="CHECKPOINT", help=HELP["resume"])
-            continue
-        if f.name == "init":
-            kw["metavar"] = "CHECKPOINT"
-        ann = str(f.type)
-        if ann.startswith("bool"):
+        kw: dict[str, Any] = {"default": None, "help": meta["help"]}
+        if meta["metavar"]:
+            kw["metavar"] = meta["metavar"]
+        if f.name == "resume":  # a bare --resume: the run folder's last.pt
+            kw.update(nargs="?", const="auto")
+        kind, several = _flag_type(hints[f.name])
+        if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
-        elif ann.startswith("tuple"):
-            kw.update(type=float if "float" in ann else int, nargs="+")
-        elif ann.startswith("int"):
-            kw["type"] = int
-        elif ann.startswith("float"):
-            kw["type"] = float
-        if f.name in CHOICES:
-            kw["choices"] = list(CHOICES[f.name])
+        elif kind in (int, float):
+            kw["type"] = kind
+        if several:
+            kw["nargs"] = "+"
+        if meta["choices"] is not None:
+            kw["choices"] = list(meta["choices"])
         parser.add_argument(flag, **kw)
 
 

@@ -29,13 +29,13 @@ from msrn.data import (
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
 from msrn.engine.losses import LossFn, model_group_loss, objective, soft_margin_loss
-from msrn.engine.options import add_checkpoint_arguments, add_fast_argument
 from msrn.engine.scores import write_scores
 from msrn.io import atomic_write_json, check_writable
 from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
 from msrn.models.fuse import optimize_for_inference
 from msrn.models.loading import load_checkpoint
-from msrn.models.tta import TTA_MODES, with_tta
+from msrn.models.tta import with_tta
+from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments
 
 log = logging.getLogger("msrn")
 
@@ -132,14 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write every image's label probabilities to this CSV: a header (image, then the labels "
                         "in order), then per image its path and one probability per label")
     add_checkpoint_arguments(p, labels=False)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
-                   help="mixed precision (GPU): an explicit trade of accuracy for speed; default exact fp32")
-    p.add_argument("--tta", default="none", choices=TTA_MODES,
-                   help="test-time augmentation: flip averages the logits of each image and its mirror "
-                        "(give it to reproduce the metrics of a run trained with --tta flip)")
+    add_runtime_arguments(p, batch_size=16, workers=2, device="auto", amp="none", tta="none")
     add_fast_argument(p)
     add_reader_arguments(p)
 

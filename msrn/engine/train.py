@@ -16,6 +16,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -140,40 +141,70 @@ def settle_config(cfg: TrainConfig, state: dict | None, keep_epochs: bool) -> Tr
         saved = TrainConfig.from_dict(state["config"])
         cfg = dataclasses.replace(saved, epochs=saved.epochs if keep_epochs else cfg.epochs, workers=cfg.workers,
                                   device=cfg.device, out=cfg.out, resume=cfg.resume)
-    cfg.validate()
-    return cfg
+    return cfg.validate()
 
 
-def _val_score(vm: dict | None) -> float | None:
-    """The validation mAP that selects epochs; None without a validation split or a positive in it."""
-    return None if vm is None else vm["mAP"]
+@dataclass(frozen=True)
+class Evaluation:
+    """One set of weights evaluated at an epoch's end."""
+
+    validation: dict | None  # metrics on the validation split; None without one
+    thresholds: np.ndarray | None  # per-label thresholds tuned on validation; None unless asked for
+    test: dict  # metrics on the test split, at those thresholds
+
+    @property
+    def val_score(self) -> float | None:
+        """The validation mAP that selects epochs; None without a validation split or a positive in it."""
+        return None if self.validation is None else self.validation["mAP"]
+
+    @property
+    def val_map(self) -> float:
+        """The validation mAP to compare, -1 where there is none (no split, or no positive in it)."""
+        score = self.val_score
+        return -1.0 if score is None else score
 
 
-def _val_map(vm: dict | None) -> float:
-    """A validation mAP to compare, -1 where there is none (no split, or no positive in it)."""
-    return -1.0 if vm is None or vm["mAP"] is None else vm["mAP"]
+@dataclass
+class Selected:
+    """The epoch whose weights best.pt holds, and why (stored in checkpoints as a dict)."""
+
+    epoch: int
+    score: float | None  # its validation mAP, or its test mAP when selected as the last epoch
+    selected_by: str  # "validation mAP" or "last epoch"
+    thresholds: list[float] | None = None
+    weights: str | None = None  # "live" or "ema", when the run keeps both
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if self.weights is None:
+            del d["weights"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Selected | None:
+        return cls(**d) if d else None  # a checkpoint written before the first epoch ended holds {}
 
 
-def history_entry(epoch: int, train_loss: float, seconds: float, results: dict) -> dict:
+def history_entry(epoch: int, train_loss: float, seconds: float, results: dict[str, Evaluation]) -> dict:
     """One epoch's row of the history: its training loss and time, and per evaluated weights ("live",
     "ema", prefixed ema_) the validation mAP, the test loss and the test mAP."""
     entry = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds}
-    for which, (vm, _, tm) in results.items():
+    for which, r in results.items():
         prefix = "" if which == "live" else "ema_"
-        if vm is not None:
-            entry[prefix + "val_mAP"] = vm["mAP"]
-        entry.update({prefix + "test_loss": tm["loss"], prefix + "mAP": tm["mAP"]})
+        if r.validation is not None:
+            entry[prefix + "val_mAP"] = r.val_score
+        entry.update({prefix + "test_loss": r.test["loss"], prefix + "mAP": r.test["mAP"]})
     return entry
 
 
-def weights_text(results: dict) -> str:
+def weights_text(results: dict[str, Evaluation]) -> str:
     """The log line's account of the live and EMA weights' mAP, when both were evaluated."""
     if len(results) < 2:
         return ""
     parts = []
-    for which, (vm, _, tm) in results.items():
-        val = f"val {_val_map(vm):.2f} " if vm is not None else ""
-        parts.append(f"{which} {val}test {tm['mAP'] or float('nan'):.2f}")
+    for which, r in results.items():
+        val = f"val {r.val_map:.2f} " if r.validation is not None else ""
+        parts.append(f"{which} {val}test {r.test['mAP'] or float('nan'):.2f}")
     return " | mAP " + ", ".join(parts)
 
 
@@ -289,7 +320,7 @@ class Trainer:
         then the TensorBoard writer."""
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict] = []
-        self.best: dict = {}
+        self.best: Selected | None = None
         self.running_loss = [0.0, 0]
         if self.state is not None:
             self._restore(self.state)
@@ -310,11 +341,12 @@ class Trainer:
     def checkpoint(self, full: bool, which: str = "live") -> dict:
         ckpt = model_state(self.weights(which), self.cfg.image_size, self.train_data.exif_orientation)
         ckpt.update(labelset=self.labelset.to_dict(), config=self.cfg.to_dict(), epoch=self.epoch,
-                    global_step=self.global_step, best=self.best, history=self.history)
+                    global_step=self.global_step, best=self.best.to_dict() if self.best else {},
+                    history=self.history)
         if self.ema is not None:
             ckpt["weights"] = which  # which of the two state_dict holds
-        if self.best.get("thresholds") is not None:
-            ckpt["thresholds"] = torch.tensor(self.best["thresholds"], dtype=torch.float32)
+        if self.best is not None and self.best.thresholds is not None:
+            ckpt["thresholds"] = torch.tensor(self.best.thresholds, dtype=torch.float32)
         if full:
             ckpt.update(step_in_epoch=self.step_in_epoch, optimizer=self.optimizer.state_dict(),
                         scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
@@ -350,7 +382,7 @@ class Trainer:
                 raise MSRNError("cannot resume: the checkpoint holds no EMA state although its run used --ema")
             self.ema.load_state_dict(s["ema"])
         self.epoch, self.step_in_epoch, self.global_step = s["epoch"], s["step_in_epoch"], s["global_step"]
-        self.history, self.best = list(s["history"]), dict(s["best"])
+        self.history, self.best = list(s["history"]), Selected.from_dict(s["best"])
         self.running_loss = list(s["running_loss"]) if dist.is_main() else [0.0, 0]  # saved sums are global
         log.info("resumed at epoch %d, step %d of that epoch", self.epoch + 1, self.step_in_epoch)
 
@@ -426,32 +458,33 @@ class Trainer:
         results = self.evaluate_weights()
         self.history.append(history_entry(self.epoch, train_loss, seconds, results))
         if self.board is not None:
-            self.board.epoch(self.global_step, train_loss, {k: (r[0], r[2]) for k, r in results.items()},
+            self.board.epoch(self.global_step, train_loss, {k: (r.validation, r.test) for k, r in results.items()},
                              self.labelset.labels, self.test_data.split)
         which = self.select_weights(results)
-        score = _val_score(results[which][0])
-        improved = score is None or not self.best or score >= self.best.get("score", -1)
+        score = results[which].val_score
+        improved = score is None or self.best is None or score >= self.best.score
         val_txt = f" val mAP {score:.2f} |" if score is not None else ""
-        tm = results[which][2]
+        tm = results[which].test
         log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch,
                  self.cfg.epochs, train_loss, val_txt, tm["mAP"] or float("nan"), tm["CF1"], tm["OF1"],
                  weights_text(results), seconds, " *" if improved else "")
         if improved:  # best.pt before last.pt: a kill in between redoes this epoch's end, rewriting them alike
-            self.keep_best(which, *results[which])
+            self.keep_best(which, results[which])
         elif dist.is_main():
             self.write_history_plot()
         self.save("last.pt", full=True)
 
-    def keep_best(self, which: str, vm: dict | None, thresholds: np.ndarray | None, tm: dict) -> None:
+    def keep_best(self, which: str, result: Evaluation) -> None:
         """Record this epoch as the selected one and write best.pt from `which` weights, metrics.json and plots."""
-        score = _val_score(vm)
-        self.best = {"epoch": self.epoch, "score": score if score is not None else tm["mAP"],
-                     "selected_by": "validation mAP" if score is not None else "last epoch",
-                     "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
-        if self.ema is not None:
-            self.best["weights"] = which
+        score = result.val_score
+        self.best = Selected(
+            epoch=self.epoch, score=score if score is not None else result.test["mAP"],
+            selected_by="validation mAP" if score is not None else "last epoch",
+            thresholds=None if result.thresholds is None else [float(t) for t in result.thresholds],
+            weights=which if self.ema is not None else None,
+        )
         self.save("best.pt", full=False, which=which)
-        self.write_reports(tm)
+        self.write_reports(result.test)
 
     def close_epoch(self) -> float:
         """Advance the schedule and the counters to the next epoch; the epoch's training loss, over all processes."""
@@ -462,16 +495,15 @@ class Trainer:
         self.running_loss = [0.0, 0]
         return loss_sum / max(1, loss_count)
 
-    def evaluate_weights(self) -> dict:
-        """Each kept set of weights evaluated: "live" (and "ema") -> (validation metrics or None, tuned
-        thresholds or None, test metrics)."""
+    def evaluate_weights(self) -> dict[str, Evaluation]:
+        """Each kept set of weights evaluated: "live" (and "ema") -> its Evaluation."""
         results = {}
         for which in ("live", "ema") if self.ema is not None else ("live",):
             dist.broadcast_buffers(self.weights(which))  # rank 0's BatchNorm statistics: the ones best.pt gets
             results[which] = self.evaluate(self.weights(which))
         return results
 
-    def evaluate(self, module: nn.Module) -> tuple[dict | None, np.ndarray | None, dict]:
+    def evaluate(self, module: nn.Module) -> Evaluation:
         """Validation metrics (None without a validation split), the per-label thresholds tuned on it
         when asked for, and the test metrics at those thresholds, for one set of weights."""
         cfg = self.cfg
@@ -486,13 +518,14 @@ class Trainer:
                 thresholds = per_label_thresholds(sigmoid(vlogits.astype(np.float64)), self.val_data.targets)
         tlogits = predict_scores(module, self.test_data, cfg.image_size, self.rank_batch, cfg.workers,
                                  self.device, cfg.amp, desc="test")
-        return vm, thresholds, score_metrics(tlogits, self.test_data.targets, thresholds, group_loss, self.criterion)
+        return Evaluation(vm, thresholds,
+                          score_metrics(tlogits, self.test_data.targets, thresholds, group_loss, self.criterion))
 
-    def select_weights(self, results: dict) -> str:
+    def select_weights(self, results: dict[str, Evaluation]) -> str:
         """Which weights this epoch offers as best.pt: the better on validation (live on a tie); without a
         validation split nothing is picked on the test split, so the EMA weights when the run keeps them."""
         if self.val_data is not None:
-            return max(results, key=lambda k: _val_map(results[k][0]))
+            return max(results, key=lambda k: results[k].val_map)
         return "ema" if self.ema is not None else "live"
 
     def write_history_plot(self) -> None:
@@ -503,20 +536,20 @@ class Trainer:
             return
         labels = self.labelset.labels
         report = {k: v for k, v in tm.items()}
-        report.update(epoch=self.epoch, selected_by=self.best["selected_by"], split=self.test_data.split,
+        report.update(epoch=self.epoch, selected_by=self.best.selected_by, split=self.test_data.split,
                       dataset=self.cfg.dataset, labels=labels,
                       ap_by_label=dict(zip(labels, tm["ap_per_label"], strict=True)))
-        if "weights" in self.best:
-            report["weights"] = self.best["weights"]
-        if self.best.get("thresholds") is not None:
-            report["thresholds_by_label"] = dict(zip(labels, self.best["thresholds"], strict=True))
+        if self.best.weights is not None:
+            report["weights"] = self.best.weights
+        if self.best.thresholds is not None:
+            report["thresholds_by_label"] = dict(zip(labels, self.best.thresholds, strict=True))
         atomic_write_json(self.out / "metrics.json", report)
         plot_ap_per_label(tm["ap_per_label"], labels, self.out / "ap_per_label.png",
                           title=f"AP per label, {self.test_data.split} split, epoch {self.epoch}")
         self.write_history_plot()
 
-    def fit(self) -> dict:
-        """Train the remaining epochs; the selected epoch's summary (self.best)."""
+    def fit(self) -> Selected | None:
+        """Train the remaining epochs; the selected epoch (self.best; None when no epoch was left to train)."""
         cfg = self.cfg
         log.info("train %s: %d images (%s), test %d images (%s), %d labels, model %s, device %s%s",
                  cfg.dataset, len(self.train_data), self.train_data.split, len(self.test_data),
@@ -533,8 +566,8 @@ class Trainer:
         return self.best
 
 
-def train(cfg: TrainConfig, keep_epochs: bool = False) -> dict:
-    """Train with `cfg` and return the selected epoch's summary (Python API of `msrn train`).
+def train(cfg: TrainConfig, keep_epochs: bool = False) -> Selected | None:
+    """Train with `cfg` and return the selected epoch (Python API of `msrn train`).
 
     keep_epochs: when resuming, train to the run's own epoch count instead of `cfg.epochs`.
     """
@@ -554,5 +587,5 @@ def main(args: argparse.Namespace) -> int:
         args.out = str(Path(args.resume).parent)
     best = train(config_from_args(args), keep_epochs=args.epochs is None)
     if dist.is_main():
-        print(f"done: best.pt from epoch {best['epoch']} ({best['selected_by']}); run folder {args.out}")
+        print(f"done: best.pt from epoch {best.epoch} ({best.selected_by}); run folder {args.out}")
     return 0

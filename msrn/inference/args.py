@@ -1,5 +1,5 @@
 """Options of the tagging commands: how predict and serve decode images, and the Predictor that the checkpoint
-options (msrn.engine.options, shared with evaluate) describe."""
+options (msrn.options, shared with evaluate) describe."""
 from __future__ import annotations
 
 import argparse

@@ -24,12 +24,11 @@ import torch
 from torch import nn
 
 from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from msrn.engine.options import add_checkpoint_arguments
 from msrn.errors import MSRNError
 from msrn.inference.args import load_from_args
 from msrn.io import atomic_write_bytes
-from msrn.models.loading import REFERENCE_IMAGE_SIZE
 from msrn.models.msrn import MSRN
+from msrn.options import UNRECORDED_IMAGE_SIZE, add_checkpoint_arguments
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, relative to max(1, max |logit|)
@@ -103,7 +102,7 @@ def verify(path: str | os.PathLike, model: nn.Module, image_size: int, batch: in
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
-    image_size: int = REFERENCE_IMAGE_SIZE,
+    image_size: int = UNRECORDED_IMAGE_SIZE,
     opset: int = OPSET,
     thresholds: Sequence[float] | None = None,
     exif_orientation: bool = True,

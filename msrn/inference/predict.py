@@ -16,7 +16,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from msrn.engine.options import add_checkpoint_arguments, add_fast_argument
 from msrn.errors import MSRNError
 from msrn.inference.args import add_decoding_arguments, decoding_options, load_from_args
 from msrn.inference.draw import save_figure
@@ -24,7 +23,7 @@ from msrn.inference.explain import require_msrn
 from msrn.inference.onnx_predict import OnnxPredictor
 from msrn.inference.tagging import expand_inputs, read_path_list
 from msrn.io import atomic_write_text, check_writable
-from msrn.models.tta import TTA_MODES
+from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write one PNG per image to DIR: attention of its top labels at the three depths")
     parser.add_argument("--explain-labels", type=int, default=3, metavar="N",
                         help="how many top-scoring labels --explain shows per image (default 3)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_runtime_arguments(parser, batch_size=8, device="cpu", tta="none")
     add_fast_argument(parser)
-    parser.add_argument("--tta", default="none", choices=TTA_MODES,
-                        help="test-time augmentation: flip averages the scores' logits of each image and its mirror")
     add_decoding_arguments(parser)
 
 

@@ -33,8 +33,9 @@ from msrn.inference.tagging import (
     threshold_vector,
 )
 from msrn.models.fuse import optimize_for_inference
-from msrn.models.loading import REFERENCE_IMAGE_SIZE, load_checkpoint
+from msrn.models.loading import load_checkpoint
 from msrn.models.tta import with_tta
+from msrn.options import UNRECORDED_IMAGE_SIZE
 
 
 class Predictor:
@@ -64,7 +65,7 @@ class Predictor:
             self._infer = optimize_for_inference(self.model)
             self.model = self._infer.model  # the folded network itself, still an MSRN, for explanations
         self._infer, self.tta = with_tta(self._infer, tta), tta  # "flip": scores average the image and its mirror
-        self.image_size = int(image_size or REFERENCE_IMAGE_SIZE)
+        self.image_size = int(image_size or UNRECORDED_IMAGE_SIZE)
         self.transform = TestTransform(self.image_size)
         self.labels: list[str] = list(model.labels)
         self.thresholds = threshold_vector(0.5 if threshold is None else threshold, len(self.labels))

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from msrn.engine.options import add_checkpoint_arguments, add_fast_argument
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, open_image
 from msrn.inference.args import add_decoding_arguments, decoding_options, load_from_args
@@ -42,6 +41,7 @@ from msrn.inference.draw import panel_size, panels
 from msrn.inference.explain import concentration
 from msrn.inference.predictor import Predictor
 from msrn.models.msrn import MSRN
+from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments
 from msrn.plots import image_png
 
 MAX_UPLOAD_MB = 20
@@ -386,11 +386,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest accepted upload")
     parser.add_argument("--queue", type=int, default=QUEUE, metavar="N",
                         help=f"requests in progress at once; more get 503 with Retry-After (default {QUEUE})")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="B",
-                        help=f"most requests run together in one forward pass (default {BATCH_SIZE})")
     parser.add_argument("--batch-wait-ms", type=float, default=BATCH_WAIT_MS, metavar="MS",
                         help=f"longest wait for more requests to fill a batch (default {BATCH_WAIT_MS:g})")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_runtime_arguments(parser, batch_size=BATCH_SIZE, device="cpu")  # requests batched into one forward pass
     add_fast_argument(parser)
     add_decoding_arguments(parser)
 

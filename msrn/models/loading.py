@@ -33,9 +33,7 @@ from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
 from msrn.models.reference_layout import is_reference, map_reference_state, reference_backbone
 from msrn.models.registry import _build_model
 from msrn.models.state import load_state_strict
-
-# the reference trained and evaluated at 448 x 448, and its checkpoints record no input size
-REFERENCE_IMAGE_SIZE = 448
+from msrn.options import UNRECORDED_IMAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class Loaded:
     per-label thresholds (None: the checkpoint tuned none) and whether photos are turned upright by EXIF."""
 
     model: nn.Module
-    image_size: int = REFERENCE_IMAGE_SIZE
+    image_size: int = UNRECORDED_IMAGE_SIZE
     thresholds: np.ndarray | None = None
     exif_orientation: bool = True
 
@@ -177,7 +175,7 @@ def load_checkpoint(
     thresholds = ckpt.get("thresholds")
     return Loaded(
         model=model.eval(),
-        image_size=int(ckpt.get("image_size", REFERENCE_IMAGE_SIZE)),
+        image_size=int(ckpt.get("image_size", UNRECORDED_IMAGE_SIZE)),
         thresholds=None if thresholds is None else np.asarray(thresholds, dtype=np.float32),
         # older and reference checkpoints record no decoding: a person's photo is then shown upright
         exif_orientation=bool(ckpt.get("exif_orientation", True)),

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from msrn.errors import MSRNError
-
-TTA_MODES = ("none", "flip")
+from msrn.options import TTA_MODES
 
 
 class FlipAverage(nn.Module):

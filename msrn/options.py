@@ -1,11 +1,30 @@
-"""Command-line options of every command that loads a trained model (evaluate, predict, export, serve)."""
+"""Command-line options shared by the commands that run a trained model (evaluate, predict, serve, export):
+each runtime flag declared once here, for training and tagging alike, with the choices both accept.
+
+Kept at the base, below msrn.engine and msrn.inference, so that either may import it.
+"""
 from __future__ import annotations
 
 import argparse
 import warnings
 from typing import Any
 
-from msrn.models.loading import REFERENCE_IMAGE_SIZE
+# the values both `msrn train --amp` and the runtime flag accept, and those of --tta
+AMP_MODES = ("none", "bf16", "fp16")
+TTA_MODES = ("none", "flip")
+# checkpoints that record no input size (the reference's) were trained and evaluated at 448 x 448
+UNRECORDED_IMAGE_SIZE = 448
+
+# flag name -> argparse settings; "{default}" in a help text is the command's default
+RUNTIME_FLAGS: dict[str, dict[str, Any]] = {
+    "device": dict(metavar="DEVICE", help="torch device: auto, cpu, cuda or cuda:N (default {default})"),
+    "batch_size": dict(type=int, metavar="B", help="images per forward pass (default {default})"),
+    "workers": dict(type=int, metavar="N", help="data-loading processes (default {default})"),
+    "amp": dict(choices=AMP_MODES, help="mixed precision on GPU: none (default, exact fp32), bf16 or fp16, an "
+                                        "explicit trade of accuracy for speed"),
+    "tta": dict(choices=TTA_MODES, help="test-time augmentation: none (default), or flip, the average of the logits "
+                                        "of each image and its mirror (to reproduce a run trained with --tta flip)"),
+}
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True, labels: bool = True) -> None:
@@ -27,8 +46,19 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = T
                                  "default: the names of the reference dataset with their count, in the reference's "
                                  "order)")
     parser.add_argument("--image-size", type=int, metavar="S",
-                        help=f"input side in pixels (default: the checkpoint's; {REFERENCE_IMAGE_SIZE} for reference "
+                        help=f"input side in pixels (default: the checkpoint's; {UNRECORDED_IMAGE_SIZE} for reference "
                              "checkpoints)")
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """The RUNTIME_FLAGS named, each with the command's default (e.g. device="cpu", batch_size=8)."""
+    unknown = sorted(set(defaults) - set(RUNTIME_FLAGS))
+    if unknown:
+        raise ValueError(f"no runtime flag {', '.join(unknown)}")
+    for name, default in defaults.items():
+        spec = dict(RUNTIME_FLAGS[name])
+        spec["help"] = spec["help"].format(default=default)
+        parser.add_argument("--" + name.replace("_", "-"), default=default, **spec)
 
 
 class _Deprecated(argparse.Action):
