@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from msrn.models.create import create_model
 from msrn.models.loading import Loaded, load_checkpoint
-from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
+from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier, Semantics
 from msrn.models.registry import MODEL_CONFIGS, list_models, placeholder_vectors
 from msrn.models.resnet import ResNet
 
 __all__ = ["MSRN", "MSRNConfig", "PlainClassifier", "ResNet", "create_model", "list_models",
-           "MODEL_CONFIGS", "placeholder_vectors", "Loaded", "load_checkpoint"]
+           "MODEL_CONFIGS", "placeholder_vectors", "Loaded", "load_checkpoint", "Semantics"]
