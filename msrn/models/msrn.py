@@ -3,7 +3,7 @@ label-guided attention at every depth, and the MLP classifier.
 
 Parameter names follow the reference checkpoints (`ProjectM`, `fc_label`, `label_embed`,
 `group_embed`, `fc1`, `fc2`); the backbone is `backbone.*` here and `resnet_101.*` there,
-and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see checkpoint.py).
+and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see reference_layout.py).
 """
 from __future__ import annotations
 
