@@ -128,7 +128,7 @@ def test_corrupt_last_pt_on_resume_changes_nothing(csv: Path, tmp_path: Path, ca
 
 @pytest.mark.parametrize(("extra", "words"), [
     (["--device", "bogus"], "is not a device"),
-    (["--workers", "-1"], "--workers (-1)"),
+    (["--workers", "-1"], "--workers must be >= 0, not -1"),
     (["--image-size", "32"], "needs --image-size >= 64"),
     (["--resume", "{best}"], "lacks the training state"),
 ])
