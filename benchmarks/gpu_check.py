@@ -100,7 +100,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def reference_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
-    """The model's state-dict shapes under the reference's key names (msrn.models.reference_layout's mapping, reversed)."""
+    """The model's state-dict shapes under the reference's key names (reference_layout's mapping, reversed)."""
     shapes = {}
     for key, value in model.state_dict().items():
         if key in ("word_vectors", "adjacency"):
