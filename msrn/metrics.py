@@ -1,4 +1,4 @@
-"""Multi-label evaluation metrics of the paper's protocol (design doc section 8), in numpy (torch
+"""Multi-label evaluation metrics of the paper's protocol (docs/design.md §8), in numpy (torch
 only where the reference's figures depend on the order torch.sort and torch.topk give tied scores).
 
 Conventions (all vectorised over images):

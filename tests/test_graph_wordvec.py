@@ -1,4 +1,4 @@
-"""The label graph (spec section 2) and label word vectors."""
+"""The label graph (docs/design.md §2) and label word vectors."""
 
 from __future__ import annotations
 

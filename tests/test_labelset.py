@@ -42,7 +42,7 @@ HAND = make_data(["a", "b", "c"], [[1, 1, 0], [1, 1, 0], [1, 0, 1], [0, 1, -1], 
 
 
 def literal_adjacency(m: np.ndarray, n: np.ndarray, tau: float = 0.4, p: float = 0.25) -> np.ndarray:
-    """Spec section 2 steps 1-4 written out with loops, independent of msrn.labels.graph."""
+    """docs/design.md §2 steps 1-4 written out with loops, independent of msrn.labels.graph."""
     c = len(n)
     a = np.zeros((c, c))
     for i in range(c):

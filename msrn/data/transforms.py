@@ -1,4 +1,4 @@
-"""Train/test image transforms of the paper's code (design section 7), with Pillow and numpy only."""
+"""Train/test image transforms of the paper's code (docs/design.md §7), with Pillow and numpy only."""
 from __future__ import annotations
 
 import random

@@ -84,7 +84,7 @@ def score_metrics(
     group_loss: float = 0.0,
     loss: LossFn = soft_margin_loss,
 ) -> dict:
-    """Spec section 8 metrics from logits and, if given, the metrics at per-label thresholds chosen
+    """docs/design.md §8 metrics from logits and, if given, the metrics at per-label thresholds chosen
     on a validation split; "loss" is the training objective (losses.objective: the run's `loss` plus
     the model's `group_loss`, see model_group_loss), so it compares with the training curve.
     `msrn evaluate` passes no `loss`: it reports the soft-margin objective whatever loss the run used."""

@@ -1,4 +1,4 @@
-"""The training loop (design section 7) and the `msrn train` command.
+"""The training loop (docs/design.md §7) and the `msrn train` command.
 
 files -> dataset -> loader -> model -> loss -> optimiser -> checkpoint/metrics/plots. The run
 folder holds last.pt (everything needed to resume exactly), best.pt (weights, labels, graph),

@@ -1,6 +1,6 @@
 """Where MSRN looked for each label, at each of its three depths: the attention maps (drawn by `draw`).
 
-MSRN attends separately for every label c, depth s and channel d (design section 5):
+MSRN attends separately for every label c, depth s and channel d (docs/design.md §5):
 
     alpha[b, n, c, d] = softmax over positions n of F_s[b, n, d] * L[c, d]
     V_s[b, c, d]      = sum_n alpha[b, n, c, d] * F_s[b, n, d]

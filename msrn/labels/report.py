@@ -119,7 +119,7 @@ def report_text(ls: LabelSet) -> str:
     lines += [
         "",
         "The model's attention layers only use which entries of the adjacency are non-zero: each label",
-        "looks at itself and at the labels its edges point to (spec section 2).",
+        "looks at itself and at the labels its edges point to (docs/design.md §2).",
         "",
     ]
     return "\n".join(lines)

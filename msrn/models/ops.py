@@ -1,4 +1,4 @@
-"""Operations MSRN applies after its backbone (spec sections 1 and 6), in forms that give the
+"""Operations MSRN applies after its backbone (docs/design.md §1 and §6), in forms that give the
 same values faster in inference on CPU:
 
 - a 1x1 convolution of a contiguous NCHW map is one matrix product per image (W @ x over
