@@ -173,7 +173,7 @@ def label_vectors(
         try:
             dim = int(arg) if arg else NGRAM_DIM
         except ValueError:
-            raise MSRNError(f"--vectors {spec}: expected ngram:DIM with an integer DIM") from None
+            raise MSRNError(f"--word-vectors {spec}: expected ngram:DIM with an integer DIM") from None
         vecs = ngram_vectors([label_words(x, mapping) for x in labels], labels, dim)
         return vecs, "ngram" if dim == NGRAM_DIM else f"ngram:{dim}"
     if kind == "encoder":
