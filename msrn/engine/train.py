@@ -38,7 +38,7 @@ from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
 from msrn.io import atomic_save_torch, atomic_write_json, check_writable, remove_stale_temps
 from msrn.labels.labelset import LabelSet, build_label_set
-from msrn.metrics import per_label_thresholds, sigmoid
+from msrn.metrics import map_text, per_label_thresholds, sigmoid
 from msrn.models import create_model
 from msrn.models.loading import build_from_state, model_state
 from msrn.models.tta import with_tta
@@ -426,8 +426,8 @@ class Trainer:
         improved = score is None or not self.best or score >= self.best.get("score", -1)
         val_txt = f" val mAP {score:.2f} |" if score is not None else ""
         tm = results[which][2]
-        log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch,
-                 self.cfg.epochs, train_loss, val_txt, tm["mAP"] or float("nan"), tm["CF1"], tm["OF1"],
+        log.info("epoch %d/%d | loss %.4f |%s test mAP %s CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch,
+                 self.cfg.epochs, train_loss, val_txt, map_text(tm), tm["CF1"], tm["OF1"],
                  weights_text(results), seconds, " *" if improved else "")
         if improved:  # best.pt before last.pt: a kill in between redoes this epoch's end, rewriting them alike
             self.keep_best(which, *results[which])
