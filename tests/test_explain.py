@@ -1,11 +1,14 @@
 """Per-label, per-depth attention maps: their definition, shapes, the pictures and `--explain`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import msrn.inference
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
 from msrn.inference.draw import overlay, panel_size, save_figure
@@ -114,3 +117,11 @@ def test_explanations_from_the_api(model: torch.nn.Module, tmp_path) -> None:
     assert expl.depth_titles()[0].startswith("depth 1")
     save_figure(expl, tmp_path / "fig.png")
     assert Image.open(tmp_path / "fig.png").format == "PNG"
+
+
+def test_no_text_promises_three_depths() -> None:
+    """Since --depths a model may read one or two depths; explain, predict, serve and the page say
+    'each depth the model reads' instead of 'three depths'."""
+    folder = Path(msrn.inference.__file__).parent
+    for name in ("explain.py", "draw.py", "predict.py", "serve.py", "static/index.html"):
+        assert "three depths" not in (folder / name).read_text(), name

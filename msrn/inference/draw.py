@@ -53,7 +53,7 @@ def panels(expl: Explanation, side: int = PANEL_SIDE) -> list[list[Image.Image]]
 
 
 def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
-    """A labelled grid: the input, then the three depths' attention, one row per top label."""
+    """A labelled grid: the input, then the attention at each depth the model reads, one row per top label."""
     rows = panels(expl, side)
     k = max(1, len(rows))
     aspect = expl.image.height / expl.image.width

@@ -1,4 +1,5 @@
-"""Where MSRN looked for each label, at each of its three depths: the attention maps (drawn by `draw`).
+"""Where MSRN looked for each label, at each depth it reads (all three, or those --depths kept): the attention
+maps (drawn by `draw`).
 
 MSRN attends separately for every label c, depth s and channel d (docs/design.md §5):
 
@@ -86,7 +87,8 @@ def _as_index_matrix(label_indices: Sequence[int] | torch.Tensor, batch: int, nu
 def attention_maps(
     model: nn.Module, x: torch.Tensor, label_indices: Sequence[int] | torch.Tensor
 ) -> list[torch.Tensor]:
-    """Per-label attention at the three depths: 3 tensors B x k x H_s x W_s, each map summing to 1.
+    """Per-label attention at each depth the model reads: one B x k x H_s x W_s tensor per depth, each map
+    summing to 1.
 
     label_indices: k label ids for every image, or a B x k matrix (one row per image).
     """
@@ -112,7 +114,7 @@ def explained_forward(model: MSRN, x: torch.Tensor, k: int) -> tuple[torch.Tenso
 
 @dataclass
 class Explanation:
-    """One image's top labels, their probabilities and attention maps (3 arrays k x H_s x W_s)."""
+    """One image's top labels, their probabilities and attention maps (one k x H_s x W_s array per depth read)."""
 
     image: Image.Image
     name: str

@@ -3,7 +3,7 @@
 Endpoints: `GET /` (the page, msrn/inference/static/index.html), `GET /api/info`, `GET /healthz` and
 `POST /api/predict` (multipart field `image`; `explain=1` adds attention panels), which answers
 with the image's record as `msrn predict` writes it, its best scores and, when asked, base64 PNG
-attention panels for the top labels at the three depths.
+attention panels for the top labels at each depth the model reads.
 
 Load is bounded: at most `queue` requests are in progress; one more gets 503 with Retry-After at
 once. An admitted upload is decoded within a pixel budget (so memory does not grow with the
