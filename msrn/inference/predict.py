@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "thresholds if it has them, else 0.5)")
     parser.add_argument("--top-k", type=int, metavar="K", help="report at most the K best labels passing the threshold")
     parser.add_argument("--explain", metavar="DIR",
-                        help="write one PNG per image to DIR: attention of its top labels at each depth the model reads")
+                        help="write one PNG per image to DIR: attention of its top labels at each depth read")
     parser.add_argument("--explain-labels", type=int, default=3, metavar="N",
                         help="how many top-scoring labels --explain shows per image (default 3)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
