@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from msrn.models.linear import ReusedGradLinear
+import msrn.models.linear as linear_module
+from msrn.models.linear import ReusedGradLinear, checked_use_count
 
 
 def _pair(seed: int = 0) -> tuple[nn.Linear, ReusedGradLinear]:
@@ -93,3 +94,27 @@ def test_bf16_autocast_takes_nn_linear_path():
         a, b = ours(x), ref(x)
     assert a.dtype == b.dtype == torch.bfloat16
     torch.testing.assert_close(a, b)
+
+
+def _raises(*args):
+    raise TypeError("the private API changed its signature")
+
+
+@pytest.mark.parametrize("broken", [None, _raises, lambda cdata: 7])  # absent, changed, or answering wrongly
+def test_without_a_working_use_count_the_public_path_gives_the_same_gradients(broken, monkeypatch) -> None:
+    """torch._C._storage_Use_Count is private: checked_use_count refuses it unless it answers as it should,
+    and then every step allocates a fresh gradient (nn.Linear's behaviour) with the same values."""
+    assert checked_use_count(torch._C._storage_Use_Count) is torch._C._storage_Use_Count  # this torch's works
+    assert checked_use_count(broken) is None
+    monkeypatch.setattr(linear_module, "_use_count", checked_use_count(broken))
+    ref, ours = _pair(2)
+    kept = []
+    for _ in range(3):
+        x, w = torch.randn(3, 40), torch.randn(3, 7)
+        ref.zero_grad(set_to_none=True)
+        ours.zero_grad(set_to_none=True)
+        _step(ref, x, w)
+        _step(ours, x, w)
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-6, atol=1e-6)
+        kept.append(ours.weight.grad)  # held, so a reuse could not hide behind a freed address
+    assert len({g.data_ptr() for g in kept}) == 3
