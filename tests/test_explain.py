@@ -11,7 +11,7 @@ from PIL import Image
 import msrn.inference
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
-from msrn.inference.draw import overlay, panel_size, save_figure
+from msrn.inference.draw import overlay, panel_size, save_explanation
 from msrn.inference.explain import attention_maps, explained_forward
 from msrn.inference.predictor import load
 from msrn.models import create_model
@@ -115,7 +115,7 @@ def test_explanations_from_the_api(model: torch.nn.Module, tmp_path) -> None:
     assert len(expl.labels) == 4 and expl.scores == sorted(expl.scores, reverse=True)
     assert [m.shape[0] for m in expl.maps] == [4, 4, 4]
     assert expl.depth_titles()[0].startswith("depth 1")
-    save_figure(expl, tmp_path / "fig.png")
+    save_explanation(expl, tmp_path / "fig.png")
     assert Image.open(tmp_path / "fig.png").format == "PNG"
 
 

@@ -96,6 +96,6 @@ def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
     return fig
 
 
-def save_figure(expl: Explanation, path: str | os.PathLike[str]) -> None:
+def save_explanation(expl: Explanation, path: str | os.PathLike[str]) -> None:
     """Render the explanation grid to a PNG file, written atomically."""
     plots.save_figure(figure(expl), path)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from msrn.engine.options import add_checkpoint_arguments, add_fast_argument
 from msrn.errors import MSRNError
 from msrn.inference.args import add_decoding_arguments, decoding_options, load_from_args
-from msrn.inference.draw import save_figure
+from msrn.inference.draw import save_explanation
 from msrn.inference.explain import require_msrn
 from msrn.inference.onnx_predict import OnnxPredictor
 from msrn.inference.tagging import expand_inputs, read_path_list
@@ -161,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
                 bar.write(f"msrn predict: {record['image']}: {record['error']}", file=sys.stderr)
             if expl is not None:
                 path = _unique_png(Path(args.explain), record["image"], index, used)
-                save_figure(expl, path)
+                save_explanation(expl, path)
                 record["explanation"] = os.fspath(path)
             output.write(record)
             bar.update()

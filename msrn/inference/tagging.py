@@ -18,11 +18,8 @@ import numpy as np
 from PIL import Image
 
 from msrn.errors import MSRNError
-from msrn.images import open_image, to_rgb, upright
+from msrn.images import IMAGE_SUFFIXES, open_image, to_rgb, upright
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
