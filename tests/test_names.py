@@ -9,6 +9,10 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
+from msrn.inference.onnx_predict import OnnxPredictor
+from msrn.inference.predictor import Predictor
+from msrn.inference.tagging import Tagger
+
 PACKAGE = Path(__file__).resolve().parents[1] / "msrn"
 # the command protocol, loggers, and constants each module keeps for its own file format or drawing
 PER_MODULE = {"add_arguments", "main", "log", "VERSION", "FORMAT", "README", "LABELS", "SHAPES", "COLOURS",
@@ -38,3 +42,9 @@ def test_each_public_name_is_defined_once() -> None:
     IMAGE_SUFFIXES (two different sets) each had two meanings."""
     twice = {name: where for name, where in top_level_names().items() if len(where) > 1 and name not in PER_MODULE}
     assert twice == {}
+
+
+def test_both_predictors_share_one_tagging_code() -> None:
+    """predictor.py and onnx_predict.py carried parallel predict / probabilities / iter_results code."""
+    for name in ("predict", "probabilities", "iter_results", "record", "decode"):
+        assert getattr(Predictor, name) is getattr(OnnxPredictor, name) is getattr(Tagger, name), name
