@@ -5,6 +5,7 @@ The maps come from `msrn.inference.explain`; this module only draws them (matplo
 from __future__ import annotations
 
 import os
+import textwrap
 
 import numpy as np
 from matplotlib import colormaps
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from msrn import plots
-from msrn.inference.explain import Explanation, concentration
+from msrn.inference.explain import Explanation, concentration, picture_notes
 
 COLORMAP = "turbo"
 PANEL_SIDE = 256  # longer side of one panel in pixels
@@ -59,7 +60,11 @@ def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
     aspect = expl.image.height / expl.image.width
     cell = 2.6
     cols = 1 + len(expl.maps)
-    fig = Figure(figsize=(cols * cell + 0.6, k * cell * min(max(aspect, 0.5), 1.6) + 1.5), layout="constrained")
+    title = "\n".join([f"{expl.name}: where MSRN looked for each label",
+                       *(textwrap.fill(note, 28 * cols) for note in picture_notes(expl))])  # fmt: skip
+    lines = title.count("\n")
+    fig = Figure(figsize=(cols * cell + 0.6, k * cell * min(max(aspect, 0.5), 1.6) + 1.5 + 0.25 * lines),
+                 layout="constrained")  # fmt: skip
     fig.patch.set_facecolor("white")
     axes = np.asarray(fig.subplots(k, cols, squeeze=False))
     shown = expl.image.convert("RGB").resize(panel_size(expl.image, side), Image.BILINEAR)
@@ -88,7 +93,7 @@ def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="white",
                     bbox=dict(boxstyle="round,pad=0.2", facecolor="black", alpha=0.55, linewidth=0),
                 )
-    fig.suptitle(f"{expl.name}: where MSRN looked for each label", fontsize=12)
+    fig.suptitle(title, fontsize=12 if lines == 0 else 10)
     bar = ScalarMappable(norm=Normalize(0, 1), cmap=COLORMAP)
     cb = fig.colorbar(bar, ax=axes.ravel().tolist(), orientation="horizontal", fraction=0.04, aspect=60, shrink=0.6)
     cb.set_ticks([0, 1], labels=["least attention", "most attention (each panel scaled to its own range)"])

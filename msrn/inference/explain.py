@@ -35,6 +35,7 @@ from msrn.errors import MSRNError
 from msrn.models.msrn import MSRN
 
 DEPTH_NAMES = ("fine", "middle", "coarse")
+ALIKE = 0.05  # labels' maps this close (share of attention that differs) are called alike on the pictures
 
 
 def require_msrn(model: nn.Module, where: str = "this checkpoint") -> MSRN:
@@ -123,6 +124,7 @@ class Explanation:
     maps: list[np.ndarray]
     thresholds: list[float] = field(default_factory=list)
     depths: tuple[int, ...] = (1, 2, 3)  # the depth each map comes from (fewer in an ablated model)
+    caption: str = ""  # why this picture is shown (the demo marks its best and its failing case)
 
     def depth_titles(self) -> list[str]:
         """Column titles: depth number, scale word and grid size."""
@@ -130,6 +132,30 @@ class Explanation:
             f"depth {s} · {DEPTH_NAMES[s - 1]} · {m.shape[1]}×{m.shape[2]}"
             for s, m in zip(self.depths, self.maps, strict=True)
         ]
+
+
+def label_map_difference(maps: Sequence[np.ndarray]) -> float:
+    """The largest share of attention that differs between two labels' maps at any depth: half the L1
+    distance of two maps that each sum to 1 (0: every label looked at the same places; 1: disjoint).
+    maps: one k x H_s x W_s array per depth."""
+    worst = 0.0
+    for m in maps:
+        flat = np.asarray(m, dtype=np.float64).reshape(m.shape[0], -1)
+        if len(flat) > 1:
+            worst = max(worst, float(0.5 * np.abs(flat[:, None] - flat[None]).sum(-1).max()))
+    return worst
+
+
+def picture_notes(expl: Explanation) -> list[str]:
+    """The lines written under a picture's title: its caption, and a warning when the labels' maps are
+    alike, so the reader does not look for differences that are not there."""
+    notes = [expl.caption] if expl.caption else []
+    if len(expl.labels) > 1:
+        differ = label_map_difference(expl.maps)
+        if differ < ALIKE:
+            notes.append(f"The attention maps of these labels are alike (at most {100 * differ:.1f}% of the attention "
+                         "differs): MSRN looked at the same places for each, and told them apart in its classifier.")
+    return notes
 
 
 def concentration(heat: np.ndarray) -> float:
