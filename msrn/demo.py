@@ -34,6 +34,7 @@ from msrn.inference.predictor import load
 from msrn.io import atomic_write_json, atomic_write_text
 from msrn.metrics import subset_metrics
 from msrn.models.loading import load_model
+from msrn.models.msrn import MSRN
 from msrn.plots import figure_image, save_image
 
 # MSRN's and the baseline's per-seed results from the last `benchmarks/ablation.py --record` run
@@ -187,7 +188,7 @@ def score_panel(labels: list[str], truth: np.ndarray, msrn: np.ndarray, base: np
     return figure_image(fig)
 
 
-def semantic_similarity(model: object) -> float:
+def semantic_similarity(model: MSRN) -> float:
     """Mean cosine similarity between an MSRN's label semantic vectors (1: the attention is alike for every label)."""
     with torch.no_grad():
         local = torch.nn.functional.normalize(model.semantics()[0], dim=1)

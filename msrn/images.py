@@ -84,6 +84,7 @@ def open_image(
     exif_orientation applies the EXIF orientation tag; max_pixels is checked before decoding. Any
     failure is an MSRNError naming the file (or `name`).
     """
+    opened: Path | BinaryIO
     if isinstance(source, (str, os.PathLike)):
         where, opened = name or os.fspath(source), Path(source)
     else:
@@ -113,7 +114,7 @@ def open_image(
 
 def normalized_array(img: Image.Image, size: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """The test transform in numpy: RGB, PIL bilinear resize to size x size, /255, minus mean, over std; 3 x S x S."""
-    img = (img if img.mode == "RGB" else img.convert("RGB")).resize((size, size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
+    img = (img if img.mode == "RGB" else img.convert("RGB")).resize((size, size), Image.Resampling.BILINEAR)
+    arr: np.ndarray = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
     arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

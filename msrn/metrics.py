@@ -206,7 +206,8 @@ def subset_metrics(
     counted = keep | (targets == 0)
     ap = average_precision(scores, np.where(counted, targets, -1))
     has = keep.any(axis=0)
-    out = {"mAP": None, "CF1": None, "OF1": None, "positives": int(keep.sum()), "labels": int(has.sum())}
+    out: dict[str, float | int | None] = {
+        "mAP": None, "CF1": None, "OF1": None, "positives": int(keep.sum()), "labels": int(has.sum())}
     if has.any():
         predicted = (_probabilities(scores, scores_are_logits) >= threshold) & counted
         six = _six(predicted[:, has], keep[:, has])

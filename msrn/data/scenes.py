@@ -241,7 +241,7 @@ def render_scene(labels: list[str], size: int, rng: np.random.RandomState) -> tu
     for rec in [r for r in records if r["label"]]:
         if rng.rand() >= P_OCCLUDER:
             continue
-        colour = _colour(rng, list(COLOURS)[6 + rng.randint(len(COLOURS) - 6)])
+        paint = _colour(rng, list(COLOURS)[6 + rng.randint(len(COLOURS) - 6)])
         for _ in range(10):  # a bar across the object, a third to two thirds of its side thick
             side, thick = rec["side"], max(2, int(rec["side"] * rng.uniform(0.33, 0.67)))
             horizontal = rng.rand() < 0.5
@@ -250,7 +250,7 @@ def render_scene(labels: list[str], size: int, rng: np.random.RandomState) -> tu
             y = int(np.clip(rec["y"] - 2 + (rng.randint(-thick // 2, side) if horizontal else 0), 0, size - h))
             bar = np.ones((h, w), dtype=bool)
             if canvas.kept_after(bar, x, y) >= MIN_VISIBLE:
-                canvas.draw(bar, x, y, colour, label=False)
+                canvas.draw(bar, x, y, paint, label=False)
                 records.append(dict(label="", shape="occluder", colour="clutter", x=x, y=y, side=max(h, w)))
                 break
     for rec in records:

@@ -35,9 +35,9 @@ def overlay(image: Image.Image, heat: np.ndarray, side: int = PANEL_SIDE) -> Ima
     proportion to its value, so high attention is both bright and coloured; a flat map is all lit.
     """
     size = panel_size(image, side)
-    base = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
+    base = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
     heat = np.asarray(heat, dtype=np.float32)
-    up = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.BILINEAR), dtype=np.float32)
+    up = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
     lo, hi = float(heat.min()), float(heat.max())
     # a flat map (one position, or no preference) was looked at everywhere alike: show it all lit
     v = (up - lo) / (hi - lo) if hi - lo > 1e-6 * max(hi, 1e-30) else np.ones_like(up)
@@ -67,7 +67,7 @@ def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
                  layout="constrained")  # fmt: skip
     fig.patch.set_facecolor("white")
     axes = np.asarray(fig.subplots(k, cols, squeeze=False))
-    shown = expl.image.convert("RGB").resize(panel_size(expl.image, side), Image.BILINEAR)
+    shown = expl.image.convert("RGB").resize(panel_size(expl.image, side), Image.Resampling.BILINEAR)
     titles = ["input", *expl.depth_titles()]
     for j in range(k):
         for col in range(cols):

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -73,7 +73,7 @@ class _Output:
 
     def __init__(self, fmt: str, out: str | None) -> None:
         self.fmt, self.path = fmt, out
-        self.sink = io.StringIO() if out else sys.stdout
+        self.sink: TextIO = io.StringIO() if out else sys.stdout
         self.count = 0
         if fmt == "csv":
             self.csv = csv.writer(self.sink, lineterminator="\n")
@@ -96,7 +96,7 @@ class _Output:
         if self.fmt == "json":
             self.sink.write("\n]\n")
         if self.path:
-            atomic_write_text(self.path, self.sink.getvalue())
+            atomic_write_text(self.path, self.sink.getvalue())  # type: ignore[attr-defined]  # the StringIO of --out
         else:
             self.sink.flush()
 
@@ -150,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
         explain_k = args.explain_labels
     items = expand_inputs(inputs)  # an empty folder fails before any output starts
     output = _Output(args.format, args.out)
-    failed, used = 0, set()
+    failed, used = 0, set[str]()
     results = predictor.iter_results(items, explain_k=explain_k) if explain_k else predictor.iter_results(items)
     with tqdm(total=len(items), desc="predict", unit="img", leave=False, file=sys.stderr,
               disable=None if len(items) >= PROGRESS_FROM else True) as bar:

@@ -272,13 +272,13 @@ def create_app(
                 image = open_image(upload.stream, name, exif_orientation=predictor.exif_orientation,
                                    max_pixels=predictor.max_pixels)
                 x = predictor.transform(image)
-                shown = image.resize(panel_size(image), Image.BILINEAR) if explain else None
+                shown = image.resize(panel_size(image), Image.Resampling.BILINEAR) if explain else None
             del image
         except BaseException:
             batcher.withdraw()
             raise
         probs, ids, maps = batcher.submit(x, explain).result()
-        expl = None if ids is None else predictor.explanation(shown, name, probs, ids, maps)
+        expl = None if ids is None or shown is None else predictor.explanation(shown, name, probs, ids, maps)
         return answer(predictor, name, probs, expl)
 
     @app.post("/api/predict")

@@ -219,6 +219,7 @@ class Tagger:
                     yield Result(error_record(name, err))
                     continue
                 r = row[i]
+                assert probs is not None and img is not None  # decoded, so scored
                 expl = None
                 if idx is not None:
                     expl = self.explanation(img, name, probs[r], idx[r], [m[r] for m in maps], thresholds, i)

@@ -85,7 +85,7 @@ class ReusedGradLinear(nn.Linear):
         if st is None:
             out = torch.mm(grad.t(), x)
         else:
-            out = torch.mm(grad.t(), x, out=grad.new_empty(0).set_(st, 0, self.weight.shape))
+            out = torch.mm(grad.t(), x, out=grad.new_empty(0).set_(st, 0, self.weight.shape, self.weight.stride()))
         if self.training:
             self._grad_storage = out.untyped_storage()
         return out

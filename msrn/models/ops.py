@@ -87,7 +87,7 @@ def _onednn_linear_ok(layer: nn.Linear, x: torch.Tensor) -> bool:
         and w.is_contiguous()
         and (layer.bias is None or layer.bias.dtype == torch.float32)
         and _ONEDNN_BUILT
-        and torch.backends.mkldnn.enabled
+        and bool(torch.backends.mkldnn.enabled)
         and not autocast_on("cpu")
         and not _autograd(x, *layer.parameters())
     )
@@ -95,7 +95,7 @@ def _onednn_linear_ok(layer: nn.Linear, x: torch.Tensor) -> bool:
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """layer(x) for B x in -> B x out; large float32 CPU batches without autograd go through oneDNN."""
-    if not _onednn_linear_ok(layer, x):
+    if _onednn_linear is None or not _onednn_linear_ok(layer, x):
         return layer(x)
     # mkldnn_linear takes the dense weight and bias as views (no copy); only the B x in input is converted
     return _onednn_linear(x.contiguous().to_mkldnn(), layer.weight, layer.bias).to_dense()
