@@ -30,6 +30,7 @@ from msrn.engine.config import TrainConfig, preset_config
 from msrn.engine.evaluate import predict_scores
 from msrn.engine.train import train
 from msrn.inference.draw import figure
+from msrn.inference.explain import require_msrn
 from msrn.inference.predictor import load
 from msrn.io import atomic_write_json, atomic_write_text
 from msrn.metrics import subset_metrics
@@ -201,7 +202,7 @@ def write_explanations(out: Path, summary: dict) -> list[tuple[str, str, str]]:
     scores beside it; returns (path, labels in the image, caption) per picture."""
     data = build_dataset("scenes", out / "data", "test")
     msrn = load(out / "msrn" / "best.pt")
-    summary["msrn"]["label_similarity"] = round(semantic_similarity(msrn.model), 4)
+    summary["msrn"]["label_similarity"] = round(semantic_similarity(require_msrn(msrn.model)), 4)
     all_msrn = msrn.probabilities(data.images)
     all_base = load(out / "baseline" / "best.pt").probabilities(data.images) if "baseline" in summary else None
     chosen = pick_images(data.targets == 1, all_msrn, all_base)

@@ -54,7 +54,7 @@ class SeededView(Dataset):
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset)  # type: ignore[arg-type]  # map-style datasets have a length
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key

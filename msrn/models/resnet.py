@@ -55,7 +55,8 @@ class Bottleneck(nn.Module):
 
 
 # name -> (block, blocks per stage, stem/stage widths)
-RESNETS: dict[str, tuple[type, tuple[int, ...], tuple[int, ...]]] = {
+Block = type[BasicBlock] | type[Bottleneck]
+RESNETS: dict[str, tuple[Block, tuple[int, ...], tuple[int, ...]]] = {
     "resnet101": (Bottleneck, (3, 4, 23, 3), (64, 64, 128, 256, 512)),
     "resnet50": (Bottleneck, (3, 4, 6, 3), (64, 64, 128, 256, 512)),
     "resnet18": (BasicBlock, (2, 2, 2, 2), (64, 64, 128, 256, 512)),
@@ -87,7 +88,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         del self.inplanes
 
-    def _stage(self, block: type[BasicBlock] | type[Bottleneck], planes: int, n: int, stride: int) -> nn.Sequential:
+    def _stage(self, block: Block, planes: int, n: int, stride: int) -> nn.Sequential:
         down: nn.Module | None = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             down = nn.Sequential(
