@@ -35,8 +35,8 @@ def test_values_and_gradients_match_nn_linear():
     assert ours.state_dict().keys() == ref.state_dict().keys()
 
 
-def test_storage_is_reused_after_set_to_none_and_gradients_stay_right():
-    ref, ours = _pair(1)
+def _three_steps(ref: nn.Linear, ours: ReusedGradLinear) -> list[int]:
+    """Three zero_grad(set_to_none) steps on both layers, gradients compared; the address of each of ours."""
     ptrs = []
     for _ in range(3):
         x, w = torch.randn(3, 40), torch.randn(3, 7)
@@ -46,6 +46,11 @@ def test_storage_is_reused_after_set_to_none_and_gradients_stay_right():
         _step(ours, x, w)
         torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-6, atol=1e-6)
         ptrs.append(ours.weight.grad.data_ptr())
+    return ptrs
+
+
+def test_storage_is_reused_after_set_to_none_and_gradients_stay_right():
+    ptrs = _three_steps(*_pair(1))
     assert ptrs[1] == ptrs[0] and ptrs[2] == ptrs[0]  # one allocation, written three times
 
 
@@ -103,18 +108,13 @@ def _raises(*args):
 @pytest.mark.parametrize("broken", [None, _raises, lambda cdata: 7])  # absent, changed, or answering wrongly
 def test_without_a_working_use_count_the_public_path_gives_the_same_gradients(broken, monkeypatch) -> None:
     """torch._C._storage_Use_Count is private: checked_use_count refuses it unless it answers as it should,
-    and then every step allocates a fresh gradient (nn.Linear's behaviour) with the same values."""
+    and then no gradient memory is reused (nn.Linear's behaviour), with the same values."""
     assert checked_use_count(torch._C._storage_Use_Count) is torch._C._storage_Use_Count  # this torch's works
     assert checked_use_count(broken) is None
     monkeypatch.setattr(linear_module, "_use_count", checked_use_count(broken))
     ref, ours = _pair(2)
-    kept = []
-    for _ in range(3):
-        x, w = torch.randn(3, 40), torch.randn(3, 7)
-        ref.zero_grad(set_to_none=True)
-        ours.zero_grad(set_to_none=True)
-        _step(ref, x, w)
-        _step(ours, x, w)
-        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-6, atol=1e-6)
-        kept.append(ours.weight.grad)  # held, so a reuse could not hide behind a freed address
-    assert len({g.data_ptr() for g in kept}) == 3
+    _three_steps(ref, ours)
+    ours.zero_grad(set_to_none=True)  # the layer alone holds its last gradient's memory
+    assert ours._grad_storage is not None and ours._free_storage() is None  # not reused: a fresh one each step
+    monkeypatch.setattr(linear_module, "_use_count", torch._C._storage_Use_Count)
+    assert ours._free_storage() is not None  # with the working function that memory would be reused
