@@ -9,8 +9,9 @@ told apart only by their scene) against the others. Writes to --out:
   runs.json   one record per (row, seed), written after each run; a rerun skips the runs it holds
   table.md    mean +- sample standard deviation over the seeds of mAP, CF1 and OF1
 
---record also stores the seed spread of MSRN and the baseline in msrn/seed_spread.json,
-which `msrn demo` quotes beside its single-seed result. --quick runs every row on tiny data
+--record also writes the seed spread of MSRN and the baseline to seed_spread.json in --out;
+copied to msrn/seed_spread.json in a checkout, it is what `msrn demo` quotes beside its
+single-seed result (the benchmark never writes into the package itself). --quick runs every row on tiny data
 (32 training images of 64 px, one epoch, two seeds) to check the script, not the model.
 
     python benchmarks/ablation.py --out runs/ablation --record      # the full benchmark
@@ -150,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs trained at once, each in its own process with one thread (loading in that process)")
     p.add_argument("--quick", action="store_true", help="tiny data and one epoch: checks the script in seconds")
     p.add_argument("--record", action="store_true",
-                   help=f"store the seed spread of msrn and baseline in {SEED_SPREAD} for msrn demo")
+                   help=f"write the seed spread of msrn and baseline to --out/{SEED_SPREAD.name} (the file msrn "
+                        "demo quotes, once copied into msrn/)")
     args = p.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
     if args.epochs is not None:
@@ -192,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.record:
         command = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        atomic_write_json(SEED_SPREAD, seed_spread(records, seeds, settings, command))
-        print(f"seed spread recorded in {SEED_SPREAD}")
+        atomic_write_json(out / SEED_SPREAD.name, seed_spread(records, seeds, settings, command))
+        print(f"seed spread recorded in {out / SEED_SPREAD.name}; copy it to msrn/{SEED_SPREAD.name} to ship it "
+              "with msrn demo")
     return 0
 
 

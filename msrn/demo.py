@@ -25,15 +25,17 @@ from PIL import Image
 
 from msrn.data import build_dataset, ensure_scenes
 from msrn.data.base import MultiLabelData
-from msrn.data.scenes import AMBIGUOUS, LABELS, SIZE_BUCKETS, object_sides, size_buckets
+from msrn.data.scenes import AMBIGUOUS, SIZE_BUCKETS, object_sides, size_buckets
 from msrn.engine.config import TrainConfig, preset_config
 from msrn.engine.evaluate import predict_scores
 from msrn.engine.train import train
 from msrn.inference.draw import figure
+from msrn.inference.explain import require_msrn
 from msrn.inference.predictor import load
 from msrn.io import atomic_write_json, atomic_write_text
 from msrn.metrics import subset_metrics
 from msrn.models.loading import load_checkpoint
+from msrn.models.msrn import MSRN
 from msrn.plots import figure_image, save_image
 
 # MSRN's and the baseline's per-seed results from the last `benchmarks/ablation.py --record` run
@@ -143,21 +145,27 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None, workers: int |
         torch.set_num_threads(threads)
 
 
-def pick_images(data: MultiLabelData) -> list[int]:
-    """Test images to explain, chosen by content alone: the first showing a small object, the first
-    with an ambiguous label, the first with two scenes' labels and the first with a large object."""
-    sides = object_sides(data)
-    small, large = size_buckets(sides)["small"], size_buckets(sides)["large"]
-    ambiguous = np.array([label in AMBIGUOUS for label in data.labels])
-    scenes = [{LABELS[data.labels[j]][0] for j in np.flatnonzero(row == 1)} for row in data.targets]
-    wanted = [small.any(1), (data.targets[:, ambiguous] == 1).any(1), np.array([len(s) > 1 for s in scenes]),
-              large.any(1)]
-    chosen: list[int] = []
-    for mask in wanted:
-        found = [int(i) for i in np.flatnonzero(mask) if int(i) not in chosen]
-        if found:
-            chosen.append(found[0])
-    return chosen[:EXPLAINED]
+def pick_images(
+    truth: np.ndarray, msrn: np.ndarray, base: np.ndarray | None = None, count: int = EXPLAINED
+) -> list[tuple[int, str]]:
+    """Test images that teach, each with its caption: where MSRN beats the baseline most (without a
+    baseline: where MSRN is most right), then the one where MSRN fails most. An image's error is the
+    sum over labels of |truth - probability|. truth, msrn, base: N x C."""
+    truth = truth.astype(np.float64)
+    err = np.abs(truth - msrn).sum(1)
+    fail = int(np.argmax(err))
+    if base is not None:
+        base_err = np.abs(truth - base).sum(1)
+        best = [int(i) for i in np.argsort(base_err - err, kind="stable")[::-1] if i != fail][: count - 1]
+        picks = [(i, f"Where MSRN beats the baseline most: error {err[i]:.2f} against the baseline's "
+                     f"{base_err[i]:.2f} (sum over labels of |truth - probability|).") for i in best]  # fmt: skip
+        fail_text = f" (the baseline's: {base_err[fail]:.2f})"
+    else:
+        best = [int(i) for i in np.argsort(err, kind="stable") if i != fail][: count - 1]
+        picks = [(i, f"One MSRN gets right: error {err[i]:.2f} (sum over labels of |truth - probability|).")
+                 for i in best]  # fmt: skip
+        fail_text = ""
+    return [*picks, (fail, f"Where MSRN fails most on the test split: error {err[fail]:.2f}{fail_text}.")]
 
 
 def score_panel(labels: list[str], truth: np.ndarray, msrn: np.ndarray, base: np.ndarray, height: int) -> Image.Image:
@@ -181,7 +189,7 @@ def score_panel(labels: list[str], truth: np.ndarray, msrn: np.ndarray, base: np
     return figure_image(fig)
 
 
-def semantic_similarity(model: object) -> float:
+def semantic_similarity(model: MSRN) -> float:
     """Mean cosine similarity between an MSRN's label semantic vectors (1: the attention is alike for every label)."""
     with torch.no_grad():
         local = torch.nn.functional.normalize(model.semantics().local, dim=1)
@@ -189,23 +197,24 @@ def semantic_similarity(model: object) -> float:
     return float(((local @ local.T).sum() - c) / max(1, c * (c - 1)))
 
 
-def write_explanations(out: Path, summary: dict) -> list[tuple[str, str]]:
-    """PNG per chosen test image: MSRN's attention per top label and depth, both models' scores beside it."""
+def write_explanations(out: Path, summary: dict) -> list[tuple[str, str, str]]:
+    """PNG per chosen test image (`pick_images`): MSRN's attention per top label and depth, both models'
+    scores beside it; returns (path, labels in the image, caption) per picture."""
     data = build_dataset("scenes", out / "data", "test")
-    chosen = pick_images(data)
-    images = [data.images[i] for i in chosen]
     msrn = load(out / "msrn" / "best.pt")
-    summary["msrn"]["label_similarity"] = round(semantic_similarity(msrn.model), 4)
-    expls = msrn.explain(images, k=3)
-    msrn_probs = msrn.probabilities(images)
-    base_probs = load(out / "baseline" / "best.pt").probabilities(images) if "baseline" in summary else None
+    summary["msrn"]["label_similarity"] = round(semantic_similarity(require_msrn(msrn.model)), 4)
+    all_msrn = msrn.probabilities(data.images)
+    all_base = load(out / "baseline" / "best.pt").probabilities(data.images) if "baseline" in summary else None
+    chosen = pick_images(data.targets == 1, all_msrn, all_base)
+    expls = msrn.explain([data.images[i] for i, _ in chosen], k=3)
     (out / "explain").mkdir(exist_ok=True)
     written = []
-    for i, expl, mp, k in zip(chosen, expls, msrn_probs, range(len(chosen))):
+    for (i, caption), expl in zip(chosen, expls, strict=True):
         expl.name = f"test image {Path(data.images[i]).stem}"
+        expl.caption = caption
         left = figure_image(figure(expl))
-        if base_probs is not None:
-            right = score_panel(data.labels, data.targets[i] == 1, mp, base_probs[k], left.height)
+        if all_base is not None:
+            right = score_panel(data.labels, data.targets[i] == 1, all_msrn[i], all_base[i], left.height)
             both = Image.new("RGB", (left.width + right.width, left.height), "white")
             both.paste(left, (0, 0))
             both.paste(right, (left.width, 0))
@@ -213,7 +222,7 @@ def write_explanations(out: Path, summary: dict) -> list[tuple[str, str]]:
         path = out / "explain" / f"{Path(data.images[i]).stem}.png"
         save_image(left, path)
         present = [data.labels[j] for j in np.flatnonzero(data.targets[i] == 1)]
-        written.append((str(path.relative_to(out)), ", ".join(present)))
+        written.append((str(path.relative_to(out)), ", ".join(present), caption))
     return written
 
 
@@ -238,7 +247,7 @@ def spread_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(out: Path, summary: dict, explained: list[tuple[str, str]] | None = None) -> str:
+def write_summary(out: Path, summary: dict, explained: list[tuple[str, str, str]] | None = None) -> str:
     keys = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "seconds")
     lines = ["| run | model | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, s in summary.items():
@@ -267,7 +276,8 @@ def write_summary(out: Path, summary: dict, explained: list[tuple[str, str]] | N
                          "then works as a learned pooling of each feature channel at each depth, and the "
                          "classifier on top tells the labels apart." if sim > 0.9 else "."))
         text += "\n\n"
-        text += "".join(f"- [{path}]({path}) (in the image: {present})\n" for path, present in explained)
+        text += "".join(f"- [{path}]({path}) (in the image: {present}). {caption}\n"
+                        for path, present, caption in explained)  # fmt: skip
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", text)
     return text

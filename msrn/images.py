@@ -21,6 +21,10 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from msrn.errors import MSRNError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # an 8000 x 6000 phone photo passes; decoding it costs ~6 bytes per pixel
+# file suffixes read as images wherever a folder is listed (msrn predict's folders, the apparel reader)
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
 TRANSPOSED = frozenset(range(2, 9))  # EXIF orientations other than 1 (upright) that exif_transpose undoes
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
@@ -80,6 +84,7 @@ def open_image(
     exif_orientation applies the EXIF orientation tag; max_pixels is checked before decoding. Any
     failure is an MSRNError naming the file (or `name`).
     """
+    opened: Path | BinaryIO
     if isinstance(source, (str, os.PathLike)):
         where, opened = name or os.fspath(source), Path(source)
     else:
@@ -109,7 +114,7 @@ def open_image(
 
 def normalized_array(img: Image.Image, size: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """The test transform in numpy: RGB, PIL bilinear resize to size x size, /255, minus mean, over std; 3 x S x S."""
-    img = (img if img.mode == "RGB" else img.convert("RGB")).resize((size, size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
+    img = (img if img.mode == "RGB" else img.convert("RGB")).resize((size, size), Image.Resampling.BILINEAR)
+    arr: np.ndarray = np.asarray(img, dtype=np.uint8).astype(np.float32) / 255.0
     arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -28,7 +28,7 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], None]) -> None:
+def _atomic_write(path: str | os.PathLike[str], writer: Callable[[BinaryIO], object]) -> None:
     """Run writer on a temp file beside path, fsync it and rename it over path; remove it on failure."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))

@@ -1,4 +1,4 @@
-"""Multi-label evaluation metrics of the paper's protocol (design doc section 8), in numpy (torch
+"""Multi-label evaluation metrics of the paper's protocol (docs/design.md §8), in numpy (torch
 only where the reference's figures depend on the order torch.sort and torch.topk give tied scores).
 
 Conventions (all vectorised over images):
@@ -206,7 +206,8 @@ def subset_metrics(
     counted = keep | (targets == 0)
     ap = average_precision(scores, np.where(counted, targets, -1))
     has = keep.any(axis=0)
-    out = {"mAP": None, "CF1": None, "OF1": None, "positives": int(keep.sum()), "labels": int(has.sum())}
+    out: dict[str, float | int | None] = {
+        "mAP": None, "CF1": None, "OF1": None, "positives": int(keep.sum()), "labels": int(has.sum())}
     if has.any():
         predicted = (_probabilities(scores, scores_are_logits) >= threshold) & counted
         six = _six(predicted[:, has], keep[:, has])
@@ -324,6 +325,11 @@ def reference_order_average_precision(scores: np.ndarray, targets: np.ndarray) -
     return ap
 
 
+def map_text(m: dict) -> str:
+    """mAP as printed: two decimals, or n/a when no label has a positive (None; a real 0.0 prints as 0.00)."""
+    return "n/a (no label has a positive)" if m.get("mAP") is None else f"{m['mAP']:.2f}"
+
+
 def format_metrics(m: dict, labels: list[str] | None = None) -> str:
     """A readable multi-line table of a multilabel_metrics result."""
     top_k = m.get("top_k", 3)
@@ -331,10 +337,9 @@ def format_metrics(m: dict, labels: list[str] | None = None) -> str:
     row_name = f"score >= {threshold:g}" if np.ndim(threshold) == 0 else "per-label thr."
     ap = m.get("ap_per_label", [])
     missing = m.get("labels_without_positives", [])
-    map_text = "n/a (no label has a positive)" if m.get("mAP") is None else f"{m['mAP']:.2f}"
     lines = [
         f"images: {m['num_images']}",
-        f"mAP: {map_text}  (over {len(ap) - len(missing)} of {len(ap)} labels)",
+        f"mAP: {map_text(m)}  (over {len(ap) - len(missing)} of {len(ap)} labels)",
         "",
         f"{'':<18}" + "".join(f"{name:>8}" for name in _SIX),
         f"{row_name:<18}" + "".join(f"{m[name]:>8.2f}" for name in _SIX),

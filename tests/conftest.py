@@ -5,14 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from reference_fakes import write_reference_data
 
-# the reference implementation's published data files, kept beside the repository (never inside it)
-REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
+# the reference implementation's published data files, kept beside the repository (never inside it);
+# only tests/test_reference_published_files.py reads them
+PUBLISHED_REFERENCE_DATA = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
 
 
 @pytest.fixture(scope="session")
-def reference_data() -> Path:
-    """Path of ../shared/reference-data; tests that need it skip with a reason when it is absent."""
-    if not (REFERENCE_DATA / "official-checkpoint-keys.json").is_file():
-        pytest.skip(f"reference data not found at {REFERENCE_DATA} (see the design notes: tests read it from there)")
-    return REFERENCE_DATA
+def reference_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reference-data folder in the published files' formats and layout, written by the tests
+    (random values), so the reading and loading paths are tested on every clone."""
+    return write_reference_data(tmp_path_factory.mktemp("reference-data"))
+
+
+@pytest.fixture(scope="session")
+def published_reference_data() -> Path:
+    """Path of ../shared/reference-data, the reference's real files; skips with the reason when absent."""
+    if not (PUBLISHED_REFERENCE_DATA / "official-checkpoint-keys.json").is_file():
+        pytest.skip(f"the reference's published files are not at {PUBLISHED_REFERENCE_DATA} (they cannot ship "
+                    "with msrn: the reference has no license); the same formats are tested on generated copies")
+    return PUBLISHED_REFERENCE_DATA

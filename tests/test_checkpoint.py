@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from model_helpers import randomise_batchnorms
+from reference_fakes import pin_generated_files
 from reference_impl import random_reference_state, reference_forward
 
 from msrn.checkpoint import read_checkpoint
@@ -175,6 +176,7 @@ def reference_mirror(tmp_path: Path, reference_data: Path, monkeypatch) -> Path:
         (folder / ds).mkdir(parents=True)
         for path in _label_files(reference_data, ds):
             (folder / ds / path.name).write_bytes(path.read_bytes())
+    pin_generated_files(monkeypatch, reference_data)
     monkeypatch.setenv("MSRN_REFERENCE_URL", folder.as_uri())
     monkeypatch.setenv("MSRN_CACHE", str(tmp_path / "cache"))
     return folder

@@ -232,6 +232,21 @@ def test_loader_is_reproducible(tmp_path: Path) -> None:
     assert loader.pin_memory == torch.cuda.is_available() and len(loader) == 3
 
 
+def test_loader_leaves_the_global_generators_alone(tmp_path: Path) -> None:
+    """With workers == 0, building a loader (as every mid-training evaluation does) and reading it used
+    to reseed the global `random` and numpy generators."""
+    ds = ImageDataset(make_data(tmp_path, 6), TrainTransform(8))
+    random.seed(123)
+    np.random.seed(123)
+    want_python, want_numpy = random.random(), np.random.rand()
+    random.seed(123)
+    np.random.seed(123)
+    for seed in (0, 1):
+        images = torch.cat([b[0] for b in build_loader(ds, batch_size=3, shuffle=True, workers=0, seed=seed)])
+        assert images.shape == (6, 3, 8, 8)
+    assert (random.random(), np.random.rand()) == (want_python, want_numpy)
+
+
 def test_skipped_counter_works_with_spawned_workers(tmp_path: Path) -> None:
     ds = ImageDataset(make_data(tmp_path, 4, broken=(2,)), TestTransform(8), on_error="skip")
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="spawn")

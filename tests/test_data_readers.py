@@ -186,10 +186,6 @@ def test_nuswide_images_subfolder(tmp_path: Path) -> None:
     assert d.images == [(tmp_path / "images" / "x.jpg").resolve()]
 
 
-def test_nuswide_labels_match_reference(reference_data: Path) -> None:
-    assert list(NUSWIDE_LABELS) == (reference_data / "nuswide" / "labels.txt").read_text().split()
-
-
 @pytest.mark.parametrize(
     "row, message",
     [

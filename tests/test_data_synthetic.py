@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import csv
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import msrn.data.synthetic
 from msrn.cli import main as cli_main
 from msrn.data import build_dataset, ensure_synthetic
+from msrn.data.generated import GENERATING
 from msrn.data.scenes import (
     AMBIGUOUS,
     AMBIGUOUS_PAIRS,
@@ -25,6 +28,7 @@ from msrn.data.scenes import (
     size_buckets,
 )
 from msrn.data.synthetic import EXCLUSIVE, GROUPS, MANIFEST, SYNTHETIC_LABELS
+from msrn.errors import MSRNError
 from msrn.labels.graph import TAU
 
 SMALL = {"num_train": 40, "num_test": 12}
@@ -51,10 +55,41 @@ def test_generation_is_idempotent_and_repairs(tmp_path: Path) -> None:
     before = tree_bytes(root)
     ensure_synthetic(root, **SMALL)
     assert image.stat().st_mtime_ns == stamp  # nothing rewritten
-    (root / MANIFEST).unlink()  # as if interrupted before the marker was written
+    (root / MANIFEST).unlink()  # as if interrupted before the manifest was written: the marker is still there
+    (root / GENERATING).touch()
     image.write_bytes(b"half")
     ensure_synthetic(root, **SMALL)
     assert tree_bytes(root) == before
+
+
+def test_without_data_it_goes_to_the_cache_not_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`msrn train --dataset synthetic` without --data (data "") used to write README.md, images/,
+    annotations.csv and manifest.json into the current folder, over a project's own README."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project\n")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MSRN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(msrn.data.synthetic, "ensure_synthetic", partial(ensure_synthetic, num_train=30, num_test=10))
+    data = build_dataset("synthetic", "", "train")
+    assert sorted(p.name for p in project.iterdir()) == ["README.md"]
+    assert (project / "README.md").read_text() == "my project\n"
+    assert data.root == tmp_path / "cache" / "data" / "synthetic" and len(data) == 30
+
+
+@pytest.mark.parametrize("ensure", [ensure_synthetic, ensure_scenes])
+def test_never_writes_over_files_it_did_not_generate(ensure, tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "README.md").write_text("keep me\n")
+    with pytest.raises(MSRNError, match=r"mine holds files msrn did not generate.*--data NEW_FOLDER"):
+        ensure(folder, num_train=4, num_test=2)
+    assert [p.name for p in folder.iterdir()] == ["README.md"] and (folder / "README.md").read_text() == "keep me\n"
+    (folder / "manifest.json").write_text('{"name": "a web app"}')  # another tool's manifest is not msrn's
+    with pytest.raises(MSRNError, match="did not generate"):
+        ensure(folder, num_train=4, num_test=2)
 
 
 def test_synthetic_dataset_structure(tmp_path: Path) -> None:

@@ -298,14 +298,15 @@ def test_demo_trains_msrn_and_baseline(tmp_path: Path, monkeypatch: pytest.Monke
         assert set(s["splits"]) == {"small", "medium", "large", "ambiguous", "distinct"}
     explained = demo.write_explanations(tmp_path, summary)
     assert 1 <= len(explained) <= demo.EXPLAINED
-    for path, present in explained:
+    for path, present, caption in explained:
         with Image.open(tmp_path / path) as im:
             assert im.width > im.height > 200  # the attention grid with the score bars beside it
-        assert present
+        assert present and caption
+    assert "beats the baseline most" in explained[0][2] and "fails most" in explained[-1][2]
     monkeypatch.setattr(demo, "SEED_SPREAD", tmp_path / "none.json")
     text = demo.write_summary(tmp_path, summary, explained)
     assert "| msrn |" in text and "| baseline |" in text and "mAP small" in text and "No benchmark run" in text
-    assert all(f"]({path})" in text for path, _ in explained)
+    assert all(f"]({path})" in text and caption in text for path, _, caption in explained)
     assert json.loads((tmp_path / "summary.json").read_text())["msrn"]["mAP"] == summary["msrn"]["mAP"]
     spread = {"command": "python benchmarks/ablation.py", "date": "2026-12-01", "seeds": [0, 1, 2],
               "runs": {"msrn": {"mAP": [90.0, 91.0, 92.0], "CF1": [80.0] * 3, "OF1": [81.0] * 3},

@@ -1,15 +1,25 @@
 """Per-label, per-depth attention maps: their definition, shapes, the pictures and `--explain`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import msrn.inference
 from msrn.cli import main as cli
+from msrn.demo import pick_images
 from msrn.errors import MSRNError
-from msrn.inference.draw import overlay, panel_size, save_figure
-from msrn.inference.explain import attention_maps, explained_forward
+from msrn.inference.draw import figure, overlay, panel_size, save_explanation
+from msrn.inference.explain import (
+    Explanation,
+    attention_maps,
+    explained_forward,
+    label_map_difference,
+    picture_notes,
+)
 from msrn.inference.predictor import load
 from msrn.models import create_model
 from msrn.models.loading import model_state
@@ -112,5 +122,45 @@ def test_explanations_from_the_api(model: torch.nn.Module, tmp_path) -> None:
     assert len(expl.labels) == 4 and expl.scores == sorted(expl.scores, reverse=True)
     assert [m.shape[0] for m in expl.maps] == [4, 4, 4]
     assert expl.depth_titles()[0].startswith("depth 1")
-    save_figure(expl, tmp_path / "fig.png")
+    save_explanation(expl, tmp_path / "fig.png")
     assert Image.open(tmp_path / "fig.png").format == "PNG"
+
+
+def test_no_text_promises_three_depths() -> None:
+    """Since --depths a model may read one or two depths; explain, predict, serve and the page say
+    'each depth the model reads' instead of 'three depths'."""
+    folder = Path(msrn.inference.__file__).parent
+    for name in ("explain.py", "draw.py", "predict.py", "serve.py", "static/index.html"):
+        assert "three depths" not in (folder / name).read_text(), name
+
+
+def test_demo_picks_pictures_that_teach() -> None:
+    """The demo showed the first test images found, whatever the models did on them (its first picture,
+    on a fresh clone, showed three labels absent from the image). Now: where MSRN beats the baseline
+    most, then where MSRN fails most, each captioned so."""
+    truth = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=bool)
+    msrn = np.array([[.9, .1, .1], [.2, .8, .1], [.1, .1, .9], [.1, .2, .9], [.8, .1, .7]])
+    base = np.array([[.9, .1, .1], [.9, .1, .1], [.5, .5, .5], [.1, .3, .4], [.2, .5, .2]])
+    picks = pick_images(truth, msrn, base, count=3)
+    # gains (baseline error - MSRN error): 0, 1.4, -1.2, 0.6, 1.5; MSRN's worst image is 2 (error 2.7)
+    assert [i for i, _ in picks] == [4, 1, 2]
+    assert all("beats the baseline most" in c for _, c in picks[:2]) and "fails most" in picks[2][1]
+    assert "2.70" in picks[2][1] and "1.50" in picks[2][1]  # MSRN's error there, and the baseline's
+    alone = pick_images(truth, msrn, None, count=2)
+    assert [i for i, _ in alone] == [0, 2] and "fails most" in alone[1][1]
+
+
+def test_pictures_say_when_labels_maps_are_alike() -> None:
+    same = np.full((3, 4, 4), 1 / 16)
+    expl = Explanation(image=Image.new("RGB", (8, 8)), name="x", labels=["a", "b", "c"], scores=[0.9, 0.8, 0.7],
+                       maps=[same, same[:, :2, :2] * 4], depths=(1, 3), caption="Where MSRN fails most")  # fmt: skip
+    notes = picture_notes(expl)
+    assert notes[0] == "Where MSRN fails most" and "alike" in notes[1] and "0.0%" in notes[1]
+    apart = same.copy()
+    apart[0] = 0
+    apart[0, 0, 0] = 1  # label a looked at one corner only
+    expl.maps = [apart, same[:, :2, :2] * 4]
+    assert label_map_difference(expl.maps) == pytest.approx(15 / 16)
+    assert picture_notes(expl) == ["Where MSRN fails most"]
+    fig = figure(expl)
+    assert "Where MSRN fails most" in fig.get_suptitle()

@@ -1,4 +1,4 @@
-"""The label graph (spec section 2) and label word vectors."""
+"""The label graph (docs/design.md §2) and label word vectors."""
 
 from __future__ import annotations
 
@@ -66,37 +66,15 @@ def test_reference_pickles_follow_steps_1_to_4_literally(ds: str, reference_data
     np.testing.assert_array_equal(got > 0, want > 0)
 
 
-def _off_diagonal_edges(reference_data: Path, ds: str) -> set[tuple[int, int]]:
-    """(i, j) with mask[i, j] = A_hat[i, j] > 0, i != j: label i attends to j."""
-    a = adjacency(read_cooccurrence(reference_data / ds / f"{ds}_adj.pkl"))
-    return {(int(i), int(j)) for i, j in zip(*np.nonzero(a > 0), strict=True) if i != j}
-
-
-def test_nuswide_and_apparel_edge_counts(reference_data: Path):
-    # the design's caution: applied literally, the NUS-WIDE pickle gives 2 edges and Apparel's 24
-    assert len(_off_diagonal_edges(reference_data, "nuswide")) == 2
-    assert len(_off_diagonal_edges(reference_data, "apparel")) == 24
+def test_defective_pickles_are_not_repaired(reference_data: Path):
+    """docs/design.md §2: NUS-WIDE's non-zero diagonal and Apparel's one-way counts are applied as stored."""
     nus = read_cooccurrence(reference_data / "nuswide" / "nuswide_adj.pkl")
     assert np.diag(nus.counts).sum() > 0  # the non-zero diagonal is kept
     apparel = read_cooccurrence(reference_data / "apparel" / "apparel_adj.pkl")
     assert not np.array_equal(apparel.counts, apparel.counts.T)  # not symmetrised
-    assert len(edges(nus)) == 2 and len(edges(apparel)) == 24
-
-
-def test_voc_edge_pattern(reference_data: Path):
-    voc = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-           "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
-    co = read_cooccurrence(reference_data / "voc" / "voc_adj.pkl")
-    named = {(voc[i], voc[j]) for i, j, _ in edges(co)}
-    # P(person | bicycle) >= 0.4 and so on; P(chair | diningtable) >= 0.4
-    assert named == {
-        ("bicycle", "person"), ("bottle", "person"), ("diningtable", "person"), ("horse", "person"),
-        ("motorbike", "person"), ("diningtable", "chair"),
-    }
-    # in the attention mask the direction flips: person attends to bicycle, chair to diningtable
-    assert _off_diagonal_edges(reference_data, "voc") == {(voc.index(b), voc.index(a)) for a, b in named}
-    raw = load_numpy_pickle(reference_data / "voc" / "voc_adj.pkl")
-    assert raw["nums"][voc.index("aeroplane")] == 238 and raw["nums"][voc.index("person")] == 2008
+    mask = adjacency(apparel) > 0
+    garment_to_colour = {(int(i), int(j)) for i, j in zip(*np.nonzero(mask), strict=True) if i != j}
+    assert garment_to_colour and all(i >= 6 > j for i, j in garment_to_colour)  # A_hat is A^T: garments attend
 
 
 def test_count_cooccurrence_treats_difficult_as_absent():

@@ -42,7 +42,7 @@ HAND = make_data(["a", "b", "c"], [[1, 1, 0], [1, 1, 0], [1, 0, 1], [0, 1, -1], 
 
 
 def literal_adjacency(m: np.ndarray, n: np.ndarray, tau: float = 0.4, p: float = 0.25) -> np.ndarray:
-    """Spec section 2 steps 1-4 written out with loops, independent of msrn.labels.graph."""
+    """docs/design.md §2 steps 1-4 written out with loops, independent of msrn.labels.graph."""
     c = len(n)
     a = np.zeros((c, c))
     for i in range(c):
@@ -204,19 +204,16 @@ def test_encoder_vectors() -> None:
 # ------------------------------------------------------------------ reference pickles
 
 
-def test_voc_reference_pickle_gives_the_spec_graph(reference_data: Path) -> None:
+def test_voc_reference_pickle_gives_the_literal_graph(reference_data: Path) -> None:
+    """The reference's pickles are label sources as they are: vectors and counts read, not counted."""
     empty = make_data(list(VOC_LABELS), [])
     ls = build_label_set(empty, vectors=reference_data / "voc" / "voc_glove_word2vec.pkl",
                          cooccurrence=reference_data / "voc" / "voc_adj.pkl")  # fmt: skip
     co = ls.cooccurrence
     assert ls.num_images is None and ls.vector_source.startswith("pickle:") and ls.word_vectors.shape == (20, 300)
     assert np.all(np.diag(co.counts) == 0) and np.array_equal(co.counts, co.counts.T)
-    assert co.nums[VOC_LABELS.index("aeroplane")] == 238 and co.nums[VOC_LABELS.index("person")] == 2008
-    named = {(ls.labels[i], ls.labels[j]) for i, j, _ in ls.edges()}
-    assert named == {("horse", "person"), ("motorbike", "person"), ("bicycle", "person"), ("bottle", "person"),
-                     ("diningtable", "chair"), ("diningtable", "person")}  # fmt: skip
     np.testing.assert_allclose(ls.adjacency(), literal_adjacency(co.counts, co.nums), atol=1e-6)
-    assert diagnostics(ls) == [] or all("no edge" in n for n in diagnostics(ls))
+    assert ls.edges()  # the generated counts link label 4i+1 to 4i
 
 
 def _off_diagonal_edges(ls: LabelSet) -> int:
@@ -227,13 +224,14 @@ def _off_diagonal_edges(ls: LabelSet) -> int:
 def test_nuswide_and_apparel_pickles_applied_literally(reference_data: Path) -> None:
     nus_labels = (reference_data / "nuswide" / "labels.txt").read_text().split()
     nus = build_label_set(make_data(nus_labels, []), cooccurrence=reference_data / "nuswide" / "nuswide_adj.pkl")
-    assert _off_diagonal_edges(nus) == 2
     assert any("diagonal" in n for n in diagnostics(nus))
     apparel_labels = ["black", "blue", "brown", "green", "red", "white", "dress", "pants", "shirt", "shoes", "shorts"]
     apparel = reference_data / "apparel"
     app = build_label_set(make_data(apparel_labels, []), vectors=apparel / "apparel_glove_word2vec.pkl",
                           cooccurrence=apparel / "apparel_adj.pkl")  # fmt: skip
-    assert _off_diagonal_edges(app) == 24 and app.word_vectors.shape == (11, 300)
+    assert _off_diagonal_edges(app) > 0 and app.word_vectors.shape == (11, 300)
+    np.testing.assert_allclose(app.adjacency(), literal_adjacency(app.cooccurrence.counts, app.cooccurrence.nums),
+                               atol=1e-6)  # fmt: skip
     notes = " ".join(diagnostics(app))
     assert "not symmetric" in notes and "exceed 1" in notes
 

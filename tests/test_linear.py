@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from msrn.models.linear import ReusedGradLinear
+import msrn.models.linear as linear_module
+from msrn.models.linear import ReusedGradLinear, checked_use_count
 
 
 def _pair(seed: int = 0) -> tuple[nn.Linear, ReusedGradLinear]:
@@ -34,8 +35,8 @@ def test_values_and_gradients_match_nn_linear():
     assert ours.state_dict().keys() == ref.state_dict().keys()
 
 
-def test_storage_is_reused_after_set_to_none_and_gradients_stay_right():
-    ref, ours = _pair(1)
+def _three_steps(ref: nn.Linear, ours: ReusedGradLinear) -> list[int]:
+    """Three zero_grad(set_to_none) steps on both layers, gradients compared; the address of each of ours."""
     ptrs = []
     for _ in range(3):
         x, w = torch.randn(3, 40), torch.randn(3, 7)
@@ -45,6 +46,11 @@ def test_storage_is_reused_after_set_to_none_and_gradients_stay_right():
         _step(ours, x, w)
         torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-6, atol=1e-6)
         ptrs.append(ours.weight.grad.data_ptr())
+    return ptrs
+
+
+def test_storage_is_reused_after_set_to_none_and_gradients_stay_right():
+    ptrs = _three_steps(*_pair(1))
     assert ptrs[1] == ptrs[0] and ptrs[2] == ptrs[0]  # one allocation, written three times
 
 
@@ -93,3 +99,22 @@ def test_bf16_autocast_takes_nn_linear_path():
         a, b = ours(x), ref(x)
     assert a.dtype == b.dtype == torch.bfloat16
     torch.testing.assert_close(a, b)
+
+
+def _raises(*args):
+    raise TypeError("the private API changed its signature")
+
+
+@pytest.mark.parametrize("broken", [None, _raises, lambda cdata: 7])  # absent, changed, or answering wrongly
+def test_without_a_working_use_count_the_public_path_gives_the_same_gradients(broken, monkeypatch) -> None:
+    """torch._C._storage_Use_Count is private: checked_use_count refuses it unless it answers as it should,
+    and then no gradient memory is reused (nn.Linear's behaviour), with the same values."""
+    assert checked_use_count(torch._C._storage_Use_Count) is torch._C._storage_Use_Count  # this torch's works
+    assert checked_use_count(broken) is None
+    monkeypatch.setattr(linear_module, "_use_count", checked_use_count(broken))
+    ref, ours = _pair(2)
+    _three_steps(ref, ours)
+    ours.zero_grad(set_to_none=True)  # the layer alone holds its last gradient's memory
+    assert ours._grad_storage is not None and ours._free_storage() is None  # not reused: a fresh one each step
+    monkeypatch.setattr(linear_module, "_use_count", torch._C._storage_Use_Count)
+    assert ours._free_storage() is not None  # with the working function that memory would be reused

@@ -24,6 +24,7 @@ from msrn.metrics import (
     REFERENCE_GRID,
     average_precision,
     format_metrics,
+    map_text,
     multilabel_metrics,
     per_label_thresholds,
     reference_order_average_precision,
@@ -436,3 +437,10 @@ def test_subset_metrics_keep_some_positives_against_every_negative() -> None:
     assert part["positives"] == int(keep.sum()) and part["labels"] == 4
     none = subset_metrics(scores, targets, np.zeros_like(keep))
     assert none["mAP"] is None and none["CF1"] is None and none["positives"] == 0
+
+
+def test_map_text_keeps_a_real_zero() -> None:
+    """The epoch line printed `mAP or nan`, turning a real 0.0 into nan; None (no positive) is n/a."""
+    assert map_text({"mAP": 0.0}) == "0.00"
+    assert map_text({"mAP": 61.456}) == "61.46"
+    assert map_text({"mAP": None}).startswith("n/a")

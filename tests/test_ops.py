@@ -123,3 +123,25 @@ def test_linear_keeps_the_layer_under_autograd_autocast_and_tracing(monkeypatch:
     with torch.no_grad():
         linear(layer, x)
     assert calls == [6]
+
+
+def test_linear_falls_back_to_the_public_layer_without_a_working_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mkldnn_linear is private: checked_onednn_linear refuses it when absent, raising or wrong, and
+    `linear` then gives nn.Linear's result through the public path."""
+
+    def raising(x, w, b):
+        raise RuntimeError("mkldnn_linear: unsupported")
+
+    def wrong(x, w, b):
+        return torch._C._nn.mkldnn_linear(x, w, b * 2)
+
+    for broken in (None, raising, wrong):
+        assert ops.checked_onednn_linear(broken) is None
+    monkeypatch.setattr(ops, "_onednn_linear", None)
+    monkeypatch.setattr(ops, "_ONEDNN_BUILT", False)
+    layer = nn.Linear(300, 20)
+    x = torch.randn(9, 300)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(layer, x), layer(x), rtol=0, atol=0)
+    if torch.backends.mkldnn.is_available():
+        assert ops.checked_onednn_linear(torch._C._nn.mkldnn_linear) is torch._C._nn.mkldnn_linear

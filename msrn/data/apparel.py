@@ -10,13 +10,13 @@ import numpy as np
 
 from msrn.data.base import MultiLabelData, require_dir, require_file
 from msrn.errors import MSRNError
+from msrn.images import IMAGE_SUFFIXES
 from msrn.safe_pickle import load_numpy_pickle
 
 COLOURS = ("black", "blue", "brown", "green", "red", "white")
 GARMENTS = ("dress", "pants", "shirt", "shoes", "shorts")
 APPAREL_LABELS = COLOURS + GARMENTS
 APPAREL_SPLITS = ("train", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 LABEL_FILE = "image_label.pkl"  # the reference's file name -> 11 labels (0 present, -1 absent)
 REFERENCE_SEED = 10  # the reference's split_dataset seeds Python's random with 10
 
@@ -63,7 +63,7 @@ def find_label_file(data: Path) -> Path | None:
     return None
 
 
-def read_label_file(path: Path) -> list[tuple[str, np.ndarray]]:
+def read_image_labels(path: Path) -> list[tuple[str, np.ndarray]]:
     """The items of image_label.pkl in stored order (the split depends on it), each row as 1 present / 0 absent."""
     table = load_numpy_pickle(require_file(path, f"the reference's {LABEL_FILE}"))
     if not isinstance(table, dict) or not table:
@@ -134,7 +134,7 @@ def locate_images(data: Path, items: list[tuple[str, np.ndarray]], label_file: P
 
 def _read_reference(data: Path, split: str, label_file: Path) -> MultiLabelData:
     """The reference's split and labels from its image_label.pkl, images in the reference's order."""
-    items = reference_split(read_label_file(label_file), split)
+    items = reference_split(read_image_labels(label_file), split)
     images = locate_images(data.resolve(), items, label_file)
     targets = np.stack([row for _, row in items]) if items else np.zeros((0, len(APPAREL_LABELS)), np.int8)
     note = f"the reference's split and labels from {label_file} (Python random.seed(10), shuffle, first half train)"

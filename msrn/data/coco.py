@@ -80,7 +80,7 @@ def read_coco2014(data: Path, split: str, keep_unannotated: bool = False) -> Mul
     if keep_unannotated:
         note = "images without annotations kept with all-zero targets (the reference leaves them out)"
     else:
-        annotated = targets.any(axis=1)
+        annotated = np.asarray(targets.any(axis=1), dtype=bool)
         files = [f for f, keep in zip(files, annotated, strict=True) if keep]
         targets = targets[annotated]
         note = "images without annotations left out, as the reference does"

@@ -15,6 +15,30 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+class OwnRandomStreams(Dataset):
+    """A dataset whose items are read with `random` and numpy switched to streams of its own, seeded once;
+    the global streams are put back after every item, so reading never reseeds or advances them."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self._python = random.Random(seed).getstate()
+        self._numpy = np.random.RandomState(seed % 2**32).get_state()
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]  # map-style datasets have a length
+
+    def __getitem__(self, key):
+        outer_python, outer_numpy = random.getstate(), np.random.get_state()
+        random.setstate(self._python)
+        np.random.set_state(self._numpy)
+        try:
+            return self.dataset[key]
+        finally:
+            self._python, self._numpy = random.getstate(), np.random.get_state()
+            random.setstate(outer_python)
+            np.random.set_state(outer_numpy)
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -28,16 +52,14 @@ def build_loader(
     """Build a DataLoader whose order and augmentations are reproducible for a given seed.
 
     With workers > 0 each (persistent) worker seeds `random`/numpy from the seeded generator; with
-    workers == 0 the transforms run in this process, so `random` and numpy are seeded here once.
-    `shuffle` is ignored when a sampler is given (the sampler decides the order).
+    workers == 0 the transforms run in this process on the loader's own streams (`OwnRandomStreams`),
+    so the caller's global generators are left as they were. `shuffle` is ignored when a sampler is
+    given (the sampler decides the order).
     """
     generator = torch.Generator()
     generator.manual_seed(seed)
-    if workers == 0:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
     return DataLoader(
-        dataset,
+        OwnRandomStreams(dataset, seed) if workers == 0 else dataset,
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,

@@ -9,8 +9,6 @@ co-occurring labels tell the answer. The generator is described in README (writt
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +16,8 @@ from PIL import Image, ImageDraw
 
 from msrn.data.base import MultiLabelData
 from msrn.data.csvfile import read_csv_dataset
+from msrn.data.generated import MANIFEST, ensure_generated, read_manifest, write_images
 from msrn.errors import MSRNError
-from msrn.io import atomic_write_text
 
 VERSION = 1
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -65,7 +63,6 @@ P_STRAY = 0.02  # each unambiguous label of a scene not shown
 P_OCCLUDER = 0.3  # per label object: a clutter bar laid over part of it
 MIN_VISIBLE = 0.6  # share of a label object's pixels that stays visible
 SPLITS = ("train", "test")
-MANIFEST = "manifest.json"
 
 README = """# scenes: the built-in benchmark of msrn (generated, seed {seed}; not real data)
 
@@ -244,7 +241,7 @@ def render_scene(labels: list[str], size: int, rng: np.random.RandomState) -> tu
     for rec in [r for r in records if r["label"]]:
         if rng.rand() >= P_OCCLUDER:
             continue
-        colour = _colour(rng, list(COLOURS)[6 + rng.randint(len(COLOURS) - 6)])
+        paint = _colour(rng, list(COLOURS)[6 + rng.randint(len(COLOURS) - 6)])
         for _ in range(10):  # a bar across the object, a third to two thirds of its side thick
             side, thick = rec["side"], max(2, int(rec["side"] * rng.uniform(0.33, 0.67)))
             horizontal = rng.rand() < 0.5
@@ -253,7 +250,7 @@ def render_scene(labels: list[str], size: int, rng: np.random.RandomState) -> tu
             y = int(np.clip(rec["y"] - 2 + (rng.randint(-thick // 2, side) if horizontal else 0), 0, size - h))
             bar = np.ones((h, w), dtype=bool)
             if canvas.kept_after(bar, x, y) >= MIN_VISIBLE:
-                canvas.draw(bar, x, y, colour, label=False)
+                canvas.draw(bar, x, y, paint, label=False)
                 records.append(dict(label="", shape="occluder", colour="clutter", x=x, y=y, side=max(h, w)))
                 break
     for rec in records:
@@ -285,11 +282,8 @@ def _readme(seed: int, num_train: int, num_test: int, image_size: int) -> str:
 
 
 def _read_manifest(root: Path) -> dict | None:
-    try:
-        found = json.loads((root / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    ok = isinstance(found, dict) and found.get("kind") == "scenes" and found.get("version") == VERSION
+    found = read_manifest(root)
+    ok = found is not None and found.get("kind") == "scenes" and found.get("version") == VERSION
     return found if ok and (root / "annotations.csv").is_file() and (root / "objects.csv").is_file() else None
 
 
@@ -297,37 +291,26 @@ def ensure_scenes(
     root: Path, seed: int = 0, num_train: int = 2000, num_test: int = 600, image_size: int = IMAGE_SIZE
 ) -> Path:
     """Generate the scenes data set into root unless a matching complete generation is there."""
-    root = Path(root)
     expected = _expected_manifest(seed, num_train, num_test, image_size)
-    if _read_manifest(root) == expected:
-        return root
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        (root / MANIFEST).unlink(missing_ok=True)
+
+    def write(folder: Path) -> dict[str, str]:
         rng = np.random.RandomState(seed)
+
+        def draw() -> tuple[Image.Image, list[str], list[dict]]:
+            labels = sample_labels(rng)
+            img, records = render_scene(labels, image_size, rng)
+            return img, labels, records
+
         rows, objects = ["image,labels,split"], ["image,label,shape,colour,x,y,side,visible"]
-        for split, count in (("train", num_train), ("test", num_test)):
-            folder = root / "images" / split
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in range(count):
-                labels = sample_labels(rng)
-                img, records = render_scene(labels, image_size, rng)
-                path = folder / f"{k:05d}.png"
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                img.save(tmp, format="PNG", compress_level=1)
-                os.replace(tmp, path)
-                name = f"images/{split}/{path.name}"
-                rows.append(f"{name},{'|'.join(labels)},{split}")
-                objects += [f"{name},{r['label']},{r['shape']},{r['colour']},{r['x']},{r['y']},{r['side']},"
-                            f"{'' if r['visible'] is None else r['visible']}" for r in records]
-        atomic_write_text(root / "annotations.csv", "\n".join(rows) + "\n")
-        atomic_write_text(root / "objects.csv", "\n".join(objects) + "\n")
-        atomic_write_text(root / "labels.txt", "\n".join(SCENES_LABELS) + "\n")
-        atomic_write_text(root / "README.md", _readme(seed, num_train, num_test, image_size))
-        atomic_write_text(root / MANIFEST, json.dumps(expected, indent=1) + "\n")
-    except OSError as e:
-        raise MSRNError(f"{root}: cannot write the scenes data set ({e})") from None
-    return root
+        for name, split, labels, records in write_images(folder, {"train": num_train, "test": num_test}, draw):
+            rows.append(f"{name},{'|'.join(labels)},{split}")
+            objects += [f"{name},{r['label']},{r['shape']},{r['colour']},{r['x']},{r['y']},{r['side']},"
+                        f"{'' if r['visible'] is None else r['visible']}" for r in records]  # fmt: skip
+        return {"annotations.csv": "\n".join(rows) + "\n", "objects.csv": "\n".join(objects) + "\n",
+                "labels.txt": "\n".join(SCENES_LABELS) + "\n",
+                "README.md": _readme(seed, num_train, num_test, image_size)}  # fmt: skip
+
+    return ensure_generated(root, "scenes", expected, lambda folder: _read_manifest(folder) == expected, write)
 
 
 def read_scenes(data: Path, split: str) -> MultiLabelData:

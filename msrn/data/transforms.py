@@ -1,4 +1,4 @@
-"""Train/test image transforms of the paper's code (design section 7), with Pillow and numpy only."""
+"""Train/test image transforms of the paper's code (docs/design.md §7), with Pillow and numpy only."""
 from __future__ import annotations
 
 import random
@@ -83,9 +83,9 @@ class TrainTransform:
         box = multiscale_crop_box(
             img.width, img.height, self.image_size, self.scales, self.max_distort, random
         )
-        img = img.crop(box).resize((self.image_size, self.image_size), Image.BILINEAR)
+        img = img.crop(box).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         if self.flip and random.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_tensor_normalized(img)
 
     def __repr__(self) -> str:
@@ -107,7 +107,7 @@ class TestTransform:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """Resize one PIL image into a normalised 3 x S x S tensor."""
         img = img if img.mode == "RGB" else img.convert("RGB")  # convert would copy a whole RGB photo
-        img = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+        img = img.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         return to_tensor_normalized(img)
 
     def __repr__(self) -> str:

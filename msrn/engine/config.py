@@ -1,6 +1,6 @@
 """One typed configuration for training and evaluation, shared by the CLI and the Python API.
 
-Dataset presets carry the paper's hyper-parameters (design section 7), so a user names the
+Dataset presets carry the paper's hyper-parameters (docs/design.md §7), so a user names the
 dataset and the data path and nothing else. Every field can be overridden from the CLI: a new option is
 one field, declared with `option(default, help, choices=..., low=..., high=...)`; its flag and its checks
 follow from that declaration.

@@ -19,6 +19,9 @@ def ema_decay(decay: float, warmup: int, n: int) -> float:
     return decay if warmup <= 0 else decay * (1.0 - math.exp(-n / warmup))
 
 
+Tensors = tuple[torch.Tensor, ...] | list[torch.Tensor]  # what AveragedModel hands its averaging function
+
+
 class WeightEMA:
     """An averaged copy of a model's weights and buffers, updated after every optimiser step."""
 
@@ -27,7 +30,7 @@ class WeightEMA:
         self.averaged = AveragedModel(model, multi_avg_fn=self._blend, use_buffers=True)
         self.averaged.eval()
 
-    def _blend(self, averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+    def _blend(self, averaged: Tensors, current: Tensors, n: torch.Tensor | int) -> None:
         """torch's EMA step at this update's decay (AveragedModel calls it once per dtype group)."""
         get_ema_multi_avg_fn(ema_decay(self.decay, self.warmup, int(n)))(averaged, current, n)
 

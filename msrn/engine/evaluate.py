@@ -84,7 +84,7 @@ def score_metrics(
     group_loss: float = 0.0,
     loss: LossFn = soft_margin_loss,
 ) -> dict:
-    """Spec section 8 metrics from logits and, if given, the metrics at per-label thresholds chosen
+    """docs/design.md §8 metrics from logits and, if given, the metrics at per-label thresholds chosen
     on a validation split; "loss" is the training objective (losses.objective: the run's `loss` plus
     the model's `group_loss`, see model_group_loss), so it compares with the training curve.
     `msrn evaluate` passes no `loss`: it reports the soft-margin objective whatever loss the run used."""
@@ -92,8 +92,8 @@ def score_metrics(
     if thresholds is not None:
         at = multilabel_metrics(logits, targets, threshold=thresholds, scores_are_logits=True)
         m["per_label_thresholds"] = {k: at[k] for k in ("CP", "CR", "CF1", "OP", "OR", "OF1")}
-    as_tensor = [torch.from_numpy(np.ascontiguousarray(a)) for a in (logits, targets)]
-    m["loss"] = float(objective(loss, *as_tensor, torch.tensor(group_loss, dtype=torch.float64)))  # summed in float64
+    logits_t, targets_t = (torch.from_numpy(np.ascontiguousarray(a)) for a in (logits, targets))
+    m["loss"] = float(objective(loss, logits_t, targets_t, torch.tensor(group_loss, dtype=torch.float64)))  # in float64
     return m
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msrn.models.msrn import MSRN
 from msrn.targets import NEGATIVE, UNKNOWN
 
 LOSSES = ("softmargin", "asl", "focal")
@@ -118,4 +119,4 @@ def objective(
 def model_group_loss(model: nn.Module) -> float:
     """The model's group loss: it depends on the weights only, not on images (0 for the baseline)."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    return float(model.semantics().group_loss) if hasattr(model, "semantics") else 0.0
+    return float(model.semantics().group_loss) if isinstance(model, MSRN) else 0.0

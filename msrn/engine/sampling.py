@@ -54,7 +54,7 @@ class SeededView(Dataset):
         self.dataset, self.seed = dataset, seed
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset)  # type: ignore[arg-type]  # map-style datasets have a length
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key
@@ -64,7 +64,9 @@ class SeededView(Dataset):
 
 def rng_state() -> dict:
     """Every global random state, in a form torch.load(weights_only=True) accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    assert isinstance(legacy, tuple)  # legacy=True: (kind, keys, pos, has_gauss, gauss)
+    kind, keys, pos, has_gauss, gauss = legacy
     state = {
         "torch": torch.get_rng_state(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),

@@ -41,7 +41,9 @@ class Board:
         for which, (val, test) in results.items():
             prefix = "" if which == "live" else f"{which}_"
             for part, metrics in (("val", val), ("test", test)):
-                for key in EPOCH_METRICS if metrics is not None else ():
+                if metrics is None:
+                    continue
+                for key in EPOCH_METRICS:
                     if metrics[key] is not None:
                         self.writer.add_scalar(f"{prefix}{part}/{key}", metrics[key], global_step)
             title = f"AP per label, {split} split, step {global_step}" + (f" ({which} weights)" if prefix else "")

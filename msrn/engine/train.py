@@ -1,4 +1,4 @@
-"""The training loop (design section 7) and the `msrn train` command.
+"""The training loop (docs/design.md §7) and the `msrn train` command.
 
 files -> dataset -> loader -> model -> loss -> optimiser -> checkpoint/metrics/plots. The run
 folder holds last.pt (everything needed to resume exactly), best.pt (weights, labels, graph),
@@ -39,7 +39,7 @@ from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
 from msrn.io import atomic_save_torch, atomic_write_json, check_writable, remove_stale_temps
 from msrn.labels.labelset import LabelSet, build_label_set
-from msrn.metrics import per_label_thresholds, sigmoid
+from msrn.metrics import map_text, per_label_thresholds, sigmoid
 from msrn.models import create_model
 from msrn.models.loading import load_checkpoint, model_state
 from msrn.models.msrn import MSRN
@@ -465,8 +465,8 @@ class Trainer:
         improved = score is None or self.best is None or score >= self.best.score
         val_txt = f" val mAP {score:.2f} |" if score is not None else ""
         tm = results[which].test
-        log.info("epoch %d/%d | loss %.4f |%s test mAP %.2f CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch,
-                 self.cfg.epochs, train_loss, val_txt, tm["mAP"] or float("nan"), tm["CF1"], tm["OF1"],
+        log.info("epoch %d/%d | loss %.4f |%s test mAP %s CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch,
+                 self.cfg.epochs, train_loss, val_txt, map_text(tm), tm["CF1"], tm["OF1"],
                  weights_text(results), seconds, " *" if improved else "")
         if improved:  # best.pt before last.pt: a kill in between redoes this epoch's end, rewriting them alike
             self.keep_best(which, results[which])

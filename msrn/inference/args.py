@@ -14,7 +14,7 @@ from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.inference.predictor import Predictor, load
 
 
-def read_label_file(path: str | os.PathLike) -> list[str]:
+def read_label_names(path: str | os.PathLike) -> list[str]:
     """Label names, one per line (blank lines ignored)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -56,5 +56,5 @@ def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:
     """The Predictor that the shared checkpoint options describe."""
     if args.image_size is not None and args.image_size < 32:
         raise MSRNError("--image-size must be at least 32")
-    labels = read_label_file(args.labels) if args.labels else None
+    labels = read_label_names(args.labels) if args.labels else None
     return load(args.checkpoint, args.word_vectors, args.cooccurrence, labels, image_size=args.image_size, **options)

@@ -5,6 +5,7 @@ The maps come from `msrn.inference.explain`; this module only draws them (matplo
 from __future__ import annotations
 
 import os
+import textwrap
 
 import numpy as np
 from matplotlib import colormaps
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from msrn import plots
-from msrn.inference.explain import Explanation, concentration
+from msrn.inference.explain import Explanation, concentration, picture_notes
 
 COLORMAP = "turbo"
 PANEL_SIDE = 256  # longer side of one panel in pixels
@@ -34,9 +35,9 @@ def overlay(image: Image.Image, heat: np.ndarray, side: int = PANEL_SIDE) -> Ima
     proportion to its value, so high attention is both bright and coloured; a flat map is all lit.
     """
     size = panel_size(image, side)
-    base = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
+    base = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
     heat = np.asarray(heat, dtype=np.float32)
-    up = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.BILINEAR), dtype=np.float32)
+    up = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
     lo, hi = float(heat.min()), float(heat.max())
     # a flat map (one position, or no preference) was looked at everywhere alike: show it all lit
     v = (up - lo) / (hi - lo) if hi - lo > 1e-6 * max(hi, 1e-30) else np.ones_like(up)
@@ -53,16 +54,20 @@ def panels(expl: Explanation, side: int = PANEL_SIDE) -> list[list[Image.Image]]
 
 
 def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
-    """A labelled grid: the input, then the three depths' attention, one row per top label."""
+    """A labelled grid: the input, then the attention at each depth the model reads, one row per top label."""
     rows = panels(expl, side)
     k = max(1, len(rows))
     aspect = expl.image.height / expl.image.width
     cell = 2.6
     cols = 1 + len(expl.maps)
-    fig = Figure(figsize=(cols * cell + 0.6, k * cell * min(max(aspect, 0.5), 1.6) + 1.5), layout="constrained")
+    title = "\n".join([f"{expl.name}: where MSRN looked for each label",
+                       *(textwrap.fill(note, 28 * cols) for note in picture_notes(expl))])  # fmt: skip
+    lines = title.count("\n")
+    fig = Figure(figsize=(cols * cell + 0.6, k * cell * min(max(aspect, 0.5), 1.6) + 1.5 + 0.25 * lines),
+                 layout="constrained")  # fmt: skip
     fig.patch.set_facecolor("white")
     axes = np.asarray(fig.subplots(k, cols, squeeze=False))
-    shown = expl.image.convert("RGB").resize(panel_size(expl.image, side), Image.BILINEAR)
+    shown = expl.image.convert("RGB").resize(panel_size(expl.image, side), Image.Resampling.BILINEAR)
     titles = ["input", *expl.depth_titles()]
     for j in range(k):
         for col in range(cols):
@@ -88,7 +93,7 @@ def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
                     transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="white",
                     bbox=dict(boxstyle="round,pad=0.2", facecolor="black", alpha=0.55, linewidth=0),
                 )
-    fig.suptitle(f"{expl.name}: where MSRN looked for each label", fontsize=12)
+    fig.suptitle(title, fontsize=12 if lines == 0 else 10)
     bar = ScalarMappable(norm=Normalize(0, 1), cmap=COLORMAP)
     cb = fig.colorbar(bar, ax=axes.ravel().tolist(), orientation="horizontal", fraction=0.04, aspect=60, shrink=0.6)
     cb.set_ticks([0, 1], labels=["least attention", "most attention (each panel scaled to its own range)"])
@@ -96,6 +101,6 @@ def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
     return fig
 
 
-def save_figure(expl: Explanation, path: str | os.PathLike[str]) -> None:
+def save_explanation(expl: Explanation, path: str | os.PathLike[str]) -> None:
     """Render the explanation grid to a PNG file, written atomically."""
     plots.save_figure(figure(expl), path)

@@ -1,6 +1,7 @@
-"""Where MSRN looked for each label, at each of its three depths: the attention maps (drawn by `draw`).
+"""Where MSRN looked for each label, at each depth it reads (all three, or those --depths kept): the attention
+maps (drawn by `draw`).
 
-MSRN attends separately for every label c, depth s and channel d (design section 5):
+MSRN attends separately for every label c, depth s and channel d (docs/design.md §5):
 
     alpha[b, n, c, d] = softmax over positions n of F_s[b, n, d] * L[c, d]
     V_s[b, c, d]      = sum_n alpha[b, n, c, d] * F_s[b, n, d]
@@ -34,6 +35,7 @@ from msrn.errors import MSRNError
 from msrn.models.msrn import MSRN
 
 DEPTH_NAMES = ("fine", "middle", "coarse")
+ALIKE = 0.05  # labels' maps this close (share of attention that differs) are called alike on the pictures
 
 
 def require_msrn(model: nn.Module, where: str = "this checkpoint") -> MSRN:
@@ -81,7 +83,8 @@ def _as_index_matrix(label_indices: Sequence[int] | torch.Tensor, batch: int, nu
 def attention_maps(
     model: nn.Module, x: torch.Tensor, label_indices: Sequence[int] | torch.Tensor
 ) -> list[torch.Tensor]:
-    """Per-label attention at the three depths: 3 tensors B x k x H_s x W_s, each map summing to 1.
+    """Per-label attention at each depth the model reads: one B x k x H_s x W_s tensor per depth, each map
+    summing to 1.
 
     label_indices: k label ids for every image, or a B x k matrix (one row per image).
     """
@@ -104,7 +107,7 @@ def explained_forward(model: MSRN, x: torch.Tensor, k: int) -> tuple[torch.Tenso
 
 @dataclass
 class Explanation:
-    """One image's top labels, their probabilities and attention maps (3 arrays k x H_s x W_s)."""
+    """One image's top labels, their probabilities and attention maps (one k x H_s x W_s array per depth read)."""
 
     image: Image.Image
     name: str
@@ -113,6 +116,7 @@ class Explanation:
     maps: list[np.ndarray]
     thresholds: list[float] = field(default_factory=list)
     depths: tuple[int, ...] = (1, 2, 3)  # the depth each map comes from (fewer in an ablated model)
+    caption: str = ""  # why this picture is shown (the demo marks its best and its failing case)
 
     def depth_titles(self) -> list[str]:
         """Column titles: depth number, scale word and grid size."""
@@ -120,6 +124,30 @@ class Explanation:
             f"depth {s} · {DEPTH_NAMES[s - 1]} · {m.shape[1]}×{m.shape[2]}"
             for s, m in zip(self.depths, self.maps, strict=True)
         ]
+
+
+def label_map_difference(maps: Sequence[np.ndarray]) -> float:
+    """The largest share of attention that differs between two labels' maps at any depth: half the L1
+    distance of two maps that each sum to 1 (0: every label looked at the same places; 1: disjoint).
+    maps: one k x H_s x W_s array per depth."""
+    worst = 0.0
+    for m in maps:
+        flat = np.asarray(m, dtype=np.float64).reshape(m.shape[0], -1)
+        if len(flat) > 1:
+            worst = max(worst, float(0.5 * np.abs(flat[:, None] - flat[None]).sum(-1).max()))
+    return worst
+
+
+def picture_notes(expl: Explanation) -> list[str]:
+    """The lines written under a picture's title: its caption, and a warning when the labels' maps are
+    alike, so the reader does not look for differences that are not there."""
+    notes = [expl.caption] if expl.caption else []
+    if len(expl.labels) > 1:
+        differ = label_map_difference(expl.maps)
+        if differ < ALIKE:
+            notes.append(f"The attention maps of these labels are alike (at most {100 * differ:.1f}% of the attention "
+                         "differs): MSRN looked at the same places for each, and told them apart in its classifier.")
+    return notes
 
 
 def concentration(heat: np.ndarray) -> float:

@@ -18,6 +18,7 @@ import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ class ExportableMSRN(nn.Module):
         return self.model.classify(self.model.projected_maps(x), self.rows, attention="traceable")
 
 
-def _require_onnx() -> tuple[object, object]:
+def _require_onnx() -> tuple[Any, Any]:
     """The onnx and onnxruntime modules, or one line saying how to install them."""
     try:
         import onnx  # optional: the `export` extra

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,18 +22,7 @@ from PIL import Image
 
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, normalized_array
-from msrn.inference.tagging import (
-    ImageInput,
-    Result,
-    as_list,
-    decoded_batches,
-    describe,
-    error_record,
-    expand_inputs,
-    make_record,
-    read_input,
-    threshold_vector,
-)
+from msrn.inference.tagging import Tagger, threshold_vector
 
 REQUIRED = ("labels", "image_size", "mean", "std")
 
@@ -47,7 +36,7 @@ def _metadata(session: Any, where: str) -> dict[str, str]:
     return meta
 
 
-class OnnxPredictor:
+class OnnxPredictor(Tagger):
     """An exported model ready to tag images: `predict` for records, `probabilities` for scores."""
 
     def __init__(
@@ -87,50 +76,11 @@ class OnnxPredictor:
         self.exif_orientation = bool(stored_exif if exif_orientation is None else exif_orientation)
         self.max_pixels = max_pixels
 
-    def decode(self, item: ImageInput) -> Image.Image:
-        """One input as the RGB image the model sees, or an MSRNError."""
-        return read_input(item, self.exif_orientation, self.max_pixels)
-
-    def run(self, images: list[Image.Image]) -> np.ndarray:
-        """Probabilities (B x C) of decoded images."""
+    def scores(self, images: list[Image.Image], explain_k: int = 0) -> tuple[np.ndarray, None, list]:
+        """Probabilities (B x C) of decoded images (the exported graph gives no attention maps)."""
         x = np.stack([normalized_array(img, self.image_size, self.mean, self.std) for img in images])
         (logits,) = self.session.run(["logits"], {"image": x})
-        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-
-    def iter_results(
-        self, images: ImageInput | Iterable[ImageInput], threshold: float | Sequence[float] | None = None,
-        top_k: int | None = None,
-    ) -> Iterator[Result]:
-        """A Result per image, in input order, computed batch by batch."""
-        items = expand_inputs(as_list(images))
-        thresholds = self.thresholds if threshold is None else threshold_vector(threshold, len(self.labels))
-        top_k = self.top_k if top_k is None else top_k
-        for batch in decoded_batches(items, self.decode, self.batch_size):
-            good = [img for _, img, _ in batch if img is not None]
-            probs = iter(self.run(good) if good else [])
-            for i, _, err in batch:
-                name = describe(items[i])
-                if err is not None:
-                    yield Result(error_record(name, err))
-                    continue
-                row = next(probs)
-                yield Result(make_record(self.labels, name, row, thresholds, top_k), row)
-
-    def predict(
-        self, images: ImageInput | Iterable[ImageInput], threshold: float | Sequence[float] | None = None,
-        top_k: int | None = None,
-    ) -> list[dict]:
-        """Records for paths, folders, PIL images or arrays, as `msrn.inference.predictor.Predictor.predict` gives."""
-        return [result.record for result in self.iter_results(images, threshold, top_k)]
-
-    def probabilities(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
-        """N x C label probabilities in `labels` order; an unreadable image is an error here."""
-        rows = []
-        for result in self.iter_results(images):
-            if result.probabilities is None:
-                raise MSRNError(result.record["error"])
-            rows.append(result.probabilities)
-        return np.stack(rows) if rows else np.zeros((0, len(self.labels)))
+        return 1.0 / (1.0 + np.exp(-logits.astype(np.float64))), None, []
 
 
 def load_onnx(path: str | os.PathLike, **options: Any) -> OnnxPredictor:

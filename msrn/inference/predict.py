@@ -12,13 +12,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from msrn.errors import MSRNError
 from msrn.inference.args import add_decoding_arguments, decoding_options, load_from_args
-from msrn.inference.draw import save_figure
+from msrn.inference.draw import save_explanation
 from msrn.inference.explain import require_msrn
 from msrn.inference.onnx_predict import OnnxPredictor
 from msrn.inference.tagging import expand_inputs, read_path_list
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "thresholds if it has them, else 0.5)")
     parser.add_argument("--top-k", type=int, metavar="K", help="report at most the K best labels passing the threshold")
     parser.add_argument("--explain", metavar="DIR",
-                        help="write one PNG per image to DIR: attention of its top labels at the three depths")
+                        help="write one PNG per image to DIR: attention of its top labels at each depth read")
     parser.add_argument("--explain-labels", type=int, default=3, metavar="N",
                         help="how many top-scoring labels --explain shows per image (default 3)")
     add_runtime_arguments(parser, batch_size=8, device="cpu", tta="none")
@@ -69,7 +69,7 @@ class _Output:
 
     def __init__(self, fmt: str, out: str | None) -> None:
         self.fmt, self.path = fmt, out
-        self.sink = io.StringIO() if out else sys.stdout
+        self.sink: TextIO = io.StringIO() if out else sys.stdout
         self.count = 0
         if fmt == "csv":
             self.csv = csv.writer(self.sink, lineterminator="\n")
@@ -92,7 +92,7 @@ class _Output:
         if self.fmt == "json":
             self.sink.write("\n]\n")
         if self.path:
-            atomic_write_text(self.path, self.sink.getvalue())
+            atomic_write_text(self.path, self.sink.getvalue())  # type: ignore[attr-defined]  # the StringIO of --out
         else:
             self.sink.flush()
 
@@ -146,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
         explain_k = args.explain_labels
     items = expand_inputs(inputs)  # an empty folder fails before any output starts
     output = _Output(args.format, args.out)
-    failed, used = 0, set()
+    failed, used = 0, set[str]()
     results = predictor.iter_results(items, explain_k=explain_k) if explain_k else predictor.iter_results(items)
     with tqdm(total=len(items), desc="predict", unit="img", leave=False, file=sys.stderr,
               disable=None if len(items) >= PROGRESS_FROM else True) as bar:
@@ -157,7 +157,7 @@ def main(args: argparse.Namespace) -> int:
                 bar.write(f"msrn predict: {record['image']}: {record['error']}", file=sys.stderr)
             if expl is not None:
                 path = _unique_png(Path(args.explain), record["image"], index, used)
-                save_figure(expl, path)
+                save_explanation(expl, path)
                 record["explanation"] = os.fspath(path)
             output.write(record)
             bar.update()

@@ -7,7 +7,7 @@ instead, and the others go on.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +20,14 @@ from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.inference.explain import Explanation, explained_forward, require_msrn
-from msrn.inference.tagging import (
-    ImageInput,
-    Result,
-    as_list,
-    decoded_batches,
-    describe,
-    error_record,
-    expand_inputs,
-    make_record,
-    read_input,
-    threshold_vector,
-)
+from msrn.inference.tagging import ImageInput, Tagger, threshold_vector
 from msrn.models.fuse import optimize_for_inference
 from msrn.models.loading import load_checkpoint
 from msrn.models.tta import with_tta
 from msrn.options import UNRECORDED_IMAGE_SIZE
 
 
-class Predictor:
+class Predictor(Tagger):
     """A loaded model ready to tag images: `predict` for records, `probabilities`, `explain` for maps.
 
     Without image_size, threshold or exif_orientation: the reference's input size, 0.5 for every label,
@@ -96,22 +85,20 @@ class Predictor:
                   "exif_orientation": loaded.exif_orientation}
         return cls(loaded.model, **{**options, **{k: v for k, v in stored.items() if options.get(k) is None}})
 
-    def decode(self, item: ImageInput) -> Image.Image:
-        """One input as the RGB image the model sees (orientation and pixel limit as configured), or an MSRNError."""
-        return read_input(item, self.exif_orientation, self.max_pixels)
-
-    def _batches(self, items: Sequence[ImageInput]) -> Iterator[list[tuple[int, Image.Image | None, str | None]]]:
-        """Batches of (index, decoded image or None, error or None), decoded lazily."""
-        return decoded_batches(items, self.decode, self.batch_size)
-
-    def _forward(self, images: list[Image.Image], explain_k: int) -> tuple[np.ndarray, np.ndarray | None, list]:
+    def scores(self, images: list[Image.Image], explain_k: int) -> tuple[np.ndarray, np.ndarray | None, list]:
         """`run` on decoded images."""
         return self.run(torch.stack([self.transform(img) for img in images]), explain_k)
+
+    def check_explainable(self) -> None:
+        """Explanations need an MSRN model and one forward pass of the image as given."""
+        require_msrn(self.model)
+        if self.tta != "none":
+            raise MSRNError(f"explanations show one forward pass of the image as given; not with tta={self.tta!r}")
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, explain_k: int = 0) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
         """Probabilities (B x C) of a batch of transformed images (B x 3 x S x S), and with explain_k > 0
-        the top label ids (B x k) and attention maps (3 arrays B x k x H_s x W_s)."""
+        the top label ids (B x k) and attention maps (one array B x k x H_s x W_s per depth read)."""
         x = x.to(self.device)
         if explain_k <= 0:
             return torch.sigmoid(self._infer(x)).float().cpu().numpy(), None, []
@@ -121,44 +108,6 @@ class Predictor:
             idx.cpu().numpy(),
             [m.float().cpu().numpy() for m in maps],
         )
-
-    def record(
-        self, name: str | None, probs: np.ndarray, thresholds: np.ndarray | None = None, top_k: int | None = None
-    ) -> dict:
-        """The record of one image: labels at or above their threshold, best first, at most top_k
-        (defaults: the predictor's own)."""
-        thresholds = self.thresholds if thresholds is None else thresholds
-        return make_record(self.labels, name, probs, thresholds, self.top_k if top_k is None else top_k)
-
-    def iter_results(
-        self,
-        images: ImageInput | Iterable[ImageInput],
-        threshold: float | Sequence[float] | None = None,
-        top_k: int | None = None,
-        explain_k: int = 0,
-    ) -> Iterator[Result]:
-        """A Result per image, in input order, computed batch by batch (explain_k > 0 adds maps)."""
-        items = expand_inputs(as_list(images))
-        thresholds = self.thresholds if threshold is None else threshold_vector(threshold, len(self.labels))
-        top_k = self.top_k if top_k is None else top_k
-        if explain_k > 0:
-            require_msrn(self.model)
-            if self.tta != "none":
-                raise MSRNError(f"explanations show one forward pass of the image as given; not with tta={self.tta!r}")
-        for batch in self._batches(items):
-            good = [(i, img) for i, img, _ in batch if img is not None]
-            probs, idx, maps = self._forward([img for _, img in good], explain_k) if good else (None, None, [])
-            row = {i: r for r, (i, _) in enumerate(good)}
-            for i, img, err in batch:
-                name = describe(items[i])
-                if err is not None:
-                    yield Result(error_record(name, err))
-                    continue
-                r = row[i]
-                expl = None
-                if idx is not None:
-                    expl = self.explanation(img, name, probs[r], idx[r], [m[r] for m in maps], thresholds, i)
-                yield Result(self.record(name, probs[r], thresholds, top_k), probs[r], expl)
 
     def explanation(
         self, img: Image.Image, name: str | None, probs: np.ndarray, ids: np.ndarray,
@@ -171,26 +120,6 @@ class Predictor:
             labels=[self.labels[j] for j in ids], scores=[float(probs[j]) for j in ids],
             maps=maps, thresholds=[float(thresholds[j]) for j in ids], depths=tuple(self.model.cfg.depths),
         )
-
-    def predict(
-        self,
-        images: ImageInput | Iterable[ImageInput],
-        threshold: float | Sequence[float] | None = None,
-        top_k: int | None = None,
-    ) -> list[dict]:
-        """Records for paths, folders, PIL images or arrays (one input or a list); see the module docstring."""
-        return [result.record for result in self.iter_results(images, threshold, top_k)]
-
-    def probabilities(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
-        """N x C label probabilities in `labels` order; an unreadable image is an error here."""
-        items = expand_inputs(as_list(images))
-        rows = []
-        for batch in self._batches(items):
-            errors = [err for _, _, err in batch if err is not None]
-            if errors:
-                raise MSRNError(errors[0])
-            rows.append(self._forward([img for _, img, _ in batch], 0)[0])
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
 
     def explain(self, images: ImageInput | Iterable[ImageInput], k: int = 3) -> list[Any]:
         """An `msrn.inference.explain.Explanation` (top-k labels and their maps) per image; unreadable is an error."""

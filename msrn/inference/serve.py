@@ -3,7 +3,7 @@
 Endpoints: `GET /` (the page, msrn/inference/static/index.html), `GET /api/info`, `GET /healthz` and
 `POST /api/predict` (multipart field `image`; `explain=1` adds attention panels), which answers
 with the image's record as `msrn predict` writes it, its best scores and, when asked, base64 PNG
-attention panels for the top labels at the three depths.
+attention panels for the top labels at each depth the model reads.
 
 Load is bounded: at most `queue` requests are in progress; one more gets 503 with Retry-After at
 once. An admitted upload is decoded within a pixel budget (so memory does not grow with the
@@ -272,13 +272,13 @@ def create_app(
                 image = open_image(upload.stream, name, exif_orientation=predictor.exif_orientation,
                                    max_pixels=predictor.max_pixels)
                 x = predictor.transform(image)
-                shown = image.resize(panel_size(image), Image.BILINEAR) if explain else None
+                shown = image.resize(panel_size(image), Image.Resampling.BILINEAR) if explain else None
             del image
         except BaseException:
             batcher.withdraw()
             raise
         probs, ids, maps = batcher.submit(x, explain).result()
-        expl = None if ids is None else predictor.explanation(shown, name, probs, ids, maps)
+        expl = None if ids is None or shown is None else predictor.explanation(shown, name, probs, ids, maps)
         return answer(predictor, name, probs, expl)
 
     @app.post("/api/predict")

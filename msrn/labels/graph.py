@@ -1,4 +1,4 @@
-"""The label graph of spec section 2: co-occurrence counts -> thresholded, re-weighted adjacency.
+"""The label graph of docs/design.md §2: co-occurrence counts -> thresholded, re-weighted adjacency.
 
 Counts always come from the training split. The reference's `{'adj', 'nums'}` pickles are
 read as they are (steps 1-4 applied literally), which is what reproduces its checkpoints.
@@ -78,7 +78,7 @@ def conditional(co: Cooccurrence) -> np.ndarray:
 
 
 def adjacency(co: Cooccurrence, tau: float = TAU, reweight: float = REWEIGHT) -> np.ndarray:
-    """A_hat = D^-1/2 A^T D^-1/2 from counts (ML-GCN steps 1-4 of spec section 2), float32 C x C.
+    """A_hat = D^-1/2 A^T D^-1/2 from counts (ML-GCN steps 1-4 of docs/design.md §2), float32 C x C.
 
     Labels never seen (n = 0) get no outgoing edges instead of the reference's NaN row.
     """

@@ -1,6 +1,6 @@
 """Bring your own labels: the label list, its co-occurrence graph and its label vectors, checked.
 
-`build_label_set` counts co-occurrence on the TRAINING split only (spec section 2), picks label
+`build_label_set` counts co-occurrence on the TRAINING split only (docs/design.md §2), picks label
 vectors from a source (hashed character n-grams by default, a GloVe/fastText text file, the
 reference's pickles, or a sentence encoder) and returns a `LabelSet` that saves to a plain
 tensor file. Its readable report and `msrn labels` are in `msrn.labels.report`; `msrn train`
@@ -80,7 +80,7 @@ class LabelSet:
         return len(self.labels)
 
     def adjacency(self) -> np.ndarray:
-        """A_hat of spec section 2 (C x C float32) for this set's counts, tau and re-weighting."""
+        """A_hat of docs/design.md §2 (C x C float32) for this set's counts, tau and re-weighting."""
         return adjacency(self.cooccurrence, self.tau, self.reweight)
 
     def conditional(self) -> np.ndarray:
@@ -173,7 +173,7 @@ def label_vectors(
         try:
             dim = int(arg) if arg else NGRAM_DIM
         except ValueError:
-            raise MSRNError(f"--vectors {spec}: expected ngram:DIM with an integer DIM") from None
+            raise MSRNError(f"--word-vectors {spec}: expected ngram:DIM with an integer DIM") from None
         vecs = ngram_vectors([label_words(x, mapping) for x in labels], labels, dim)
         return vecs, "ngram" if dim == NGRAM_DIM else f"ngram:{dim}"
     if kind == "encoder":

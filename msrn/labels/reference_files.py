@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from msrn.data.apparel import APPAREL_LABELS
 from msrn.data.nuswide import NUSWIDE_LABELS
@@ -23,6 +23,9 @@ COMMIT = "469d28f5ed162976996634bd7729a86b73a98e92"  # chehao2628/MSRN
 BASE_URL = f"https://raw.githubusercontent.com/chehao2628/MSRN/{COMMIT}/data"
 URL_ENV = "MSRN_REFERENCE_URL"
 OPTIONS = {"word_vectors": "--word-vectors", "cooccurrence": "--cooccurrence"}  # the option taking a local copy
+
+
+S = TypeVar("S")  # a label source: a path, a name, an array or a Cooccurrence
 
 
 class ReferenceFile(NamedTuple):
@@ -109,7 +112,7 @@ def reference_file(dataset: str, kind: str) -> Path:
         raise MSRNError(f"{e}; download it by other means and pass the copy as {OPTIONS[kind]} FILE") from None
 
 
-def resolve(source: object, dataset: str, kind: str) -> object:
+def resolve(source: S, dataset: str, kind: str) -> S | Path:
     """`source` itself, unless it names the reference's file ('reference'): then that file's local path."""
     if isinstance(source, str) and source == REFERENCE:
         return reference_file(dataset, kind)

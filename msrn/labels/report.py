@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from msrn.data import DATASETS, DEFAULT_SPLITS, build_dataset
+from msrn.data import DATASETS, DEFAULT_SPLITS, add_reader_arguments, build_dataset, reader_options
 from msrn.io import atomic_write_text, check_writable
 from msrn.labels.graph import REWEIGHT, TAU
 from msrn.labels.labelset import COUNTED, LabelSet, build_label_set
@@ -119,7 +119,7 @@ def report_text(ls: LabelSet) -> str:
     lines += [
         "",
         "The model's attention layers only use which entries of the adjacency are non-zero: each label",
-        "looks at itself and at the labels its edges point to (spec section 2).",
+        "looks at itself and at the labels its edges point to (docs/design.md §2).",
         "",
     ]
     return "\n".join(lines)
@@ -214,13 +214,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (or CSV file for --dataset csv)")
     parser.add_argument("--split", help="split to count on (default: the dataset's training split)")
     parser.add_argument("--out", default="labels.pt", help="label set file to write (default: labels.pt)")
-    parser.add_argument("--vectors", "--word-vectors", dest="vectors", help=VECTORS_HELP)
+    parser.add_argument("--word-vectors", "--vectors", dest="vectors", help=VECTORS_HELP)
     parser.add_argument("--name-map", help="file of 'label=words' lines for odd names, e.g. diningtable=dining table")
     parser.add_argument("--tau", type=float, default=TAU, help=f"edge threshold on P(j|i) (default {TAU})")
     parser.add_argument("--reweight", type=float, default=REWEIGHT, help=f"neighbour weight p (default {REWEIGHT})")
     parser.add_argument("--cooccurrence", help=COOCCURRENCE_HELP)
     parser.add_argument("--report", help="folder for the report and drawings (default: the folder of --out)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
+    add_reader_arguments(parser)
 
 
 def summary(ls: LabelSet) -> dict[str, Any]:
@@ -246,7 +247,7 @@ def main(args: argparse.Namespace) -> int:
     if split == test_split:
         print(f"msrn labels: warning: counting on the test split {split!r}; the graph should come from "
               "training data only", file=sys.stderr)  # fmt: skip
-    data = build_dataset(args.dataset, args.data, split)
+    data = build_dataset(args.dataset, args.data, split, **reader_options(args))  # the images `msrn train` reads
     preset = default_sources(args.dataset)  # the sources `msrn train` would use
     vectors = args.vectors or preset.get("word_vectors")
     cooccurrence = args.cooccurrence or preset.get("cooccurrence") or COUNTED

@@ -1,4 +1,4 @@
-"""Label vectors: the word embeddings that the label graph starts from (spec section 2).
+"""Label vectors: the word embeddings that the label graph starts from (docs/design.md §2).
 
 Sources: a GloVe or fastText text file (multi-word names averaged), the reference's
 pickles, or an array. Words missing from a text file are an error that names them: a

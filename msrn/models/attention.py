@@ -1,4 +1,4 @@
-"""Label-guided attention (spec section 5) without materialising B x N x M x D tensors.
+"""Label-guided attention (docs/design.md §5) without materialising B x N x M x D tensors.
 
 For image b, semantic vector m (a label or a group) and channel d:
 

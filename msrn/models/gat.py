@@ -1,4 +1,4 @@
-"""Graph attention over labels (spec sections 3 and 4): local label semantics and group pooling."""
+"""Graph attention over labels (docs/design.md §3 and §4): local label semantics and group pooling."""
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,8 @@ Switching to eval mode releases the kept storage.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +23,24 @@ from torch.autograd.function import once_differentiable
 
 from msrn.models.ops import autocast_on
 
-_use_count = getattr(torch._C, "_storage_Use_Count", None)  # private; without it nothing is reused
+
+def checked_use_count(fn: Callable[[int], int] | None) -> Callable[[int], int] | None:
+    """fn (torch._C._storage_Use_Count, a private API) when it answers as it should, else None: a fresh
+    storage held once counts 1, and 2 once a tensor shares it. Without it no gradient memory is reused."""
+    if fn is None:
+        return None
+    try:
+        storage = torch.empty(4).untyped_storage()
+        alone = fn(storage._cdata)
+        shared = torch.empty(0).set_(storage)
+        ok = alone == 1 and fn(storage._cdata) == 2
+        del shared
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    return fn if ok else None
+
+
+_use_count = checked_use_count(getattr(torch._C, "_storage_Use_Count", None))
 
 
 class _ReusedGradLinear(torch.autograd.Function):
@@ -66,7 +85,7 @@ class ReusedGradLinear(nn.Linear):
         if st is None:
             out = torch.mm(grad.t(), x)
         else:
-            out = torch.mm(grad.t(), x, out=grad.new_empty(0).set_(st, 0, self.weight.shape))
+            out = torch.mm(grad.t(), x, out=grad.new_empty(0).set_(st, 0, self.weight.shape, self.weight.stride()))
         if self.training:
             self._grad_storage = out.untyped_storage()
         return out

@@ -1,4 +1,4 @@
-"""The MSRN module (spec sections 1-6): backbone at three depths, label graph, group pooling,
+"""The MSRN module (docs/design.md §1-6): backbone at three depths, label graph, group pooling,
 label-guided attention at every depth, and the MLP classifier.
 
 Parameter names follow the reference checkpoints (`ProjectM`, `fc_label`, `label_embed`,

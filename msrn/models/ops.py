@@ -1,4 +1,4 @@
-"""Operations MSRN applies after its backbone (spec sections 1 and 6), in forms that give the
+"""Operations MSRN applies after its backbone (docs/design.md §1 and §6), in forms that give the
 same values faster in inference on CPU:
 
 - a 1x1 convolution of a contiguous NCHW map is one matrix product per image (W @ x over
@@ -18,12 +18,29 @@ figures are in BENCHMARKS.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_onednn_linear = getattr(torch._C._nn, "mkldnn_linear", None)  # what torch.utils.mkldnn.MkldnnLinear calls
-_ONEDNN_BUILT = _onednn_linear is not None and torch.backends.mkldnn.is_available()  # fixed for the process
+
+def checked_onednn_linear(fn: Callable | None) -> Callable | None:
+    """fn (torch._C._nn.mkldnn_linear, a private API that torch.utils.mkldnn.MkldnnLinear calls) when this
+    build has oneDNN and fn gives F.linear's result on a small case, else None: `linear` then takes the
+    public nn.Linear path."""
+    if fn is None or not torch.backends.mkldnn.is_available():
+        return None
+    x, w, b = torch.arange(6.0).reshape(2, 3), torch.arange(12.0).reshape(4, 3), torch.arange(4.0)
+    try:
+        ok = torch.equal(fn(x.to_mkldnn(), w, b).to_dense(), F.linear(x, w, b))
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+    return fn if ok else None
+
+
+_onednn_linear = checked_onednn_linear(getattr(torch._C._nn, "mkldnn_linear", None))
+_ONEDNN_BUILT = _onednn_linear is not None  # fixed for the process
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch < 2.3 lacks it
 
 
@@ -70,7 +87,7 @@ def _onednn_linear_ok(layer: nn.Linear, x: torch.Tensor) -> bool:
         and w.is_contiguous()
         and (layer.bias is None or layer.bias.dtype == torch.float32)
         and _ONEDNN_BUILT
-        and torch.backends.mkldnn.enabled
+        and bool(torch.backends.mkldnn.enabled)
         and not autocast_on("cpu")
         and not _autograd(x, *layer.parameters())
     )
@@ -78,7 +95,7 @@ def _onednn_linear_ok(layer: nn.Linear, x: torch.Tensor) -> bool:
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """layer(x) for B x in -> B x out; large float32 CPU batches without autograd go through oneDNN."""
-    if not _onednn_linear_ok(layer, x):
+    if _onednn_linear is None or not _onednn_linear_ok(layer, x):
         return layer(x)
     # mkldnn_linear takes the dense weight and bias as views (no copy); only the B x in input is converted
     return _onednn_linear(x.contiguous().to_mkldnn(), layer.weight, layer.bias).to_dense()

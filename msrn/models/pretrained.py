@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import cast
 
 from torch import nn
 
@@ -12,7 +13,7 @@ from msrn.checkpoint import FORMAT, read_checkpoint
 from msrn.download import fetch
 from msrn.errors import MSRNError
 from msrn.models.reference_layout import checkpoint_weights, is_reference
-from msrn.models.resnet import load_imagenet_state
+from msrn.models.resnet import ResNet, load_imagenet_state
 from msrn.models.state import BACKBONE_EXTRAS, backbone_weights, load_state_strict, require_backbone
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def load_pretrained_backbone(model: nn.Module, source: str | Path) -> str:
     or msrn checkpoint, whose backbone and conv_buffer1/2 are taken (the paper's VOC 96.0 recipe
     starts from its COCO model this way).
     """
-    resnet = getattr(model, "backbone", model)
+    resnet = cast(ResNet, getattr(model, "backbone", model))  # MSRN reads a ResNet; a bare ResNet is one
     src = str(source)
     if src == "imagenet":
         if resnet.arch not in IMAGENET_URLS:

@@ -14,7 +14,7 @@ from msrn.models.state import load_state_strict
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -35,7 +35,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -55,7 +55,8 @@ class Bottleneck(nn.Module):
 
 
 # name -> (block, blocks per stage, stem/stage widths)
-RESNETS: dict[str, tuple[type, tuple[int, ...], tuple[int, ...]]] = {
+Block = type[BasicBlock] | type[Bottleneck]
+RESNETS: dict[str, tuple[Block, tuple[int, ...], tuple[int, ...]]] = {
     "resnet101": (Bottleneck, (3, 4, 23, 3), (64, 64, 128, 256, 512)),
     "resnet50": (Bottleneck, (3, 4, 6, 3), (64, 64, 128, 256, 512)),
     "resnet18": (BasicBlock, (2, 2, 2, 2), (64, 64, 128, 256, 512)),
@@ -87,8 +88,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         del self.inplanes
 
-    def _stage(self, block: type, planes: int, n: int, stride: int) -> nn.Sequential:
-        down = None
+    def _stage(self, block: Block, planes: int, n: int, stride: int) -> nn.Sequential:
+        down: nn.Module | None = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             down = nn.Sequential(
                 nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
