@@ -200,9 +200,11 @@ HELP: dict[str, str] = {
                 "efficientnet_b3, regnety_032...); needs timm and torchvision; --pretrained imagenet: timm's "
                 "weights",
     "pretrained": "the backbone's weights: 'imagenet' (torchvision's file), an ImageNet file or URL, 'none', or a "
-                  "reference MSRN or msrn checkpoint, whose backbone comes with its conv_buffer1/2 (the reference "
+                  "reference MSRN or msrn checkpoint (a .pt, a model folder or hf://OWNER/NAME), whose backbone "
+                  "comes with its conv_buffer1/2 (the reference "
                   "keeps them inside its backbone), e.g. the COCO model for the paper's VOC recipe",
-    "init": "start training from every weight of a reference MSRN or msrn checkpoint (fine-tuning): layers the "
+    "init": "start training from every weight of a reference MSRN or msrn checkpoint (a .pt, a model folder or "
+            "hf://OWNER/NAME) (fine-tuning): layers the "
             "new label set reshapes start afresh, label vectors and graph come from this run; replaces "
             "--pretrained, excludes --resume",
     "word_vectors": "label vectors: 'reference' (the reference's GloVe pickle for the dataset, fetched and "

@@ -27,10 +27,10 @@ from msrn.checkpoint import (
     is_reference,
     load_state_strict,
     map_reference_state,
-    read_checkpoint,
     reference_backbone,
 )
 from msrn.errors import MSRNError
+from msrn.hub import read_source
 from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
@@ -152,12 +152,14 @@ def load_checkpoint(
 ) -> Loaded:
     """A ready model (eval mode, CPU) from a project checkpoint or a reference checkpoint, with its usage.
 
+    `source` is a `.pt` file, a model folder (msrn.hub) or a Hub id `hf://OWNER/NAME[@REVISION]`, or a loaded dict.
+
     For project checkpoints the stored label vectors win: a different file passed here is
     ignored with a warning, so a model can never be paired with the wrong vectors. A reference
     checkpoint takes the reference's own files for `dataset` (or its label count) where none are given.
     """
     where = str(source) if not isinstance(source, dict) else "checkpoint"
-    ckpt = read_checkpoint(source) if not isinstance(source, dict) else source
+    ckpt = read_source(source) if not isinstance(source, dict) else source  # a .pt, a model folder or hf://
     if ckpt.get("format") == FORMAT:
         model = build_from_state(ckpt, where)
         if word_vectors is not None or cooccurrence is not None:

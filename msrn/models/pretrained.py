@@ -15,11 +15,11 @@ from msrn.checkpoint import (
     checkpoint_weights,
     is_reference,
     load_state_strict,
-    read_checkpoint,
     require_backbone,
 )
 from msrn.download import fetch
 from msrn.errors import MSRNError
+from msrn.hub import read_source
 from msrn.models.resnet import load_imagenet_state
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def load_pretrained_backbone(model: nn.Module, source: str | Path) -> str:
         if resnet.arch not in IMAGENET_URLS:
             raise MSRNError(f"no ImageNet weights are published for {resnet.arch}; use --pretrained none")
         src = IMAGENET_URLS[resnet.arch]
-    path = fetch(src) if re.match(r"^(https?|file)://", src) else Path(src)
-    ckpt = read_checkpoint(path)
+    path = fetch(src) if re.match(r"^(https?|file)://", src) else src
+    ckpt = read_source(path)  # a .pt, a model folder or hf://
     if ckpt.get("format") == FORMAT or is_reference(ckpt):
         taken = load_checkpoint_backbone(model, ckpt, str(path))
     else:
