@@ -590,3 +590,44 @@ def test_export_hub_on_the_command_line(run: Path, tmp_path: Path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _same_probabilities(run, out, fast=True)
+
+
+def test_folder_loads_without_huggingface_hub(folder: Path, monkeypatch):
+    """The core install (safetensors, no huggingface_hub) loads a local folder; a Hub id says what to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import huggingface_hub now raises ImportError
+    assert load_checkpoint(folder).model.labels == LABELS
+    with pytest.raises(MSRNError, match=r"hf://alice/m needs huggingface_hub: pip install 'msrn\[hub\]'"):
+        load_checkpoint("hf://alice/m")
+    with pytest.raises(MSRNError, match=r"msrn push needs huggingface_hub"):
+        msrn.inference.push.push(folder, "alice/m")
+
+
+@needs_hub
+def test_a_demo_model_becomes_a_folder_whose_card_shows_its_figures(tmp_path: Path, capsys):
+    """msrn demo's MSRN run (one short epoch), exported from its run folder: the card carries metrics.json's figures."""
+    import yaml
+
+    from msrn import demo
+
+    demo.run_demo(tmp_path, epochs=1, workers=0, data_size=(40, 24, 64), baseline=False, jobs=1)
+    run_folder = tmp_path / "msrn"
+    out = tmp_path / "scenes-msrn"
+    assert cli_main(["export", "--format", "hub", "--checkpoint", str(run_folder / "best.pt"), "--out", str(out),
+                     "--license", "mit"]) == 0
+    assert "test figures from" in capsys.readouterr().err
+    metrics = json.loads((run_folder / "metrics.json").read_text())
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    figures = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert figures == {k: round(metrics[k], 2) for k in ("mAP", "CF1", "OF1")}
+    assert meta["license"] == "mit" and meta["datasets"] == ["scenes"]
+    assert "| " + " | ".join(f"{metrics[k]:.2f}" for k in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")) + " |" in card
+    best = max((v, k) for k, v in metrics["ap_by_label"].items() if v is not None)
+    assert f"| 1 | {best[1]} | {best[0]:.2f} |" in card
+    assert f"{metrics['num_images']} images), epoch {metrics['epoch']}" in card
+    assert "| model | msrn_tiny |" in card and "| dataset | scenes |" in card
+    x = _images(2)
+    assert np.array_equal(Predictor.from_checkpoint(out).run(x)[0],
+                          Predictor.from_checkpoint(run_folder / "best.pt").run(x)[0])
