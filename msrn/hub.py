@@ -24,7 +24,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from msrn.checkpoint import FORMAT, VERSION, read_checkpoint
 from msrn.errors import MSRNError
-from msrn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from msrn.io import atomic_write_bytes, atomic_write_json
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -40,6 +40,7 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def is_hub_id(source: object) -> bool:
+    """Whether source names a Hub model (`hf://...`) rather than a local path."""
     return isinstance(source, str) and source.startswith(HUB_PREFIX)
 
 
@@ -71,7 +72,8 @@ def download(source: str) -> Path:
     except ImportError:
         raise MSRNError(f"loading {source} needs huggingface_hub: pip install 'msrn[hub]'") from None
     try:
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[CONFIG, WEIGHTS, CARD]))
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[CONFIG, WEIGHTS, CARD],
+                                          library_name="msrn"))
     except GatedRepoError:
         raise MSRNError(f"{source} is gated: accept its terms on the Hub and log in (hf auth login)") from None
     except RepositoryNotFoundError:
@@ -100,9 +102,8 @@ def write_folder(
     ckpt: dict,
     normalization: dict[str, Any],
     msrn_version: str,
-    card: str | None = None,
 ) -> dict:
-    """Write a project checkpoint's model part as a model folder (and its card, if given); return config.json.
+    """Write a project checkpoint's model part as model.safetensors and config.json in `folder`; return the config.
 
     ckpt is what msrn.models.loading.model_state returns, optionally with `thresholds` and the training
     `config`; normalization says how pixels become the network's input (mean, std, and in words), msrn_version
@@ -135,8 +136,6 @@ def write_folder(
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / WEIGHTS, data)
     atomic_write_json(folder / CONFIG, config)
-    if card is not None:
-        atomic_write_text(folder / CARD, card)
     return config
 
 

@@ -210,6 +210,12 @@ def test_hub_revision_and_missing_models(run: Path, folder: Path, tmp_path: Path
         load_checkpoint("hf://alice/absent")
     with pytest.raises(MSRNError, match="hf://alice/m@v3 is not in the Hugging Face cache"):
         load_checkpoint("hf://alice/m@v3")
+    card_only = tmp_path / "card-only"
+    card_only.mkdir()
+    (card_only / "README.md").write_text("# not a model")
+    populate_cache(offline_hub, "alice/card", card_only)
+    with pytest.raises(MSRNError, match="hf://alice/card is not an msrn model: its repository has no model.safe"):
+        load_checkpoint("hf://alice/card")
     for bad in ("hf://alice", "hf://alice/m/x", "hf://../m", "hf://alice/m@"):
         with pytest.raises(MSRNError, match="is not a Hub model id"):
             load_checkpoint(bad)
