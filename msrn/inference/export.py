@@ -7,6 +7,8 @@ model's metadata_props, so that `msrn.inference.onnx_predict` tags images from t
 The label and group semantics depend on the weights only, so they are computed once here and
 stored as a constant; the attention is its traceable form (msrn.models.attention): the spec's formula in
 plain tensor ops, split over label chunks to bound its memory.
+
+`--format hub` writes a model folder with its card instead (msrn.inference.push.export_folder).
 """
 from __future__ import annotations
 
@@ -23,12 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from msrn.engine.options import add_checkpoint_arguments
 from msrn.errors import MSRNError
 from msrn.hub import CARD, CONFIG, WEIGHTS
 from msrn.inference.args import load_from_args
-from msrn.inference.push import add_card_arguments, export_folder, export_options
+from msrn.inference.push import NORMALIZATION, add_card_arguments, export_folder, export_options
 from msrn.io import atomic_write_bytes
 from msrn.models.loading import REFERENCE_IMAGE_SIZE
 from msrn.models.msrn import MSRN
@@ -75,9 +76,9 @@ def metadata(
         "thresholds": json.dumps([float(t) for t in thresholds]),
         "image_size": str(int(image_size)),
         "exif_orientation": json.dumps(bool(exif_orientation)),
-        "input": "RGB, bilinear resize to image_size x image_size, /255, minus mean, over std; NCHW float32",
-        "mean": json.dumps([round(float(v), 6) for v in IMAGENET_MEAN]),
-        "std": json.dumps([round(float(v), 6) for v in IMAGENET_STD]),
+        "input": NORMALIZATION["input"],
+        "mean": json.dumps(NORMALIZATION["mean"]),
+        "std": json.dumps(NORMALIZATION["std"]),
         "output": "logits; sigmoid gives per-label probabilities",
         "architecture": "msrn" if isinstance(model, MSRN) else "baseline",
         "producer": "msrn export",

@@ -27,6 +27,7 @@ from msrn.io import atomic_write_text
 from msrn.models.loading import load_checkpoint, model_state
 
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# how pixels become the network's input (TestTransform), for consumers other than msrn (config.json, ONNX metadata)
 NORMALIZATION = {
     "mean": [round(float(v), 6) for v in IMAGENET_MEAN],
     "std": [round(float(v), 6) for v in IMAGENET_STD],
