@@ -633,7 +633,8 @@ def test_a_demo_model_becomes_a_folder_whose_card_shows_its_figures(tmp_path: Pa
     best = max((v, k) for k, v in metrics["ap_by_label"].items() if v is not None)
     assert f"| 1 | {best[1]} | {best[0]:.2f} |" in card
     assert f"{metrics['num_images']} images), epoch {metrics['epoch']}" in card
-    assert "| model | msrn_tiny |" in card and "| dataset | scenes |" in card
+    assert "| model | msrn_tiny |" in card and "| dataset | scenes |" in card and "| seed | 0 |" in card
+    assert "| pretrained | none (the backbone trained from scratch) |" in card
     x = _images(2)
     assert np.array_equal(Predictor.from_checkpoint(out).run(x)[0],
                           Predictor.from_checkpoint(run_folder / "best.pt").run(x)[0])

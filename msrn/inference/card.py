@@ -103,8 +103,8 @@ def metrics_section(metrics: dict | None) -> list[str]:
     split = metrics.get("split") or "test"
     lines = ["## Results", "",
              f"On the {split} split of {metrics.get('dataset', 'its dataset')} "
-             f"({metrics.get('num_images', '?')} images), epoch {metrics.get('epoch', '?')} "
-             f"(selected by {metrics.get('selected_by', 'the training run')}):", "",
+             f"({metrics.get('num_images', '?')} images), epoch {metrics.get('epoch', '?')}"
+             + (f" (chosen as: {metrics['selected_by']})" if metrics.get("selected_by") else "") + ":", "",
              "| mAP | CP | CR | CF1 | OP | OR | OF1 |", "|---:|---:|---:|---:|---:|---:|---:|",
              "| " + " | ".join(_fig(metrics.get(k)) for k in ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1")) + " |", "",
              "CP to OF1 count a label as predicted at probability 0.5."]
@@ -145,7 +145,10 @@ def recipe_section(config: dict) -> list[str]:
         lines += ["", "No training configuration came with these weights (a converted checkpoint, e.g. one of "
                       "the reference's published models).", ""]
         return lines
-    rows = [(k, training[k]) for k in RECIPE_KEYS if training.get(k) not in (None, "", False)]
+    rows = [(k, training[k]) for k in RECIPE_KEYS if training.get(k) is not None and training[k] is not False
+            and training[k] != ""]
+    if "pretrained" in training and training["pretrained"] is None and not training.get("init"):
+        rows.insert(3, ("pretrained", "none (the backbone trained from scratch)"))
     lines += ["", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {_cell(json.dumps(v) if not isinstance(v, str) else v)} |" for k, v in rows]
     lines += ["", "Every setting of the run is in config.json (`training`); `msrn train` takes each as an option "
