@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("msrn.data.inspect", "show what a dataset reader sees"),
     "labels": ("msrn.labels.report", "build the label graph and label vectors of a dataset"),
     "predict": ("msrn.inference.predict", "tag images with a trained model"),
-    "export": ("msrn.inference.export", "export a checkpoint to ONNX"),
+    "export": ("msrn.inference.export", "export a checkpoint to ONNX or to a model folder (--format hub)"),
+    "push": ("msrn.inference.push", "publish a checkpoint on the Hugging Face Hub as a model folder with its card"),
     "serve": ("msrn.inference.serve", "a local web page to try a model"),
 }
 

@@ -30,9 +30,10 @@ RUNTIME_FLAGS: dict[str, dict[str, Any]] = {
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True, labels: bool = True) -> None:
     """--checkpoint, a reference checkpoint's companion files and --image-size; --labels names the outputs of a
     reference checkpoint where no --dataset does."""
-    parser.add_argument("--checkpoint", required=required, metavar="FILE",
-                        help="a project checkpoint (best.pt, last.pt) or a reference MSRN checkpoint "
-                             "(*_checkpoint.pth.tar)")
+    parser.add_argument("--checkpoint", required=required, metavar="SOURCE",
+                        help="a project checkpoint (best.pt, last.pt), a reference MSRN checkpoint "
+                             "(*_checkpoint.pth.tar), a model folder (msrn export --format hub) or a Hub model "
+                             "hf://OWNER/NAME[@REVISION]")
     parser.add_argument("--word-vectors", metavar="FILE",
                         help="reference checkpoints: a word-vector pickle; default 'reference', the reference's own "
                              "for the checkpoint's dataset (--dataset, else the one with its label count; fetched "

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "msrn"
 # the lowest layer first; a module's layer is that of its longest matching prefix
 LAYERS: list[tuple[str, ...]] = [
     ("msrn.errors", "msrn.io", "msrn.images", "msrn.targets", "msrn.safe_pickle", "msrn.download",
-     "msrn.checkpoint", "msrn.metrics", "msrn.plots", "msrn.distributed", "msrn.options"),
+     "msrn.checkpoint", "msrn.hub", "msrn.metrics", "msrn.plots", "msrn.distributed", "msrn.options"),
     ("msrn.data",),
     ("msrn.labels",),
     ("msrn.models",),

@@ -49,12 +49,13 @@ class TrainConfig:
         "efficientnet_b3, regnety_032...); needs timm and torchvision; --pretrained imagenet: timm's weights")
     pretrained: str | None = option(
         None, "the backbone's weights: 'imagenet' (torchvision's file), an ImageNet file or URL, 'none', or a "
-        "reference MSRN or msrn checkpoint, whose backbone comes with its conv_buffer1/2 (the reference keeps them "
-        "inside its backbone), e.g. the COCO model for the paper's VOC recipe")
+        "reference MSRN or msrn checkpoint (a .pt, a model folder or hf://OWNER/NAME), whose backbone comes with "
+        "its conv_buffer1/2 (the reference keeps them inside its backbone), e.g. the COCO model for the paper's "
+        "VOC recipe")
     init: str | None = option(
-        None, "start training from every weight of a reference MSRN or msrn checkpoint (fine-tuning): layers the "
-        "new label set reshapes start afresh, label vectors and graph come from this run; replaces --pretrained, "
-        "excludes --resume", metavar="CHECKPOINT")
+        None, "start training from every weight of a reference MSRN or msrn checkpoint (a .pt, a model folder "
+        "or hf://OWNER/NAME; fine-tuning): layers the new label set reshapes start afresh, label vectors and "
+        "graph come from this run; replaces --pretrained, excludes --resume", metavar="CHECKPOINT")
     image_size: int = option(448, "training and evaluation input side in pixels (msrn models: at least 64)", low=32)
     crop_scales: tuple[float, ...] = option(
         (1.0, 0.9, 0.8, 0.7, 0.6), "training crop sides as fractions of the shorter image side, one drawn per "

@@ -37,6 +37,7 @@ from msrn.engine.losses import build_loss, model_group_loss, objective
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
+from msrn.hub import read_source
 from msrn.io import atomic_save_torch, atomic_write_json, check_writable, remove_stale_temps
 from msrn.labels.labelset import LabelSet, build_label_set
 from msrn.metrics import map_text, per_label_thresholds, sigmoid
@@ -113,7 +114,7 @@ def init_from_checkpoint(model: nn.Module, path: str) -> None:
     """--init: load every weight of a reference or msrn checkpoint that fits; layers the new label set
     reshapes, and the label vectors and graph, stay as the fresh model has them (one log line says which)."""
     where = f"--init {path}"
-    given, arch, dropped = checkpoint_weights(read_checkpoint(path), where)
+    given, arch, dropped = checkpoint_weights(read_source(path), where)  # a .pt, a model folder or hf://
     require_backbone(arch, model, where)
     state, fresh = match_init_state(model.state_dict(), given, where)
     model.load_state_dict(state, strict=True)

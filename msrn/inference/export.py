@@ -7,6 +7,8 @@ model's metadata_props, so that `msrn.inference.onnx_predict` tags images from t
 The label and group semantics depend on the weights only, so they are computed once here and
 stored as a constant; the attention is its traceable form (msrn.models.attention): the spec's formula in
 plain tensor ops, split over label chunks to bound its memory.
+
+`--format hub` writes a model folder with its card instead (msrn.inference.push.export_folder).
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from msrn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from msrn.errors import MSRNError
+from msrn.hub import CARD, CONFIG, WEIGHTS
 from msrn.inference.args import load_from_args
+from msrn.inference.push import NORMALIZATION, add_card_arguments, export_folder, export_options
 from msrn.io import atomic_write_bytes
 from msrn.models.msrn import MSRN
 from msrn.options import UNRECORDED_IMAGE_SIZE, add_checkpoint_arguments
@@ -72,9 +75,9 @@ def metadata(
         "thresholds": json.dumps([float(t) for t in thresholds]),
         "image_size": str(int(image_size)),
         "exif_orientation": json.dumps(bool(exif_orientation)),
-        "input": "RGB, bilinear resize to image_size x image_size, /255, minus mean, over std; NCHW float32",
-        "mean": json.dumps([round(float(v), 6) for v in IMAGENET_MEAN]),
-        "std": json.dumps([round(float(v), 6) for v in IMAGENET_STD]),
+        "input": NORMALIZATION["input"],
+        "mean": json.dumps(NORMALIZATION["mean"]),
+        "std": json.dumps(NORMALIZATION["std"]),
         "output": "logits; sigmoid gives per-label probabilities",
         "architecture": "msrn" if isinstance(model, MSRN) else "baseline",
         "producer": "msrn export",
@@ -148,13 +151,26 @@ def export_onnx(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn export`."""
     add_checkpoint_arguments(parser)
-    parser.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default onnx)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="where to write the model, e.g. model.onnx")
+    parser.add_argument("--format", choices=("onnx", "hub"), default="onnx",
+                        help="onnx: one ONNX file; hub: a model folder (model.safetensors, config.json, README.md "
+                             "card) that msrn.load and the Hugging Face Hub take (default onnx)")
+    parser.add_argument("--out", required=True, metavar="PATH",
+                        help="where to write the model: a file for onnx (model.onnx), a folder for hub")
+    add_card_arguments(parser)
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, 17 or newer (default {OPSET})")
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run `msrn export`: load, export, verify with onnxruntime, report."""
+    """Run `msrn export`: load, export, verify with onnxruntime, report; or write a model folder."""
+    if args.format == "hub":
+        config, note = export_folder(args.checkpoint, args.out, **export_options(args))
+        print(f"msrn export: wrote {args.out} ({len(config['labels'])} labels, input {config['image_size']}px): "
+              f"{WEIGHTS}, {CONFIG}, {CARD}; {note}", file=sys.stderr)
+        return 0
+    given = [flag for flag, value in (("--metrics", args.metrics), ("--license", args.license_id),
+                                      ("--dataset", args.dataset)) if value is not None]
+    if given:
+        raise MSRNError(f"{', '.join(given)}: for --format hub only")
     _require_onnx()
     predictor = load_from_args(args, fast=False)  # the network as written; onnxruntime does its own folding
     model = predictor.model

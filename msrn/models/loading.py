@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from msrn.checkpoint import FORMAT, VERSION, read_checkpoint
+from msrn.checkpoint import FORMAT, VERSION
 from msrn.errors import MSRNError
+from msrn.hub import read_source
 from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
@@ -152,14 +153,15 @@ def load_checkpoint(
     """A ready model (eval mode, CPU) from a project or a reference checkpoint (a file, or the dict that
     torch.load returns, named `where` in messages), with how it is meant to be used.
 
-    A load reads the file, maps a reference layout to this project's keys, then builds. For project
+    A load reads the file (or folder), maps a reference layout to this project's keys, then builds. For project
     checkpoints the stored label vectors win: a different file passed here is ignored with a warning,
     so a model can never be paired with the wrong vectors, and `labels` must be the ones it was trained
     on. A reference checkpoint takes the reference's own files for `dataset` (or its label count) where
-    none are given.
+    none are given. `source` is a `.pt` file, a model folder (msrn.hub), a Hub id
+    `hf://OWNER/NAME[@REVISION]`, or a loaded dict.
     """
     where = where or (str(source) if not isinstance(source, dict) else "checkpoint")
-    ckpt = read_checkpoint(source) if not isinstance(source, dict) else source
+    ckpt = read_source(source) if not isinstance(source, dict) else source
     if ckpt.get("format") == FORMAT:
         model = _build_from_state(ckpt, where)
         if word_vectors is not None or cooccurrence is not None:

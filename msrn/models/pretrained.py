@@ -9,9 +9,10 @@ from typing import cast
 
 from torch import nn
 
-from msrn.checkpoint import FORMAT, read_checkpoint
+from msrn.checkpoint import FORMAT
 from msrn.download import fetch
 from msrn.errors import MSRNError
+from msrn.hub import read_source
 from msrn.models.reference_layout import checkpoint_weights, is_reference
 from msrn.models.resnet import ResNet, load_imagenet_state
 from msrn.models.state import BACKBONE_EXTRAS, backbone_weights, load_state_strict, require_backbone
@@ -60,8 +61,8 @@ def load_pretrained_backbone(model: nn.Module, source: str | Path) -> str:
         if resnet.arch not in IMAGENET_URLS:
             raise MSRNError(f"no ImageNet weights are published for {resnet.arch}; use --pretrained none")
         src = IMAGENET_URLS[resnet.arch]
-    path = fetch(src) if re.match(r"^(https?|file)://", src) else Path(src)
-    ckpt = read_checkpoint(path)
+    path = fetch(src) if re.match(r"^(https?|file)://", src) else src
+    ckpt = read_source(path)  # a .pt, a model folder or hf://
     if ckpt.get("format") == FORMAT or is_reference(ckpt):
         taken = load_checkpoint_backbone(model, ckpt, str(path))
     else:
