@@ -477,3 +477,46 @@ def test_msrn_serve_process_drains_on_sigterm_and_exits_0(checkpoints: dict) -> 
     logged = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
     assert sorted(x["status"] for x in logged if x["route"] == "/api/predict") == sorted(statuses)
     assert "SIGTERM" in err
+
+
+def test_second_sigterm_stops_at_once(checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request held in the model, SIGTERM (drain begins), SIGTERM again: serving ends at once with 143."""
+    predictor = load(checkpoints["msrn"])
+    release, started = threading.Event(), threading.Event()
+    run = predictor.run
+
+    def held_run(*args, **kwargs):
+        started.set()
+        release.wait(60)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "run", held_run)
+    app = create_app(predictor)
+    server = make_server(app, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.port}/"
+    safety = threading.Timer(120, server.shutdown)
+
+    def client() -> None:
+        with contextlib.suppress(Exception):  # the connection may be cut: that is the point
+            _upload(url, _png(), "held.png")
+
+    def signals() -> None:
+        assert started.wait(60)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threads = [threading.Thread(target=client, daemon=True), threading.Thread(target=signals, daemon=True)]
+    safety.start()
+    for t in threads:
+        t.start()
+    t0 = time.monotonic()
+    try:
+        with GracefulStop(app, grace=60) as stop:
+            server.serve_forever()
+        ended = time.monotonic() - t0
+    finally:
+        safety.cancel()
+        release.set()
+        server.server_close()
+    assert stop.status == 143 and ended < 30  # not the 60 s the held request would have been given
