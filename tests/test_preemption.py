@@ -200,3 +200,27 @@ def test_sigterm_from_outside_saves_and_exits_143(csv: Path, tmp_path: Path) -> 
     saved = read_checkpoint(out / "last.pt")
     assert 0 < saved["global_step"] < 100
     assert f"global step {saved['global_step']}" in (out / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_with_loader_workers(csv: Path, tmp_path: Path) -> None:
+    """SIGTERM to the whole process group (as SLURM or a terminal sends it), with 2 loader worker processes:
+    the workers ignore it, the main process saves last.pt and exits 143 (not a 'worker exited' error)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "msrn", *train_argv(csv, out, "--epochs", "50", "--workers", "2")]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "log.txt").is_file() or "epoch 1/50" not in (out / "log.txt").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped on SIGTERM" in (out / "log.txt").read_text()
+    assert read_checkpoint(out / "last.pt")["global_step"] >= 3

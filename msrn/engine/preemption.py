@@ -8,11 +8,15 @@ same step boundary (one all-reduce of one integer per step), so every rank stops
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType, TracebackType
+
+from torch.utils.data import DataLoader
 
 from msrn import distributed as dist
 from msrn.errors import MSRNError
@@ -46,6 +50,26 @@ def parse_signal(name: str | None) -> signal.Signals | None:
         raise MSRNError(f"--requeue-signal {name}: choose a signal of its own (USR1, USR2, HUP...); SIGTERM and "
                         "SIGINT already stop the run, SIGKILL and SIGSTOP cannot be caught")
     return sig
+
+
+def _ignore_stop_signals(init: Callable[[int], None] | None, signals: tuple[int, ...], worker_id: int) -> None:
+    """A loader worker's start: ignore the stop signals, then the loader's own worker_init_fn."""
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
+    if init is not None:
+        init(worker_id)
+
+
+def shield_workers(loader: DataLoader, requeue: signal.Signals | None) -> None:
+    """Make the loader's worker processes ignore the stop signals.
+
+    A signal sent to the whole process group (Ctrl-C, SLURM's step signals, `kill -TERM -PGID`)
+    reaches the workers too; torch's worker handler dies on SIGTERM, and the main process would
+    then fail the step it is finishing. The main process shuts its workers down itself.
+    """
+    if loader.num_workers > 0:
+        stops = (signal.SIGTERM, signal.SIGINT) + ((requeue,) if requeue is not None else ())
+        loader.worker_init_fn = functools.partial(_ignore_stop_signals, loader.worker_init_fn, stops)
 
 
 def status_of(signum: int, requeue: signal.Signals | None) -> int:

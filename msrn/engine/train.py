@@ -33,7 +33,7 @@ from msrn.engine.config import TrainConfig, add_config_arguments, config_from_ar
 from msrn.engine.ema import WeightEMA
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
 from msrn.engine.losses import build_loss, model_group_loss, objective
-from msrn.engine.preemption import Stopped, StopSignals, parse_signal
+from msrn.engine.preemption import Stopped, StopSignals, parse_signal, shield_workers
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
@@ -560,6 +560,7 @@ def train(cfg: TrainConfig, keep_epochs: bool = False, requeue_signal: str | Non
     """
     requeue = parse_signal(requeue_signal)
     trainer = Trainer(cfg, keep_epochs)
+    shield_workers(trainer.loader, requeue)
     with StopSignals(requeue) as trainer.stop:
         best = trainer.fit()
     dist.teardown()  # after success only: a failed rank just exits and torchrun stops the others
