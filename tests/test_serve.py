@@ -378,8 +378,9 @@ def test_access_log_line_and_request_id(client, caplog: pytest.LogCaptureFixture
 
 
 def test_shutdown_without_waitress_trigger(checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The public fallback of Server.shutdown (no waitress trigger): requests are answered, serving ends."""
+    """The public fallbacks of Server (no waitress trigger, no dispatcher): requests are answered, serving ends."""
     monkeypatch.setattr(serve, "_loop_caller", lambda server: None)
+    monkeypatch.setattr(serve, "_stop_worker_threads", lambda server: None)
     with _serving(create_app(load(checkpoints["msrn"]))) as url:  # _serving asserts the thread ended
         assert _upload(url, _png(), "a.png")[0] == 200
         assert json.loads(urllib.request.urlopen(url + "healthz", timeout=10).read())["status"] == "ok"

@@ -458,6 +458,14 @@ def _loop_caller(server: Any) -> Callable[[Callable[[], None]], None] | None:
     return pull if callable(pull) else None
 
 
+def _stop_worker_threads(server: Any) -> None:
+    """End waitress's request threads where this waitress exposes its dispatcher (not public API; without
+    it they stay, idle daemon threads, until the process ends)."""
+    shutdown = getattr(getattr(server, "task_dispatcher", None), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+
+
 class Server:
     """The app on waitress, listening on a socket bound here (a taken port is one MSRNError line).
 
@@ -486,7 +494,10 @@ class Server:
 
     def serve_forever(self) -> None:
         """Answer requests until `shutdown`, Ctrl+C or (inside GracefulStop) a drained SIGTERM."""
-        self._server.run()
+        try:
+            self._server.run()
+        finally:
+            _stop_worker_threads(self._server)
 
     def shutdown(self) -> None:
         """Close the listening socket and every connection; serve_forever then returns."""
