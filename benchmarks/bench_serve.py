@@ -19,6 +19,11 @@ machine may be shared, so compare the ratios within one run rather than absolute
 
     python benchmarks/bench_serve.py                  # a few minutes on 2 cores
     python benchmarks/bench_serve.py --quick          # fewer requests
+    python benchmarks/bench_serve.py --compare-with /tmp/old   # this checkout's server against another's
+
+`--compare-with DIR` runs only a side-by-side: a batching server from this checkout and one from
+DIR (e.g. `git worktree add /tmp/old <commit>`), warmed alike, driven in alternation (1 and 16
+clients, 640x480 and 1600x1200), each keeping its best of `--rounds`, with the ratio per run.
 """
 from __future__ import annotations
 
@@ -102,8 +107,8 @@ def multipart(data: bytes, name: str) -> tuple[bytes, str]:
 class ServerProcess:
     """`python -m msrn serve` on a free loopback port, with its memory read from /proc."""
 
-    def __init__(self, checkpoint: Path, *options: str) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    def __init__(self, checkpoint: Path, *options: str, root: Path = REPO) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "msrn", "serve", "--checkpoint", str(checkpoint), "--port", "0",
              "--host", "127.0.0.1", *options],
@@ -245,6 +250,28 @@ HEADER = ("| run | images/s | p50 s | p95 s | mean batch | peak RSS over warm, G
           "|---|---|---|---|---|---|---|---|")
 
 
+def compare(ckpt: Path, other: Path, photos: dict, rounds: int, per_client: int) -> None:
+    """This checkout's batching server against `other`'s, driven in alternation; the best round of each."""
+    with ServerProcess(ckpt) as here, ServerProcess(ckpt, root=other) as there:
+        for server in (here, there):
+            drive(server, photos["640x480"], 2, 4)
+            server.warm = server.rss()
+        runs = [(name, c) for name in ("640x480", "1600x1200") for c in (1, 16)]
+        best: dict = {}
+        for _ in range(max(1, rounds)):
+            for name, c in runs:
+                for who, server in (("here", here), ("there", there)):
+                    r = drive(server, photos[name], c, max(8, per_client * c) if c > 1 else 3 * per_client)
+                    if (who, name, c) not in best or r["images_per_s"] > best[who, name, c]["images_per_s"]:
+                        best[who, name, c] = r
+    print(HEADER)
+    for name, c in runs:
+        print(row(f"{name}, {c} client(s), {REPO.name} (this checkout)", best["here", name, c]))
+        print(row(f"{name}, {c} client(s), {other}", best["there", name, c]))
+        ratio = best["here", name, c]["images_per_s"] / best["there", name, c]["images_per_s"]
+        print(f"| {name}, {c} client(s): this checkout / {other.name} | {ratio:.2f}x | | | | | | |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="msrn_resnet18")
@@ -253,6 +280,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer requests per run")
     p.add_argument("--part", choices=("all", "throughput", "hostile"), default="all", help="which runs")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the throughput runs (best kept)")
+    p.add_argument("--compare-with", type=Path, metavar="DIR",
+                   help="only compare this checkout's server with the one in DIR (another checkout)")
     args = p.parse_args()
     per_client = 2 if args.quick else 4
     with tempfile.TemporaryDirectory() as tmp:
@@ -269,6 +298,9 @@ def main() -> None:
         print(f"bodies: 6000x4000 JPEG {len(big) / 1e6:.1f} MB, 100 MP PNG {len(huge_png) / 1e6:.2f} MB, "
               f"42 MP RGBA PNG {len(rgba_png) / 1e6:.2f} MB")
         print(f"{args.model}, {args.labels} labels, {args.image_size} px; torch threads {torch.get_num_threads()}")
+        if args.compare_with is not None:
+            compare(ckpt, args.compare_with.resolve(), photos, args.rounds, per_client)
+            return
         lines = []
         with ServerProcess(ckpt) as server, ServerProcess(ckpt, "--batch-size", "1") as single:
             for warming in (server, single):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -60,8 +61,28 @@ def setup(device: str) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     if env_world_size() > 1 and not is_distributed():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=restart_store(),
+                                rank=int(os.environ["RANK"]), world_size=env_world_size())
     return dev
+
+
+STORE_TIMEOUT = timedelta(minutes=30)  # torch's default for gloo and NCCL process groups
+
+
+def restart_store() -> dist.Store:
+    """The key-value store the process group meets in, with a prefix of its own for each elastic restart.
+
+    torchrun (c10d rendezvous, its default since torch 2.4) keeps one TCPStore for the whole job and
+    hands it to every restart of the workers. Gloo and NCCL publish each rank's address in it under
+    fixed keys, so after a restart a rank could read a dead worker's address from the previous attempt
+    and fail with "Connection refused" (pytorch/pytorch#135712). TORCHELASTIC_RESTART_COUNT, the same
+    for every worker an agent starts, keeps each attempt's keys apart.
+    """
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts the store
+    rank = int(os.environ["RANK"])
+    store = dist.TCPStore(addr, port, env_world_size(), is_master=rank == 0 and not shared, timeout=STORE_TIMEOUT)
+    return dist.PrefixStore(f"msrn/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def teardown() -> None:
@@ -131,6 +152,15 @@ def sum_across(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def max_across(value: int) -> int:
+    """The largest of every process's `value` (an int64), the same on every rank; one small all-reduce."""
+    if not is_distributed():
+        return int(value)
+    t = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:

@@ -2,12 +2,17 @@
 end to end in headless chromium."""
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import io
 import json
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -22,13 +27,15 @@ import torch
 from image_helpers import bomb_png, sideways_jpeg
 from PIL import Image
 
+from msrn.errors import MSRNError
 from msrn.inference.predictor import load
 from msrn.models import create_model
 from msrn.models.loading import model_state
 
 pytest.importorskip("flask", reason="flask not installed (pip install 'msrn[serve]')")
 
-from msrn.inference.serve import Batcher, create_app, make_server  # noqa: E402  (needs flask)
+import msrn.inference.serve as serve  # noqa: E402  (needs flask)
+from msrn.inference.serve import Batcher, GracefulStop, create_app, make_server, serve_token  # noqa: E402
 
 LABELS = ["cat", "dog", "car", "tree", "sky"]
 CHROMIUM = os.environ.get("MSRN_CHROMIUM", "/usr/bin/chromium")
@@ -229,7 +236,8 @@ def test_full_queue_answers_503_at_once(checkpoints: dict, monkeypatch: pytest.M
         return run(*args, **kwargs)
 
     monkeypatch.setattr(predictor, "run", held_run)
-    with _serving(create_app(predictor, queue=2)) as url, ThreadPoolExecutor(2) as pool:
+    app = create_app(predictor, queue=2)
+    with _serving(app) as url, ThreadPoolExecutor(2) as pool:
         first = [pool.submit(_upload, url, _png(), f"held{i}.png") for i in range(2)]
         assert started.wait(30)
         deadline = time.monotonic() + 30
@@ -240,6 +248,7 @@ def test_full_queue_answers_503_at_once(checkpoints: dict, monkeypatch: pytest.M
         status, body, headers = _upload(url, _png(), "third.png")
         assert status == 503 and headers["Retry-After"] == "1" and "busy" in body["error"]
         assert time.monotonic() - t0 < 5  # refused at once, not queued behind the held requests
+        assert _metric(app, "msrn_refused_total", reason="busy") == 1
         release.set()
         assert [f.result(timeout=60)[0] for f in first] == [200, 200]
         assert _upload(url, _png(), "later.png")[0] == 200
@@ -263,3 +272,252 @@ def test_batcher_runs_requests_that_arrive_together_as_one_batch(checkpoints: di
     assert (batcher.batches, batcher.largest) == (2, 3)  # the three announced requests ran together
     np.testing.assert_allclose(rows, predictor.probabilities(images), atol=1e-5)
     np.testing.assert_allclose(alone, rows[0], atol=1e-5)
+
+
+# -- facing a network: token, metrics, access log, drain ---------------------------------------------------
+
+def _metric(app, name: str, **labels: str) -> float | None:
+    """One sample's value from the app's /metrics text (parsed with prometheus_client), None when absent."""
+    from prometheus_client.parser import text_string_to_metric_families  # optional: the serve extra
+
+    text = app.test_client().get("/metrics", headers=app.config.get("TEST_AUTH", {})).get_data(as_text=True)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return None
+
+
+def test_token_guards_every_route_but_the_page_and_healthz(checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    compared = []
+    real = serve.hmac.compare_digest
+    monkeypatch.setattr(serve.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
+    client = create_app(load(checkpoints["msrn"]), token="s3cret-token").test_client()
+    good = {"Authorization": "Bearer s3cret-token"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"},
+                    {"Authorization": "Basic s3cret-token"}):
+        for method, path in (("get", "/api/info"), ("get", "/metrics"), ("post", "/api/predict")):
+            r = getattr(client, method)(path, headers=headers)
+            assert r.status_code == 401, (path, headers)
+            assert "Bearer" in r.get_json()["error"] and r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert compared  # the token is compared with hmac.compare_digest (constant time)
+    assert client.get("/api/info", headers=good).get_json()["labels"] == LABELS
+    assert client.get("/metrics", headers=good).status_code == 200
+    r = client.post("/api/predict", data={"image": (io.BytesIO(_png()), "a.png")}, headers=good,
+                    content_type="multipart/form-data")
+    assert r.status_code == 200 and r.get_json()["record"]["image"] == "a.png"
+    assert client.get("/healthz").status_code == 200 and client.get("/").status_code == 200
+
+
+@pytest.mark.parametrize(("host", "env", "insecure", "outcome"), [
+    ("127.0.0.1", None, False, None), ("::1", None, False, None), ("localhost", None, False, None),
+    ("0.0.0.0", None, False, "refused"), ("10.1.2.3", None, False, "refused"), ("myhost", None, False, "refused"),
+    ("0.0.0.0", "from-env", False, "from-env"), ("0.0.0.0", None, True, None),
+])
+def test_non_loopback_without_token_is_refused_unless_insecure(host: str, env: str | None, insecure: bool,
+                                                               outcome: str | None, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delenv("MSRN_SERVE_TOKEN", raising=False)
+    if env:
+        monkeypatch.setenv("MSRN_SERVE_TOKEN", env)
+    args = argparse.Namespace(host=host, port=8000, token=None, insecure_no_token=insecure)
+    if outcome == "refused":
+        with pytest.raises(MSRNError, match="--insecure-no-token"):
+            serve_token(args)
+        return
+    assert serve_token(args) == outcome
+    assert ("WARNING" in capsys.readouterr().err) == insecure
+
+
+def test_metrics_count_known_traffic(checkpoints: dict) -> None:
+    """Two tagged images, one unreadable upload, one info request, one 503 while draining: each counted."""
+    app = create_app(load(checkpoints["msrn"]), max_upload_mb=1, batch_size=4)
+    client = app.test_client()
+    assert _post(client, _png()).status_code == 200
+    assert _post(client, _png((64, 64))).status_code == 200
+    assert _post(client, b"not an image", "x.png").status_code == 400
+    assert client.get("/api/info").status_code == 200
+    app.extensions["msrn_draining"].set()
+    refused = _post(client, _png())
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert client.get("/healthz").status_code == 503
+    app.extensions["msrn_draining"].clear()
+    assert _metric(app, "msrn_requests_total", route="/api/predict", status="200") == 2
+    assert _metric(app, "msrn_requests_total", route="/api/predict", status="400") == 1
+    assert _metric(app, "msrn_requests_total", route="/api/predict", status="503") == 1
+    assert _metric(app, "msrn_requests_total", route="/api/info", status="200") == 1
+    assert _metric(app, "msrn_request_seconds_count", route="/api/predict") == 4
+    assert _metric(app, "msrn_request_seconds_bucket", route="/api/predict", le="+Inf") == 4
+    assert _metric(app, "msrn_refused_total", reason="draining") == 1
+    assert _metric(app, "msrn_unreadable_uploads_total") == 1
+    assert _metric(app, "msrn_images_total") == 2
+    assert _metric(app, "msrn_batch_images_count") == 2 and _metric(app, "msrn_batch_images_sum") == 2
+    assert _metric(app, "msrn_queue_depth") == 0
+    other = create_app(load(checkpoints["msrn"]))  # a registry per app: nothing shared
+    assert _metric(other, "msrn_images_total") == 0
+
+
+def test_access_log_line_and_request_id(client, caplog: pytest.LogCaptureFixture) -> None:
+    """One JSON line per request (time, id, route, status, images, ms); the id is returned in X-Request-ID,
+    a client's own id is kept when it is sane and replaced when not."""
+    with caplog.at_level("INFO", logger="msrn.serve.access"):
+        mine = client.post(
+            "/api/predict", data={"image": (io.BytesIO(_png()), "s.png")}, content_type="multipart/form-data",
+            headers={"X-Request-ID": "lb-1234.abc"})
+        bad_id = client.get("/api/info", headers={"X-Request-ID": "has spaces <b>" + "x" * 200})
+        client.post("/api/predict", data={}, content_type="multipart/form-data")
+    assert mine.headers["X-Request-ID"] == "lb-1234.abc"
+    assert len(bad_id.headers["X-Request-ID"]) == 32 and "<" not in bad_id.headers["X-Request-ID"]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "msrn.serve.access"]
+    assert len(lines) == 3
+    assert {k for k in lines[0]} >= {"time", "id", "route", "status", "images", "ms"}
+    assert (lines[0]["id"], lines[0]["route"], lines[0]["status"], lines[0]["images"]) == \
+        ("lb-1234.abc", "/api/predict", 200, 1)
+    assert (lines[1]["id"], lines[1]["route"], lines[1]["images"]) == (bad_id.headers["X-Request-ID"], "/api/info", 0)
+    assert (lines[2]["status"], lines[2]["images"]) == (400, 0) and lines[2]["ms"] >= 0
+
+
+def test_shutdown_without_waitress_trigger(checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The public fallbacks of Server (no waitress trigger, no dispatcher): requests are answered, serving ends."""
+    monkeypatch.setattr(serve, "_loop_caller", lambda server: None)
+    monkeypatch.setattr(serve, "_stop_worker_threads", lambda server: None)
+    with _serving(create_app(load(checkpoints["msrn"]))) as url:  # _serving asserts the thread ended
+        assert _upload(url, _png(), "a.png")[0] == 200
+        assert json.loads(urllib.request.urlopen(url + "healthz", timeout=10).read())["status"] == "ok"
+
+
+def test_sigterm_drains_16_requests_in_flight(checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM with 16 requests admitted and held in the model: a new request gets 503 + Retry-After at once,
+    all 16 are answered with predict's scores, and serving ends with status 0 well within the grace period."""
+    predictor = load(checkpoints["msrn"])
+    release = threading.Event()
+    run = predictor.run
+
+    def held_run(*args, **kwargs):
+        assert release.wait(60)
+        return run(*args, **kwargs)
+
+    sizes = [(120, 90), (64, 64), (90, 160), (200, 120)] * 4
+    expected = predictor.probabilities([Image.open(io.BytesIO(_png(s))) for s in sizes])
+    monkeypatch.setattr(predictor, "run", held_run)
+    app = create_app(predictor, queue=16, batch_size=4)
+    server = make_server(app, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.port}/"
+    results: dict = {}
+    safety = threading.Timer(120, server.shutdown)  # never hang the test run
+
+    def clients() -> None:
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                futures = [pool.submit(_upload, url, _png(s), f"img{i}.png") for i, s in enumerate(sizes)]
+                deadline = time.monotonic() + 60
+                while json.loads(urllib.request.urlopen(url + "healthz", timeout=10).read())["in_progress"] < 16:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                os.kill(os.getpid(), signal.SIGTERM)
+                t0 = time.monotonic()
+                results["late"] = _upload(url, _png(), "late.png")
+                results["late_s"] = time.monotonic() - t0
+                release.set()
+                results["answers"] = [f.result(timeout=60) for f in futures]
+        except BaseException as e:  # noqa: BLE001  (reported by the test body)
+            results["error"] = e
+            release.set()
+            server.shutdown()
+
+    thread = threading.Thread(target=clients)
+    safety.start()
+    thread.start()
+    t0 = time.monotonic()
+    try:
+        with GracefulStop(app, grace=20) as stop:
+            server.serve_forever()
+    finally:
+        safety.cancel()
+        thread.join(60)
+        server.server_close()
+    assert "error" not in results, results.get("error")
+    assert stop.status == 0 and time.monotonic() - t0 < 60
+    status, body, headers = results["late"]
+    assert status == 503 and headers["Retry-After"] == "1" and "shutting down" in body["error"]
+    assert results["late_s"] < 5
+    assert [a[0] for a in results["answers"]] == [200] * 16
+    for i, (_, body, _) in enumerate(results["answers"]):
+        scores = {s["label"]: s["score"] for s in body["scores"]}
+        assert body["record"]["image"] == f"img{i}.png"
+        assert max(abs(scores[lab] - expected[i][LABELS.index(lab)]) for lab in scores) <= 1e-5
+
+
+@pytest.mark.slow  # starts `msrn serve` in a subprocess
+def test_msrn_serve_process_drains_on_sigterm_and_exits_0(checkpoints: dict) -> None:
+    """The real command: SIGTERM while 16 requests are being sent; each gets 200 or 503, the process exits 0,
+    and stderr holds one JSON access line per request."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MSRN_SERVE_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "msrn", "serve", "--checkpoint", str(checkpoints["msrn"]),
+                             "--port", "0", "--grace", "20"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "on http://" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "msrn serve ended before listening"
+        url = re.search(r"(http://\S+/)", line).group(1)
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(_upload, url, _png(), f"p{i}.png") for i in range(16)]
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            answers = [f.result(timeout=60) for f in futures]
+        assert proc.wait(60) == 0
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    statuses = [a[0] for a in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    assert all(a[2]["Retry-After"] == "1" for a in answers if a[0] == 503)
+    logged = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    assert sorted(x["status"] for x in logged if x["route"] == "/api/predict") == sorted(statuses)
+    assert "SIGTERM" in err
+
+
+def test_second_sigterm_stops_at_once(checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request held in the model, SIGTERM (drain begins), SIGTERM again: serving ends at once with 143."""
+    predictor = load(checkpoints["msrn"])
+    release, started = threading.Event(), threading.Event()
+    run = predictor.run
+
+    def held_run(*args, **kwargs):
+        started.set()
+        release.wait(60)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "run", held_run)
+    app = create_app(predictor)
+    server = make_server(app, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.port}/"
+    safety = threading.Timer(120, server.shutdown)
+
+    def client() -> None:
+        with contextlib.suppress(Exception):  # the connection may be cut: that is the point
+            _upload(url, _png(), "held.png")
+
+    def signals() -> None:
+        assert started.wait(60)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threads = [threading.Thread(target=client, daemon=True), threading.Thread(target=signals, daemon=True)]
+    safety.start()
+    for t in threads:
+        t.start()
+    t0 = time.monotonic()
+    try:
+        with GracefulStop(app, grace=60) as stop:
+            server.serve_forever()
+        ended = time.monotonic() - t0
+    finally:
+        safety.cancel()
+        release.set()
+        server.server_close()
+    assert stop.status == 143 and ended < 30  # not the 60 s the held request would have been given

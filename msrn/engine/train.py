@@ -34,6 +34,7 @@ from msrn.engine.config import TrainConfig, add_config_arguments, config_from_ar
 from msrn.engine.ema import WeightEMA
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
 from msrn.engine.losses import build_loss, model_group_loss, objective
+from msrn.engine.preemption import Stopped, StopSignals, parse_signal, shield_workers
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError
@@ -232,6 +233,8 @@ class Trainer:
         self.build_optimiser()
         self.build_loader()
         self.start_or_restore()
+        self.stop = StopSignals()  # no signal handled until fit() runs inside train()'s `with`
+        self.saved_step = -1  # the global step last.pt was last written at
 
     # -- building the run, in order --------------------------------------------------------------
     def prepare_run_folder(self) -> None:
@@ -450,6 +453,26 @@ class Trainer:
             self.board.step(self.global_step, loss, self.optimizer)
         if self.cfg.save_every and self.global_step % self.cfg.save_every == 0:
             self.save("last.pt", full=True)
+            self.saved_step = self.global_step
+        self.stop_if_asked()
+
+    def stop_if_asked(self) -> None:
+        """At a step boundary: when any rank had a stop signal, write last.pt here (unless it is already this
+        step's), wait for every rank, log one line and raise Stopped (docs/reliability.md, "Signals")."""
+        signum = self.stop.agreed()
+        if not signum:
+            return
+        if self.saved_step != self.global_step:
+            self.save("last.pt", full=True)
+            self.saved_step = self.global_step
+        dist.barrier()  # no rank exits (and gets the group stopped by torchrun) before rank 0 has written
+        if self.board is not None:
+            self.board.close()
+        status = self.stop.status(signum)
+        log.info("stopped on %s at epoch %d, step %d of that epoch (global step %d): %s/last.pt holds it; "
+                 "--resume continues exactly (exit status %d)", self.stop.describe(signum), self.epoch + 1,
+                 self.step_in_epoch, self.global_step, self.out, status)
+        raise Stopped(f"stopped on {self.stop.describe(signum)} at global step {self.global_step}", status)
 
     # -- the end of an epoch: evaluate, select, save --------------------------------------------
     def end_epoch(self, seconds: float) -> None:
@@ -474,6 +497,7 @@ class Trainer:
         elif dist.is_main():
             self.write_history_plot()
         self.save("last.pt", full=True)
+        self.saved_step = self.global_step
 
     def keep_best(self, which: str, result: Evaluation) -> None:
         """Record this epoch as the selected one and write best.pt from `which` weights, metrics.json and plots."""
@@ -560,6 +584,7 @@ class Trainer:
             t0 = time.time()
             self.train_epoch()
             self.end_epoch(time.time() - t0)
+            self.stop_if_asked()  # a signal during the evaluation: last.pt of this epoch end is written
         if self.train_set.skipped:
             log.info("skipped %d unreadable training images (--on-error skip)", self.train_set.skipped)
         if self.board is not None:
@@ -567,26 +592,38 @@ class Trainer:
         return self.best
 
 
-def train(cfg: TrainConfig, keep_epochs: bool = False) -> Selected | None:
+def train(cfg: TrainConfig, keep_epochs: bool = False, requeue_signal: str | None = None) -> Selected | None:
     """Train with `cfg` and return the selected epoch (Python API of `msrn train`).
 
     keep_epochs: when resuming, train to the run's own epoch count instead of `cfg.epochs`.
+    SIGTERM, SIGINT and `requeue_signal` (e.g. "USR1") stop the run at a step boundary with last.pt
+    written, raising Stopped (msrn.engine.preemption) whose `status` is the exit status to report.
     """
+    requeue = parse_signal(requeue_signal)
     trainer = Trainer(cfg, keep_epochs)
-    best = trainer.fit()
+    shield_workers(trainer.loader, requeue)
+    with StopSignals(requeue) as trainer.stop:
+        best = trainer.fit()
     dist.teardown()  # after success only: a failed rank just exits and torchrun stops the others
     return best
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
+    p.add_argument("--requeue-signal", metavar="SIG",
+                   help="a signal (e.g. USR1, as SLURM's --signal=USR1@90 sends) that means: save last.pt at the "
+                        "step in progress and exit with status 75 for the job script to requeue (SIGTERM and "
+                        "SIGINT always save and exit, with 143 and 130)")
     p.epilog = INSTALL_HINT
 
 
 def main(args: argparse.Namespace) -> int:
     if args.resume not in (None, "auto") and args.out is None:  # --resume FILE goes on in FILE's run folder
         args.out = str(Path(args.resume).parent)
-    best = train(config_from_args(args), keep_epochs=args.epochs is None)
+    try:
+        best = train(config_from_args(args), keep_epochs=args.epochs is None, requeue_signal=args.requeue_signal)
+    except Stopped as e:
+        return e.status
     if dist.is_main():
         print(f"done: best.pt from epoch {best.epoch} ({best.selected_by}); run folder {args.out}")
     return 0

@@ -12,6 +12,11 @@ input tensor, and handed to one batching thread, which runs the requests that ar
 one batch: up to `batch_size`, waiting at most `batch_wait_ms` for requests still being decoded.
 Bad uploads get a JSON `{"error"}` with status 400 (413 when too large). Binds 127.0.0.1 unless
 told otherwise.
+
+Facing a network (docs/predict.md, "Serving behind a load balancer"): with a token every route but
+`/` and `/healthz` needs `Authorization: Bearer TOKEN`; `/metrics` is Prometheus text; every request
+gets an id (X-Request-ID) and one JSON access-log line; SIGTERM drains: new requests get 503, the
+admitted ones are answered, then the server exits 0 (at most `grace` seconds later).
 """
 from __future__ import annotations
 
@@ -20,14 +25,23 @@ import base64
 import contextlib
 import ctypes
 import ctypes.util
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import re
+import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from importlib import resources
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import IO, Any
 
 import numpy as np
@@ -55,6 +69,13 @@ TRUE = ("1", "true", "yes", "on")
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 MALLOC_ARENAS = 2
 IMAGE_BLOCK = 64 << 20  # bytes per Pillow image block (its default: 16 MB)
+TOKEN_ENV = "MSRN_SERVE_TOKEN"
+OPEN_ROUTES = ("/", "/healthz")  # no token needed: the static page and the load balancer's probe
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a client's X-Request-ID is kept when it looks like this
+GRACE_S = 25.0  # SIGTERM to exit at most; under Kubernetes' default 30 s before its SIGKILL
+FLUSH_S = 0.5  # after the last admitted request is answered: time for the server to send the bytes
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+access_log = logging.getLogger("msrn.serve.access")
 
 
 def _b64_png(image: Image.Image) -> str:
@@ -127,9 +148,10 @@ class Batcher:
     waiting at most max_wait seconds, and only while announced requests are still decoding.
     """
 
-    def __init__(self, predictor: Predictor, batch_size: int, max_wait: float, explain_k: int) -> None:
+    def __init__(self, predictor: Predictor, batch_size: int, max_wait: float, explain_k: int,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.predictor, self.batch_size, self.max_wait = predictor, max(1, batch_size), max(0.0, max_wait)
-        self.explain_k = explain_k
+        self.explain_k, self.on_batch = explain_k, on_batch
         self._cv = threading.Condition()
         self._waiting: list[tuple[torch.Tensor, bool, Future]] = []
         self._coming = 0
@@ -188,6 +210,8 @@ class Batcher:
                 return
             self.batches, self.images = self.batches + 1, self.images + len(batch)
             self.largest = max(self.largest, len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
             for explain in (False, True):
                 part = [(x, f) for x, e, f in batch if e == explain]
                 if not part:
@@ -224,6 +248,69 @@ def answer(predictor: Predictor, name: str, probs: np.ndarray, explanation: Any)
     return out
 
 
+class InFlight:
+    """WSGI middleware counting requests from arrival until their response is closed (handed to the server)."""
+
+    def __init__(self, app: Callable) -> None:
+        from werkzeug.wsgi import ClosingIterator  # optional: Flask's own dependency, there whenever Flask is
+
+        self.app, self.count, self._closing = app, 0, ClosingIterator
+        self._cv = threading.Condition()
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        with self._cv:
+            self.count += 1
+        try:
+            return self._closing(self.app(environ, start_response), self._done)
+        except BaseException:
+            self._done()
+            raise
+
+    def _done(self) -> None:
+        with self._cv:
+            self.count -= 1
+            self._cv.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in progress; False if some still are after `timeout` seconds."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self.count == 0, timeout)
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (so that apps, and tests, do not share)."""
+
+    def __init__(self, queue_depth: Callable[[], float], batch_size: int) -> None:
+        try:
+            import prometheus_client as prom  # optional: the `serve` extra
+        except ImportError:
+            raise MSRNError("msrn serve needs prometheus_client: pip install 'msrn[serve]'") from None
+        self.registry = prom.CollectorRegistry()
+        reg = dict(registry=self.registry)
+        self.requests = prom.Counter("msrn_requests", "Requests answered, by route and status",
+                                     ["route", "status"], **reg)
+        self.latency = prom.Histogram("msrn_request_seconds", "Time from request to response, by route", ["route"],
+                                      buckets=LATENCY_BUCKETS, **reg)
+        self.queue = prom.Gauge("msrn_queue_depth", "Prediction requests admitted and in progress", **reg)
+        self.queue.set_function(queue_depth)
+        self.batches = prom.Histogram("msrn_batch_images", "Images per forward pass (micro-batch size)",
+                                      buckets=tuple(range(1, batch_size + 1)), **reg)
+        self.refused = prom.Counter("msrn_refused", "Requests refused with 503, by reason (busy, draining)",
+                                    ["reason"], **reg)
+        self.unreadable = prom.Counter("msrn_unreadable_uploads", "Uploads that were not a readable image (400)",
+                                       **reg)
+        self.images = prom.Counter("msrn_images", "Images tagged", **reg)
+        self.text = lambda: prom.generate_latest(self.registry)
+        self.content_type = prom.CONTENT_TYPE_LATEST
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    """Whether an Authorization header is `Bearer TOKEN`, compared in constant time."""
+    scheme, _, given = (header or "").strip().partition(" ")
+    ok_scheme = scheme.lower() == "bearer"
+    return hmac.compare_digest(given.strip().encode(), token.encode()) and ok_scheme
+
+
 def create_app(
     predictor: Predictor,
     explain_k: int = 3,
@@ -231,23 +318,64 @@ def create_app(
     queue: int = QUEUE,
     batch_size: int = BATCH_SIZE,
     batch_wait_ms: float = BATCH_WAIT_MS,
+    token: str | None = None,
 ) -> Any:
-    """The Flask application serving one predictor; its batching thread is `app.extensions["msrn"]`."""
+    """The Flask application serving one predictor; its batching thread is `app.extensions["msrn"]`, its
+    metrics `app.extensions["msrn_metrics"]`, its request counter `app.extensions["msrn_in_flight"]`, and
+    setting `app.extensions["msrn_draining"]` makes it refuse new requests (503)."""
     try:
-        from flask import Flask, jsonify, request  # optional: the `serve` extra
+        from flask import Flask, g, jsonify, request  # optional: the `serve` extra
     except ImportError:
         raise MSRNError("msrn serve needs Flask: pip install 'msrn[serve]'") from None
     if queue < 1 or batch_size < 1 or batch_wait_ms < 0:
         raise MSRNError("--queue and --batch-size must be at least 1, --batch-wait-ms at least 0")
+    if token is not None and not token.strip():
+        raise MSRNError(f"the token is empty: give --token (or {TOKEN_ENV}) a secret, or leave it out")
     explain_k = explain_k if isinstance(predictor.model, MSRN) else 0
     page = resources.files("msrn.inference").joinpath("static/index.html").read_text(encoding="utf-8")
     app = Flask("msrn.inference.serve")
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
     app.config["MSRN_QUEUE"] = queue
-    batcher = Batcher(predictor, batch_size, batch_wait_ms / 1000, explain_k)
-    app.extensions["msrn"] = batcher
     admission = Admission(queue)
+    metrics = Metrics(lambda: admission.count, batch_size)
+    batcher = Batcher(predictor, batch_size, batch_wait_ms / 1000, explain_k, on_batch=metrics.batches.observe)
+    draining = threading.Event()
+    app.extensions.update(msrn=batcher, msrn_metrics=metrics, msrn_draining=draining)
     budget = PixelBudget(predictor.max_pixels or DEFAULT_MAX_PIXELS)
+
+    def refuse(reason: str, message: str) -> Any:
+        metrics.refused.labels(reason).inc()
+        return jsonify(error=message), 503, {"Retry-After": str(RETRY_AFTER_S)}
+
+    @app.before_request
+    def admit() -> Any:
+        """Name the request, then refuse it while draining or without the token (the open routes excepted)."""
+        sent = request.headers.get("X-Request-ID", "")
+        g.request_id = sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        g.start, g.images = time.perf_counter(), 0
+        if draining.is_set():
+            if request.path == "/healthz":
+                return jsonify(status="draining"), 503, {"Retry-After": str(RETRY_AFTER_S)}
+            return refuse("draining", f"the server is shutting down; retry in {RETRY_AFTER_S} s (another replica)")
+        if token is not None and request.path not in OPEN_ROUTES \
+                and not token_matches(request.headers.get("Authorization"), token):
+            return jsonify(error="unauthorised: send the header 'Authorization: Bearer <token>'"), 401, \
+                {"WWW-Authenticate": 'Bearer realm="msrn"'}
+        return None
+
+    @app.after_request
+    def record(response: Any) -> Any:
+        """Count and time the request, write its access-log line and return its id."""
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        seconds = time.perf_counter() - g.start
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(seconds)
+        response.headers["X-Request-ID"] = g.request_id
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "id": g.request_id,
+                                        "method": request.method, "route": route, "status": response.status_code,
+                                        "images": g.images, "ms": round(seconds * 1000, 2)}))
+        return response
 
     @app.get("/")
     def index() -> Any:
@@ -264,6 +392,10 @@ def create_app(
         return jsonify(status="ok", in_progress=admission.count, queue=queue, batches=batcher.batches,
                        images=batcher.images, largest_batch=batcher.largest)
 
+    @app.get("/metrics")
+    def prometheus() -> Any:
+        return metrics.text(), 200, {"Content-Type": metrics.content_type}
+
     def tag(upload: Any, name: str, explain: bool) -> dict[str, Any]:
         """Decode within the pixel budget, keep only the input tensor (and a panel-sized copy), batch."""
         batcher.expect()
@@ -274,18 +406,23 @@ def create_app(
                 x = predictor.transform(image)
                 shown = image.resize(panel_size(image), Image.Resampling.BILINEAR) if explain else None
             del image
+        except MSRNError:
+            batcher.withdraw()
+            metrics.unreadable.inc()
+            raise
         except BaseException:
             batcher.withdraw()
             raise
         probs, ids, maps = batcher.submit(x, explain).result()
         expl = None if ids is None or shown is None else predictor.explanation(shown, name, probs, ids, maps)
+        g.images = 1
+        metrics.images.inc()
         return answer(predictor, name, probs, expl)
 
     @app.post("/api/predict")
     def predict() -> Any:
         if not admission.enter():
-            return (jsonify(error=f"the server is busy ({queue} requests in progress); retry in "
-                                  f"{RETRY_AFTER_S} s"), 503, {"Retry-After": str(RETRY_AFTER_S)})
+            return refuse("busy", f"the server is busy ({queue} requests in progress); retry in {RETRY_AFTER_S} s")
         try:
             upload = request.files.get("image")
             if upload is None:
@@ -306,11 +443,34 @@ def create_app(
         cause = getattr(e, "original_exception", None) or e
         return jsonify(error=f"internal error: {type(cause).__name__}: {cause}".splitlines()[0]), 500
 
+    app.wsgi_app = in_flight = InFlight(app.wsgi_app)
+    app.extensions["msrn_in_flight"] = in_flight
     return app
 
 
+def _loop_caller(server: Any) -> Callable[[Callable[[], None]], None] | None:
+    """waitress's way to run a function on its event loop's thread (its trigger), where this waitress has it.
+
+    Not public API: without it, Server.shutdown closes the connections from the calling thread (the
+    loop polls, so a closed socket is dropped there; see test_shutdown_without_waitress_trigger).
+    """
+    pull = getattr(getattr(server, "trigger", None), "pull_trigger", None)
+    return pull if callable(pull) else None
+
+
+def _stop_worker_threads(server: Any) -> None:
+    """End waitress's request threads where this waitress exposes its dispatcher (not public API; without
+    it they stay, idle daemon threads, until the process ends)."""
+    shutdown = getattr(getattr(server, "task_dispatcher", None), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+
+
 class Server:
-    """The app on waitress, listening on a socket bound here (a taken port is one MSRNError line)."""
+    """The app on waitress, listening on a socket bound here (a taken port is one MSRNError line).
+
+    Only waitress's public API: create_server (with a connection map of our own), run and close.
+    """
 
     def __init__(self, app: Any, host: str, port: int) -> None:
         try:
@@ -324,30 +484,80 @@ class Server:
             raise MSRNError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         self.port = sock.getsockname()[1]
         self.app = app
+        self.connections: dict = {}  # waitress's socket map: the listener, its wake-up pipe, every connection
         max_body = app.config["MAX_CONTENT_LENGTH"]
         self._server = waitress.create_server(
-            app, sockets=[sock], ident="msrn", threads=app.config["MSRN_QUEUE"] + SPARE_THREADS,
+            app, map=self.connections, sockets=[sock], ident="msrn", threads=app.config["MSRN_QUEUE"] + SPARE_THREADS,
             max_request_body_size=2 * max_body + (1 << 20),  # beyond Flask's JSON 413: waitress's own
+            asyncore_use_poll=True,  # poll() drops a socket closed by another thread; select() would fail on it
         )
 
     def serve_forever(self) -> None:
-        """Answer requests until `shutdown` (or Ctrl+C)."""
+        """Answer requests until `shutdown`, Ctrl+C or (inside GracefulStop) a drained SIGTERM."""
         try:
             self._server.run()
         finally:
-            self._server.task_dispatcher.shutdown()
+            _stop_worker_threads(self._server)
 
     def shutdown(self) -> None:
-        """Close the listening socket and every connection from the server's own thread; serving ends."""
+        """Close the listening socket and every connection; serve_forever then returns."""
         def close_all() -> None:
-            for channel in list(self._server._map.values()):
+            for channel in list(self.connections.values()):
                 channel.close()
 
-        self._server.trigger.pull_trigger(close_all)
+        call = _loop_caller(self._server)
+        if call is not None:
+            call(close_all)
+        else:
+            close_all()
 
     def server_close(self) -> None:
         """Stop the batching thread."""
         self.app.extensions["msrn"].close()
+
+
+class GracefulStop:
+    """While active (a `with` block in the main thread around serve_forever), SIGTERM drains the server:
+    new requests get 503 with Retry-After (and /healthz 503, so a load balancer moves on), every request
+    already in progress is answered, then serve_forever returns, at most `grace` seconds (+ FLUSH_S) later.
+    A second SIGTERM stops at once. `status` is then the exit status: 0 when everything was answered."""
+
+    def __init__(self, app: Any, grace: float = GRACE_S) -> None:
+        self.app, self.grace = app, grace
+        self.status = 0
+        self._draining, self._drained = False, False
+        self._previous: Any = None
+
+    def __enter__(self) -> GracefulStop:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        if self._drained:  # the drain thread's wake-up: the loop ends (waitress's run() takes SystemExit)
+            raise SystemExit(self.status)
+        if self._draining:
+            print("msrn serve: second SIGTERM: stopping now", file=sys.stderr, flush=True)
+            self.status = 143
+            raise SystemExit(self.status)
+        self._draining = True
+        self.app.extensions["msrn_draining"].set()
+        in_flight = self.app.extensions["msrn_in_flight"]
+        print(f"msrn serve: SIGTERM: refusing new requests, answering {in_flight.count} in progress "
+              f"(at most {self.grace:g} s)", file=sys.stderr, flush=True)
+        threading.Thread(target=self._drain, args=(in_flight,), name="msrn-drain", daemon=True).start()
+
+    def _drain(self, in_flight: InFlight) -> None:
+        answered = in_flight.wait_idle(self.grace)
+        time.sleep(FLUSH_S)
+        if not answered:
+            print(f"msrn serve: {in_flight.count} request(s) still in progress after {self.grace:g} s; stopping",
+                  file=sys.stderr, flush=True)
+            self.status = 1
+        self._drained = True
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # wakes the loop's poll at once
 
 
 def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> Server:
@@ -389,23 +599,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=BATCH_WAIT_MS, metavar="MS",
                         help=f"longest wait for more requests to fill a batch (default {BATCH_WAIT_MS:g})")
     add_runtime_arguments(parser, batch_size=BATCH_SIZE, device="cpu")  # requests batched into one forward pass
+    parser.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on every route but / and /healthz "
+                                        f"(default: the environment variable {TOKEN_ENV}, which `ps` does not show)")
+    parser.add_argument("--insecure-no-token", action="store_true",
+                        help="allow a non-loopback --host without a token: anyone who reaches the port can use it")
+    parser.add_argument("--grace", type=float, default=GRACE_S, metavar="S",
+                        help=f"on SIGTERM, answer the requests in progress for at most S seconds (default {GRACE_S:g})")
     add_fast_argument(parser)
     add_decoding_arguments(parser)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` serves this computer only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
+def serve_token(args: argparse.Namespace) -> str | None:
+    """--token, else $MSRN_SERVE_TOKEN; refuses a non-loopback --host without one unless --insecure-no-token."""
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    if token is None and not is_loopback(args.host):
+        if not args.insecure_no_token:
+            raise MSRNError(f"--host {args.host} lets other computers in, and there is no token: set {TOKEN_ENV} "
+                            "(or --token), or pass --insecure-no-token to serve without authentication")
+        print(f"msrn serve: WARNING: --insecure-no-token: anyone who reaches {args.host}:{args.port} can use this "
+              "server", file=sys.stderr)
+    return token
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run `msrn serve` until interrupted."""
+    """Run `msrn serve` until interrupted (Ctrl+C) or drained (SIGTERM)."""
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise MSRNError("--threshold must lie in [0, 1]")
+    if args.grace < 0:
+        raise MSRNError(f"--grace {args.grace:g}: give the seconds to wait, 0 or more")
+    token = serve_token(args)
     return_freed_memory()  # the command owns its process
     predictor = load_from_args(args, threshold=args.threshold, device=args.device, fast=not args.exact,
                                **decoding_options(args))
     app = create_app(predictor, max(0, args.explain_labels), args.max_upload_mb, args.queue, args.batch_size,
-                     args.batch_wait_ms)
+                     args.batch_wait_ms, token=token)
     server = make_server(app, args.host, args.port)
-    print(f"msrn serve: {args.checkpoint} on http://{args.host}:{server.port}/ (Ctrl+C stops)", file=sys.stderr)
+    if not access_log.handlers:  # one JSON line per request on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access_log.addHandler(handler)
+        access_log.setLevel(logging.INFO)
+        access_log.propagate = False
+    print(f"msrn serve: {args.checkpoint} on http://{args.host}:{server.port}/"
+          f"{' (token required)' if token else ''} (Ctrl+C stops; SIGTERM drains)", file=sys.stderr, flush=True)
     try:
-        server.serve_forever()
+        with GracefulStop(app, args.grace) as stop:
+            server.serve_forever()
     finally:
         server.server_close()
-    return 0
+    return stop.status
