@@ -527,13 +527,18 @@ class GracefulStop:
         self.status = 0
         self._draining, self._drained = False, False
         self._previous: Any = None
+        self._active = False  # inside the `with` block: only then may the drain thread signal the main thread
+        self._lock = threading.Lock()
 
     def __enter__(self) -> GracefulStop:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._active = True
         return self
 
     def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        with self._lock:
+            self._active = False
+            signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, _signum: int, _frame: FrameType | None) -> None:
         if self._drained:  # the drain thread's wake-up: the loop ends (waitress's run() takes SystemExit)
@@ -557,7 +562,9 @@ class GracefulStop:
                   file=sys.stderr, flush=True)
             self.status = 1
         self._drained = True
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # wakes the loop's poll at once
+        with self._lock:  # a drain outliving its block (a second SIGTERM ended it) must not signal what runs next
+            if self._active:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # wakes the loop's poll at once
 
 
 def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> Server:
