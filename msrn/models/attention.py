@@ -181,7 +181,8 @@ def fused_attention(feats: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
     b, d, _ = feats.shape
     pad = HEAD_DIM.get(device, DEFAULT_HEAD_DIM) - 1
     kv = F.pad(feats.to(dtype).unsqueeze(-1), (0, pad))  # B x D x N x h: [F, 0, ..., 0]
-    q = F.pad(sem.to(dtype).t().unsqueeze(-1), (0, pad)).expand(b, d, -1, -1)  # B x D x M x h: [S, 0, ..., 0]
+    # B x D x M x h: [S, 0, ..., 0], made contiguous: not every CUDA kernel takes a batch stride of 0
+    q = F.pad(sem.to(dtype).t().unsqueeze(-1), (0, pad)).expand(b, d, -1, -1).contiguous()
     with torch.autocast(device, enabled=False):  # the dtype is chosen above
         out = F.scaled_dot_product_attention(q, kv, kv, scale=1.0)  # B x D x M x h: [V, 0, ..., 0]
     return out[..., 0].transpose(1, 2)
