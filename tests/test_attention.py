@@ -233,3 +233,30 @@ def test_auto_picks_by_device_and_gradients(monkeypatch: pytest.MonkeyPatch) -> 
     with torch.no_grad():
         out = attention.attend(feats, sem)
     assert calls == ["fused"] and _rel(out, label_attention_naive(feats, sem)) < 1e-6
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@CUDA
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_cuda_default_form_is_fused_and_matches_float64(amp: str) -> None:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        feats, sem = _inputs(4, 64, 196, 21)
+        grad_out = torch.randn(4, 21, 64, generator=torch.Generator().manual_seed(1)).cuda()
+        f, s = feats.cuda().requires_grad_(), sem.cuda().requires_grad_()
+        assert attention.default_form(f, s) == "fused"  # also when gradients flow
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            out = attention.attend(f, s)
+        assert out.dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
+        got = (out, *torch.autograd.grad(out, (f, s), grad_out.to(out.dtype)))
+        rounded = (lambda t: t.bfloat16()) if amp == "bf16" else (lambda t: t)
+        want = _values_and_grads(label_attention_naive, rounded(feats).double(), rounded(sem).double(),
+                                 grad_out.double())
+        for g, w in zip(got, want, strict=True):
+            assert torch.isfinite(g).all() and _rel(g.cpu(), w) < (2 ** -6 if amp == "bf16" else 1e-5)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -197,6 +197,7 @@ class Trainer:
         self.build_data()
         self.build_model(resume)
         self.distribute_model()
+        self.compile_model()
         self.build_optimiser()
         self.build_loader()
         self.start_or_restore()
@@ -260,6 +261,11 @@ class Trainer:
         # a head that reads no deeper than layer3 leaves the later backbone layers without gradients
         shallow = max(getattr(getattr(self.model, "cfg", None), "depths", (3,))) < 3
         self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=shallow)
+
+    def compile_model(self) -> None:
+        """--compile: the training steps through torch.compile (the first steps compile; evaluation stays eager)."""
+        if self.cfg.compile:
+            self.net = torch.compile(self.net)
 
     def build_optimiser(self) -> None:
         """The loss, SGD with its step schedule, the fp16 gradient scaler and the weight average (--ema)."""
@@ -388,7 +394,7 @@ class Trainer:
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
         targets = targets.to(self.device, non_blocking=True)
         # DDP averages gradients only on the micro-batch that ends an optimiser step
-        with dist.grad_sync(self.net, ends_step):
+        with dist.grad_sync(getattr(self.net, "_orig_mod", self.net), ends_step):  # the DDP module under --compile
             with autocast(self.device, self.cfg.amp):
                 logits, gloss = self.net(images, return_group_loss=True)
                 loss = objective(self.criterion, logits, targets, gloss.float())
@@ -542,7 +548,8 @@ class Trainer:
         log.info("train %s: %d images (%s), test %d images (%s), %d labels, model %s, device %s%s",
                  cfg.dataset, len(self.train_data), self.train_data.split, len(self.test_data),
                  self.test_data.split, len(self.labelset.labels), cfg.model, self.device,
-                 f", {dist.world_size()} processes" if dist.world_size() > 1 else "")
+                 f", DDP world size {dist.world_size()} ({torch.distributed.get_backend()})"
+                 if dist.is_distributed() else "")
         while self.epoch < cfg.epochs:
             t0 = time.time()
             self.train_epoch()
