@@ -90,3 +90,19 @@ def test_default_workers_follow_the_cpus_and_the_processes(monkeypatch: pytest.M
     assert default_workers(cuda=True) == 0  # one core each: load in the process
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert default_workers(cuda=False) == 2  # CPU training: the model needs the cores
+
+
+@pytest.mark.slow  # inductor compiles the training step for a minute or more on 2 cores
+def test_compile_trains_as_eager_does(tmp_path: Path) -> None:
+    csv = noise_csv(tmp_path, {"train": 10, "test": 4})
+    states = []
+    for extra in ((), ("--compile",)):
+        out = tmp_path / f"run{len(extra)}"
+        assert cli(_argv(csv, out, "--epochs", "1", "--save-every", "0", *extra)) == 0
+        states.append(read_checkpoint(out / "last.pt"))
+    eager, compiled = states
+    assert compiled["config"]["compile"] and not eager["config"]["compile"]
+    assert compiled["history"][0]["train_loss"] == pytest.approx(eager["history"][0]["train_loss"], rel=1e-4)
+    for key, value in eager["state_dict"].items():
+        if value.is_floating_point():
+            assert torch.allclose(compiled["state_dict"][key], value, rtol=1e-3, atol=1e-5), key
