@@ -260,3 +260,11 @@ def test_cuda_default_form_is_fused_and_matches_float64(amp: str) -> None:
             assert torch.isfinite(g).all() and _rel(g.cpu(), w) < (2 ** -6 if amp == "bf16" else 1e-5)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_checkpoints_that_stored_the_old_default_run_the_device_choice() -> None:
+    from msrn.models.msrn import MSRNConfig
+
+    assert MSRNConfig().attention == "auto"
+    assert MSRNConfig.from_dict({"attention": "chunked"}).attention == "auto"  # the default before "fused"
+    assert MSRNConfig.from_dict({"attention": "naive"}).attention == "naive"
