@@ -462,7 +462,7 @@ def summary_line(name: str, r: dict) -> str:
         return head + f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped" + errors
     if name == "parity":
         keys = ("device_vs_cpu", "device_vs_reference", "cpu_vs_reference")
-        return head + ", ".join(f"{k} {r[k]:.1e}" for k in keys) + f" ({r['tf32']})"
+        return head + ", ".join(f"{k} {r[k]:.1e}" for k in keys) + (f" ({r['tf32']})" if "tf32" in r else "")
     if name == "attention":
         w = r["fused_vs_float64"]
         times = ", ".join(f"{k} {v['fwd_bwd_s'] * 1e3:.1f} ms" + (f" {v['peak_gb']:.2f} GB" if v["peak_gb"] else "")
