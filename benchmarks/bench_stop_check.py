@@ -50,8 +50,9 @@ def worker(rank: int, port: int, checks: int, steps: int, results: dict) -> None
     step_times = []
     for i in range(steps + 3):
         t0 = time.perf_counter()
-        logits, group_loss = net(x, return_group_loss=True)
-        loss = nn.functional.multilabel_soft_margin_loss(logits, y) + group_loss
+        sem = model.semantics()
+        logits = net(x, semantics=sem)
+        loss = nn.functional.multilabel_soft_margin_loss(logits, y) + sem.group_loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -54,3 +54,40 @@ def test_a_failing_step_is_reported_and_the_others_still_run(
     assert "no kernel image" in report["steps"]["train"]["error"]
     assert gpu_check.summary_line("train", report["steps"]["train"]).split()[1] == "FAIL"
     assert list(json.loads((tmp_path / "g.json").read_text())["steps"]) == ["train", "parity"]
+
+
+def _figures(train_ratio: float, bf16_gain: float, peak_msrn: float) -> dict:
+    """Throughput figures as step_throughput reports them: backbone 400 img/s training, 1200 inference."""
+    out = {}
+    for amp, gain in (("fp32", 1.0), ("bf16", bf16_gain)):
+        msrn_train = 400 * train_ratio * gain
+        out[amp] = {
+            "train": {"backbone_img_s": 400 * gain, "msrn_img_s": msrn_train, "msrn_over_backbone": train_ratio,
+                      "peak_growth_gb": {"backbone": 16.0, "msrn": peak_msrn}},
+            "infer": {"backbone_img_s": 1200, "msrn_img_s": 1140, "msrn_over_backbone": 0.95,
+                      "peak_growth_gb": {"backbone": 2.0, "msrn": 2.2}},
+        }
+    return out
+
+
+def test_targets_pass_and_fail_on_the_issue_thresholds(gpu_check) -> None:
+    good = gpu_check.judge_targets(_figures(train_ratio=0.9, bf16_gain=1.3, peak_msrn=19.0))
+    assert len(good) == 9 and all(t["ok"] for t in good.values()), good
+    # 0.8x the backbone (< 0.85), 21 GB against 16 (1.31x > 1.25), bf16 only 1.1x fp32; 320 img/s < 2 x 173
+    bad = gpu_check.judge_targets(_figures(train_ratio=0.8, bf16_gain=1.1, peak_msrn=21.0))
+    failed = {k for k, t in bad.items() if not t["ok"]}
+    assert failed == {"fp32 training vs backbone", "bf16 training vs backbone", "fp32 training peak memory, "
+                      "backbone / msrn", "bf16 training peak memory, backbone / msrn", "bf16 training vs msrn fp32",
+                      "fp32 training vs reference fp32 (173 img/s)"}, failed
+    report = {**_figures(0.8, 1.1, 21.0), "targets": bad, "ok": False, "seconds": 1.0}
+    for mode in ("train", "infer"):
+        for amp in ("fp32", "bf16"):
+            report[amp][mode]["tf32"] = "matmul TF32 off, cuDNN TF32 on"
+    lines = gpu_check.summary_line("throughput", report).splitlines()
+    assert "cuDNN TF32 on" in lines[0] and sum(line.strip().startswith("target FAIL") for line in lines) == 6
+
+
+def test_dry_run_attention_step_checks_the_fused_form_against_float64(gpu_check) -> None:
+    r = gpu_check.step_attention(gpu_check.DRY)
+    assert r["ok"] and r["fused_vs_float64"]["fp32"] < 1e-5 and r["fused_vs_float64"]["bf16"] < 2 ** -5
+    assert set(r["timing"]) == {"fused fp32", "fused bf16", "chunked fp32", "naive fp32"}

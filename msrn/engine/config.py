@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from msrn.data.loader import default_workers
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.errors import MSRNError
 from msrn.labels.reference_files import default_sources
@@ -104,12 +107,18 @@ class TrainConfig:
     tune_thresholds: bool = option(
         False, "per-label thresholds from the validation split (--val-fraction), stored in checkpoints")
     seed: int = option(0, "seed of every random choice of the run")
-    workers: int = option(2, "data-loading processes", low=0)
+    workers: int = option(
+        None, "data-loading processes per training process (default: from the CPUs this process may use, up to 8 "
+        "per GPU process; at most 2 without CUDA, where the model needs the cores)", low=0,
+        factory=lambda: default_workers(torch.cuda.is_available()))
     in_memory: bool = option(
         False, "decode every image once before training and keep it in memory, so no file is read again and no "
         "loading process is needed (small data sets; the scenes preset's default); up to 4 GiB decoded")
     device: str = option("auto", "torch device: auto, cpu, cuda or cuda:N")
     amp: str = option("none", RUNTIME_FLAGS["amp"]["help"], choices=AMP_MODES)
+    compile: bool = option(
+        False, "run the training steps through torch.compile (opt-in: the first steps compile for minutes on a "
+        "CPU, tens of seconds on a GPU; the same losses to float32 rounding)")
     save_every: int = option(200, "also write last.pt every N optimiser steps (0: only at epoch ends), so a kill "
                              "loses at most N steps", low=0)
     grad_accum: int = option(1, "micro-batches per optimiser step (--batch-size is split across them)", low=1)

@@ -75,7 +75,7 @@ class InferenceModel(nn.Module):
         x = x.contiguous(memory_format=self.memory_format)
         if not isinstance(self.model, MSRN):
             return self.model(x)
-        return self.model.classify(self.model.projected_maps(x), self.rows, attention="chunked")
+        return self.model.classify(self.model.projected_maps(x), self.rows)
 
     @property
     def labels(self) -> list[str]:
