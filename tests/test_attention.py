@@ -262,9 +262,14 @@ def test_cuda_default_form_is_fused_and_matches_float64(amp: str) -> None:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def test_checkpoints_that_stored_the_old_default_run_the_device_choice() -> None:
+def test_checkpoints_that_stored_a_form_run_the_device_choice() -> None:
+    from msrn.models.attention import default_form
     from msrn.models.msrn import MSRNConfig
 
-    assert MSRNConfig().attention == "auto"
-    assert MSRNConfig.from_dict({"attention": "chunked"}).attention == "auto"  # the default before "fused"
-    assert MSRNConfig.from_dict({"attention": "naive"}).attention == "naive"
+    # the form is chosen when the model runs: a stored one (the old default "chunked", or "naive") is dropped
+    assert MSRNConfig.from_dict({"attention": "chunked"}) == MSRNConfig()
+    assert MSRNConfig.from_dict({"attention": "naive"}) == MSRNConfig()
+    feats, sem = torch.randn(1, 4, 6, requires_grad=True), torch.randn(3, 4)
+    assert default_form(feats, sem) == "chunked"  # CPU training: the tiles' closed-form backward
+    with torch.no_grad():
+        assert default_form(feats, sem) == "fused"
