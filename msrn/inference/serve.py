@@ -525,7 +525,8 @@ class GracefulStop:
     def __init__(self, app: Any, grace: float = GRACE_S) -> None:
         self.app, self.grace = app, grace
         self.status = 0
-        self._draining, self._drained = False, False
+        self._draining, self._drained, self._closed = False, False, False
+        self._lock = threading.Lock()  # the drain thread's wake-up never outlives the `with` block
         self._previous: Any = None
 
     def __enter__(self) -> GracefulStop:
@@ -533,9 +534,13 @@ class GracefulStop:
         return self
 
     def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        with self._lock:
+            self._closed = True
         signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        if self._closed:  # a wake-up that was already on its way when serving ended
+            return
         if self._drained:  # the drain thread's wake-up: the loop ends (waitress's run() takes SystemExit)
             raise SystemExit(self.status)
         if self._draining:
@@ -556,8 +561,11 @@ class GracefulStop:
             print(f"msrn serve: {in_flight.count} request(s) still in progress after {self.grace:g} s; stopping",
                   file=sys.stderr, flush=True)
             self.status = 1
-        self._drained = True
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # wakes the loop's poll at once
+        with self._lock:
+            if self._closed:  # serving already ended (a second SIGTERM): nobody to wake
+                return
+            self._drained = True
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # wakes the loop's poll at once
 
 
 def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> Server:
