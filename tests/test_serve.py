@@ -521,3 +521,7 @@ def test_second_sigterm_stops_at_once(checkpoints: dict, monkeypatch: pytest.Mon
         release.set()
         server.server_close()
     assert stop.status == 143 and ended < 30  # not the 60 s the held request would have been given
+    drains = [t for t in threading.enumerate() if t.name == "msrn-drain"]
+    for t in drains:  # released, the held request finishes; the drain thread ends without a late SIGTERM
+        t.join(30)
+    assert not any(t.is_alive() for t in drains)
