@@ -3,7 +3,7 @@
 Endpoints: `GET /` (the page, msrn/inference/static/index.html), `GET /api/info`, `GET /healthz` and
 `POST /api/predict` (multipart field `image`; `explain=1` adds attention panels), which answers
 with the image's record as `msrn predict` writes it, its best scores and, when asked, base64 PNG
-attention panels for the top labels at the three depths.
+attention panels for the top labels at each depth the model reads.
 
 Load is bounded: at most `queue` requests are in progress; one more gets 503 with Retry-After at
 once. An admitted upload is decoded within a pixel budget (so memory does not grow with the
@@ -48,7 +48,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from msrn.engine.options import add_checkpoint_arguments, add_fast_argument
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, open_image
 from msrn.inference.args import add_decoding_arguments, decoding_options, load_from_args
@@ -56,6 +55,7 @@ from msrn.inference.draw import panel_size, panels
 from msrn.inference.explain import concentration
 from msrn.inference.predictor import Predictor
 from msrn.models.msrn import MSRN
+from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments
 from msrn.plots import image_png
 
 MAX_UPLOAD_MB = 20
@@ -404,7 +404,7 @@ def create_app(
                 image = open_image(upload.stream, name, exif_orientation=predictor.exif_orientation,
                                    max_pixels=predictor.max_pixels)
                 x = predictor.transform(image)
-                shown = image.resize(panel_size(image), Image.BILINEAR) if explain else None
+                shown = image.resize(panel_size(image), Image.Resampling.BILINEAR) if explain else None
             del image
         except MSRNError:
             batcher.withdraw()
@@ -414,7 +414,7 @@ def create_app(
             batcher.withdraw()
             raise
         probs, ids, maps = batcher.submit(x, explain).result()
-        expl = None if ids is None else predictor.explanation(shown, name, probs, ids, maps)
+        expl = None if ids is None or shown is None else predictor.explanation(shown, name, probs, ids, maps)
         g.images = 1
         metrics.images.inc()
         return answer(predictor, name, probs, expl)
@@ -604,11 +604,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest accepted upload")
     parser.add_argument("--queue", type=int, default=QUEUE, metavar="N",
                         help=f"requests in progress at once; more get 503 with Retry-After (default {QUEUE})")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="B",
-                        help=f"most requests run together in one forward pass (default {BATCH_SIZE})")
     parser.add_argument("--batch-wait-ms", type=float, default=BATCH_WAIT_MS, metavar="MS",
                         help=f"longest wait for more requests to fill a batch (default {BATCH_WAIT_MS:g})")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_runtime_arguments(parser, batch_size=BATCH_SIZE, device="cpu")  # requests batched into one forward pass
     parser.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on every route but / and /healthz "
                                         f"(default: the environment variable {TOKEN_ENV}, which `ps` does not show)")
     parser.add_argument("--insecure-no-token", action="store_true",
