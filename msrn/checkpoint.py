@@ -22,6 +22,8 @@ FORMAT = "msrn"
 VERSION = 1
 # reference keys that have no counterpart in the model and may be dropped (with a notice)
 REFERENCE_UNUSED = ("resnet_101.conv_buffer0.", "W", "B", "ProjectMs.")
+# a reference checkpoint holds both classifiers' weights: the element-wise head's W and B, the MLP's fc1 and fc2
+UNUSED_BY_ELEMENTWISE = ("resnet_101.conv_buffer0.", "fc1.", "fc2.", "ProjectMs.")
 
 
 # buffers a run builds from its own label set: --init never takes them from the checkpoint
@@ -137,12 +139,16 @@ def is_reference(ckpt: dict) -> bool:
     return isinstance(state, dict) and any(str(k).startswith("resnet_101.") for k in state)
 
 
-def map_reference_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename reference keys to this project's; return (mapped state, dropped unused keys)."""
+def map_reference_state(
+    state: dict[str, torch.Tensor], head: str = "mlp"
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename reference keys to this project's; return (mapped state, dropped unused keys). The head says
+    which classifier's weights are kept: mlp (fc1, fc2) or elementwise (W, B)."""
+    unused = UNUSED_BY_ELEMENTWISE if head == "elementwise" else REFERENCE_UNUSED
     out, dropped = {}, []
     for key, value in state.items():
         key = key.removeprefix("module.")
-        if key in REFERENCE_UNUSED or key.startswith(tuple(p for p in REFERENCE_UNUSED if p.endswith("."))):
+        if key in unused or key.startswith(tuple(p for p in unused if p.endswith("."))):
             dropped.append(key)
         elif key.startswith("resnet_101.conv_buffer"):
             out[key.removeprefix("resnet_101.")] = value

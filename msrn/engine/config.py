@@ -13,6 +13,7 @@ from typing import Any
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.errors import MSRNError
 from msrn.labels.reference_files import default_sources
+from msrn.models.heads import HEADS
 from msrn.models.tta import TTA_MODES
 
 
@@ -44,6 +45,7 @@ class TrainConfig:
     depths: tuple[int, ...] = (1, 2, 3)  # which depths the head reads: any of 1 (layer2), 2 (layer3), 3 (layer4)
     group_semantics: bool = True  # global group semantics (graph pooling into K groups)
     label_graph: bool = True  # the co-occurrence graph; off: the GAT layers see an identity adjacency
+    head: str = "mlp"  # the MSRN classifier: mlp (the paper's) or elementwise (weights linear in the labels)
     word_vectors: str | None = None  # None/"ngram", "encoder", "reference", a GloVe/fastText file, a .pkl
     name_map: str | None = None  # label=words file for names missing from a vector file
     cooccurrence: str | None = None  # None/"train": count the training split; "reference" or a {'adj','nums'} pickle
@@ -96,7 +98,7 @@ class TrainConfig:
     def model_switches(self) -> dict[str, Any]:
         """The ablation switches as MSRNConfig overrides: empty for the paper's model, so baselines take them."""
         switches = {"depths": tuple(self.depths), "group_semantics": self.group_semantics,
-                    "label_graph": self.label_graph}
+                    "label_graph": self.label_graph, "head": self.head}
         return {} if switches == _FULL_MODEL else switches
 
     def validate(self) -> None:
@@ -129,12 +131,14 @@ class TrainConfig:
             raise MSRNError(f"--depths must be distinct values among 1, 2, 3, not {list(self.depths)}")
         self.depths = tuple(sorted(self.depths))
         if self.model_switches() and not self.model.startswith("msrn"):
-            raise MSRNError(f"--depths, --no-group-semantics and --no-label-graph change the MSRN head; "
+            raise MSRNError(f"--depths, --no-group-semantics, --no-label-graph and --head change the MSRN head; "
                             f"{self.model} has none")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise MSRNError(f"--grad-accum {self.grad_accum} must divide --batch-size {self.batch_size}")
         if (self.model == "msrn_timm") != bool(self.backbone):
             raise MSRNError("--backbone NAME goes with --model msrn_timm (a timm model name), and msrn_timm needs it")
+        if self.head not in CHOICES["head"]:
+            raise MSRNError(f"--head must be one of {', '.join(CHOICES['head'])}, not {self.head!r}")
         if self.loss not in CHOICES["loss"]:
             raise MSRNError(f"--loss must be one of {', '.join(CHOICES['loss'])}, not {self.loss!r}")
         if min(self.asl_gamma_neg, self.asl_gamma_pos, self.focal_gamma) < 0 or not 0 <= self.asl_clip < 1 \
@@ -151,9 +155,10 @@ class TrainConfig:
 # options with a fixed set of values (the CLI offers them as choices)
 CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("none", "bf16", "fp16"), "on_error": ("stop", "skip"), "loss": LOSSES, "tta": TTA_MODES,
+    "head": HEADS,
 }
 
-_FULL_MODEL = {"depths": (1, 2, 3), "group_semantics": True, "label_graph": True}
+_FULL_MODEL = {"depths": (1, 2, 3), "group_semantics": True, "label_graph": True, "head": "mlp"}
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
               lr_backbone=0.01, epochs=30, lr_steps=(20,))
 # The paper's code asks for 20 epochs with a step at 30 and then runs 200 epochs selecting on the
@@ -243,6 +248,9 @@ HELP: dict[str, str] = {
     "depths": "ablation: the depths the MSRN head reads, any of 1 (after layer2), 2 (layer3), 3 (layer4); "
               "default all three",
     "group_semantics": "ablation: --no-group-semantics drops the global group semantics (graph pooling)",
+    "head": "the MSRN classifier: mlp (the paper's, default; its fc1 grows with labels x (labels + groups)) or "
+            "elementwise (the reference code's per-label head, weights linear in the labels: for thousands "
+            "of labels)",
     "label_graph": "ablation: --no-label-graph gives the GAT layers an identity adjacency instead of the "
                    "co-occurrence graph",
 }

@@ -39,10 +39,12 @@ def create_model(
     without them the model gets placeholder vectors and no edges. A `label_set` gives labels, vectors
     and adjacency (its tau and re-weighting) instead. `pretrained` loads the backbone:
     ImageNet weights (file, URL, 'imagenet') or a reference or msrn checkpoint's backbone with its
-    conv_buffer1/2; `checkpoint` loads a whole trained model instead.
+    conv_buffer1/2; `checkpoint` loads a whole trained model instead (`head="elementwise"` takes a reference
+    checkpoint's W and B). `head="elementwise"` builds the element-wise classifier instead of the MLP.
     """
     if checkpoint is not None:
-        return load_model(checkpoint, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels)
+        return load_model(checkpoint, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels,
+                          head=overrides.get("head", "mlp"))
     if label_set is not None:
         if labels is not None or word_vectors is not None or cooccurrence is not None or tau != TAU:
             raise MSRNError("give a label set or labels, word vectors, co-occurrence and tau, not both")

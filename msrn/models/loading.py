@@ -60,8 +60,11 @@ def load_reference(
     labels: list[str] | None = None,
     where: str = "reference checkpoint",
     dataset: str | None = None,
+    head: str = "mlp",
 ) -> nn.Module:
     """Build msrn_resnet101 (or 50) from a reference checkpoint plus its word-vector and adj pickles.
+    The checkpoint holds both of the reference's classifiers: `head` picks the one loaded (mlp: fc1/fc2,
+    elementwise: W/B).
 
     A pickle not given (or given as 'reference') is the reference's own for the checkpoint's
     dataset: `dataset`, else the one with its number of labels. Without `labels` the outputs are
@@ -99,8 +102,8 @@ def load_reference(
     names = labels or [str(i) for i in range(num_classes)]
     vectors = load_word_vectors(files.get("word_vectors", word_vectors), names)
     adj = adjacency_from(files.get("cooccurrence", cooccurrence), num_classes)
-    model = build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups)
-    mapped, dropped = map_reference_state(state)
+    model = build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups, head=head)
+    mapped, dropped = map_reference_state(state, head)
     load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
     if dropped:
         warnings.warn(f"{where}: dropped unused reference parameters: {', '.join(dropped)}", stacklevel=2)
@@ -149,12 +152,14 @@ def load_checkpoint(
     cooccurrence: Any = None,
     labels: list[str] | None = None,
     dataset: str | None = None,
+    head: str = "mlp",
 ) -> Loaded:
     """A ready model (eval mode, CPU) from a project checkpoint or a reference checkpoint, with its usage.
 
     For project checkpoints the stored label vectors win: a different file passed here is
     ignored with a warning, so a model can never be paired with the wrong vectors. A reference
-    checkpoint takes the reference's own files for `dataset` (or its label count) where none are given.
+    checkpoint takes the reference's own files for `dataset` (or its label count) where none are given, and
+    loads the classifier `head` names (a project checkpoint records its own; old ones hold the mlp).
     """
     where = str(source) if not isinstance(source, dict) else "checkpoint"
     ckpt = read_checkpoint(source) if not isinstance(source, dict) else source
@@ -167,7 +172,7 @@ def load_checkpoint(
         if labels is not None and hasattr(model, "cfg") and list(labels) != model.labels:
             raise MSRNError(f"{where} was trained on labels {model.labels[:5]}..., not the dataset's {labels[:5]}...")
     elif is_reference(ckpt):
-        model = load_reference(ckpt, word_vectors, cooccurrence, labels, where, dataset)
+        model = load_reference(ckpt, word_vectors, cooccurrence, labels, where, dataset, head)
     else:
         raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
     thresholds = ckpt.get("thresholds")
@@ -186,6 +191,7 @@ def load_model(
     cooccurrence: Any = None,
     labels: list[str] | None = None,
     dataset: str | None = None,
+    head: str = "mlp",
 ) -> nn.Module:
     """The model alone from `load_checkpoint` (eval mode, CPU), for code that needs no more."""
-    return load_checkpoint(source, word_vectors, cooccurrence, labels, dataset).model
+    return load_checkpoint(source, word_vectors, cooccurrence, labels, dataset, head).model

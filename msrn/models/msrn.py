@@ -1,8 +1,9 @@
 """The MSRN module (spec sections 1-6): backbone at three depths, label graph, group pooling,
-label-guided attention at every depth, and the MLP classifier.
+label-guided attention at every depth, and the classifier (the paper's MLP or the reference's element-wise
+head, msrn.models.heads).
 
 Parameter names follow the reference checkpoints (`ProjectM`, `fc_label`, `label_embed`,
-`group_embed`, `fc1`, `fc2`); the backbone is `backbone.*` here and `resnet_101.*` there,
+`group_embed`, `fc1`, `fc2`, `W`, `B`); the backbone is `backbone.*` here and `resnet_101.*` there,
 and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see checkpoint.py).
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ from torch import nn
 
 from msrn.models.attention import attend
 from msrn.models.gat import GATStack, GroupStack, group_loss
-from msrn.models.linear import ReusedGradLinear
-from msrn.models.ops import conv1x1, linear, max_pool2x2
+from msrn.models.heads import build_head
+from msrn.models.ops import conv1x1, max_pool2x2
 from msrn.models.resnet import ResNet
 from msrn.models.timm_backbone import build_backbone
 
@@ -42,6 +43,7 @@ class MSRNConfig:
     depths: tuple[int, ...] = DEPTHS  # which of the three depths are read
     group_semantics: bool = True  # off: no group pooling, no group rows in the attention, no group loss
     label_graph: bool = True  # off: the same GAT layers see an identity adjacency (each label on its own)
+    head: str = "mlp"  # the classifier: "mlp" (the paper's) or "elementwise" (weights linear in the labels)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -87,9 +89,10 @@ class MSRN(nn.Module):
         self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
         self.label_embed = GATStack((*cfg.label_dims, d))
         self.group_embed = GroupStack(d, cfg.num_groups) if cfg.group_semantics else None
-        # nn.Linear that keeps its gradient's memory
-        self.fc1 = ReusedGradLinear((c + k) * len(cfg.depths) * d, cfg.hidden_dim)
-        self.fc2 = nn.Linear(cfg.hidden_dim, c)
+        head = build_head(cfg.head, c, c + k, len(cfg.depths) * d, cfg.hidden_dim, cfg.group_semantics)
+        for name, part in [*head.named_children(), *head.named_parameters(recurse=False)]:
+            setattr(self, name, part)  # under the reference checkpoints' top-level names: fc1, fc2 or W, B
+        self.__dict__["classifier"] = head  # the same parameters, so not registered a second time
         # label inputs travel with the weights, so a checkpoint can never meet the wrong vectors
         self.register_buffer("word_vectors", torch.as_tensor(word_vectors, dtype=torch.float32).clone())
         self.register_buffer("adjacency", torch.as_tensor(adjacency, dtype=torch.float32).clone())
@@ -101,15 +104,20 @@ class MSRN(nn.Module):
 
     def semantics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Local label semantics L (C x D), group semantics G (K x D; 0 x D without them) and the group loss."""
+        local, groups, _, gloss = self.label_semantics()
+        return local, groups, gloss
+
+    def label_semantics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """L (C x D), G (K x D), the soft assignment S of labels to groups (C x K; None without groups), group loss."""
         if self.cfg.label_graph:
             mask = self.adjacency > 0
         else:
             mask = torch.eye(self.cfg.num_classes, dtype=torch.bool, device=self.adjacency.device)
         local = self.label_embed(self.fc_label(self.word_vectors), mask)  # C x D
         if self.group_embed is None:
-            return local, local.new_zeros(0, local.shape[1]), local.new_zeros(())
+            return local, local.new_zeros(0, local.shape[1]), None, local.new_zeros(())
         groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
-        return local, groups, group_loss(local, groups, assign, self.cfg.group_loss_weight)
+        return local, groups, assign, group_loss(local, groups, assign, self.cfg.group_loss_weight)
 
     def pooled_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """layer2/3/4 outputs -> conv_buffer1/2 (depths 1, 2) and the 2x2 max-pool, each B x C_s x H_s x W_s,
@@ -132,26 +140,32 @@ class MSRN(nn.Module):
         """Projected features at the depths read, each B x D x N_s."""
         return [m.flatten(2) for m in self.feature_maps(x)]
 
-    def head(self, attended: torch.Tensor) -> torch.Tensor:
-        """(B x (C+K) x SD) attended semantics, S depths read -> B x C logits."""
-        h = torch.tanh(attended).flatten(1)
-        return self.fc2(F.leaky_relu(linear(self.fc1, h), 0.01))
+    def head(self, attended: torch.Tensor, assign: torch.Tensor | None = None) -> torch.Tensor:
+        """(B x (C+K) x SD) attended semantics, S depths read -> B x C logits. The element-wise head also
+        reads the label-to-group assignment (C x K), computed here when not given."""
+        if self.cfg.head == "elementwise" and assign is None and self.group_embed is not None:
+            assign = self.label_semantics()[2]
+        return self.classifier(attended, assign)
 
-    def classify(self, feats: list[torch.Tensor], sem: torch.Tensor, attention: str | None = None) -> torch.Tensor:
+    def classify(
+        self, feats: list[torch.Tensor], sem: torch.Tensor, attention: str | None = None,
+        assign: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Depth features (each B x D x N_s) and semantics ((C+K) x D, labels then groups) -> B x C logits:
-        attention at each depth (in the form named, default the config's), concatenated, then the head.
+        attention at each depth (in the form named, default the config's), concatenated, then the head
+        (given the assignment C x K, or computing it when the head needs it).
 
         The one path from features to logits: forward, explanations, the folded model and export use it.
         """
         form = attention or self.cfg.attention
-        return self.head(torch.cat([attend(f, sem, form) for f in feats], -1))  # B x (C+K) x SD in between
+        return self.head(torch.cat([attend(f, sem, form) for f in feats], -1), assign)  # B x (C+K) x SD between
 
     def forward(
         self, x: torch.Tensor, return_group_loss: bool | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: B x 3 x H x W -> logits B x C; in training mode (or when asked) also the group loss."""
-        local, groups, gloss = self.semantics()
-        logits = self.classify(self.depth_features(x), torch.cat([local, groups], 0))
+        local, groups, assign, gloss = self.label_semantics()
+        logits = self.classify(self.depth_features(x), torch.cat([local, groups], 0), assign=assign)
         if return_group_loss if return_group_loss is not None else self.training:
             return logits, gloss
         return logits
