@@ -42,12 +42,13 @@ class ExportableMSRN(nn.Module):
         super().__init__()
         self.model = model
         with torch.no_grad():
-            local, groups, _ = model.semantics()
+            local, groups, assign, _ = model.label_semantics()
         self.register_buffer("sem", torch.cat([local, groups], 0))
+        self.register_buffer("assign", assign)  # C x K, for the element-wise head (None without groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images -> logits."""
-        return self.model.classify(self.model.depth_features(x), self.sem, attention="traceable")
+        return self.model.classify(self.model.depth_features(x), self.sem, attention="traceable", assign=self.assign)
 
 
 def _require_onnx() -> tuple[object, object]:

@@ -61,8 +61,9 @@ class InferenceModel(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if isinstance(model, MSRN):
             with torch.no_grad():
-                local, groups, _ = model.semantics()
+                local, groups, assign, _ = model.label_semantics()
             self.register_buffer("semantics", torch.cat([local, groups], 0))  # (C+K) x D
+            self.register_buffer("assign", assign)  # C x K: the element-wise head's (None without groups)
         super().train(False)
 
     def train(self, mode: bool = True) -> InferenceModel:
@@ -78,7 +79,8 @@ class InferenceModel(nn.Module):
         x = x.contiguous(memory_format=self.memory_format)
         if not isinstance(self.model, MSRN):
             return self.model(x)
-        return self.model.classify(self.model.depth_features(x), self.semantics, attention="chunked")
+        return self.model.classify(self.model.depth_features(x), self.semantics, attention="chunked",
+                                   assign=self.assign)
 
     @property
     def labels(self) -> list[str]:

@@ -1,0 +1,108 @@
+"""Thousands of labels: the co-occurrence counts from sparse pairs, the edge-list GAT, and a 5,000-label
+model built, trained for a step and exported (small backbone, small D). Times are benchmarks/bench_labels.py's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from msrn.labels import graph
+from msrn.labels.graph import count_cooccurrence
+from msrn.models import create_model
+from msrn.models.gat import Edges, GATStack, GraphAttention, GroupPooling, as_graph
+from msrn.targets import UNKNOWN
+
+
+def _targets(n: int, c: int, seed: int, unknown: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = (rng.random((n, c)) < 0.08).astype(np.int8)
+    t[rng.random((n, c)) < 0.05] = -1  # difficult: absent for the graph
+    if unknown:
+        t[rng.random((n, c)) < unknown] = UNKNOWN
+    return t
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_pair_counts_equal_the_dense_products(dense: bool, monkeypatch: pytest.MonkeyPatch):
+    if dense:  # the blocked product that takes over when images hold many labels
+        monkeypatch.setattr(graph, "MAX_PAIRS", 0)
+        monkeypatch.setattr(graph, "DENSE_BLOCK", 7)
+    t = _targets(50, 13, seed=1, unknown=0.1)
+    co = count_cooccurrence(t)
+    pos = (t == 1).astype(np.float64)
+    m = pos.T @ pos
+    np.testing.assert_array_equal(co.nums, np.diag(m))
+    np.fill_diagonal(m, 0)
+    np.testing.assert_array_equal(co.counts, m)
+    np.testing.assert_array_equal(co.known, pos.T @ (t != UNKNOWN))
+    assert count_cooccurrence(np.where(t == UNKNOWN, 0, t)).known is None
+
+
+def _graph(c: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(c, c, generator=g) < 0.1
+    return mask | torch.eye(c, dtype=torch.bool)
+
+
+def test_edge_list_attention_equals_the_dense_layer_forward_and_gradients():
+    torch.manual_seed(0)
+    layer = GraphAttention(8, 5)
+    mask = _graph(30, 2)
+    edges = as_graph(mask, dense_max=10)
+    assert isinstance(edges, Edges) and edges.rows.numel() == int(mask.sum())
+    assert as_graph(mask) is mask  # small graphs stay dense
+    x = torch.randn(30, 8, requires_grad=True)
+    dense, sparse = layer(x, mask), layer(x, edges)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
+    g = torch.randn(dense.shape)
+    want = torch.autograd.grad((dense * g).sum(), [x, layer.W, layer.a])
+    got = torch.autograd.grad((sparse * g).sum(), [x, layer.W, layer.a])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_stacks_switch_to_edges_above_the_dense_limit(monkeypatch: pytest.MonkeyPatch):
+    torch.manual_seed(1)
+    stack, pool = GATStack((6, 7, 8)), GroupPooling(8, 3)
+    mask = _graph(25, 3)
+    x = torch.randn(25, 6)
+    want = stack(x, mask)
+    want_groups, want_assign = pool(want, mask)
+    monkeypatch.setattr("msrn.models.gat.DENSE_MAX_NODES", 4)
+    seen = []
+    original = GraphAttention._edge_softmax
+    monkeypatch.setattr(GraphAttention, "_edge_softmax", staticmethod(lambda *a: seen.append(1) or original(*a)))
+    got = stack(x, mask)
+    groups, assign = pool(got, mask)
+    assert len(seen) == 4  # every layer ran on the edges
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(groups, want_groups, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(assign, want_assign, rtol=1e-5, atol=1e-6)
+
+
+def test_five_thousand_label_model_trains_a_step_and_exports(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from msrn.inference.export import export_onnx
+
+    c = 5000
+    t = _targets(400, c, seed=4)
+    adjacency = graph.adjacency(count_cooccurrence(t))
+    torch.manual_seed(0)
+    model = create_model("msrn_tiny", num_classes=c, head="elementwise", num_groups=16, word_vectors=None,
+                         label_dims=(16, 16), semantic_dim=16)
+    model.adjacency.copy_(torch.from_numpy(adjacency))
+    assert sum(p.numel() for p in (model.W, model.B)) == c * (2 * 3 * 16 + 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.from_numpy((t[:2] == 1).astype(np.float32))
+    model.train()
+    logits, gloss = model(x)
+    assert logits.shape == (2, c)
+    loss = torch.nn.functional.multilabel_soft_margin_loss(logits, y) + gloss
+    loss.backward()
+    assert model.W.grad.abs().sum() > 0 and model.label_embed.layers[0].W.grad.abs().sum() > 0
+    before = model.W.detach().clone()
+    opt.step()
+    assert not torch.equal(before, model.W)
+    model.eval()
+    assert export_onnx(model, tmp_path / "big.onnx", image_size=64) <= 1e-3
