@@ -106,3 +106,31 @@ def test_five_thousand_label_model_trains_a_step_and_exports(tmp_path):
     assert not torch.equal(before, model.W)
     model.eval()
     assert export_onnx(model, tmp_path / "big.onnx", image_size=64) <= 1e-3
+
+
+def test_metrics_in_blocks_equal_the_whole_and_scikit_learn(monkeypatch: pytest.MonkeyPatch):
+    sklearn = pytest.importorskip("sklearn.metrics")
+    from msrn import metrics
+
+    rng = np.random.default_rng(7)
+    t = _targets(60, 40, seed=8, unknown=0.05)
+    t[:, :3] = np.where(t[:, :3] == 1, 0, t[:, :3])  # labels without positives
+    scores = np.round(rng.random(t.shape), 1)  # many ties
+    whole = metrics.multilabel_metrics(scores, t)
+    monkeypatch.setattr(metrics, "BLOCK_ELEMENTS", 50)  # a block of one or two labels / images
+    blocked = metrics.multilabel_metrics(scores, t)
+    ap_of = lambda m: np.array([np.nan if v is None else v for v in m.pop("ap_per_label")])  # noqa: E731
+    np.testing.assert_allclose(ap_of(blocked), ap_of(whole), rtol=1e-12)
+    assert blocked.keys() == whole.keys()
+    for key, value in whole.items():
+        assert blocked[key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
+    clean = np.where(t == UNKNOWN, 0, t)
+    rel = clean == 1
+    keep = rel.any(axis=1)
+    got = metrics.multilabel_metrics(scores[keep], clean[keep])
+    assert got["lrap"] == pytest.approx(sklearn.label_ranking_average_precision_score(rel[keep], scores[keep]))
+    assert got["ranking_loss"] == pytest.approx(sklearn.label_ranking_loss(rel[keep], scores[keep]))
+    assert got["coverage_error"] == pytest.approx(sklearn.coverage_error(rel[keep], scores[keep]))
+    ap = [sklearn.average_precision_score(rel[keep][:, j][clean[keep][:, j] >= 0], scores[keep][:, j][
+        clean[keep][:, j] >= 0]) for j in range(40) if rel[keep][:, j].any()]
+    assert got["mAP"] == pytest.approx(100 * np.mean(ap))
