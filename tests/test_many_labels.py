@@ -134,3 +134,48 @@ def test_metrics_in_blocks_equal_the_whole_and_scikit_learn(monkeypatch: pytest.
     ap = [sklearn.average_precision_score(rel[keep][:, j][clean[keep][:, j] >= 0], scores[keep][:, j][
         clean[keep][:, j] >= 0]) for j in range(40) if rel[keep][:, j].any()]
     assert got["mAP"] == pytest.approx(100 * np.mean(ap))
+
+
+def test_family_vocabulary_covers_every_label_and_links_families(tmp_path):
+    from msrn.data.csvfile import read_csv_dataset
+    from msrn.data.synthetic import ensure_synthetic, family_vocabulary
+
+    root = ensure_synthetic(tmp_path / "big", seed=3, num_train=120, num_test=30, image_size=48, num_labels=100)
+    train = read_csv_dataset(root / "annotations.csv", "train")
+    assert train.labels == family_vocabulary(100) and len(train.labels) == 100
+    assert ((train.targets == 1).sum(axis=0) > 0).all()  # every label occurs in training
+    ls_edges = graph.edges(count_cooccurrence(train.targets), tau=0.3)
+    family = [name.split("-")[0] for name in train.labels]
+    within = sum(family[i] == family[j] for i, j, _ in ls_edges)
+    assert ls_edges and within / len(ls_edges) > 0.9  # the graph's edges join members of a family
+    with pytest.raises(Exception, match="training images"):
+        ensure_synthetic(tmp_path / "few", num_train=10, num_labels=100)
+
+
+def test_report_and_plots_stay_readable_at_5000_labels(tmp_path):
+    from msrn.data.base import MultiLabelData
+    from msrn.labels.labelset import build_label_set
+    from msrn.labels.report import SHOWN_EDGES, SHOWN_LABELS, report_text, write_report
+    from msrn.plots import ap_per_label_figure
+
+    c = 5000
+    labels = [f"tag{i:04d}" for i in range(c)]
+    rng = np.random.default_rng(9)
+    t = np.zeros((300, c), dtype=np.int8)
+    for row in t:  # two families of 10 labels per image, members present with p 0.7
+        for f in rng.choice(c // 10, size=2, replace=False):
+            row[f * 10 : f * 10 + 10] = rng.random(10) < 0.7
+    data = MultiLabelData("csv", "train", tmp_path, [tmp_path / f"{i}.png" for i in range(300)], labels, t)
+    ls = build_label_set(data, "ngram")
+    assert ls.word_vectors.shape[0] == c
+    text = report_text(ls)
+    table = text.split("## Labels")[1].split("## Edges")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line.split("|")[2].strip() in labels]
+    assert len(rows) == 2 * SHOWN_LABELS  # the most and least frequent, not 5,000 rows
+    assert "## Images per label" in text and f"The {SHOWN_EDGES} strongest of" in text
+    files = write_report(ls, tmp_path)
+    assert all(f.stat().st_size > 0 for f in files)
+    ap = [None if i % 50 == 0 else float(i % 100) for i in range(c)]
+    fig = ap_per_label_figure(ap, labels)
+    ticks = [tick.get_text() for ax in fig.axes for tick in ax.get_yticklabels()]
+    assert 0 < len([x for x in ticks if x in labels]) <= 60
