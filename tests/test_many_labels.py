@@ -179,3 +179,17 @@ def test_report_and_plots_stay_readable_at_5000_labels(tmp_path):
     fig = ap_per_label_figure(ap, labels)
     ticks = [tick.get_text() for ax in fig.axes for tick in ax.get_yticklabels()]
     assert 0 < len([x for x in ticks if x in labels]) <= 60
+
+
+def test_records_keep_the_best_labels_by_default_for_large_vocabularies():
+    from msrn.inference.tagging import DEFAULT_TOP_K, LARGE_VOCABULARY, make_record
+
+    for c in (LARGE_VOCABULARY, 5000):
+        labels = [f"l{i}" for i in range(c)]
+        probs = np.linspace(0.0, 1.0, c)[::-1].copy()
+        probs[3] = probs[2]  # a tie: the lower index first
+        record = make_record(labels, "x.jpg", probs, np.full(c, 0.3), None)
+        names = [r["label"] for r in record["labels"]]
+        passing = int((probs >= 0.3).sum())
+        assert names == labels[: min(passing, DEFAULT_TOP_K if c > LARGE_VOCABULARY else passing)]
+        assert len(make_record(labels, None, probs, np.full(c, 0.3), 10_000)["labels"]) == passing
