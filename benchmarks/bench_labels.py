@@ -14,6 +14,11 @@ the same batch (--target-batch), as a ratio.
 
     python benchmarks/bench_labels.py                    # the sweep, a markdown table
     python benchmarks/bench_labels.py --target           # ResNet-101 448 px check (minutes on a CPU)
+    python benchmarks/bench_labels.py --metrics          # evaluation and label report at 5,000 labels
+
+--metrics times, at 5,000 labels: the co-occurrence graph of a 20,000-image training split (6 labels per
+image), multilabel_metrics and per-label thresholds on 5,000 x 5,000 scores, and the label report with its
+drawings (ngram vectors), against METRICS_BOUND_S each.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from msrn.models import create_model
 from msrn.models.heads import build_head
 
 SIZES = (20, 80, 300, 1000, 5000)
+METRICS_BOUND_S = 60.0  # seconds each step of --metrics may take at 5,000 labels on one CPU core
 MLP_SWEEP_LIMIT = 100_000_000  # fc1 weights above which the mlp row is not run in the sweep
 
 
@@ -128,6 +134,49 @@ def target(args: argparse.Namespace) -> None:
           f"elementwise 1,000 labels {ew['train_ms'] / 1e3:.2f} s, ratio {ew['train_ms'] / mlp['train_ms']:.2f}")
 
 
+def metrics_at_scale(c: int = 5000, images: int = 5000, train_images: int = 20_000) -> dict[str, float]:
+    """Seconds of each evaluation-side step at c labels (see the module docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from msrn.data.base import MultiLabelData
+    from msrn.labels.graph import adjacency, count_cooccurrence
+    from msrn.labels.labelset import build_label_set
+    from msrn.labels.report import write_report
+    from msrn.metrics import multilabel_metrics, per_label_thresholds
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    family = rng.integers(0, c // 10, size=(train_images, 1)) * 10 + rng.integers(0, 10, size=(train_images, 6))
+    train = np.zeros((train_images, c), dtype=np.int8)
+    np.put_along_axis(train, family, 1, axis=1)
+    out: dict[str, float] = {}
+    t0 = time.perf_counter()
+    adjacency(count_cooccurrence(train))
+    out["graph from 20,000 training images"] = time.perf_counter() - t0
+    targets = train[:images]
+    scores = np.where(targets == 1, rng.random(targets.shape) * 0.6 + 0.4, rng.random(targets.shape) * 0.7)
+    t0 = time.perf_counter()
+    multilabel_metrics(scores.astype(np.float32), targets)
+    out["multilabel_metrics, 5,000 images"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    per_label_thresholds(scores, targets)
+    out["per-label thresholds, 5,000 images"] = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        labels = [f"tag{i:04d}" for i in range(c)]
+        data = MultiLabelData("csv", "train", Path(tmp), [Path(tmp) / f"{i}.png" for i in range(train_images)],
+                              labels, train)
+        t0 = time.perf_counter()
+        ls = build_label_set(data, "ngram")
+        out["label set (ngram vectors, graph)"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        write_report(ls, tmp)
+        out["label report and drawings"] = time.perf_counter() - t0
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
@@ -136,7 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--target", action="store_true", help="the ResNet-101 448 px check instead of the sweep")
     p.add_argument("--target-batch", type=int, default=2)
+    p.add_argument("--metrics", action="store_true", help="time evaluation and the label report at 5,000 labels")
     args = p.parse_args(argv)
+    if args.metrics:
+        times = metrics_at_scale()
+        print("| step at 5,000 labels | seconds |\n|---|---|")
+        for name, seconds in times.items():
+            print(f"| {name} | {seconds:.1f} |")
+        slow = [name for name, seconds in times.items() if seconds > METRICS_BOUND_S]
+        print(f"bound {METRICS_BOUND_S:.0f} s each: " + (f"exceeded by {', '.join(slow)}" if slow else "all within"))
+        return 1 if slow else 0
     if args.target:
         target(args)
         return 0
