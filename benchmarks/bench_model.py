@@ -3,7 +3,7 @@
 Variants (COCO configuration by default: 80 labels, 4 groups, 448x448, float32):
   backbone   ResNet-101 forward_features + the three 2x2 max-pools (what MSRN reads)
   naive      MSRN with the spec's materialising attention (the reference's cost)
-  msrn       the project's MSRN (tiled exact attention)
+  msrn       the project's MSRN (its default attention: the fused kernels, the tiles for CPU training)
   optimized  msrn through msrn.models.fuse.optimize_for_inference (inference only)
   compiled   optimized, also through torch.compile (inference only; needs a C++ compiler on CPU, and
              its first call compiles: about 1.5 min on 2 cores, seconds once inductor's cache is warm)
@@ -11,7 +11,10 @@ Modes: infer (eval, inference_mode) and train (forward, loss, backward, SGD step
 
     python benchmarks/bench_model.py            # full run, several minutes on 2 cores
     python benchmarks/bench_model.py --quick    # fewer iterations
-    python benchmarks/bench_model.py --device cuda --amp bf16 --batches 16 32
+    python benchmarks/bench_model.py --device cuda --amp bf16 --batches 16 32 --channels-last
+
+On CUDA, --tf32 default keeps PyTorch's defaults (cuDNN convolutions in TF32, matmuls in float32);
+on and off set both; every report names the setting.
 
 Peak memory on CPU is the growth of the process's peak RSS over its RSS after building the
 model (VmHWM after resetting it through /proc/self/clear_refs); on CUDA it is
@@ -77,7 +80,7 @@ def _build(args: argparse.Namespace) -> nn.Module:
         return BareBackbone(args.arch)
     model = create_model(
         f"msrn_{args.arch}", num_classes=args.classes, num_groups=args.groups,
-        attention="naive" if args.variant == "naive" else "chunked",
+        attention="naive" if args.variant == "naive" else "auto",
     )
     if args.variant in INFER_ONLY:
         from msrn.models.fuse import optimize_for_inference
@@ -91,10 +94,11 @@ def _child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cuda = args.device == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    model = _build(args).to(args.device)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
+    if cuda and args.tf32 != "default":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32 == "on"
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = _build(args).to(args.device, memory_format=layout)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=args.device).contiguous(memory_format=layout)
     target = (torch.rand(args.batch, args.classes, device=args.device) < 0.05).float()
     amp = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.amp == "bf16")
     opt = None
@@ -156,13 +160,16 @@ def _child(args: argparse.Namespace) -> dict:
         variant=args.variant, mode=args.mode, batch=args.batch, times=times,
         median=statistics.median(times), min=min(times), cpu=min(cpu), cpu_times=cpu,
         peak_growth=peak - base, base=base, saved=sum(seen.values()),
+        tf32=(f"matmul TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
+              f"cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}") if cuda else "n/a (cpu)",
     )
 
 
 def _run_child(args: argparse.Namespace, variant: str, mode: str, batch: int) -> dict:
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--mode", mode, "--batch", str(batch)]
-    for k in ("arch", "classes", "groups", "size", "threads", "warmup", "iters", "device", "amp"):
+    for k in ("arch", "classes", "groups", "size", "threads", "warmup", "iters", "device", "amp", "tf32"):
         cmd += [f"--{k}", str(getattr(args, k))]
+    cmd += ["--channels-last"] if args.channels_last else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -233,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (explicit opt-in)")
+    p.add_argument("--tf32", default="default", choices=("default", "on", "off"),
+                   help="CUDA: PyTorch's defaults (TF32 convolutions, float32 matmuls), or TF32 on/off for both")
+    p.add_argument("--channels-last", action="store_true", help="model and input in channels-last (as msrn train "
+                   "on CUDA)")
     p.add_argument("--rounds", type=int, default=1, help="repeat every measurement (interleaved) and pool the times")
     p.add_argument("--json", type=Path, help="also write the raw results here")
     # child-process arguments
@@ -251,7 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     batches = args.batches or ([16, 32] if args.device == "cuda" else [2, 4])
     print(
         f"# {args.arch}, {args.classes} labels, {args.groups} groups, {args.size}x{args.size}, device {args.device}, "
-        f"amp {args.amp}, threads {args.threads}, warmup {args.warmup}, iters {args.iters} x {args.rounds} rounds, "
+        f"amp {args.amp}, tf32 {args.tf32 if args.device == 'cuda' else 'n/a'}, "
+        f"{'channels-last' if args.channels_last else 'contiguous'}, threads {args.threads}, "
+        f"warmup {args.warmup}, iters {args.iters} x {args.rounds} rounds, "
         f"torch {torch.__version__}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",
         flush=True,
     )

@@ -59,7 +59,8 @@ def setup(device: str) -> torch.device:
         # TF32 silently rounds fp32 convolutions to 10-bit mantissas; reduced precision is --amp's job
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    if env_world_size() > 1 and not is_distributed():
+    # under torchrun (which sets TORCHELASTIC_RUN_ID) also with one process: the path a run on N GPUs takes
+    if (env_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ) and not is_distributed():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dev
 

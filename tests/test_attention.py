@@ -1,8 +1,12 @@
-"""The tiled label attention equals the spec's formula (values and gradients) and stays small in memory."""
+"""The tiled and fused label attention equal the spec's formula (values and gradients) and stay small in memory."""
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 
 import msrn.models.attention as attention
 from msrn.models.attention import label_attention, label_attention_naive
@@ -122,3 +126,137 @@ def test_the_three_forms_agree_by_name() -> None:
         assert _rel(attention.attend(feats, sem, form), want) < 1e-5, form
     with pytest.raises(ValueError, match="chunked"):
         attention.attend(feats, sem, "approximate")
+
+
+# ------------------------------------------------------------------ the fused form (scaled-dot-product attention)
+
+
+def _float64_case(b: int, d: int, n: int, m: int, scale: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(b, d, n, generator=g, dtype=torch.float64) * scale + 0.3
+    sem = torch.randn(m, d, generator=g, dtype=torch.float64) * scale
+    grad_out = torch.randn(b, m, d, generator=g, dtype=torch.float64)
+    return feats, sem, grad_out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    b=st.integers(1, 3), d=st.integers(1, 9), n=st.integers(1, 40), m=st.integers(1, 12),
+    scale=st.sampled_from([0.1, 1.0, 8.0, 40.0]), head=st.sampled_from([1, 8]), seed=st.integers(0, 2**16),
+)
+def test_fused_matches_naive_float64(b: int, d: int, n: int, m: int, scale: float, head: int, seed: int) -> None:
+    # head 8 is the padding CUDA's kernels need, run here through the CPU kernel; scale 40: |F S| in the thousands
+    feats, sem, grad_out = _float64_case(b, d, n, m, scale, seed)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(attention.HEAD_DIM, "cpu", head)
+        got = _values_and_grads(attention.fused_attention, feats, sem, grad_out)
+    want = _values_and_grads(label_attention_naive, feats, sem, grad_out)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float64 and g.shape == w.shape
+        assert torch.allclose(g, w, rtol=1e-9, atol=1e-9 * (1 + w.abs().max().item()))
+    if n == 1:  # one position: the softmax is 1, V is F, and S gets no gradient
+        assert torch.allclose(got[0], feats.transpose(1, 2).expand(b, m, d)) and got[2].abs().max() < 1e-12
+
+
+def test_fused_gradcheck() -> None:
+    feats, sem = _inputs(2, 3, 6, 4)
+    f, s = feats.double().requires_grad_(), sem.double().requires_grad_()
+    assert torch.autograd.gradcheck(attention.fused_attention, (f, s))
+
+
+def test_fused_float32_matches_naive_and_stays_finite_at_large_scores() -> None:
+    feats, sem = _inputs(2, 16, 49, 7)
+    grad_out = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(1))
+    for k in (1.0, 30.0):  # 30: scores of several thousand, whose float32 rounding (~1e-4) moves the weights
+        got = _values_and_grads(attention.fused_attention, feats * k, sem * k, grad_out)
+        lit = _values_and_grads(label_attention_naive, feats * k, sem * k, grad_out)  # the formula in float32
+        want = _values_and_grads(label_attention_naive, (feats * k).double(), (sem * k).double(), grad_out.double())
+        for g, f32, w in zip(got, lit, want, strict=True):
+            assert g.dtype == torch.float32 and torch.isfinite(g).all()
+            assert _rel(g, w) < 2 * _rel(f32, w) + 2e-6  # float32 rounding: as near as the literal formula
+
+
+def test_fused_bf16_autocast_runs_in_bf16_within_its_rounding() -> None:
+    feats, sem = _inputs(2, 16, 49, 7)
+    grad_out = torch.randn(2, 7, 16, generator=torch.Generator().manual_seed(1))
+    for k in (1.0, 30.0):
+        f, s = (feats * k).requires_grad_(), (sem * k).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = attention.fused_attention(f, s)
+        assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+        gf, gs = torch.autograd.grad(out, (f, s), grad_out)
+        assert gf.dtype == gs.dtype == torch.float32 and torch.isfinite(gf).all() and torch.isfinite(gs).all()
+        # against the exact attention of the same bf16-rounded inputs: a few bf16 roundings (2^-8 each) of the
+        # weights and the output; the products F*S of two bf16 numbers are exact in the float32 accumulator
+        want = label_attention_naive(f.detach().bfloat16().double(), s.detach().bfloat16().double())
+        assert _rel(out, want) < 2 ** -6
+
+
+def test_fused_fp32_stays_fp32_and_float64_stays_float64() -> None:
+    feats, sem = _inputs(1, 4, 9, 3)
+    assert attention.fused_attention(feats, sem).dtype == torch.float32
+    assert attention.fused_attention(feats.double(), sem.double()).dtype == torch.float64
+    assert attention.fused_attention(feats.bfloat16(), sem).dtype == torch.float32  # no autocast: float32 at least
+
+
+def _largest_allocation(fn, feats: torch.Tensor, sem: torch.Tensor) -> int:
+    """Bytes of the largest single allocation any operator makes in fn's forward and backward."""
+    f, s = feats.clone().requires_grad_(), sem.clone().requires_grad_()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(f, s).sum().backward()
+    return max(max(e.self_cpu_memory_usage, 0) for e in prof.events())
+
+
+def test_fused_holds_no_b_n_m_d_tensor_on_the_cpu_flash_kernel_but_the_math_backend_does() -> None:
+    b, d, n, m = 2, 64, 256, 40
+    feats, sem = _inputs(b, d, n, m)
+    big = b * n * m * d * 4  # one B x N x M x D float32 tensor
+    assert _saved_bytes(attention.fused_attention, feats, sem) < big / 8  # inputs, output and log-sum-exp
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # what the CPU dispatches to (asserting it: no fallback)
+        assert _largest_allocation(attention.fused_attention, feats, sem) < big / 4
+    # the math backend (PyTorch's fallback) materialises the B x D x M x N weights and keeps them for backward
+    with sdpa_kernel(SDPBackend.MATH):
+        assert _largest_allocation(attention.fused_attention, feats, sem) >= big
+        assert _saved_bytes(attention.fused_attention, feats, sem) >= big
+
+
+def test_auto_picks_by_device_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    feats, sem = _inputs(2, 8, 12, 5)
+    assert attention.default_form(feats, sem) == "fused"  # CPU inference
+    assert attention.default_form(feats.requires_grad_(), sem) == "chunked"  # CPU training: the tiles' backward
+    with torch.no_grad():
+        assert attention.default_form(feats, sem) == "fused"
+    meta = feats.detach().to("meta").requires_grad_()  # any other device: the fused kernels, also for training
+    assert attention.default_form(meta, sem.to("meta")) == "fused"
+    calls = []
+    monkeypatch.setitem(attention.FORMS, "fused", lambda f, s: calls.append("fused") or label_attention_naive(f, s))
+    with torch.no_grad():
+        out = attention.attend(feats, sem)
+    assert calls == ["fused"] and _rel(out, label_attention_naive(feats, sem)) < 1e-6
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@CUDA
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_cuda_default_form_is_fused_and_matches_float64(amp: str) -> None:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        feats, sem = _inputs(4, 64, 196, 21)
+        grad_out = torch.randn(4, 21, 64, generator=torch.Generator().manual_seed(1)).cuda()
+        f, s = feats.cuda().requires_grad_(), sem.cuda().requires_grad_()
+        assert attention.default_form(f, s) == "fused"  # also when gradients flow
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            out = attention.attend(f, s)
+        assert out.dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
+        got = (out, *torch.autograd.grad(out, (f, s), grad_out.to(out.dtype)))
+        rounded = (lambda t: t.bfloat16()) if amp == "bf16" else (lambda t: t)
+        want = _values_and_grads(label_attention_naive, rounded(feats).double(), rounded(sem).double(),
+                                 grad_out.double())
+        for g, w in zip(got, want, strict=True):
+            assert torch.isfinite(g).all() and _rel(g.cpu(), w) < (2 ** -6 if amp == "bf16" else 1e-5)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

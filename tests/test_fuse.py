@@ -77,9 +77,11 @@ def test_compiled_model_matches_eager_and_runs_the_attention_eagerly(monkeypatch
         return real(*args)
 
     monkeypatch.setattr(attention, "_exp_tiles", spy)
-    fast = optimize_for_inference(model, compile=True)
-    with torch.no_grad():
-        for seed in range(2):
-            x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-            assert _rel(fast(x), model(x)) < 1e-4
+    for form in ("fused", "chunked"):  # inference's default on CPU, and the tiles
+        monkeypatch.setattr(attention, "default_form", lambda f, s, form=form: form)
+        fast = optimize_for_inference(model, compile=True)
+        with torch.no_grad():
+            for seed in range(2):
+                x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+                assert _rel(fast(x), model(x)) < 1e-4
     assert traced and not any(traced), "torch.compile should leave the tiled attention to eager"

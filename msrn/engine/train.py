@@ -45,6 +45,9 @@ from msrn.models.tta import with_tta
 from msrn.plots import plot_ap_per_label, plot_history
 
 log = logging.getLogger("msrn")
+# optimiser steps between reads of the training losses to the host: each read waits for the device to
+# finish, so reading every step would leave a GPU idle while the host queues the next step's kernels
+SYNC_EVERY = 32
 
 
 def setup_logging(out: Path | None) -> None:
@@ -194,6 +197,7 @@ class Trainer:
         self.build_data()
         self.build_model(resume)
         self.distribute_model()
+        self.compile_model()
         self.build_optimiser()
         self.build_loader()
         self.start_or_restore()
@@ -239,7 +243,9 @@ class Trainer:
                 init_from_checkpoint(model, cfg.init)
         if self.test_data.labels != self.labelset.labels:
             raise MSRNError(f"the {self.test_data.split} split's labels differ from the training split's")
-        self.model = model.to(self.device)
+        # channels-last on CUDA: cuDNN's tensor-core convolutions work in it; on CPU the default layout
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
 
     def distribute_model(self) -> None:
         """self.net, what the training steps run: the model itself, or under torchrun its DistributedDataParallel
@@ -255,6 +261,11 @@ class Trainer:
         # a head that reads no deeper than layer3 leaves the later backbone layers without gradients
         shallow = max(getattr(getattr(self.model, "cfg", None), "depths", (3,))) < 3
         self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=shallow)
+
+    def compile_model(self) -> None:
+        """--compile: the training steps through torch.compile (the first steps compile; evaluation stays eager)."""
+        if self.cfg.compile:
+            self.net = torch.compile(self.net)
 
     def build_optimiser(self) -> None:
         """The loss, SGD with its step schedule, the fp16 gradient scaler and the weight average (--ema)."""
@@ -288,6 +299,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict = {}
         self.running_loss = [0.0, 0]
+        self.pending: list[tuple[torch.Tensor, int, int]] = []  # micro-batch losses on the device, see read_losses
         if self.state is not None:
             self._restore(self.state)
         else:
@@ -322,6 +334,7 @@ class Trainer:
 
     def save(self, name: str, full: bool, which: str = "live") -> None:
         """Write a checkpoint from rank 0; call it on every rank (full saves sum the running loss)."""
+        self.read_losses()
         if full:  # fold every rank's loss sums into rank 0's, which the checkpoint carries
             total = dist.sum_across(self.running_loss)
             self.running_loss = total if dist.is_main() else [0.0, 0]
@@ -359,43 +372,64 @@ class Trainer:
         self.net.train()
         self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
         steps = math.ceil(len(self.sampler) / self.rank_batch) + self.step_in_epoch
-        bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                   leave=False, disable=None if dist.is_main() else True)
+        self.bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                        leave=False, disable=None if dist.is_main() else True)
         micro, last = 0, len(self.loader) - 1
-        step_loss = [0.0, 0]  # this optimiser step's loss sum and image count (for TensorBoard)
         for i, (images, targets, _) in enumerate(self.loader):
-            value = self.forward_backward(images, targets, ends_step=micro + 1 == cfg.grad_accum or i == last)
-            self.running_loss[0] += value
-            self.running_loss[1] += len(images)
-            step_loss = [step_loss[0] + value, step_loss[1] + len(images)]
+            loss = self.forward_backward(images, targets, ends_step=micro + 1 == cfg.grad_accum or i == last)
+            self.pending.append((loss, len(images), self.step_in_epoch))
             micro += 1
             if micro == cfg.grad_accum:
-                self.optimizer_step(step_loss[0] / step_loss[1])
-                micro, step_loss = 0, [0.0, 0]
-                bar.update(1)
-                bar.set_postfix(loss=f"{self.running_loss[0] / max(1, self.running_loss[1]):.4f}")
+                self.optimizer_step()
+                micro = 0
+                self.bar.update(1)
         if micro:
-            self.optimizer_step(step_loss[0] / step_loss[1])
-        bar.close()
+            self.optimizer_step()
+        self.read_losses()
+        self.bar.close()
 
-    def forward_backward(self, images: torch.Tensor, targets: torch.Tensor, ends_step: bool) -> float:
-        """One micro-batch: the objective, stopped with one line when not finite, back-propagated;
-        returns the loss summed over its images."""
-        images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+    def forward_backward(self, images: torch.Tensor, targets: torch.Tensor, ends_step: bool) -> torch.Tensor:
+        """One micro-batch: the objective back-propagated; returns it, detached, on the device (read_losses
+        reads it later, so that the host does not wait for the device every step)."""
+        images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        targets = targets.to(self.device, non_blocking=True)
         # DDP averages gradients only on the micro-batch that ends an optimiser step
-        with dist.grad_sync(self.net, ends_step):
+        with dist.grad_sync(getattr(self.net, "_orig_mod", self.net), ends_step):  # the DDP module under --compile
             with autocast(self.device, self.cfg.amp):
                 logits, gloss = self.net(images, return_group_loss=True)
                 loss = objective(self.criterion, logits, targets, gloss.float())
-            if not torch.isfinite(loss):
+            self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        return loss.detach()
+
+    def read_losses(self) -> None:
+        """Bring the pending micro-batch losses to the host in one transfer: stop with one line at the first
+        non-finite one, else add them to the running sums and give TensorBoard each optimiser step's mean.
+
+        Called every SYNC_EVERY steps, before every checkpoint and at the end of the epoch: a non-finite
+        loss is found before anything is written from the weights it spoilt."""
+        if not self.pending:
+            return
+        values = torch.stack([loss for loss, _, _ in self.pending]).tolist()
+        first_step = self.global_step - self.step_in_epoch  # global steps before this epoch
+        step_loss: dict[int, list[float]] = {}
+        for value, (_, count, step) in zip(values, self.pending, strict=True):
+            if not math.isfinite(value):
+                self.pending.clear()
                 last_pt = self.out / "last.pt"
                 kept = f"the last good checkpoint {last_pt} is intact" if last_pt.is_file() else "nothing saved yet"
-                raise MSRNError(f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step "
-                                f"{self.step_in_epoch + 1}; stopped ({kept}): lower --lr or check the data")
-            self.scaler.scale(loss / self.cfg.grad_accum).backward()
-        return float(loss.detach()) * len(images)
+                raise MSRNError(f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {step + 1}; "
+                                f"stopped ({kept}): lower --lr or check the data")
+            self.running_loss[0] += value * count
+            self.running_loss[1] += count
+            sums = step_loss.setdefault(step, [0.0, 0])
+            sums[0], sums[1] = sums[0] + value * count, sums[1] + count
+        self.pending.clear()
+        if self.board is not None:
+            for step, (total, count) in step_loss.items():
+                self.board.step(first_step + step + 1, total / count, self.optimizer)
+        self.bar.set_postfix(loss=f"{self.running_loss[0] / max(1, self.running_loss[1]):.4f}")
 
-    def optimizer_step(self, loss: float) -> None:
+    def optimizer_step(self) -> None:
         if self.cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
@@ -406,8 +440,8 @@ class Trainer:
             self.ema.update(self.model)
         self.step_in_epoch += 1
         self.global_step += 1
-        if self.board is not None:
-            self.board.step(self.global_step, loss, self.optimizer)
+        if self.global_step % SYNC_EVERY == 0:
+            self.read_losses()
         if self.cfg.save_every and self.global_step % self.cfg.save_every == 0:
             self.save("last.pt", full=True)
 
@@ -514,7 +548,8 @@ class Trainer:
         log.info("train %s: %d images (%s), test %d images (%s), %d labels, model %s, device %s%s",
                  cfg.dataset, len(self.train_data), self.train_data.split, len(self.test_data),
                  self.test_data.split, len(self.labelset.labels), cfg.model, self.device,
-                 f", {dist.world_size()} processes" if dist.world_size() > 1 else "")
+                 f", DDP world size {dist.world_size()} ({torch.distributed.get_backend()})"
+                 if dist.is_distributed() else "")
         while self.epoch < cfg.epochs:
             t0 = time.time()
             self.train_epoch()

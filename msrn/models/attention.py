@@ -15,10 +15,15 @@ recomputes each tile in backward instead of storing it; the gradients are closed
 
 so forward and backward each evaluate exp once per element of B x N x M x D.
 
-The forms side by side, chosen by name in `attend`: "chunked" (the above; training and inference),
-"naive" (the spec's formula written literally, for tests and benchmarks) and "traceable" (the formula
-in plain tensor ops, blocks of TRACE_CHUNK semantics, for ONNX export: a custom autograd function
-cannot be traced).
+The same attention is also PyTorch's scaled-dot-product attention with one head per (image, channel):
+head dimension 1, queries S[m, d], keys and values F[b, n, d], scale 1. Zero-padding the head dimension
+changes no product, and the fused kernels (flash, memory-efficient, cuDNN on CUDA; flash on CPU) run
+forward and backward with an online softmax, never holding B x N x M x D.
+
+The forms side by side, chosen by name in `attend` ("auto": the device's fastest, see `default_form`):
+"fused" (scaled-dot-product attention), "chunked" (the tiles above), "naive" (the spec's formula written
+literally, for tests and benchmarks) and "traceable" (the formula in plain tensor ops, blocks of
+TRACE_CHUNK semantics, for ONNX export: neither a custom autograd function nor the fused kernels trace).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import os
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 # elements of one tile's R x m x N float32 temporary: 512K elements = 2 MiB, half of it per thread in a 2 MiB L2
@@ -40,6 +46,10 @@ CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 19))
 # moves a softmax over N positions by at most N * 2e-22 relative, far below float32's 6e-8.
 EXP_FLOOR = -50.0
 TRACE_CHUNK = 16  # semantic vectors per block of the traceable form: bounds its B x m x D x N temporary
+# head dimension of the fused form: CUDA's fused kernels need a multiple of 8; the CPU flash kernel takes 1,
+# and every padded column is work for nothing there (benchmarks/bench_attention.py)
+HEAD_DIM = {"cpu": 1}
+DEFAULT_HEAD_DIM = 8
 
 
 def _tile_steps(rows: int, m: int, n: int) -> tuple[int, int]:
@@ -157,11 +167,47 @@ def traceable_attention(feats: torch.Tensor, sem: torch.Tensor, chunk: int = TRA
     return torch.cat(outs, 1)
 
 
-FORMS = {"chunked": label_attention, "naive": label_attention_naive, "traceable": traceable_attention}
+def fused_attention(feats: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
+    """The attention as scaled-dot-product attention, one head per (image, channel): B x D x N, M x D -> B x M x D.
+
+    Under autocast it runs in the autocast dtype (the kernels accumulate in float32), otherwise in
+    float32 or the inputs' wider type.
+    """
+    device = feats.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    else:
+        dtype = torch.promote_types(torch.promote_types(feats.dtype, sem.dtype), torch.float32)
+    b, d, _ = feats.shape
+    pad = HEAD_DIM.get(device, DEFAULT_HEAD_DIM) - 1
+    kv = F.pad(feats.to(dtype).unsqueeze(-1), (0, pad))  # B x D x N x h: [F, 0, ..., 0]
+    # B x D x M x h: [S, 0, ..., 0], made contiguous: not every CUDA kernel takes a batch stride of 0
+    q = F.pad(sem.to(dtype).t().unsqueeze(-1), (0, pad)).expand(b, d, -1, -1).contiguous()
+    with torch.autocast(device, enabled=False):  # the dtype is chosen above
+        out = F.scaled_dot_product_attention(q, kv, kv, scale=1.0)  # B x D x M x h: [V, 0, ..., 0]
+    return out[..., 0].transpose(1, 2)
 
 
-def attend(feats: torch.Tensor, sem: torch.Tensor, form: str = "chunked") -> torch.Tensor:
-    """Label-guided attention in one of its FORMS (the same numbers): feats B x D x N, sem M x D -> B x M x D."""
+FORMS = {
+    "fused": fused_attention,
+    "chunked": label_attention,
+    "naive": label_attention_naive,
+    "traceable": traceable_attention,
+}
+
+
+def default_form(feats: torch.Tensor, sem: torch.Tensor) -> str:
+    """The form `attend` runs for "auto": the fused kernels, except on CPU when gradients flow, where
+    the tiles' closed-form backward beats the flash kernel's (BENCHMARKS.md, bench_attention.py)."""
+    grads = torch.is_grad_enabled() and (feats.requires_grad or sem.requires_grad)
+    return "chunked" if grads and feats.device.type == "cpu" else "fused"
+
+
+def attend(feats: torch.Tensor, sem: torch.Tensor, form: str = "auto") -> torch.Tensor:
+    """Label-guided attention in one of its FORMS (the same numbers), or "auto" for the device's fastest:
+    feats B x D x N, sem M x D -> B x M x D."""
+    if form == "auto":
+        form = default_form(feats, sem)
     if form not in FORMS:
-        raise ValueError(f"attention must be one of {', '.join(FORMS)}, got {form!r}")
+        raise ValueError(f"attention must be auto or one of {', '.join(FORMS)}, got {form!r}")
     return FORMS[form](feats, sem)

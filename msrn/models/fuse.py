@@ -79,7 +79,7 @@ class InferenceModel(nn.Module):
         x = x.contiguous(memory_format=self.memory_format)
         if not isinstance(self.model, MSRN):
             return self.model(x)
-        return self.model.classify(self.model.depth_features(x), self.semantics, attention="chunked",
+        return self.model.classify(self.model.depth_features(x), self.semantics, attention="auto",
                                    assign=self.assign)
 
     @property

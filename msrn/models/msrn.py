@@ -37,7 +37,7 @@ class MSRNConfig:
     semantic_dim: int = 512  # D
     hidden_dim: int = 2048  # fc1 output
     group_loss_weight: float = 1e-4
-    attention: str = "chunked"  # "chunked" (exact, low memory) or "naive" (the spec's formula, materialised)
+    attention: str = "auto"  # a form in models.attention.FORMS, or "auto": the device's fastest (same numbers)
     labels: list[str] = field(default_factory=list)
     # ablation switches (the paper's model: all on); checkpoints written before them load as the full model
     depths: tuple[int, ...] = DEPTHS  # which of the three depths are read
@@ -56,6 +56,8 @@ class MSRNConfig:
         d = dict(d)
         d["label_dims"] = tuple(d.get("label_dims", (256, 300)))
         d["depths"] = tuple(d.get("depths", DEPTHS))
+        if d.get("attention") == "chunked":  # the default stored before the fused form: a speed, not a choice
+            d["attention"] = "auto"
         return cls(**d)
 
 
