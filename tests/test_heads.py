@@ -143,3 +143,17 @@ def test_reference_checkpoint_w_and_b_load_into_the_elementwise_head(reference_d
         mlp = reference_forward(sd, x, wv, adj["adj"], adj["nums"], dtype=torch.float32)
     assert want.abs().max() > 0.1 and (want - mlp).abs().max() > 0.1  # the two heads really differ here
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+
+
+def test_the_head_shares_the_models_parameters_through_copies_and_casts():
+    import copy
+
+    model = _tiny("elementwise").eval()
+    twin = copy.deepcopy(model)  # as the weight EMA copies the model
+    assert twin.classifier.W is twin.W and twin.W is not model.W
+    with torch.no_grad():
+        twin.W.zero_()
+        twin.B.fill_(1.0)
+        assert torch.equal(twin(torch.randn(1, 3, 64, 64)), torch.ones(1, 6))
+    cast = model.to(torch.float64)
+    assert cast.classifier.W is cast.W and cast.W.dtype == torch.float64
