@@ -102,27 +102,29 @@ def _tie_ends(s: np.ndarray, axis: int) -> np.ndarray:
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per-label non-interpolated AP in [0, 1] (NaN for labels without positives); see module docstring."""
     scores, targets = _check_inputs(scores, targets)
-    return np.concatenate([_average_precision(scores[:, b], targets[:, b])
-                           for b in _blocks(scores.shape[1], scores.shape[0])])
+    # one row per label, contiguous, so each label's sort reads consecutive memory
+    blocks = _blocks(scores.shape[1], scores.shape[0])
+    return np.concatenate([_average_precision(np.ascontiguousarray(scores[:, b].T),
+                                              np.ascontiguousarray(targets[:, b].T)) for b in blocks])
 
 
 def _average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """average_precision on checked inputs, all labels at once (the caller bounds the block)."""
-    order = np.argsort(-scores, axis=0, kind="stable")
-    s = np.take_along_axis(scores, order, axis=0)
-    t = np.take_along_axis(targets, order, axis=0)
+    """average_precision on checked inputs given labels x images, all labels at once (the caller bounds the block)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    s = np.take_along_axis(scores, order, axis=1)
+    t = np.take_along_axis(targets, order, axis=1)
     pos = (t == 1).astype(np.float64)
     neg = (t == 0).astype(np.float64)  # difficult and unknown entries are neither: out of the ranking
-    tp = np.cumsum(pos, axis=0)
-    fp = np.cumsum(neg, axis=0)
-    # Each row takes the counts at the last row of its tie group (one threshold per distinct score).
-    end = _tie_ends(s, 0)
-    tp_end = np.take_along_axis(tp, end, axis=0)
-    fp_end = np.take_along_axis(fp, end, axis=0)
+    tp = np.cumsum(pos, axis=1)
+    fp = np.cumsum(neg, axis=1)
+    # Each entry takes the counts at the last entry of its tie group (one threshold per distinct score).
+    end = _tie_ends(s, 1)
+    tp_end = np.take_along_axis(tp, end, axis=1)
+    fp_end = np.take_along_axis(fp, end, axis=1)
     precision = _ratio(tp_end, tp_end + fp_end)
-    n_pos = pos.sum(axis=0)
+    n_pos = pos.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ap = (precision * pos).sum(axis=0) / n_pos
+        ap = (precision * pos).sum(axis=1) / n_pos
     return np.where(n_pos > 0, ap, np.nan)
 
 
