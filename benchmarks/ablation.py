@@ -46,6 +46,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "msrn depth 1 only": ("msrn_tiny", {"depths": (1,)}),
     "msrn no groups": ("msrn_tiny", {"group_semantics": False}),
     "msrn no graph": ("msrn_tiny", {"label_graph": False}),
+    "msrn elementwise": ("msrn_tiny", {"head": "elementwise"}),
 }
 ROW_NOTES = {
     "baseline": "backbone, global average pooling, linear",
@@ -56,6 +57,7 @@ ROW_NOTES = {
     "msrn depth 1 only": "reads layer2 only",
     "msrn no groups": "no global group semantics",
     "msrn no graph": "identity adjacency in the GAT layers",
+    "msrn elementwise": "the reference's element-wise head (W, B) instead of the MLP",
 }
 METRICS = ("mAP", "CF1", "OF1")
 SPLITS = ("small", "medium", "large", "ambiguous", "distinct")

@@ -37,6 +37,7 @@ import torch
 from msrn.targets import UNKNOWN, VALUES
 
 _SIX = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+MAX_LISTED = 20  # label names a printed table lists (vocabularies run to thousands)
 
 
 def _check_inputs(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,28 +78,53 @@ def _f1(p: np.ndarray | float, r: np.ndarray | float) -> np.ndarray:
     return _ratio(2 * p * r, p + r)
 
 
+# entries per block of the per-label and per-image sorts: a handful of float64/int64 temporaries of this
+# size (32 MiB each) bound the memory whatever the number of labels and images
+BLOCK_ELEMENTS = 1 << 22
+
+
+def _blocks(total: int, other: int) -> list[slice]:
+    """Slices of range(total) with about BLOCK_ELEMENTS / other entries each (at least one)."""
+    step = max(1, BLOCK_ELEMENTS // max(1, other))
+    return [slice(i, min(i + step, total)) for i in range(0, total, step)]
+
+
+def _tie_ends(s: np.ndarray, axis: int) -> np.ndarray:
+    """For sorted s, the index of the last entry of each entry's run of equal values along axis."""
+    s = np.moveaxis(s, axis, 0)
+    n = s.shape[0]
+    is_end = np.ones(s.shape, dtype=bool)
+    is_end[:-1] = s[:-1] != s[1:]
+    end = np.where(is_end, np.arange(n).reshape(-1, *([1] * (s.ndim - 1))), n)
+    return np.moveaxis(np.minimum.accumulate(end[::-1], axis=0)[::-1], 0, axis)
+
+
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per-label non-interpolated AP in [0, 1] (NaN for labels without positives); see module docstring."""
     scores, targets = _check_inputs(scores, targets)
-    n = scores.shape[0]
-    order = np.argsort(-scores, axis=0, kind="stable")
-    s = np.take_along_axis(scores, order, axis=0)
-    t = np.take_along_axis(targets, order, axis=0)
+    # one row per label, contiguous, so each label's sort reads consecutive memory
+    blocks = _blocks(scores.shape[1], scores.shape[0])
+    return np.concatenate([_average_precision(np.ascontiguousarray(scores[:, b].T),
+                                              np.ascontiguousarray(targets[:, b].T)) for b in blocks])
+
+
+def _average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """average_precision on checked inputs given labels x images, all labels at once (the caller bounds the block)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    s = np.take_along_axis(scores, order, axis=1)
+    t = np.take_along_axis(targets, order, axis=1)
     pos = (t == 1).astype(np.float64)
     neg = (t == 0).astype(np.float64)  # difficult and unknown entries are neither: out of the ranking
-    tp = np.cumsum(pos, axis=0)
-    fp = np.cumsum(neg, axis=0)
-    # Each row takes the counts at the last row of its tie group (one threshold per distinct score).
-    is_end = np.ones_like(s, dtype=bool)
-    is_end[:-1] = s[:-1] != s[1:]
-    end = np.where(is_end, np.arange(n)[:, None], n)
-    end = np.minimum.accumulate(end[::-1], axis=0)[::-1]
-    tp_end = np.take_along_axis(tp, end, axis=0)
-    fp_end = np.take_along_axis(fp, end, axis=0)
+    tp = np.cumsum(pos, axis=1)
+    fp = np.cumsum(neg, axis=1)
+    # Each entry takes the counts at the last entry of its tie group (one threshold per distinct score).
+    end = _tie_ends(s, 1)
+    tp_end = np.take_along_axis(tp, end, axis=1)
+    fp_end = np.take_along_axis(fp, end, axis=1)
     precision = _ratio(tp_end, tp_end + fp_end)
-    n_pos = pos.sum(axis=0)
+    n_pos = pos.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ap = (precision * pos).sum(axis=0) / n_pos
+        ap = (precision * pos).sum(axis=1) / n_pos
     return np.where(n_pos > 0, ap, np.nan)
 
 
@@ -126,26 +152,42 @@ def _top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
 
 def _ranking_metrics(scores: np.ndarray, relevant: np.ndarray, known: np.ndarray) -> dict[str, float]:
     """scikit-learn's label_ranking_average_precision_score, coverage_error and label_ranking_loss,
-    each image ranking only its known labels."""
+    each image ranking only its known labels (images in blocks, each sorted once)."""
+    n = scores.shape[0]
+    lrap, coverage, loss = np.empty(n), np.empty(n), np.empty(n)
+    for b in _blocks(n, scores.shape[1]):
+        lrap[b], coverage[b], loss[b] = _ranking_block(scores[b], relevant[b], known[b])
+    return {"lrap": float(lrap.mean()), "coverage_error": float(coverage.mean()), "ranking_loss": float(loss.mean())}
+
+
+def _ranking_block(
+    scores: np.ndarray, relevant: np.ndarray, known: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image LRAP, coverage and ranking loss, from each image's labels sorted by score (descending)."""
     n, c = scores.shape
     n_rel = relevant.sum(axis=1)
     n_known = known.sum(axis=1)
-    rank = np.zeros((n, c))  # number of known labels scored >= label j
-    rank_rel = np.zeros((n, c))  # number of relevant labels scored >= label j
-    wrong_pairs = np.zeros(n)  # (relevant, irrelevant) pairs with the irrelevant scored >= the relevant
-    for j in range(c):  # one N x C comparison per label keeps memory at O(N C)
-        ge = scores >= scores[:, j : j + 1]
-        rank[:, j] = (ge & known).sum(axis=1)
-        rank_rel[:, j] = (ge & relevant).sum(axis=1)
-        le_rel = ((scores <= scores[:, j : j + 1]) & relevant).sum(axis=1)
-        wrong_pairs += np.where(relevant[:, j] | ~known[:, j], 0, le_rel)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    s = np.take_along_axis(scores, order, axis=1)
+    rel = np.take_along_axis(relevant, order, axis=1)
+    kn = np.take_along_axis(known, order, axis=1)
+    end = _tie_ends(s, 1)  # a label's score is >= that of every label up to the end of its tie group
+    start = np.ones(s.shape, dtype=bool)
+    start[:, 1:] = s[:, 1:] != s[:, :-1]
+    start = np.maximum.accumulate(np.where(start, np.arange(c)[None, :], 0), axis=1)  # first of the tie group
+    cum_known, cum_rel = np.cumsum(kn, axis=1), np.cumsum(rel, axis=1)
+    rank = np.take_along_axis(cum_known, end, axis=1)  # known labels scored >= this one
+    rank_rel = np.take_along_axis(cum_rel, end, axis=1)  # relevant labels scored >= this one
+    rel_above = np.where(start > 0, np.take_along_axis(cum_rel, np.maximum(start - 1, 0), axis=1), 0)
+    # (relevant, irrelevant) pairs with the irrelevant scored >= the relevant: per irrelevant known label,
+    # the relevant ones scored <= it
+    wrong_pairs = np.where(~rel & kn, n_rel[:, None] - rel_above, 0).sum(axis=1)
     degenerate = (n_rel == 0) | (n_rel == n_known)  # scikit-learn: ranking is meaningless, counts as perfect
-    per_image = _ratio((_ratio(rank_rel, rank) * relevant).sum(axis=1), n_rel)
-    lrap = np.where(degenerate, 1.0, per_image).mean()
+    lrap = np.where(degenerate, 1.0, _ratio((_ratio(rank_rel, rank) * rel).sum(axis=1), n_rel))
     min_rel = np.where(relevant, scores, np.inf).min(axis=1, keepdims=True)
-    coverage = np.where(n_rel > 0, ((scores >= min_rel) & known).sum(axis=1), 0).mean()
-    loss = np.where(degenerate, 0.0, _ratio(wrong_pairs, n_rel * (n_known - n_rel))).mean()
-    return {"lrap": float(lrap), "coverage_error": float(coverage), "ranking_loss": float(loss)}
+    coverage = np.where(n_rel > 0, ((scores >= min_rel) & known).sum(axis=1), 0)
+    loss = np.where(degenerate, 0.0, _ratio(wrong_pairs, n_rel * (n_known - n_rel)))
+    return lrap, coverage, loss
 
 
 def _probabilities(scores: np.ndarray, scores_are_logits: bool) -> np.ndarray:
@@ -350,9 +392,10 @@ def format_metrics(m: dict, labels: list[str] | None = None) -> str:
         f"ranking loss:                    {m['ranking_loss']:.4f}",
     ]
     if missing:
-        names = [labels[i] if labels is not None else str(i) for i in missing]
+        names = [labels[i] if labels is not None else str(i) for i in missing[:MAX_LISTED]]
+        more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
         lines.append("")
         lines.append(
-            f"labels without positives (no AP, left out of mAP; recall counted as 0): {', '.join(names)}"
+            f"labels without positives (no AP, left out of mAP; recall counted as 0): {', '.join(names)}{more}"
         )
     return "\n".join(lines)

@@ -89,6 +89,32 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike[str]) -> None:
     save_figure(fig, path)
 
 
+MAX_BARS = 60  # above this many labels the AP figure is a histogram and the best and worst labels' bars
+SHOWN_BARS = 20  # bars of each end in that figure
+
+
+def _ap_summary_figure(scored: list[tuple[float, str]], missing: list[str], title: str | None) -> Figure:
+    """Many labels: the histogram of AP over labels, then the SHOWN_BARS best and worst labels' bars."""
+    fig = Figure(figsize=(12, 7), layout="constrained")
+    hist, best, worst = fig.subplots(1, 3, width_ratios=(1.4, 1, 1))
+    values = np.array([v for v, _ in scored])
+    hist.hist(values, bins=np.linspace(0, 100, 21), color="tab:blue")
+    if scored:
+        hist.axvline(values.mean(), color="tab:red", linestyle="--", label=f"mAP {values.mean():.2f}")
+        hist.legend(loc="upper left")
+    hist.set_xlabel("average precision (%)")
+    hist.set_ylabel("labels")
+    for ax, part, name in ((best, scored[-SHOWN_BARS:], "best"), (worst, scored[:SHOWN_BARS], "worst")):
+        ax.barh(range(len(part)), [v for v, _ in part], color="tab:blue", height=0.8)
+        ax.set_yticks(range(len(part)), [n for _, n in part], fontsize=7)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("AP (%)")
+        ax.set_title(f"{name} {len(part)}")
+    suffix = f", {len(missing)} without positives (left out)" if missing else ""
+    fig.suptitle(title or f"AP per label ({len(scored)} labels{suffix})")
+    return fig
+
+
 def plot_ap_per_label(
     ap: Sequence[float | None],
     labels: Sequence[str],
@@ -109,6 +135,8 @@ def ap_per_label_figure(ap: Sequence[float | None], labels: Sequence[str], title
     if any(not 0.0 <= v <= 100.0 for v, _ in scored):
         raise ValueError("AP values must be percentages in [0, 100] (None for labels without positives)")
     missing = [name for v, name in zip(ap, labels) if v is None]
+    if len(ap) > MAX_BARS:
+        return _ap_summary_figure(scored, missing, title)
     # Labels without positives go at the bottom, then the scored labels with the best at the top.
     names = missing + [name for _, name in scored]
     values = [0.0] * len(missing) + [v for v, _ in scored]

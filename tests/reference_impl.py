@@ -153,8 +153,10 @@ def reference_forward(
     tau: float = TAU,
     dtype: torch.dtype = torch.float64,
     return_group_loss: bool = False,
+    head: str = "mlp",
 ):
-    """Logits (B x C) of the reference MSRN for images x, from a reference-layout state dict."""
+    """Logits (B x C) of the reference MSRN for images x, from a reference-layout state dict; `head`
+    "elementwise" is the reference's commented-out block (W, B) instead of fc1/fc2."""
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     x = x.to(dtype)
     wv = torch.as_tensor(np.asarray(word_vectors, dtype=np.float64), dtype=dtype, device=x.device)
@@ -163,12 +165,31 @@ def reference_forward(
     sem = torch.cat([local, groups], dim=0)  # (C+K) x D: labels, then groups
     per_depth = [label_guided_attention(f, sem) for f in depth_features(sd, x)]
     attended = torch.cat(per_depth, dim=2)  # B x (C+K) x 3D
-    h = torch.tanh(attended).reshape(attended.shape[0], -1)
-    h = F.leaky_relu(F.linear(h, sd["fc1.weight"], sd["fc1.bias"]), negative_slope=0.01)
-    logits = F.linear(h, sd["fc2.weight"], sd["fc2.bias"])
+    if head == "elementwise":
+        c = local.shape[0]
+        logits = elementwise_logits(attended[:, :c], attended[:, c:], assign, sd["W"], sd["B"])
+    else:
+        h = torch.tanh(attended).reshape(attended.shape[0], -1)
+        h = F.leaky_relu(F.linear(h, sd["fc1.weight"], sd["fc1.bias"]), negative_slope=0.01)
+        logits = F.linear(h, sd["fc2.weight"], sd["fc2.bias"])
     if return_group_loss:
         return logits, reference_group_loss(local, groups, assign)
     return logits
+
+
+def elementwise_logits(
+    label_dr: torch.Tensor, group_dr: torch.Tensor, assign: torch.Tensor, w: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
+    """The reference's element-wise block, one label at a time: label c's group feature is
+    sum_k assign[c, k] * group_dr[:, k]; logit = sum(W[c] * tanh([label_dr[:, c] ; group feature])) + B[c].
+    label_dr B x C x F, group_dr B x K x F, assign C x K, W C x 2F, B C -> B x C."""
+    batch, c, _ = label_dr.shape
+    out = torch.empty(batch, c, dtype=label_dr.dtype, device=label_dr.device)
+    for j in range(c):
+        group_feat = sum(assign[j, k] * group_dr[:, k] for k in range(group_dr.shape[1]))  # B x F
+        x = torch.tanh(torch.cat([label_dr[:, j], group_feat], dim=1))  # B x 2F
+        out[:, j] = (w[j][None] * x).sum(dim=1) + b[j]
+    return out
 
 
 # ---------------------------------------------------------------- random reference checkpoints

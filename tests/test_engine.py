@@ -138,7 +138,7 @@ def test_ablation_switches_and_crop_scales_on_the_command_line(tmp_path: Path) -
     model = load_checkpoint(out / "best.pt").model
     assert model.cfg.depths == (2, 3) and not model.cfg.group_semantics and not model.cfg.label_graph
     assert TrainConfig.from_dict(cfg).model_switches() == {"depths": (2, 3), "group_semantics": False,
-                                                           "label_graph": False}
+                                                           "label_graph": False, "head": "mlp"}
     assert preset_config("scenes").model_switches() == {}  # the paper's model by default
     with pytest.raises(MSRNError, match="baseline_tiny has none"):
         preset_config("scenes", model="baseline_tiny", label_graph=False)

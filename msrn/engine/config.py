@@ -21,6 +21,7 @@ from msrn.data.loader import default_workers
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.errors import MSRNError
 from msrn.labels.reference_files import default_sources
+from msrn.models.heads import HEADS
 from msrn.options import AMP_MODES, RUNTIME_FLAGS, TTA_MODES
 
 
@@ -84,6 +85,10 @@ class TrainConfig:
     label_graph: bool = option(
         True, "ablation: --no-label-graph gives the GAT layers an identity adjacency instead of the co-occurrence "
         "graph")
+    head: str = option(
+        "mlp", "the MSRN classifier: mlp (the paper's, default; its fc1 grows with labels x (labels + groups)) or "
+        "elementwise (the reference code's per-label head, weights linear in the labels: for thousands of labels)",
+        choices=HEADS)
     word_vectors: str | None = option(
         None, "label vectors: 'reference' (the reference's GloVe pickle for the dataset, fetched and checked; the "
         "default for voc2007, coco2014, nuswide, apparel), 'ngram' (built-in; the default otherwise), 'encoder', "
@@ -170,7 +175,7 @@ class TrainConfig:
     def model_switches(self) -> dict[str, Any]:
         """The ablation switches as MSRNConfig overrides: empty for the paper's model, so baselines take them."""
         switches = {"depths": tuple(self.depths), "group_semantics": self.group_semantics,
-                    "label_graph": self.label_graph}
+                    "label_graph": self.label_graph, "head": self.head}
         return {} if switches == _FULL_MODEL else switches
 
     def validate(self) -> TrainConfig:
@@ -202,7 +207,7 @@ class TrainConfig:
             raise MSRNError(f"--depths must be distinct values among 1, 2, 3, not {list(cfg.depths)}")
         cfg = dataclasses.replace(cfg, depths=tuple(sorted(cfg.depths)))
         if cfg.model_switches() and not cfg.model.startswith("msrn"):
-            raise MSRNError(f"--depths, --no-group-semantics and --no-label-graph change the MSRN head; "
+            raise MSRNError(f"--depths, --no-group-semantics, --no-label-graph and --head change the MSRN head; "
                             f"{cfg.model} has none")
         if cfg.batch_size % cfg.grad_accum:
             raise MSRNError(f"--grad-accum {cfg.grad_accum} must divide --batch-size {cfg.batch_size}")
@@ -235,7 +240,7 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
             raise MSRNError(f"{_flag(f.name)} must be {allowed}, not {shown}")
 
 
-_FULL_MODEL = {"depths": (1, 2, 3), "group_semantics": True, "label_graph": True}
+_FULL_MODEL = {"depths": (1, 2, 3), "group_semantics": True, "label_graph": True, "head": "mlp"}
 _PAPER = dict(model="msrn_resnet101", pretrained="imagenet", image_size=448, batch_size=16, lr=0.1,
               lr_backbone=0.01, epochs=30, lr_steps=(20,))
 # The paper's code asks for 20 epochs with a step at 30 and then runs 200 epochs selecting on the

@@ -45,11 +45,13 @@ class ExportableMSRN(nn.Module):
         super().__init__()
         self.model = model
         with torch.no_grad():
-            self.register_buffer("rows", model.semantics().rows())  # (C+K) x D
+            sem = model.semantics()
+        self.register_buffer("rows", sem.rows())  # (C+K) x D
+        self.register_buffer("assign", sem.assign)  # C x K, for the element-wise head (None without groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images -> logits."""
-        return self.model.classify(self.model.projected_maps(x), self.rows, attention="traceable")
+        return self.model.classify(self.model.projected_maps(x), self.rows, attention="traceable", assign=self.assign)
 
 
 def _require_onnx() -> tuple[Any, Any]:

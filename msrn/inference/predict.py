@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Label selection: a label is reported when its probability >= its threshold; then --top-k\n"
         "keeps the K best of those. Both apply. `--threshold 0 --top-k 5` gives the 5 best labels\n"
-        "whatever their scores; `--threshold 0` alone lists every label.\n"
+        "whatever their scores; `--threshold 0` alone lists every label (models of more than 100\n"
+        "labels keep the 20 best unless --top-k says otherwise).\n"
         "Output: json is a list with one record per image, {\"image\", \"labels\": [{\"label\", \"score\"}]},\n"
         "labels by descending score; csv has columns image,label,score,error with one row per label\n"
         "(one row with an empty label for an image with none). With --explain each JSON record also\n"
@@ -51,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, metavar="T",
                         help="report labels with probability >= T (default: the checkpoint's per-label "
                              "thresholds if it has them, else 0.5)")
-    parser.add_argument("--top-k", type=int, metavar="K", help="report at most the K best labels passing the threshold")
+    parser.add_argument("--top-k", type=int, metavar="K",
+                        help="report at most the K best labels passing the threshold (default: all; 20 for models "
+                             "of more than 100 labels)")
     parser.add_argument("--explain", metavar="DIR",
                         help="write one PNG per image to DIR: attention of its top labels at each depth read")
     parser.add_argument("--explain-labels", type=int, default=3, metavar="N",

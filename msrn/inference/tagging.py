@@ -135,6 +135,10 @@ def decoded_batches(items: Sequence[ImageInput], decode: Callable[[ImageInput], 
         yield batch
 
 
+LARGE_VOCABULARY = 100  # labels above which records hold at most DEFAULT_TOP_K labels unless told otherwise
+DEFAULT_TOP_K = 20
+
+
 def threshold_vector(threshold: float | Sequence[float] | np.ndarray, count: int) -> np.ndarray:
     """One threshold per label, each in [0, 1], from a scalar or a sequence of `count`."""
     try:
@@ -146,11 +150,19 @@ def threshold_vector(threshold: float | Sequence[float] | np.ndarray, count: int
     return vec
 
 
+def default_top_k(num_labels: int) -> int | None:
+    """The top-k applied when none is asked: every passing label up to LARGE_VOCABULARY labels, else
+    DEFAULT_TOP_K (with thousands of labels a low threshold would list hundreds per image)."""
+    return DEFAULT_TOP_K if num_labels > LARGE_VOCABULARY else None
+
+
 def make_record(labels: Sequence[str], name: str | None, probs: np.ndarray, thresholds: np.ndarray,
                 top_k: int | None) -> dict:
-    """The record of one image: labels at or above their threshold, best first, at most top_k."""
-    order = np.argsort(-probs, kind="stable")
-    keep = [int(i) for i in order if probs[i] >= thresholds[i]]
+    """The record of one image: labels at or above their threshold, best first, at most top_k (None:
+    default_top_k)."""
+    top_k = default_top_k(len(labels)) if top_k is None else top_k
+    passing = np.flatnonzero(probs >= thresholds)  # increasing index, so the stable sort breaks ties by index
+    keep = [int(i) for i in passing[np.argsort(-probs[passing], kind="stable")]]
     if top_k is not None:
         keep = keep[: max(0, top_k)]
     return {"image": name, "labels": [{"label": labels[i], "score": round(float(probs[i]), 6)} for i in keep]}

@@ -43,18 +43,47 @@ class Cooccurrence:
         return int(self.nums.shape[0])
 
 
+# label pairs counted one by one up to this many (a training split's positives are sparse: images hold a few
+# labels each, so the pairs are few even with 5,000 labels); beyond it, a blocked dense product counts them
+MAX_PAIRS = 1 << 25
+DENSE_BLOCK = 4096  # images per block of the dense product
+
+
+def _pair_counts(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """C x C counts [i, j] = images where first[:, i] and second[:, j] both hold (N x C boolean matrices).
+
+    Pairs within each image are enumerated from the nonzero entries, so the cost follows the entries, not
+    N x C x C; dense rows (many entries per image) fall back to a blocked matrix product.
+    """
+    n, c = first.shape
+    rows_a, cols_a = np.nonzero(first)
+    rows_b, cols_b = np.nonzero(second)
+    per_b = np.bincount(rows_b, minlength=n)  # second's entries per image
+    k = per_b[rows_a]  # pairs each of first's entries makes
+    if int(k.sum()) > MAX_PAIRS:
+        out = np.zeros((c, c), dtype=np.float64)
+        for i in range(0, n, DENSE_BLOCK):  # float32 products are exact for block counts below 2^24
+            out += first[i : i + DENSE_BLOCK].T.astype(np.float32) @ second[i : i + DENSE_BLOCK].astype(np.float32)
+        return out
+    start_b = np.cumsum(per_b) - per_b  # index of each image's first entry in second's list (row-major order)
+    a = np.repeat(np.arange(rows_a.size), k)  # first's entry of each pair
+    offset = np.arange(a.size) - np.repeat(np.cumsum(k) - k, k)  # the pair's place among its image's entries
+    b = start_b[rows_a[a]] + offset  # second's entry of each pair
+    return np.bincount(cols_a[a] * c + cols_b[b], minlength=c * c).reshape(c, c).astype(np.float64)
+
+
 def count_cooccurrence(targets: np.ndarray) -> Cooccurrence:
     """Count label pairs over a training target matrix (N x C, 1 = present; 0 and -1 absent; -2 unknown).
 
     With unknown entries, P(j | i) is estimated over the images where j is known: K[i, j] counts them.
     """
     targets = np.asarray(targets)
-    t = (targets == POSITIVE).astype(np.float64)
-    m = t.T @ t
+    t = targets == POSITIVE
+    m = _pair_counts(t, t)
     nums = np.diag(m).copy()
     np.fill_diagonal(m, 0.0)
     unknown = targets == UNKNOWN
-    return Cooccurrence(m, nums, t.T @ (~unknown).astype(np.float64) if unknown.any() else None)
+    return Cooccurrence(m, nums, nums[:, None] - _pair_counts(t, unknown) if unknown.any() else None)
 
 
 def reference_counts(obj: object, where: str) -> Cooccurrence:

@@ -8,6 +8,7 @@ calls `build_label_set` itself.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ class LabelSet:
         c = len(self.labels)
         if c == 0:
             raise MSRNError("a label set needs at least one label")
-        dupes = sorted({x for x in self.labels if self.labels.count(x) > 1})
+        dupes = sorted(x for x, n in Counter(self.labels).items() if n > 1)
         if dupes:
             raise MSRNError(f"label names must be unique; repeated: {', '.join(dupes[:10])}")
         if self.cooccurrence.num_classes != c:

@@ -22,6 +22,11 @@ from msrn.targets import UNKNOWN
 
 REPORT_FILES = ("labels_report.md", "label_graph.png", "label_cooccurrence.png")
 TOP_PARTNERS = 3  # strongest co-occurring labels listed per label in the report
+# above this many labels the report lists the most and least frequent SHOWN_LABELS each, the SHOWN_EDGES
+# strongest edges, and draws histograms and the most frequent labels' heatmap instead of every label
+MAX_LISTED_LABELS = 100
+SHOWN_LABELS = 25
+SHOWN_EDGES = 200
 KNOWN_ONLY = ("partial labels: co-occurrence counted over known entries only, P(j|i) = images with i and j / "
               "images with i where j is known (not / all images with i)")
 VECTORS_HELP = (
@@ -93,26 +98,36 @@ def report_text(ls: LabelSet) -> str:
     notes = diagnostics(ls)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    shown = list(range(c))
+    if c > MAX_LISTED_LABELS:
+        by_count = [int(i) for i in np.argsort(-co.nums, kind="stable")]
+        shown = by_count[:SHOWN_LABELS] + by_count[-SHOWN_LABELS:]
+        lines += [f"## Images per label ({c} labels)", "", "| images | labels |", "|---|---|"]
+        lines += [f"| {bucket} | {n} |" for bucket, n in _frequency_buckets(co.nums)]
+        lines += ["", f"The {SHOWN_LABELS} most and the {SHOWN_LABELS} least frequent labels:", ""]
     lines += [
         "## Labels",
         "",
         "| # | label | images | strongest co-occurring labels, P(j\\|i) | edges out | nearest by vector |",
         "|---|---|---|---|---|---|",
     ]
-    for i, name in enumerate(ls.labels):
+    out_degree = np.bincount([a for a, _, _ in edge_list], minlength=c)
+    for i in shown:
+        name = ls.labels[i]
         row = p[i].copy()
         row[i] = -1.0
         order = [j for j in np.argsort(-row, kind="stable")[:TOP_PARTNERS] if row[j] > 0]
         partners = ", ".join(f"{_fmt_label(ls.labels[j])} {row[j]:.2f}" for j in order) or "none"
-        out = sum(1 for a, _, _ in edge_list if a == i)
         nearest = f"{_fmt_label(ls.labels[int(np.argmax(sim[i]))])} {np.max(sim[i]):.2f}" if c > 1 else "-"
-        lines.append(f"| {i} | {_fmt_label(name)} | {co.nums[i]:g} | {partners} | {out} | {nearest} |")
+        lines.append(f"| {i} | {_fmt_label(name)} | {co.nums[i]:g} | {partners} | {out_degree[i]} | {nearest} |")
     lines += ["", f"## Edges passing tau = {ls.tau:g}", ""]
+    if len(edge_list) > SHOWN_EDGES:
+        lines += [f"The {SHOWN_EDGES} strongest of {len(edge_list)}:", ""]
     if edge_list:
         lines += ["| from i | to j | P(j\\|i) | images with both |", "|---|---|---|---|"]
         lines += [
             f"| {_fmt_label(ls.labels[i])} | {_fmt_label(ls.labels[j])} | {pij:.3f} | {co.counts[i, j]:g} |"
-            for i, j, pij in edge_list
+            for i, j, pij in edge_list[:SHOWN_EDGES]
         ]
     else:
         lines.append("No pair passes the threshold: every label only attends to itself.")
@@ -125,9 +140,42 @@ def report_text(ls: LabelSet) -> str:
     return "\n".join(lines)
 
 
+def _frequency_buckets(nums: np.ndarray) -> list[tuple[str, int]]:
+    """(range of images per label, number of labels) on a doubling scale: 0, 1, 2-3, 4-7, ..."""
+    nums = np.asarray(nums, dtype=np.int64)
+    bins = np.where(nums > 0, np.floor(np.log2(np.maximum(nums, 1))).astype(np.int64) + 1, 0)
+    out = []
+    for b, n in enumerate(np.bincount(bins)):
+        if n:
+            low, high = (0, 0) if b == 0 else (2 ** (b - 1), 2**b - 1)
+            out.append((f"{low}" if low == high else f"{low}-{high}", int(n)))
+    return out
+
+
+def plot_label_histograms(ls: LabelSet, path: Path) -> None:
+    """For large label sets, in place of the graph drawing: histograms of images and edges per label."""
+    edge_list = ls.edges()
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    nums = np.maximum(ls.cooccurrence.nums, 0)
+    left.hist(np.log10(nums + 1), bins=40, color="tab:blue")
+    left.set_xlabel("log10(images + 1)")
+    left.set_ylabel("labels")
+    left.set_title(f"images per label ({ls.num_classes} labels)")
+    right.hist(np.bincount([a for a, _, _ in edge_list], minlength=ls.num_classes), bins=40, color="tab:red")
+    right.set_xlabel("edges out of the label")
+    right.set_ylabel("labels")
+    right.set_title(f"label graph: {len(edge_list)} edges with P(j|i) >= {ls.tau:g}")
+    save_figure(fig, path)
+
+
 def plot_label_graph(ls: LabelSet, path: Path) -> None:
-    """Circular drawing of the graph: nodes sized by image count, an arrow i -> j per edge."""
+    """Circular drawing of the graph: nodes sized by image count, an arrow i -> j per edge (histograms
+    instead above MAX_LISTED_LABELS labels)."""
     c = ls.num_classes
+    if c > MAX_LISTED_LABELS:
+        plot_label_histograms(ls, path)
+        return
     side = float(np.clip(5 + 0.1 * c, 6, 16))
     fig = Figure(figsize=(side, side), layout="constrained")
     ax = fig.subplots()
@@ -170,17 +218,21 @@ def plot_label_graph(ls: LabelSet, path: Path) -> None:
 
 
 def plot_cooccurrence(ls: LabelSet, path: Path) -> None:
-    """Heatmap of P(j|i) (row i, column j) with label names; cells that pass tau are boxed."""
-    c = ls.num_classes
-    p = ls.conditional()
+    """Heatmap of P(j|i) (row i, column j) with label names; cells that pass tau are boxed. Above
+    MAX_LISTED_LABELS labels, the most frequent MAX_LISTED_LABELS of them."""
+    names, p = ls.labels, ls.conditional()
+    if ls.num_classes > MAX_LISTED_LABELS:
+        top = np.sort(np.argsort(-ls.cooccurrence.nums, kind="stable")[:MAX_LISTED_LABELS])
+        names, p = [names[i] for i in top], p[np.ix_(top, top)]
+    c = len(names)
     side = float(np.clip(3 + 0.2 * c, 6, 20))
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(np.clip(p, 0, 1), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.8, label="P(j | i)", extend="max" if p.max() > 1 else "neither")
     font = float(np.clip(300 / max(c, 1), 4, 10))
-    ax.set_xticks(range(c), ls.labels, rotation=90, fontsize=font)
-    ax.set_yticks(range(c), ls.labels, fontsize=font)
+    ax.set_xticks(range(c), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(c), names, fontsize=font)
     ax.set_xlabel("j (co-occurring label)")
     ax.set_ylabel("i (given label)")
     rows, cols = np.nonzero(p >= ls.tau)
@@ -190,7 +242,8 @@ def plot_cooccurrence(ls: LabelSet, path: Path) -> None:
             for j in range(c):
                 ax.text(j, i, f"{p[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="black" if min(p[i, j], 1) > 0.6 else "white")  # fmt: skip
-    ax.set_title(f"P(j|i) = M[i,j] / n[i]; boxed: >= tau {ls.tau:g}")
+    shown = f" ({c} most frequent of {ls.num_classes} labels)" if c < ls.num_classes else ""
+    ax.set_title(f"P(j|i) = M[i,j] / n[i]; boxed: >= tau {ls.tau:g}{shown}")
     save_figure(fig, path)
 
 
@@ -269,9 +322,17 @@ def main(args: argparse.Namespace) -> int:
     edge_list = ls.edges()
     print(f"graph: tau {ls.tau:g}, re-weighting {ls.reweight:g}: {len(edge_list)} edges i -> j")
     width = max(len(x) for x in ls.labels)
-    for i, name in enumerate(ls.labels):
-        outs = ", ".join(f"{ls.labels[j]} {p:.2f}" for a, j, p in edge_list if a == i)
-        print(f"  {name:<{width}}  {ls.cooccurrence.nums[i]:>8g} images" + (f"  -> {outs}" if outs else ""))
+    outgoing: dict[int, list[str]] = {}
+    for a, j, p in edge_list:
+        outgoing.setdefault(a, []).append(f"{ls.labels[j]} {p:.2f}")
+    listed = range(ls.num_classes)
+    if ls.num_classes > MAX_LISTED_LABELS:  # the report has the frequency table; the terminal the extremes
+        by_count = [int(i) for i in np.argsort(-ls.cooccurrence.nums, kind="stable")]
+        listed = by_count[:SHOWN_LABELS] + by_count[-SHOWN_LABELS:]
+        print(f"the {SHOWN_LABELS} most and least frequent of {ls.num_classes} labels:")
+    for i in listed:
+        outs = ", ".join(outgoing.get(i, []))
+        print(f"  {ls.labels[i]:<{width}}  {ls.cooccurrence.nums[i]:>8g} images" + (f"  -> {outs}" if outs else ""))
     for note in info["notes"]:
         print(f"note: {note}")
     print(f"wrote {out} and the report {', '.join(str(f) for f in files)}")

@@ -38,7 +38,7 @@ def create_model(
     without them the model gets placeholder vectors and no edges. A `label_set` gives labels, vectors
     and adjacency (its tau and re-weighting) instead. `pretrained` loads the backbone:
     ImageNet weights (file, URL, 'imagenet') or a reference or msrn checkpoint's backbone with its
-    conv_buffer1/2.
+    conv_buffer1/2. `head="elementwise"` builds the reference's element-wise classifier instead of the MLP.
     """
     if label_set is not None:
         if labels is not None or word_vectors is not None or cooccurrence is not None or tau != TAU:

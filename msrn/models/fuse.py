@@ -61,7 +61,9 @@ class InferenceModel(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if isinstance(model, MSRN):
             with torch.no_grad():
-                self.register_buffer("rows", model.semantics().rows())  # (C+K) x D
+                sem = model.semantics()
+                self.register_buffer("rows", sem.rows())  # (C+K) x D
+                self.register_buffer("assign", sem.assign)  # C x K: the element-wise head's (None without groups)
         super().train(False)
 
     def train(self, mode: bool = True) -> InferenceModel:
@@ -75,7 +77,7 @@ class InferenceModel(nn.Module):
         x = x.contiguous(memory_format=self.memory_format)
         if not isinstance(self.model, MSRN):
             return self.model(x)
-        return self.model.classify(self.model.projected_maps(x), self.rows)
+        return self.model.classify(self.model.projected_maps(x), self.rows, assign=self.assign)
 
     @property
     def labels(self) -> list[str]:

@@ -83,9 +83,12 @@ def _reference_label_inputs(
 
 
 def _load_reference(
-    ckpt: dict, where: str, word_vectors: Any, cooccurrence: Any, labels: list[str] | None, dataset: str | None
+    ckpt: dict, where: str, word_vectors: Any, cooccurrence: Any, labels: list[str] | None, dataset: str | None,
+    head: str = "mlp",
 ) -> nn.Module:
-    """msrn_resnet101 (or 50) from a reference checkpoint: its label inputs read, its keys mapped, then built."""
+    """msrn_resnet101 (or 50) from a reference checkpoint: its label inputs read, its keys mapped, then built.
+    The checkpoint holds both of the reference's classifiers: `head` picks the one loaded (mlp: fc1/fc2,
+    elementwise: W/B)."""
     state = ckpt.get("state_dict", ckpt)
     try:
         num_classes = state["fc2.weight"].shape[0]
@@ -97,8 +100,8 @@ def _load_reference(
     if name is None:
         raise MSRNError(f"{where}: unsupported backbone ({backbone})")
     labels, vectors, adj = _reference_label_inputs(num_classes, where, word_vectors, cooccurrence, labels, dataset)
-    mapped, dropped = map_reference_state(state)
-    model = _build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups)
+    mapped, dropped = map_reference_state(state, head)
+    model = _build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups, head=head)
     load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
     if dropped:
         warnings.warn(f"{where}: dropped unused reference parameters: {', '.join(dropped)}", stacklevel=3)
@@ -149,6 +152,7 @@ def load_checkpoint(
     labels: list[str] | None = None,
     dataset: str | None = None,
     where: str | None = None,
+    head: str = "mlp",
 ) -> Loaded:
     """A ready model (eval mode, CPU) from a project or a reference checkpoint (a file, or the dict that
     torch.load returns, named `where` in messages), with how it is meant to be used.
@@ -158,7 +162,8 @@ def load_checkpoint(
     so a model can never be paired with the wrong vectors, and `labels` must be the ones it was trained
     on. A reference checkpoint takes the reference's own files for `dataset` (or its label count) where
     none are given. `source` is a `.pt` file, a model folder (msrn.hub), a Hub id
-    `hf://OWNER/NAME[@REVISION]`, or a loaded dict.
+    `hf://OWNER/NAME[@REVISION]`, or a loaded dict. A reference checkpoint loads the classifier `head`
+    names (a project checkpoint records its own; old ones hold the mlp).
     """
     where = where or (str(source) if not isinstance(source, dict) else "checkpoint")
     ckpt = read_source(source) if not isinstance(source, dict) else source
@@ -171,7 +176,7 @@ def load_checkpoint(
         if labels is not None and list(labels) != model.labels:
             raise MSRNError(f"{where} was trained on labels {model.labels[:5]}..., not the dataset's {labels[:5]}...")
     elif is_reference(ckpt):
-        model = _load_reference(ckpt, where, word_vectors, cooccurrence, labels, dataset)
+        model = _load_reference(ckpt, where, word_vectors, cooccurrence, labels, dataset, head)
     else:
         raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
     thresholds = ckpt.get("thresholds")

@@ -1,8 +1,9 @@
 """The MSRN module (docs/design.md §1-6): backbone at three depths, label graph, group pooling,
-label-guided attention at every depth, and the MLP classifier.
+label-guided attention at every depth, and the classifier (the paper's MLP or the reference's element-wise
+head, msrn.models.heads).
 
 Parameter names follow the reference checkpoints (`ProjectM`, `fc_label`, `label_embed`,
-`group_embed`, `fc1`, `fc2`); the backbone is `backbone.*` here and `resnet_101.*` there,
+`group_embed`, `fc1`, `fc2`, `W`, `B`); the backbone is `backbone.*` here and `resnet_101.*` there,
 and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see reference_layout.py).
 """
 from __future__ import annotations
@@ -17,8 +18,8 @@ from torch import nn
 
 from msrn.models.attention import attend
 from msrn.models.gat import GATStack, GroupStack, group_loss
-from msrn.models.linear import ReusedGradLinear
-from msrn.models.ops import conv1x1, linear, max_pool2x2
+from msrn.models.heads import build_head
+from msrn.models.ops import conv1x1, max_pool2x2
 from msrn.models.resnet import ResNet
 from msrn.models.timm_backbone import build_backbone
 
@@ -27,10 +28,12 @@ DEPTHS = (1, 2, 3)  # after layer2, layer3, layer4
 
 class Semantics(NamedTuple):
     """The label side of MSRN, which depends on the weights alone: local label semantics L (C x D), global
-    group semantics G (K x D; 0 x D without them) and the group loss that keeps groups apart."""
+    group semantics G (K x D; 0 x D without them), the labels' assignment to the groups, and the group loss
+    that keeps groups apart."""
 
     local: torch.Tensor
     groups: torch.Tensor
+    assign: torch.Tensor | None  # C x K, each label's soft assignment to the groups (None without them)
     group_loss: torch.Tensor
 
     def rows(self) -> torch.Tensor:
@@ -60,6 +63,7 @@ class MSRNConfig:
     depths: tuple[int, ...] = DEPTHS  # which of the three depths are read
     group_semantics: bool = True  # off: no group pooling, no group rows in the attention, no group loss
     label_graph: bool = True  # off: the same GAT layers see an identity adjacency (each label on its own)
+    head: str = "mlp"  # the classifier: "mlp" (the paper's) or "elementwise" (weights linear in the labels)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,9 +113,10 @@ class MSRN(nn.Module):
         self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
         self.label_embed = GATStack((*cfg.label_dims, d))
         self.group_embed = GroupStack(d, cfg.num_groups) if cfg.group_semantics else None
-        # nn.Linear that keeps its gradient's memory
-        self.fc1 = ReusedGradLinear((c + k) * len(cfg.depths) * d, cfg.hidden_dim)
-        self.fc2 = nn.Linear(cfg.hidden_dim, c)
+        head = build_head(cfg.head, c, c + k, len(cfg.depths) * d, cfg.hidden_dim, cfg.group_semantics)
+        for name, part in [*head.named_children(), *head.named_parameters(recurse=False)]:
+            setattr(self, name, part)  # under the reference checkpoints' top-level names: fc1, fc2 or W, B
+        self.__dict__["classifier"] = head  # the same parameters, so not registered a second time
         # label inputs travel with the weights, so a checkpoint can never meet the wrong vectors
         self.register_buffer("word_vectors", torch.as_tensor(word_vectors, dtype=torch.float32).clone())
         self.register_buffer("adjacency", torch.as_tensor(adjacency, dtype=torch.float32).clone())
@@ -122,16 +127,16 @@ class MSRN(nn.Module):
             )
 
     def semantics(self) -> Semantics:
-        """Local label semantics L, group semantics G and the group loss (Semantics)."""
+        """Local label semantics L, group semantics G, the labels' group assignment and the group loss."""
         if self.cfg.label_graph:
             mask = self.adjacency > 0
         else:
             mask = torch.eye(self.cfg.num_classes, dtype=torch.bool, device=self.adjacency.device)
         local = self.label_embed(self.fc_label(self.word_vectors), mask)  # C x D
         if self.group_embed is None:
-            return Semantics(local, local.new_zeros(0, local.shape[1]), local.new_zeros(()))
+            return Semantics(local, local.new_zeros(0, local.shape[1]), None, local.new_zeros(()))
         groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
-        return Semantics(local, groups, group_loss(local, groups, assign, self.cfg.group_loss_weight))
+        return Semantics(local, groups, assign, group_loss(local, groups, assign, self.cfg.group_loss_weight))
 
     def pooled_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """layer2/3/4 outputs -> conv_buffer1/2 (depths 1, 2) and the 2x2 max-pool, each B x C_s x H_s x W_s,
@@ -148,19 +153,25 @@ class MSRN(nn.Module):
         pooled = self.pooled_maps(self.backbone.forward_features(x, max(self.cfg.depths)))
         return [conv1x1(self.ProjectM[s - 1], m) for s, m in zip(self.cfg.depths, pooled)]
 
-    def head(self, attended: torch.Tensor) -> torch.Tensor:
-        """(B x (C+K) x SD) attended semantics, S depths read -> B x C logits."""
-        h = torch.tanh(attended).flatten(1)
-        return self.fc2(F.leaky_relu(linear(self.fc1, h), 0.01))
+    def head(self, attended: torch.Tensor, assign: torch.Tensor | None = None) -> torch.Tensor:
+        """(B x (C+K) x SD) attended semantics, S depths read -> B x C logits. The element-wise head also
+        reads the label-to-group assignment (C x K), computed here when not given."""
+        if self.cfg.head == "elementwise" and assign is None and self.group_embed is not None:
+            assign = self.semantics().assign
+        return self.classifier(attended, assign)
 
-    def classify(self, maps: list[torch.Tensor], rows: torch.Tensor, attention: str | None = None) -> torch.Tensor:
+    def classify(
+        self, maps: list[torch.Tensor], rows: torch.Tensor, attention: str | None = None,
+        assign: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Projected maps (each B x D x H_s x W_s) and semantic rows ((C+K) x D, labels then groups) -> B x C
-        logits: attention at each depth (in the form named; None: chosen by device), concatenated, then the head.
+        logits: attention at each depth (in the form named; None: chosen by device), concatenated, then the head
+        (given the assignment C x K, or computing it when the head needs it).
 
         The one path from features to logits: forward, explanations, the folded model and export use it.
         """
         attended = [attend(m.flatten(2), rows, attention) for m in maps]  # each B x (C+K) x D
-        return self.head(torch.cat(attended, -1))  # B x (C+K) x SD
+        return self.head(torch.cat(attended, -1), assign)  # B x (C+K) x SD
 
     def forward(
         self, x: torch.Tensor, semantics: Semantics | None = None, attention: str | None = None
@@ -168,7 +179,7 @@ class MSRN(nn.Module):
         """x: B x 3 x H x W -> logits B x C, in every mode. Training passes the `semantics` it also takes the
         group loss from, so they are computed once; `attention` names the form (None: chosen by device)."""
         sem = self.semantics() if semantics is None else semantics
-        return self.classify(self.projected_maps(x), sem.rows(), attention)
+        return self.classify(self.projected_maps(x), sem.rows(), attention, sem.assign)
 
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
         """The reference's two groups: backbone and its conv_buffers at lr_backbone, the head at lr."""

@@ -1,7 +1,8 @@
 """The reference's checkpoint layout (keys `resnet_101.*`, `{'epoch','arch','state_dict','best_score'}`)
 mapped to this project's key names: the backbone is `backbone.*` here, the reference's
-`resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}`, and only the unused `conv_buffer0`, `W`, `B` and
-`ProjectMs` may be dropped. A load reads the file (msrn.checkpoint), maps it here, then builds the model.
+`resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}`, and only the unused `conv_buffer0` and `ProjectMs`
+and the classifier the model does not have (the MLP's `fc1`/`fc2` or the element-wise `W`/`B`) may be
+dropped. A load reads the file (msrn.checkpoint), maps it here, then builds the model.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from msrn.errors import MSRNError
 
 # reference keys that have no counterpart in the model and may be dropped (with a notice)
 REFERENCE_UNUSED = ("resnet_101.conv_buffer0.", "W", "B", "ProjectMs.")
+# a reference checkpoint holds both classifiers' weights: the element-wise head's W and B, the MLP's fc1 and fc2
+UNUSED_BY_ELEMENTWISE = ("resnet_101.conv_buffer0.", "fc1.", "fc2.", "ProjectMs.")
 
 
 def is_reference(ckpt: dict) -> bool:
@@ -20,12 +23,16 @@ def is_reference(ckpt: dict) -> bool:
     return isinstance(state, dict) and any(str(k).startswith("resnet_101.") for k in state)
 
 
-def map_reference_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename reference keys to this project's; return (mapped state, dropped unused keys)."""
+def map_reference_state(
+    state: dict[str, torch.Tensor], head: str = "mlp"
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename reference keys to this project's; return (mapped state, dropped unused keys). The head says
+    which classifier's weights are kept: mlp (fc1, fc2) or elementwise (W, B)."""
+    unused = UNUSED_BY_ELEMENTWISE if head == "elementwise" else REFERENCE_UNUSED
     out, dropped = {}, []
     for key, value in state.items():
         key = key.removeprefix("module.")
-        if key in REFERENCE_UNUSED or key.startswith(tuple(p for p in REFERENCE_UNUSED if p.endswith("."))):
+        if key in unused or key.startswith(tuple(p for p in unused if p.endswith("."))):
             dropped.append(key)
         elif key.startswith("resnet_101.conv_buffer"):
             out[key.removeprefix("resnet_101.")] = value

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from msrn.errors import MSRNError
+from msrn.models.heads import HEADS
 from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier, check_depths
 from msrn.models.timm_backbone import PREFIX
 
@@ -21,7 +22,7 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "msrn_tiny": dict(backbone="resnet_tiny", label_dims=(64, 64), semantic_dim=64, hidden_dim=256),
     "msrn_timm": dict(),  # the paper's head on a timm backbone: create_model(..., backbone=NAME)
 }
-# fc1 sees (C + K) x 3 x D inputs; above this many weights (4 GiB in fp32) building is refused
+# the mlp head's fc1 sees (C + K) x 3 x D inputs; above this many weights (4 GiB in fp32) building is refused
 MAX_FC1_WEIGHTS = 2**30
 # the same backbones without the MSRN head, for baselines: name -> (backbone, hidden width of an MLP head;
 # 0 = global pooling + linear). baseline_mlp_tiny's 1.00M head weights match msrn_tiny's head at 16 labels
@@ -96,12 +97,15 @@ def _build_model(
         cfg.depths = check_depths(cfg.depths)
     except ValueError as e:
         raise MSRNError(str(e)) from None
+    if cfg.head not in HEADS:
+        raise MSRNError(f"head must be one of {', '.join(HEADS)}, not {cfg.head!r}")
     rows = cfg.num_classes + (cfg.num_groups if cfg.group_semantics else 0)
     fc1 = rows * len(cfg.depths) * cfg.semantic_dim * cfg.hidden_dim
-    if fc1 > MAX_FC1_WEIGHTS:  # checked before allocating: 5000 labels would ask for tens of GB
+    if cfg.head == "mlp" and fc1 > MAX_FC1_WEIGHTS:  # checked before allocating: 5000 labels would ask for tens of GB
         raise MSRNError(
             f"{name} with {num_classes} labels and {groups} groups needs {fc1 / 1e9:.1f} billion weights in "
-            f"fc1 (limit {MAX_FC1_WEIGHTS / 1e9:.1f}); use fewer labels, a smaller --pool-ratio or msrn_tiny"
+            f"fc1 (limit {MAX_FC1_WEIGHTS / 1e9:.1f}); use --head elementwise (weights linear in the labels), "
+            "fewer labels, a smaller --pool-ratio or msrn_tiny"
         )
     return MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj), labels)
 
