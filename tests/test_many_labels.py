@@ -96,9 +96,10 @@ def test_five_thousand_label_model_trains_a_step_and_exports(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     y = torch.from_numpy((t[:2] == 1).astype(np.float32))
     model.train()
-    logits, gloss = model(x)
+    sem = model.semantics()
+    logits = model(x, semantics=sem)
     assert logits.shape == (2, c)
-    loss = torch.nn.functional.multilabel_soft_margin_loss(logits, y) + gloss
+    loss = torch.nn.functional.multilabel_soft_margin_loss(logits, y) + sem.group_loss
     loss.backward()
     assert model.W.grad.abs().sum() > 0 and model.label_embed.layers[0].W.grad.abs().sum() > 0
     before = model.W.detach().clone()

@@ -206,7 +206,7 @@ def test_model_semantics_match_reference():
     mask = model.adjacency > 0
     assert (mask & ~torch.eye(5, dtype=torch.bool)).any()  # the test graph has edges
     with torch.no_grad():
-        local, groups, gloss = model.semantics()
+        local, groups, _, gloss = model.semantics()
         ref_local, ref_groups, ref_assign = label_semantics(model.state_dict(), model.word_vectors, mask)
     assert local.shape == (5, 64) and groups.shape == (2, 64)
     assert torch.allclose(local, ref_local, atol=1e-5)
@@ -429,16 +429,16 @@ def test_label_graph_off_means_an_identity_adjacency():
                           word_vectors=np.random.default_rng(2).standard_normal((5, 300)))  # no edges at all
     lonely.load_state_dict({**on.state_dict(), "adjacency": lonely.adjacency})
     with torch.no_grad():
-        local_on, groups_on, _ = on.semantics()
-        local_off, groups_off, _ = off.semantics()
-        local_lonely, groups_lonely, _ = lonely.semantics()
+        local_on, groups_on, _, _ = on.semantics()
+        local_off, groups_off, _, _ = off.semantics()
+        local_lonely, groups_lonely, _, _ = lonely.semantics()
     assert torch.equal(local_off, local_lonely) and torch.equal(groups_off, groups_lonely)
     assert not torch.allclose(local_on, local_off)  # the edges did change the label vectors
 
 
 def test_no_group_semantics_drops_the_groups():
     model = _tiny_model(group_semantics=False)
-    local, groups, gloss = model.semantics()
+    local, groups, _, gloss = model.semantics()
     assert local.shape == (5, 64) and groups.shape == (0, 64) and float(gloss) == 0.0
     assert not any(k.startswith("group_embed") for k in model.state_dict())
 
