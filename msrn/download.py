@@ -17,7 +17,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MSRN_CACHE", Path.home() / ".cache" / "msrn"))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in blocks (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -34,7 +35,7 @@ def fetch(url: str, sha256: str | None = None) -> Path:
     m = re.search(r"-([0-9a-f]{8,64})\.", name)
     expected = (sha256 or (m.group(1) if m else "")).lower()
     if target.is_file():
-        if sha256 is None or _sha256(target).startswith(expected):
+        if sha256 is None or file_sha256(target).startswith(expected):
             return target
         target.unlink()  # a cached copy with the wrong hash is never used
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +43,7 @@ def fetch(url: str, sha256: str | None = None) -> Path:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             shutil.copyfileobj(resp, out)
-        digest = _sha256(Path(tmp))
+        digest = file_sha256(Path(tmp))
         if expected and not digest.startswith(expected):
             raise MSRNError(f"{url}: SHA-256 {digest[:16]}... does not match the expected {expected[:16]}...")
         os.replace(tmp, target)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from msrn.checkpoint import FORMAT, VERSION, read_checkpoint
+from msrn.download import file_sha256
 from msrn.errors import MSRNError
 from msrn.io import atomic_write_bytes, atomic_write_json
 
@@ -177,14 +178,6 @@ def read_config(folder: Path) -> dict:
         _require(all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thresholds),
                  path, "has a threshold outside [0, 1]")
     return config
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_weights(path: Path, sha256: str) -> dict[str, torch.Tensor]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from reference_fakes import write_reference_data
 
 # the reference implementation's published data files, kept beside the repository (never inside it);
@@ -26,3 +28,12 @@ def published_reference_data() -> Path:
         pytest.skip(f"the reference's published files are not at {PUBLISHED_REFERENCE_DATA} (they cannot ship "
                     "with msrn: the reference has no license); the same formats are tested on generated copies")
     return PUBLISHED_REFERENCE_DATA
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test: tiny training runs are faster so on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,6 @@ non-finite one still stops the run with its own step named before anything is wr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,7 @@ from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
 from msrn.data.loader import default_workers
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _argv(csv: Path, out: Path, *extra: str) -> list[str]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,7 @@ import msrn.engine.losses as losses_module
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Train on one thread: the tiny runs are faster so on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ PAPER = "2106.11596"
 TAGS = ("multi-label-classification", "msrn", "image-classification", f"arxiv:{PAPER}")
 LICENSE_PLACEHOLDER = "other"
 SHOWN_ROWS = 10  # rows kept at each end of a long per-label table
-SHOWN_LABELS = 200  # names listed in the card; config.json holds every label
+CARD_LABELS = 200  # names listed in the card; config.json holds every label
 # the training settings the recipe names first; the whole training config is in config.json
 RECIPE_KEYS = ("dataset", "model", "backbone", "pretrained", "init", "image_size", "epochs", "batch_size", "lr",
                "lr_backbone", "lr_steps", "lr_gamma", "weight_decay", "loss", "word_vectors", "cooccurrence", "tau",
@@ -117,8 +117,8 @@ def metrics_section(metrics: dict | None) -> list[str]:
 
 
 def labels_section(labels: list[str]) -> list[str]:
-    shown = ", ".join(f"`{name}`" for name in labels[:SHOWN_LABELS])
-    more = f", ... ({len(labels) - SHOWN_LABELS} more: `labels` in config.json)" if len(labels) > SHOWN_LABELS else ""
+    shown = ", ".join(f"`{name}`" for name in labels[:CARD_LABELS])
+    more = f", ... ({len(labels) - CARD_LABELS} more: `labels` in config.json)" if len(labels) > CARD_LABELS else ""
     return ["## Labels", "", f"{len(labels)} labels, in output order:", "", shown + more, ""]
 
 

@@ -22,10 +22,10 @@ from msrn.targets import UNKNOWN
 
 REPORT_FILES = ("labels_report.md", "label_graph.png", "label_cooccurrence.png")
 TOP_PARTNERS = 3  # strongest co-occurring labels listed per label in the report
-# above this many labels the report lists the most and least frequent SHOWN_LABELS each, the SHOWN_EDGES
+# above this many labels the report lists the most and least frequent REPORT_EXTREMES each, the SHOWN_EDGES
 # strongest edges, and draws histograms and the most frequent labels' heatmap instead of every label
 MAX_LISTED_LABELS = 100
-SHOWN_LABELS = 25
+REPORT_EXTREMES = 25
 SHOWN_EDGES = 200
 KNOWN_ONLY = ("partial labels: co-occurrence counted over known entries only, P(j|i) = images with i and j / "
               "images with i where j is known (not / all images with i)")
@@ -101,10 +101,10 @@ def report_text(ls: LabelSet) -> str:
     shown = list(range(c))
     if c > MAX_LISTED_LABELS:
         by_count = [int(i) for i in np.argsort(-co.nums, kind="stable")]
-        shown = by_count[:SHOWN_LABELS] + by_count[-SHOWN_LABELS:]
+        shown = by_count[:REPORT_EXTREMES] + by_count[-REPORT_EXTREMES:]
         lines += [f"## Images per label ({c} labels)", "", "| images | labels |", "|---|---|"]
         lines += [f"| {bucket} | {n} |" for bucket, n in _frequency_buckets(co.nums)]
-        lines += ["", f"The {SHOWN_LABELS} most and the {SHOWN_LABELS} least frequent labels:", ""]
+        lines += ["", f"The {REPORT_EXTREMES} most and the {REPORT_EXTREMES} least frequent labels:", ""]
     lines += [
         "## Labels",
         "",
@@ -328,8 +328,8 @@ def main(args: argparse.Namespace) -> int:
     listed = range(ls.num_classes)
     if ls.num_classes > MAX_LISTED_LABELS:  # the report has the frequency table; the terminal the extremes
         by_count = [int(i) for i in np.argsort(-ls.cooccurrence.nums, kind="stable")]
-        listed = by_count[:SHOWN_LABELS] + by_count[-SHOWN_LABELS:]
-        print(f"the {SHOWN_LABELS} most and least frequent of {ls.num_classes} labels:")
+        listed = by_count[:REPORT_EXTREMES] + by_count[-REPORT_EXTREMES:]
+        print(f"the {REPORT_EXTREMES} most and least frequent of {ls.num_classes} labels:")
     for i in listed:
         outs = ", ".join(outgoing.get(i, []))
         print(f"  {ls.labels[i]:<{width}}  {ls.cooccurrence.nums[i]:>8g} images" + (f"  -> {outs}" if outs else ""))
