@@ -17,6 +17,7 @@ single-seed result (the benchmark never writes into the package itself). --quick
     python benchmarks/ablation.py --out runs/ablation --record      # the full benchmark
     python benchmarks/ablation.py --quick --out /tmp/ablation       # the check (seconds)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,13 @@ def head_weights(model: str, switches: dict, num_classes: int = 16) -> int:
 
 def data_for(seed: int, out: Path, settings: dict) -> Path:
     """The seed's scenes data under out/data, generated on first use."""
-    return ensure_scenes(out / "data" / f"seed{seed}", seed=seed, num_train=settings["num_train"],
-                         num_test=settings["num_test"], image_size=settings["image_size"])
+    return ensure_scenes(
+        out / "data" / f"seed{seed}",
+        seed=seed,
+        num_train=settings["num_train"],
+        num_test=settings["num_test"],
+        image_size=settings["image_size"],
+    )
 
 
 def run_one(row: str, seed: int, out: Path, settings: dict, workers: int, threads: int | None = None) -> dict:
@@ -85,9 +91,17 @@ def run_one(row: str, seed: int, out: Path, settings: dict, workers: int, thread
     model, switches = ROWS[row]
     data = data_for(seed, out, settings)
     folder = out / "runs" / f"{row.replace(' ', '_').replace('+', '')}_seed{seed}"
-    overrides = dict(data=str(data), out=str(folder), model=model, seed=seed, workers=workers,
-                     image_size=settings["image_size"], epochs=settings["epochs"],
-                     batch_size=settings["batch_size"], **switches)
+    overrides = dict(
+        data=str(data),
+        out=str(folder),
+        model=model,
+        seed=seed,
+        workers=workers,
+        image_size=settings["image_size"],
+        epochs=settings["epochs"],
+        batch_size=settings["batch_size"],
+        **switches,
+    )
     if settings["epochs"] is not None:
         overrides["lr_steps"] = (max(1, settings["epochs"] * 3 // 4),)
     cfg = preset_config("scenes", **overrides)
@@ -97,9 +111,14 @@ def run_one(row: str, seed: int, out: Path, settings: dict, workers: int, thread
     train(cfg)
     seconds = time.time() - t0
     metrics = evaluate_run(folder, cfg, workers)
-    return {"row": row, "seed": seed, "model": model, "switches": {k: list(v) if isinstance(v, tuple) else v
-                                                                   for k, v in switches.items()},
-            "seconds": round(seconds, 1), **metrics}
+    return {
+        "row": row,
+        "seed": seed,
+        "model": model,
+        "switches": {k: list(v) if isinstance(v, tuple) else v for k, v in switches.items()},
+        "seconds": round(seconds, 1),
+        **metrics,
+    }
 
 
 def mean_std(values: list[float]) -> str:
@@ -112,24 +131,37 @@ def tables(records: list[dict], rows: list[str], seeds: list[int]) -> str:
     """The two markdown tables: overall with per-seed mAP and the gap to the baseline, then by split."""
     by = {(r["row"], r["seed"]): r for r in records}
     done = [row for row in rows if all((row, s) in by for s in seeds)]
-    head = ["| row | what | head weights | " + " | ".join(METRICS) + " | mAP per seed | mAP - baseline per seed | "
-            "s per run |", "|---|---|---|" + "---|" * (len(METRICS) + 3)]
+    head = [
+        "| row | what | head weights | " + " | ".join(METRICS) + " | mAP per seed | mAP - baseline per seed | "
+        "s per run |",
+        "|---|---|---|" + "---|" * (len(METRICS) + 3),
+    ]
     for row in done:
         runs = [by[row, s] for s in seeds]
         cells = [mean_std([r[m] for r in runs]) for m in METRICS]
         per_seed = " / ".join(f"{r['mAP']:.2f}" for r in runs)
-        gap = (" / ".join(f"{r['mAP'] - by['baseline', s]['mAP']:+.2f}" for r, s in zip(runs, seeds))
-               if "baseline" in done else "")
+        gap = (
+            " / ".join(f"{r['mAP'] - by['baseline', s]['mAP']:+.2f}" for r, s in zip(runs, seeds))
+            if "baseline" in done
+            else ""
+        )
         w = runs[0]["head_weights"]
-        head.append(f"| {row} | {ROW_NOTES[row]} | {f'{w / 1e6:.2f}M' if w >= 10_000 else f'{w:,}'} | "
-                    + " | ".join(cells)
-                    + f" | {per_seed} | {gap} | {np.mean([r['seconds'] for r in runs]):.0f} |")
-    split = ["| row | " + " | ".join(f"{m} {s}" for s in SPLITS for m in METRICS) + " |",
-             "|---|" + "---|" * (len(SPLITS) * len(METRICS))]
+        head.append(
+            f"| {row} | {ROW_NOTES[row]} | {f'{w / 1e6:.2f}M' if w >= 10_000 else f'{w:,}'} | "
+            + " | ".join(cells)
+            + f" | {per_seed} | {gap} | {np.mean([r['seconds'] for r in runs]):.0f} |"
+        )
+    split = [
+        "| row | " + " | ".join(f"{m} {s}" for s in SPLITS for m in METRICS) + " |",
+        "|---|" + "---|" * (len(SPLITS) * len(METRICS)),
+    ]
     for row in done:
         runs = [by[row, s] for s in seeds]
-        split.append(f"| {row} | " + " | ".join(mean_std([r["splits"][s][m] for r in runs]) for s in SPLITS
-                                                for m in METRICS) + " |")
+        split.append(
+            f"| {row} | "
+            + " | ".join(mean_std([r["splits"][s][m] for r in runs]) for s in SPLITS for m in METRICS)
+            + " |"
+        )
     return "\n".join(head) + "\n\n" + "\n".join(split) + "\n"
 
 
@@ -149,12 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", nargs="+", choices=list(ROWS), help="default: every row")
     p.add_argument("--epochs", type=int, help="override the scenes preset's epoch count")
     p.add_argument("--workers", type=int, default=1, help="data-loading processes per run")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs trained at once, each in its own process with one thread (loading in that process)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, each in its own process with one thread (loading in that process)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny data and one epoch: checks the script in seconds")
-    p.add_argument("--record", action="store_true",
-                   help=f"write the seed spread of msrn and baseline to --out/{SEED_SPREAD.name} (the file msrn "
-                        "demo quotes, once copied into msrn/)")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help=f"write the seed spread of msrn and baseline to --out/{SEED_SPREAD.name} (the file msrn "
+        "demo quotes, once copied into msrn/)",
+    )
     args = p.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
     if args.epochs is not None:
@@ -180,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         record.update(head_weights=weights[record["row"]], settings=settings)
         records.append(record)
         atomic_write_json(log_path, records)
-        print(f"{record['row']:<20} seed {record['seed']}: mAP {record['mAP']:.2f} CF1 {record['CF1']:.2f} "
-              f"OF1 {record['OF1']:.2f} ({record['seconds']:.0f} s training)", flush=True)
+        print(
+            f"{record['row']:<20} seed {record['seed']}: mAP {record['mAP']:.2f} CF1 {record['CF1']:.2f} "
+            f"OF1 {record['OF1']:.2f} ({record['seconds']:.0f} s training)",
+            flush=True,
+        )
 
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -197,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         command = "python benchmarks/ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
         atomic_write_json(out / SEED_SPREAD.name, seed_spread(records, seeds, settings, command))
-        print(f"seed spread recorded in {out / SEED_SPREAD.name}; copy it to msrn/{SEED_SPREAD.name} to ship it "
-              "with msrn demo")
+        print(
+            f"seed spread recorded in {out / SEED_SPREAD.name}; copy it to msrn/{SEED_SPREAD.name} to ship it "
+            "with msrn demo"
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ the best and the median over rounds.
 
     python benchmarks/bench_attention.py --batch 2 --chunks 65536 262144 1048576 4194304 --head-dims 1 8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,10 @@ def main(argv: list[str] | None = None) -> None:
             attention.CHUNK_ELEMENTS, attention.HEAD_DIM["cpu"] = chunk, head
             for grad in (False, True):
                 times.setdefault((name, grad), []).append(_step(fn, feats, sem, grad))
-    print(f"# batch {args.batch}, D {args.dim}, M {args.semantics}, N {args.positions}, threads {args.threads}, "
-          f"semantics' std {args.sem_scale}")
+    print(
+        f"# batch {args.batch}, D {args.dim}, M {args.semantics}, N {args.positions}, threads {args.threads}, "
+        f"semantics' std {args.sem_scale}"
+    )
     print("| attention | forward best s | forward median s | fwd+bwd best s | fwd+bwd median s |")
     print("|---|---|---|---|---|")
     for name, *_ in configs:

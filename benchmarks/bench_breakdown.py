@@ -15,6 +15,7 @@ modules (msrn.models.ops replaces their calls in inference), for comparison.
 
     python benchmarks/bench_breakdown.py --batch 4 --rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,17 @@ def main(argv: list[str] | None = None) -> None:
     def classifier_modules() -> None:
         model.fc2(torch.nn.functional.leaky_relu(model.fc1(torch.tanh(saved["a"]).flatten(1)), 0.01))
 
-    stages = [backbone, conv_buffer, project, semantics, attention, classifier,
-              conv_buffer_modules, project_modules, classifier_modules]
+    stages = [
+        backbone,
+        conv_buffer,
+        project,
+        semantics,
+        attention,
+        classifier,
+        conv_buffer_modules,
+        project_modules,
+        classifier_modules,
+    ]
     times: dict[str, list[float]] = {s.__name__: [] for s in stages}
     with torch.inference_mode():
         for rnd in range(args.rounds + 1):  # round 0 warms up
@@ -84,8 +94,10 @@ def main(argv: list[str] | None = None) -> None:
                 if rnd:
                     times[stage.__name__].append(time.perf_counter() - t0)
     base = min(times["backbone"])
-    print(f"# msrn_{args.arch}, {args.classes} labels, {args.groups} groups, {args.size}x{args.size}, "
-          f"batch {args.batch}, threads {args.threads}, {args.rounds} rounds, torch {torch.__version__}")
+    print(
+        f"# msrn_{args.arch}, {args.classes} labels, {args.groups} groups, {args.size}x{args.size}, "
+        f"batch {args.batch}, threads {args.threads}, {args.rounds} rounds, torch {torch.__version__}"
+    )
     print("| stage | best s | median s | x backbone (best) |")
     print("|---|---|---|---|")
     for name, ts in times.items():

@@ -9,6 +9,7 @@ TestTransform and build_loader, on a folder of generated JPEGs (COCO-like 640x48
     python benchmarks/bench_eval.py --quick
     python benchmarks/bench_eval.py --device cuda --amp bf16 --batch 16 --images 256
 """
+
 from __future__ import annotations
 
 import argparse

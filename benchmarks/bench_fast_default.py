@@ -12,6 +12,7 @@ and how far the literal path moves with the thread count or the input's memory l
     python benchmarks/bench_fast_default.py                      # msrn_resnet101, 448 px, batch 4
     python benchmarks/bench_fast_default.py --model msrn_tiny --image-size 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ def calibrated_model(name: str, x: torch.Tensor, labels: int, seed: int) -> nn.M
     return model.eval()
 
 
-def timed(probabilities: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, rounds: int
-          ) -> tuple[np.ndarray, float]:
+def timed(
+    probabilities: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, rounds: int
+) -> tuple[np.ndarray, float]:
     """Probabilities and the best of `rounds` times (after one warm-up call)."""
     probs = probabilities(x)
     best = float("inf")
@@ -93,23 +95,32 @@ def main() -> None:
     (pf, tf) = timed(lambda v: fast.run(v)[0], x, args.rounds)
     pe1, pf1 = exact.run(x[:1])[0], fast.run(x[:1])[0]
     print(f"{args.model} at {s} px, batch {b}, {args.labels} labels, {args.threads} threads")
-    print(f"  max |p - p_float64|: --exact {np.abs(pe - reference).max():.2e}, "
-          f"default {np.abs(pf - reference).max():.2e}")
+    print(
+        f"  max |p - p_float64|: --exact {np.abs(pe - reference).max():.2e}, default {np.abs(pf - reference).max():.2e}"
+    )
     print(f"  max |p_default - p_exact|: {np.abs(pf - pe).max():.2e}")
-    print(f"  batch 1 against the same image in a batch of {b}: --exact {np.abs(pe1 - pe[:1]).max():.2e}, "
-          f"default {np.abs(pf1 - pf[:1]).max():.2e}")
+    print(
+        f"  batch 1 against the same image in a batch of {b}: --exact {np.abs(pe1 - pe[:1]).max():.2e}, "
+        f"default {np.abs(pf1 - pf[:1]).max():.2e}"
+    )
     print(f"  time per batch: --exact {te:.2f} s, default {tf:.2f} s ({tf / te:.2f}x)")
-    for title, options in (("batch norm folded only", dict(channels_last=False)),
-                           ("channels-last only", dict(fold_bn=False))):
+    for title, options in (
+        ("batch norm folded only", dict(channels_last=False)),
+        ("channels-last only", dict(fold_bn=False)),
+    ):
         pp, tp = timed(part_of_default(model, **options), x, args.rounds)
-        print(f"  {title}: max |p - p_float64| {np.abs(pp - reference).max():.2e}, "
-              f"max |p - p_exact| {np.abs(pp - pe).max():.2e}, time {tp / te:.2f}x --exact")
+        print(
+            f"  {title}: max |p - p_float64| {np.abs(pp - reference).max():.2e}, "
+            f"max |p - p_exact| {np.abs(pp - pe).max():.2e}, time {tp / te:.2f}x --exact"
+        )
     torch.set_num_threads(1)
     pe_one = exact.run(x)[0]
     torch.set_num_threads(args.threads)
     pe_cl = exact.run(x.contiguous(memory_format=torch.channels_last))[0]
-    print(f"  --exact against itself: 1 thread vs {args.threads}: {np.abs(pe_one - pe).max():.2e}, "
-          f"the same input stored channels-last: {np.abs(pe_cl - pe).max():.2e}")
+    print(
+        f"  --exact against itself: 1 thread vs {args.threads}: {np.abs(pe_one - pe).max():.2e}, "
+        f"the same input stored channels-last: {np.abs(pe_cl - pe).max():.2e}"
+    )
 
 
 if __name__ == "__main__":

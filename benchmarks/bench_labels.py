@@ -20,6 +20,7 @@ the same batch (--target-batch), as a ratio.
 image), multilabel_metrics and per-label thresholds on 5,000 x 5,000 scores, and the label report with its
 drawings (ngram vectors), against METRICS_BOUND_S each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,14 +87,22 @@ def measure(row: str, c: int, model_name: str, image_size: int, batch: int, repe
             runs.append(time.perf_counter() - t0)
         times[name] = statistics.median(runs) / batch
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"row": row, "labels": c, "head_weights": head, "train_ms": 1e3 * times["train"],
-            "infer_ms": 1e3 * times["infer"], "peak_mb_per_image": max(0.0, peak - before) / batch}
+    return {
+        "row": row,
+        "labels": c,
+        "head_weights": head,
+        "train_ms": 1e3 * times["train"],
+        "infer_ms": 1e3 * times["infer"],
+        "peak_mb_per_image": max(0.0, peak - before) / batch,
+    }
 
 
 def run_isolated(row: str, c: int, model: str, image_size: int, batch: int, repeats: int) -> dict:
     """measure() in a fresh process, so its peak memory is its own."""
-    code = (f"import json, sys; sys.path.insert(0, 'benchmarks'); from bench_labels import measure; "
-            f"print(json.dumps(measure({row!r}, {c}, {model!r}, {image_size}, {batch}, {repeats})))")
+    code = (
+        f"import json, sys; sys.path.insert(0, 'benchmarks'); from bench_labels import measure; "
+        f"print(json.dumps(measure({row!r}, {c}, {model!r}, {image_size}, {batch}, {repeats})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -117,11 +126,16 @@ def sweep(args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict], base: dict[str, float]) -> str:
-    lines = ["| labels | row | weights outside the backbone | train ms/image | infer ms/image | "
-             "train x (backbone, 20) | peak MiB/image |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| labels | row | weights outside the backbone | train ms/image | infer ms/image | "
+        "train x (backbone, 20) | peak MiB/image |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['labels']} | {r['row']} | {r['head_weights'] / 1e6:.2f}M | {r['train_ms']:.1f} | "
-                     f"{r['infer_ms']:.1f} | {r['train_ms'] / base['train_ms']:.2f} | {r['peak_mb_per_image']:.1f} |")
+        lines.append(
+            f"| {r['labels']} | {r['row']} | {r['head_weights'] / 1e6:.2f}M | {r['train_ms']:.1f} | "
+            f"{r['infer_ms']:.1f} | {r['train_ms'] / base['train_ms']:.2f} | {r['peak_mb_per_image']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -129,13 +143,17 @@ def target(args: argparse.Namespace) -> None:
     d, hidden = 512, 2048
     mlp80 = classifier_weights("mlp", 80, 4, 3 * d, hidden)  # COCO: K = int(0.05 x 80) = 4
     ew1000 = classifier_weights("elementwise", 1000, 50, 3 * d, hidden)
-    print(f"classifier weights, ResNet-101: mlp at 80 labels {mlp80 / 1e6:.1f}M, elementwise at 1,000 labels "
-          f"{ew1000 / 1e6:.2f}M, ratio {ew1000 / mlp80:.4f}")
+    print(
+        f"classifier weights, ResNet-101: mlp at 80 labels {mlp80 / 1e6:.1f}M, elementwise at 1,000 labels "
+        f"{ew1000 / 1e6:.2f}M, ratio {ew1000 / mlp80:.4f}"
+    )
     mlp = run_isolated("mlp", 80, "msrn_resnet101", 448, args.target_batch, 1)
     ew = run_isolated("elementwise", 1000, "msrn_resnet101", 448, args.target_batch, 1)
     print(json.dumps({"mlp_80": mlp, "elementwise_1000": ew}))
-    print(f"training step per image at batch {args.target_batch}, 448 px: mlp 80 labels {mlp['train_ms'] / 1e3:.2f} s, "
-          f"elementwise 1,000 labels {ew['train_ms'] / 1e3:.2f} s, ratio {ew['train_ms'] / mlp['train_ms']:.2f}")
+    print(
+        f"training step per image at batch {args.target_batch}, 448 px: mlp 80 labels {mlp['train_ms'] / 1e3:.2f} s, "
+        f"elementwise 1,000 labels {ew['train_ms'] / 1e3:.2f} s, ratio {ew['train_ms'] / mlp['train_ms']:.2f}"
+    )
 
 
 def metrics_at_scale(c: int = 5000, images: int = 5000, train_images: int = 20_000) -> dict[str, float]:
@@ -170,8 +188,9 @@ def metrics_at_scale(c: int = 5000, images: int = 5000, train_images: int = 20_0
     out["per-label thresholds, 5,000 images"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         labels = [f"tag{i:04d}" for i in range(c)]
-        data = MultiLabelData("csv", "train", Path(tmp), [Path(tmp) / f"{i}.png" for i in range(train_images)],
-                              labels, train)
+        data = MultiLabelData(
+            "csv", "train", Path(tmp), [Path(tmp) / f"{i}.png" for i in range(train_images)], labels, train
+        )
         t0 = time.perf_counter()
         ls = build_label_set(data, "ngram")
         out["label set (ngram vectors, graph)"] = time.perf_counter() - t0

@@ -6,6 +6,7 @@ An epoch takes as long as the slower of the two: the loader feeds at most its ow
 
     python benchmarks/bench_loader.py --images 256 --workers 0 2 4 8 --model-rate 300
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def loader_rate(data: MultiLabelData, size: int, batch: int, workers: int) -> fl
     return n / (time.perf_counter() - t0)
 
 
-def measure(folder: Path, images: int, workers: list[int], size: int = 448, batch: int = 32,
-            width: int = 640, height: int = 480) -> dict[int, float]:
+def measure(
+    folder: Path, images: int, workers: list[int], size: int = 448, batch: int = 32, width: int = 640, height: int = 480
+) -> dict[int, float]:
     """{workers: images/s} on `images` generated JPEGs of width x height written into folder."""
     paths = make_jpegs(folder, images, width, height)
     labels = [str(i) for i in range(80)]
@@ -64,8 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rates = measure(Path(tmp), args.images, args.workers, args.size, args.batch)
-    print(f"# {args.images} JPEGs 640x480 -> train transform at {args.size}, batch {args.batch}, "
-          f"pin_memory {torch.cuda.is_available()}, torch {torch.__version__}")
+    print(
+        f"# {args.images} JPEGs 640x480 -> train transform at {args.size}, batch {args.batch}, "
+        f"pin_memory {torch.cuda.is_available()}, torch {torch.__version__}"
+    )
     print("| workers | loader alone img/s | COCO epoch (82,081 images) at the loader's rate |")
     print("|---|---|---|")
     for w, r in rates.items():
@@ -73,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.model_rate:
         best = max(rates.values())
         est = epoch_estimate(best, args.model_rate)
-        print(f"model {args.model_rate:.1f} img/s, loader {best:.1f} img/s: an epoch takes "
-              f"{est['seconds'] / 60:.1f} min, bound by the {est['bound_by']}")
+        print(
+            f"model {args.model_rate:.1f} img/s, loader {best:.1f} img/s: an epoch takes "
+            f"{est['seconds'] / 60:.1f} min, bound by the {est['bound_by']}"
+        )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ max_memory_allocated over the memory allocated after the build. Training also re
 autograd saves for backward (unique storages, counted on the first step): unlike RSS peaks it
 does not depend on the allocator, so its per-image slope is the steadier memory comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -156,11 +157,23 @@ def _child(args: argparse.Namespace) -> dict:
             cpu.append(time.process_time() - c0)
     peak = torch.cuda.max_memory_allocated() if cuda else _rss_kib("VmHWM") * 1024
     return dict(
-        variant=args.variant, mode=args.mode, batch=args.batch, times=times,
-        median=statistics.median(times), min=min(times), cpu=min(cpu), cpu_times=cpu,
-        peak_growth=peak - base, base=base, saved=sum(seen.values()),
-        tf32=(f"matmul TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
-              f"cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}") if cuda else "n/a (cpu)",
+        variant=args.variant,
+        mode=args.mode,
+        batch=args.batch,
+        times=times,
+        median=statistics.median(times),
+        min=min(times),
+        cpu=min(cpu),
+        cpu_times=cpu,
+        peak_growth=peak - base,
+        base=base,
+        saved=sum(seen.values()),
+        tf32=(
+            f"matmul TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
+            f"cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}"
+        )
+        if cuda
+        else "n/a (cpu)",
     )
 
 
@@ -239,10 +252,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (explicit opt-in)")
-    p.add_argument("--tf32", default="default", choices=("default", "on", "off"),
-                   help="CUDA: PyTorch's defaults (TF32 convolutions, float32 matmuls), or TF32 on/off for both")
-    p.add_argument("--channels-last", action="store_true", help="model and input in channels-last (as msrn train "
-                   "on CUDA)")
+    p.add_argument(
+        "--tf32",
+        default="default",
+        choices=("default", "on", "off"),
+        help="CUDA: PyTorch's defaults (TF32 convolutions, float32 matmuls), or TF32 on/off for both",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="model and input in channels-last (as msrn train on CUDA)"
+    )
     p.add_argument("--rounds", type=int, default=1, help="repeat every measurement (interleaved) and pool the times")
     p.add_argument("--json", type=Path, help="also write the raw results here")
     # child-process arguments

@@ -25,6 +25,7 @@ machine may be shared, so compare the ratios within one run rather than absolute
 DIR (e.g. `git worktree add /tmp/old <commit>`), warmed alike, driven in alternation (1 and 16
 clients, 640x480 and 1600x1200), each keeping its best of `--rounds`, with the ratio per run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,6 +88,7 @@ def blocky_png(width: int, height: int, mode: str = "RGBA") -> bytes:
 
 def flat_png_header(width: int, height: int) -> bytes:
     """A valid RGB PNG of width x height zeros, compressed row by row (a 100-megapixel file of ~0.3 MB)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -99,8 +101,10 @@ def flat_png_header(width: int, height: int) -> bytes:
 def multipart(data: bytes, name: str) -> tuple[bytes, str]:
     """A multipart/form-data body with the file as field `image`, and its Content-Type."""
     b = uuid.uuid4().hex
-    head = (f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     return head + data + f"\r\n--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
 
 
@@ -110,9 +114,23 @@ class ServerProcess:
     def __init__(self, checkpoint: Path, *options: str, root: Path = REPO) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "msrn", "serve", "--checkpoint", str(checkpoint), "--port", "0",
-             "--host", "127.0.0.1", *options],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "msrn",
+                "serve",
+                "--checkpoint",
+                str(checkpoint),
+                "--port",
+                "0",
+                "--host",
+                "127.0.0.1",
+                *options,
+            ],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
         line = self.proc.stderr.readline()
         found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -232,22 +250,31 @@ def drive(server: ServerProcess, bodies: list[tuple[bytes, str]], concurrency: i
     after = health(server.port)
     batches = max(1, after["batches"] - before["batches"])
     ok = [s for status, s in results if status == 200]
-    return {"images_per_s": len(ok) / wall, "p50": float(np.percentile(ok, 50)) if ok else float("nan"),
-            "p95": float(np.percentile(ok, 95)) if ok else float("nan"), "statuses": Counter(s for s, _ in results),
-            "answered": sum(status != 0 for status, _ in results), "sent": count,
-            "peak_over_warm_gb": sampler.top - server.warm,
-            "mean_batch": (after["images"] - before["images"]) / batches}
+    return {
+        "images_per_s": len(ok) / wall,
+        "p50": float(np.percentile(ok, 50)) if ok else float("nan"),
+        "p95": float(np.percentile(ok, 95)) if ok else float("nan"),
+        "statuses": Counter(s for s, _ in results),
+        "answered": sum(status != 0 for status, _ in results),
+        "sent": count,
+        "peak_over_warm_gb": sampler.top - server.warm,
+        "mean_batch": (after["images"] - before["images"]) / batches,
+    }
 
 
 def row(label: str, r: dict) -> str:
     """One markdown table row."""
     statuses = " ".join(f"{k}x{v}" for k, v in sorted(r["statuses"].items()))
-    return (f"| {label} | {r['images_per_s']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['mean_batch']:.1f} | "
-            f"{r['peak_over_warm_gb']:.2f} | {r['answered']}/{r['sent']} | {statuses} |")
+    return (
+        f"| {label} | {r['images_per_s']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['mean_batch']:.1f} | "
+        f"{r['peak_over_warm_gb']:.2f} | {r['answered']}/{r['sent']} | {statuses} |"
+    )
 
 
-HEADER = ("| run | images/s | p50 s | p95 s | mean batch | peak RSS over warm, GB | answered | statuses |\n"
-          "|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| run | images/s | p50 s | p95 s | mean batch | peak RSS over warm, GB | answered | statuses |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
 
 
 def compare(ckpt: Path, other: Path, photos: dict, rounds: int, per_client: int) -> None:
@@ -280,8 +307,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="fewer requests per run")
     p.add_argument("--part", choices=("all", "throughput", "hostile"), default="all", help="which runs")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the throughput runs (best kept)")
-    p.add_argument("--compare-with", type=Path, metavar="DIR",
-                   help="only compare this checkout's server with the one in DIR (another checkout)")
+    p.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="DIR",
+        help="only compare this checkout's server with the one in DIR (another checkout)",
+    )
     args = p.parse_args()
     per_client = 2 if args.quick else 4
     with tempfile.TemporaryDirectory() as tmp:
@@ -291,12 +322,16 @@ def main() -> None:
         torch.save(model_state(model, args.image_size), ckpt)
         del model
         sizes = {"640x480": (640, 480), "1600x1200": (1600, 1200), "4000x3000": (4000, 3000)}
-        photos = {name: [multipart(jpeg(photo(w, h, s)), f"{name}-{s}.jpg") for s in range(4)]
-                  for name, (w, h) in sizes.items()}
+        photos = {
+            name: [multipart(jpeg(photo(w, h, s)), f"{name}-{s}.jpg") for s in range(4)]
+            for name, (w, h) in sizes.items()
+        }
         big = jpeg(photo(6000, 4000, 9), quality=95)
         huge_png, rgba_png = flat_png_header(10_000, 10_000), blocky_png(7000, 6000)
-        print(f"bodies: 6000x4000 JPEG {len(big) / 1e6:.1f} MB, 100 MP PNG {len(huge_png) / 1e6:.2f} MB, "
-              f"42 MP RGBA PNG {len(rgba_png) / 1e6:.2f} MB")
+        print(
+            f"bodies: 6000x4000 JPEG {len(big) / 1e6:.1f} MB, 100 MP PNG {len(huge_png) / 1e6:.2f} MB, "
+            f"42 MP RGBA PNG {len(rgba_png) / 1e6:.2f} MB"
+        )
         print(f"{args.model}, {args.labels} labels, {args.image_size} px; torch threads {torch.get_num_threads()}")
         if args.compare_with is not None:
             compare(ckpt, args.compare_with.resolve(), photos, args.rounds, per_client)
@@ -319,16 +354,23 @@ def main() -> None:
                             best[label] = r
                 lines += [row(label, best[label]) for _, _, label in runs]
                 rate = {label: r["images_per_s"] for label, r in best.items()}
-                lines.append(f"| {name}: 16 clients / 1 client, batching | "
-                             f"{rate[runs[2][2]] / rate[runs[0][2]]:.2f}x | | | | | | |")
+                lines.append(
+                    f"| {name}: 16 clients / 1 client, batching | "
+                    f"{rate[runs[2][2]] / rate[runs[0][2]]:.2f}x | | | | | | |"
+                )
                 if not large:
-                    lines.append(f"| {name}: 16 clients, batching / one image at a time | "
-                                 f"{rate[runs[2][2]] / rate[runs[3][2]]:.2f}x | | | | | | |")
+                    lines.append(
+                        f"| {name}: 16 clients, batching / one image at a time | "
+                        f"{rate[runs[2][2]] / rate[runs[3][2]]:.2f}x | | | | | | |"
+                    )
             if args.part != "throughput":
                 r = drive(server, [multipart(big, "phone.jpg")], 16, 16)
                 lines.append(row("hostile: 16 x 6000x4000 JPEG at once", r))
-                mix = ([multipart(huge_png, "huge.png")] * 2 + [multipart(os.urandom(200_000), "garbage.jpg")] * 2
-                       + [multipart(rgba_png, "rgba.png"), multipart(big, "phone.jpg")])
+                mix = (
+                    [multipart(huge_png, "huge.png")] * 2
+                    + [multipart(os.urandom(200_000), "garbage.jpg")] * 2
+                    + [multipart(rgba_png, "rgba.png"), multipart(big, "phone.jpg")]
+                )
                 r = drive(server, mix, 16, 24)
                 lines.append(row("hostile: 100 MP PNG, garbage, 42 MP RGBA PNG, 6000x4000 JPEG", r))
                 r = drive(server, [multipart(big, "phone.jpg")], 16, 16)

@@ -7,6 +7,7 @@ is an NCCL all-reduce of 8 bytes; the step already waits for its loss value, so 
 
     python benchmarks/bench_stop_check.py            # about a minute on 2 cores
 """
+
 from __future__ import annotations
 
 import argparse

@@ -30,6 +30,7 @@ Steps, each timed and judged PASS or FAIL; every figure states whether TF32 was 
 It prints one summary at the end and, with --json, writes the figures there; the exit status is 1
 when a step fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,13 @@ PARITY_TOL = 1e-4  # max |difference| over max |logit|, as tests/test_checkpoint
 LR = 0.01  # from random weights the reference converges here; at 0.1 it diverges as msrn does
 # the targets of issue 23 (one H200, 448, batch 32, COCO configuration, PyTorch's default TF32 settings)
 REFERENCE_TRAIN_IMG_S = 173.0  # the reference code's fp32 training step, measured on the H200 (issue 23's table)
-TARGETS = {"train_vs_backbone": 0.85, "infer_vs_backbone": 0.9, "train_vs_reference": 2.0,
-           "train_peak_vs_backbone": 1.25, "bf16_train_vs_fp32": 1.2}
+TARGETS = {
+    "train_vs_backbone": 0.85,
+    "infer_vs_backbone": 0.9,
+    "train_vs_reference": 2.0,
+    "train_peak_vs_backbone": 1.25,
+    "bf16_train_vs_fp32": 1.2,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,20 +111,76 @@ class Sizes:
     loader_workers: tuple[int, ...]
 
 
-GPU = Sizes("cuda", "resnet101", 80, 4, 448, 2, "msrn_resnet101", 448, 8, 8, 256, 3, 32, 4,
-            "resnet101", 448, 32, 3, 10, ("none", "bf16"),
-            512, 84, (784, 196, 49), 32, 2, 384, 448, (4, 8, 15))
-DRY = Sizes("cpu", "resnet50", 5, 1, 64, 2, "msrn_resnet50", 64, 2, 3, 8, 1, 4, 0,
-            "resnet18", 64, 2, 1, 1, ("none",),
-            16, 7, (49, 16), 2, 2, 8, 64, (0, 1))
+GPU = Sizes(
+    "cuda",
+    "resnet101",
+    80,
+    4,
+    448,
+    2,
+    "msrn_resnet101",
+    448,
+    8,
+    8,
+    256,
+    3,
+    32,
+    4,
+    "resnet101",
+    448,
+    32,
+    3,
+    10,
+    ("none", "bf16"),
+    512,
+    84,
+    (784, 196, 49),
+    32,
+    2,
+    384,
+    448,
+    (4, 8, 15),
+)
+DRY = Sizes(
+    "cpu",
+    "resnet50",
+    5,
+    1,
+    64,
+    2,
+    "msrn_resnet50",
+    64,
+    2,
+    3,
+    8,
+    1,
+    4,
+    0,
+    "resnet18",
+    64,
+    2,
+    1,
+    1,
+    ("none",),
+    16,
+    7,
+    (49, 16),
+    2,
+    2,
+    8,
+    64,
+    (0, 1),
+)
 
 
 def tf32_state() -> str:
     """What TF32 does right now, for the figures' labels."""
     if not torch.cuda.is_available():
         return "n/a (cpu)"
-    return (f"matmul TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
-            f"cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}")
+    return (
+        f"matmul TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, "
+        f"cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'}"
+    )
 
 
 def label_graph(c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -159,12 +221,21 @@ def step_parity(s: Sizes) -> dict:
         on_device = model.to(device)(x.to(device)).cpu()
         ref_sd = {k: v.to(device) for k, v in sd.items()}
         reference = reference_forward(ref_sd, x.to(device), wv, counts, nums, dtype=torch.float64).cpu()
-    errors = {"device_vs_cpu": rel_err(on_device, cpu), "device_vs_reference": rel_err(on_device, reference),
-              "cpu_vs_reference": rel_err(cpu, reference)}
+    errors = {
+        "device_vs_cpu": rel_err(on_device, cpu),
+        "device_vs_reference": rel_err(on_device, reference),
+        "cpu_vs_reference": rel_err(cpu, reference),
+    }
     finite = bool(torch.isfinite(on_device).all() and torch.isfinite(cpu).all())
     sane = float(reference.abs().max()) > 0.1  # the random weights give logits that are not all ~0
-    return {"ok": finite and sane and max(errors.values()) <= PARITY_TOL, **errors, "tf32": tf32_state(),
-            "max_abs_logit": float(reference.abs().max()), "shape": list(x.shape), "classes": s.classes}
+    return {
+        "ok": finite and sane and max(errors.values()) <= PARITY_TOL,
+        **errors,
+        "tf32": tf32_state(),
+        "max_abs_logit": float(reference.abs().max()),
+        "shape": list(x.shape),
+        "classes": s.classes,
+    }
 
 
 def reference_model(s: Sizes, arch: str, size: int) -> tuple[torch.nn.Module, dict, np.ndarray, tuple]:
@@ -200,8 +271,12 @@ def _sgd_losses(
         scaler.step(opt)
         scaler.update()
     finite &= all(bool(torch.isfinite(p).all()) for p in model.parameters())
-    return {"losses": losses, "finite": finite, "falls": losses[-1] < losses[0],
-            "scale": float(scaler.get_scale()) if scaler.is_enabled() else None}
+    return {
+        "losses": losses,
+        "finite": finite,
+        "falls": losses[-1] < losses[0],
+        "scale": float(scaler.get_scale()) if scaler.is_enabled() else None,
+    }
 
 
 def loss_dtype(x: torch.Tensor) -> torch.dtype:
@@ -244,9 +319,16 @@ def step_train(s: Sizes) -> dict:
         r["worst_vs_float64"] = max(abs(a - b) / abs(b) for a, b in zip(compared, f64, strict=False))
         r["ok"] = r["finite"] and r["falls"] and r["first_vs_reference"] <= tol and r["worst_vs_float64"] <= tol
         out[name] = r
-    return {"ok": all(r["ok"] for k, r in out.items() if k != "float64") and out["float64"]["falls"],
-            **out, "reference_first_loss": reference_first,
-            "lr": LR, "tf32": tf32_state(), "model": f"msrn_{arch}", "batch": s.train_batch, "size": s.train_size}
+    return {
+        "ok": all(r["ok"] for k, r in out.items() if k != "float64") and out["float64"]["falls"],
+        **out,
+        "reference_first_loss": reference_first,
+        "lr": LR,
+        "tf32": tf32_state(),
+        "model": f"msrn_{arch}",
+        "batch": s.train_batch,
+        "size": s.train_size,
+    }
 
 
 def _time(fn, device: torch.device, iters: int) -> float:
@@ -289,6 +371,7 @@ def step_attention(s: Sizes) -> dict:
     feats = [torch.randn(s.attn_batch, d, n, generator=g).to(device) for n in s.attn_positions]
     timing: dict = {}
     for form, amp in (("fused", "none"), ("fused", "bf16"), ("chunked", "none"), ("naive", "none")):
+
         def fwd_bwd(form=form, amp=amp) -> None:
             xs = [f.clone().requires_grad_() for f in feats]
             q = sem.clone().requires_grad_()
@@ -306,7 +389,7 @@ def step_attention(s: Sizes) -> dict:
     out["timing"] = timing
     out["batch"], out["positions"], out["dim"], out["semantics"] = s.attn_batch, list(s.attn_positions), d, m
     fused, naive = timing["fused fp32"]["fwd_bwd_s"], timing["naive fp32"]["fwd_bwd_s"]
-    out["ok"] = worst["fp32"] <= 1e-4 and worst["bf16"] <= 2 ** -5 and (fused < naive or device.type == "cpu")
+    out["ok"] = worst["fp32"] <= 1e-4 and worst["bf16"] <= 2**-5 and (fused < naive or device.type == "cpu")
     return out
 
 
@@ -320,9 +403,29 @@ def step_evaluate(s: Sizes, work: Path) -> dict:
     data = ensure_synthetic(work / "synthetic", num_train=s.eval_images, num_test=s.eval_images)
     csv = str(data / "annotations.csv")
     common = ["--dataset", "csv", "--data", csv, "--device", s.device, "--workers", str(s.workers)]
-    train = _cli(["train", *common, "--out", str(work / "run"), "--model", "msrn_tiny", "--image-size", "64",
-                  "--batch-size", str(s.eval_batch), "--epochs", str(s.eval_epochs),
-                  "--pretrained", "none", "--val-fraction", "0", "--word-vectors", "ngram"], work)
+    train = _cli(
+        [
+            "train",
+            *common,
+            "--out",
+            str(work / "run"),
+            "--model",
+            "msrn_tiny",
+            "--image-size",
+            "64",
+            "--batch-size",
+            str(s.eval_batch),
+            "--epochs",
+            str(s.eval_epochs),
+            "--pretrained",
+            "none",
+            "--val-fraction",
+            "0",
+            "--word-vectors",
+            "ngram",
+        ],
+        work,
+    )
     if train.returncode != 0:
         return {"ok": False, "error": "msrn train failed: " + train.stderr[-2000:]}
     t0 = time.perf_counter()
@@ -336,9 +439,17 @@ def step_evaluate(s: Sizes, work: Path) -> dict:
     tuned = m.get("tuned_on_test_set", {})
     labelled = "TUNED ON THE TEST SET ITSELF" in ev.stdout and "not a fair number" in tuned.get("note", "")
     agree = m["mAP"] is not None and abs(m["mAP"] - trained["mAP"]) <= 0.01
-    return {"ok": labelled and agree, "mAP": m["mAP"], "mAP_in_training": trained["mAP"], "CF1": m["CF1"],
-            "OF1": m["OF1"], "tuned_threshold": tuned.get("threshold"), "tuned_CF1": tuned.get("CF1"),
-            "images": m["num_images"], "evaluate_seconds": seconds}
+    return {
+        "ok": labelled and agree,
+        "mAP": m["mAP"],
+        "mAP_in_training": trained["mAP"],
+        "CF1": m["CF1"],
+        "OF1": m["OF1"],
+        "tuned_threshold": tuned.get("threshold"),
+        "tuned_CF1": tuned.get("CF1"),
+        "images": m["num_images"],
+        "evaluate_seconds": seconds,
+    }
 
 
 def _bench_module():
@@ -354,10 +465,19 @@ def step_throughput(s: Sizes) -> dict:
     bench = _bench_module()
     out: dict = {}
     for amp in s.bench_amps:
-        args = argparse.Namespace(arch=s.bench_arch, classes=s.classes, groups=s.groups, size=s.bench_size,
-                                  threads=min(8, os.cpu_count() or 1) if s.device == "cuda" else 1,
-                                  warmup=s.bench_warmup, iters=s.bench_iters, device=s.device, amp=amp,
-                                  tf32="default", channels_last=s.device == "cuda")
+        args = argparse.Namespace(
+            arch=s.bench_arch,
+            classes=s.classes,
+            groups=s.groups,
+            size=s.bench_size,
+            threads=min(8, os.cpu_count() or 1) if s.device == "cuda" else 1,
+            warmup=s.bench_warmup,
+            iters=s.bench_iters,
+            device=s.device,
+            amp=amp,
+            tf32="default",
+            channels_last=s.device == "cuda",
+        )
         per_mode = {}
         for mode in ("infer", "train"):
             rates, peaks, tf32 = {}, {}, ""
@@ -366,16 +486,26 @@ def step_throughput(s: Sizes) -> dict:
                 rates[variant] = s.bench_batch / r["median"]
                 peaks[variant] = r["peak_growth"] / 1e9
                 tf32 = r.get("tf32", tf32)
-            per_mode[mode] = {"backbone_img_s": rates["backbone"], "msrn_img_s": rates["msrn"],
-                              "msrn_over_backbone": rates["msrn"] / rates["backbone"],
-                              "peak_growth_gb": peaks, "tf32": tf32}
+            per_mode[mode] = {
+                "backbone_img_s": rates["backbone"],
+                "msrn_img_s": rates["msrn"],
+                "msrn_over_backbone": rates["msrn"] / rates["backbone"],
+                "peak_growth_gb": peaks,
+                "tf32": tf32,
+            }
         out["fp32" if amp == "none" else amp] = per_mode
     rates = [v for m in out.values() for r in m.values() for k, v in r.items() if k.endswith("img_s")]
     finite = all(math.isfinite(v) and v > 0 for v in rates)
     targets = judge_targets(out) if s.device == "cuda" else {}
-    return {"ok": finite and all(t["ok"] for t in targets.values()), **out, "targets": targets,
-            "batch": s.bench_batch, "size": s.bench_size, "arch": s.bench_arch,
-            "channels_last": s.device == "cuda"}
+    return {
+        "ok": finite and all(t["ok"] for t in targets.values()),
+        **out,
+        "targets": targets,
+        "batch": s.bench_batch,
+        "size": s.bench_size,
+        "arch": s.bench_arch,
+        "channels_last": s.device == "cuda",
+    }
 
 
 def judge_targets(r: dict) -> dict:
@@ -387,14 +517,20 @@ def judge_targets(r: dict) -> dict:
         got[f"{amp} training vs backbone"] = (r[amp]["train"]["msrn_over_backbone"], TARGETS["train_vs_backbone"])
         got[f"{amp} inference vs backbone"] = (r[amp]["infer"]["msrn_over_backbone"], TARGETS["infer_vs_backbone"])
         got[f"{amp} training vs reference fp32 ({REFERENCE_TRAIN_IMG_S:.0f} img/s)"] = (
-            r[amp]["train"]["msrn_img_s"] / REFERENCE_TRAIN_IMG_S, TARGETS["train_vs_reference"])
+            r[amp]["train"]["msrn_img_s"] / REFERENCE_TRAIN_IMG_S,
+            TARGETS["train_vs_reference"],
+        )
         peaks = r[amp]["train"]["peak_growth_gb"]
         # at most 1.25x: judged as backbone / msrn >= 1 / 1.25, so every target reads "at least"
-        got[f"{amp} training peak memory, backbone / msrn"] = (peaks["backbone"] / peaks["msrn"],
-                                                               1 / TARGETS["train_peak_vs_backbone"])
+        got[f"{amp} training peak memory, backbone / msrn"] = (
+            peaks["backbone"] / peaks["msrn"],
+            1 / TARGETS["train_peak_vs_backbone"],
+        )
     if "fp32" in r and "bf16" in r:
-        got["bf16 training vs msrn fp32"] = (r["bf16"]["train"]["msrn_img_s"] / r["fp32"]["train"]["msrn_img_s"],
-                                             TARGETS["bf16_train_vs_fp32"])
+        got["bf16 training vs msrn fp32"] = (
+            r["bf16"]["train"]["msrn_img_s"] / r["fp32"]["train"]["msrn_img_s"],
+            TARGETS["bf16_train_vs_fp32"],
+        )
     return {k: {"value": v, "target": t, "ok": v >= t} for k, (v, t) in got.items()}
 
 
@@ -402,21 +538,59 @@ def step_distributed(s: Sizes, work: Path) -> dict:
     """torchrun --nproc_per_node=1 msrn train on the device: the DDP path (NCCL on CUDA, gloo on CPU)."""
     data = ensure_synthetic(work / "synthetic", num_train=s.eval_images, num_test=s.eval_images)
     out = work / "ddp"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_addr=127.0.0.1",
-           "--master_port=29533", "-m", "msrn", "train", "--dataset", "csv", "--data",
-           str(data / "annotations.csv"), "--device", s.device, "--workers", str(s.workers), "--out", str(out),
-           "--model", "msrn_tiny", "--image-size", "64", "--batch-size", str(s.eval_batch), "--epochs", "1",
-           "--pretrained", "none", "--val-fraction", "0", "--word-vectors", "ngram"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=1",
+        "--master_addr=127.0.0.1",
+        "--master_port=29533",
+        "-m",
+        "msrn",
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(data / "annotations.csv"),
+        "--device",
+        s.device,
+        "--workers",
+        str(s.workers),
+        "--out",
+        str(out),
+        "--model",
+        "msrn_tiny",
+        "--image-size",
+        "64",
+        "--batch-size",
+        str(s.eval_batch),
+        "--epochs",
+        "1",
+        "--pretrained",
+        "none",
+        "--val-fraction",
+        "0",
+        "--word-vectors",
+        "ngram",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env, timeout=300)
     backend = "nccl" if s.device == "cuda" else "gloo"
     log = (out / "log.txt").read_text() if (out / "log.txt").is_file() else ""
     ddp = f"DDP world size 1 ({backend})" in log
     metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
     ok = done.returncode == 0 and ddp and metrics.get("mAP") is not None
-    return {"ok": ok, "backend": backend, "ddp_in_log": ddp, "mAP": metrics.get("mAP"),
-            **({} if ok else {"error": f"exit {done.returncode}: " + (done.stderr or done.stdout)[-2000:]})}
+    return {
+        "ok": ok,
+        "backend": backend,
+        "ddp_in_log": ddp,
+        "mAP": metrics.get("mAP"),
+        **({} if ok else {"error": f"exit {done.returncode}: " + (done.stderr or done.stdout)[-2000:]}),
+    }
 
 
 def step_loader(s: Sizes, work: Path, model_img_s: float | None) -> dict:
@@ -428,8 +602,12 @@ def step_loader(s: Sizes, work: Path, model_img_s: float | None) -> dict:
     folder.mkdir(exist_ok=True)
     rates = mod.measure(folder, s.loader_images, list(s.loader_workers), s.loader_size, s.bench_batch)
     best = max(rates.values())
-    out = {"img_s": {str(w): r for w, r in rates.items()}, "images": s.loader_images, "size": s.loader_size,
-           "cpus": os.cpu_count()}
+    out = {
+        "img_s": {str(w): r for w, r in rates.items()},
+        "images": s.loader_images,
+        "size": s.loader_size,
+        "cpus": os.cpu_count(),
+    }
     if model_img_s:
         out["model_train_img_s"] = model_img_s
         out["coco_epoch"] = mod.epoch_estimate(best, model_img_s)
@@ -440,8 +618,19 @@ def step_loader(s: Sizes, work: Path, model_img_s: float | None) -> dict:
 def step_cuda_tests(s: Sizes, work: Path) -> dict:
     """pytest -m cuda over tests/; a module whose optional imports are missing does not stop the others."""
     xml = work / "cuda_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests"), "-m", "cuda", "-p", "no:cacheprovider",
-           "--continue-on-collection-errors", "-rfEs", f"--junitxml={xml}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(ROOT / "tests"),
+        "-m",
+        "cuda",
+        "-p",
+        "no:cacheprovider",
+        "--continue-on-collection-errors",
+        "-rfEs",
+        f"--junitxml={xml}",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     if xml.is_file():
@@ -451,9 +640,16 @@ def step_cuda_tests(s: Sizes, work: Path) -> dict:
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     ran = passed + counts["failures"]
     ok = counts["failures"] == 0 and (passed > 0 if s.device == "cuda" else counts["skipped"] > 0)
-    return {"ok": ok, "passed": passed, "failed": counts["failures"], "skipped": counts["skipped"],
-            "errors": counts["errors"], "ran": ran, "exit_code": done.returncode,
-            **({"output": done.stdout[-3000:]} if not ok or counts["errors"] else {})}
+    return {
+        "ok": ok,
+        "passed": passed,
+        "failed": counts["failures"],
+        "skipped": counts["skipped"],
+        "errors": counts["errors"],
+        "ran": ran,
+        "exit_code": done.returncode,
+        **({"output": done.stdout[-3000:]} if not ok or counts["errors"] else {}),
+    }
 
 
 def summary_line(name: str, r: dict) -> str:
@@ -469,30 +665,48 @@ def summary_line(name: str, r: dict) -> str:
         return head + ", ".join(f"{k} {r[k]:.1e}" for k in keys) + (f" ({r['tf32']})" if "tf32" in r else "")
     if name == "attention":
         w = r["fused_vs_float64"]
-        times = ", ".join(f"{k} {v['fwd_bwd_s'] * 1e3:.1f} ms" + (f" {v['peak_gb']:.2f} GB" if v["peak_gb"] else "")
-                          for k, v in r["timing"].items())
-        return head + (f"fused vs float64: fp32 {w['fp32']:.1e}, bf16 {w['bf16']:.1e}; fwd+bwd at batch "
-                       f"{r['batch']}: {times} ({r['tf32']})")
+        times = ", ".join(
+            f"{k} {v['fwd_bwd_s'] * 1e3:.1f} ms" + (f" {v['peak_gb']:.2f} GB" if v["peak_gb"] else "")
+            for k, v in r["timing"].items()
+        )
+        return head + (
+            f"fused vs float64: fp32 {w['fp32']:.1e}, bf16 {w['bf16']:.1e}; fwd+bwd at batch "
+            f"{r['batch']}: {times} ({r['tf32']})"
+        )
     if name == "train":
-        parts = [f"{p} {r[p]['losses'][0]:.4f} -> {r[p]['losses'][-1]:.4f} (vs float64 {r[p]['worst_vs_float64']:.1e}"
-                 f", before training vs reference {r[p]['first_vs_reference']:.1e})"
-                 + ("" if r[p]["finite"] else " NON-FINITE") for p in ("fp32", "bf16", "fp16")]
-        return head + (f"lr {r['lr']}, reference loss before training {r['reference_first_loss']:.4f}, float64 "
-                       f"{r['float64']['losses'][0]:.4f} -> {r['float64']['losses'][-1]:.4f}; " + "; ".join(parts)
-                       + f" ({r['tf32']})")
+        parts = [
+            f"{p} {r[p]['losses'][0]:.4f} -> {r[p]['losses'][-1]:.4f} (vs float64 {r[p]['worst_vs_float64']:.1e}"
+            f", before training vs reference {r[p]['first_vs_reference']:.1e})"
+            + ("" if r[p]["finite"] else " NON-FINITE")
+            for p in ("fp32", "bf16", "fp16")
+        ]
+        return head + (
+            f"lr {r['lr']}, reference loss before training {r['reference_first_loss']:.4f}, float64 "
+            f"{r['float64']['losses'][0]:.4f} -> {r['float64']['losses'][-1]:.4f}; "
+            + "; ".join(parts)
+            + f" ({r['tf32']})"
+        )
     if name == "evaluate":
-        return head + (f"mAP {r['mAP']:.2f} (training's {r['mAP_in_training']:.2f}), {r['images']} images "
-                       f"in {r['evaluate_seconds']:.1f} s")
+        return head + (
+            f"mAP {r['mAP']:.2f} (training's {r['mAP_in_training']:.2f}), {r['images']} images "
+            f"in {r['evaluate_seconds']:.1f} s"
+        )
     if name == "distributed":
         return head + f"torchrun --nproc_per_node=1, {r['backend']}, DDP in the log: {r['ddp_in_log']}, mAP {r['mAP']}"
     if name == "throughput":
-        parts = [f"{amp} {mode}: backbone {m['backbone_img_s']:.1f}, msrn {m['msrn_img_s']:.1f} img/s "
-                 f"({m['msrn_over_backbone']:.2f}x), peak {m['peak_growth_gb']['backbone']:.2f} / "
-                 f"{m['peak_growth_gb']['msrn']:.2f} GB ({m['tf32']})"
-                 for amp in ("fp32", "bf16") if amp in r for mode, m in r[amp].items()]
+        parts = [
+            f"{amp} {mode}: backbone {m['backbone_img_s']:.1f}, msrn {m['msrn_img_s']:.1f} img/s "
+            f"({m['msrn_over_backbone']:.2f}x), peak {m['peak_growth_gb']['backbone']:.2f} / "
+            f"{m['peak_growth_gb']['msrn']:.2f} GB ({m['tf32']})"
+            for amp in ("fp32", "bf16")
+            if amp in r
+            for mode, m in r[amp].items()
+        ]
         lines = [head + "; ".join(parts)]
-        lines += [f"  target {'PASS' if t['ok'] else 'FAIL'} {k}: {t['value']:.2f} (at least {t['target']:.2f})"
-                  for k, t in r["targets"].items()]
+        lines += [
+            f"  target {'PASS' if t['ok'] else 'FAIL'} {k}: {t['value']:.2f} (at least {t['target']:.2f})"
+            for k, t in r["targets"].items()
+        ]
         if not r["targets"]:
             lines.append("  targets not judged: the dry run's sizes say nothing about a GPU")
         return "\n".join(lines)
@@ -501,8 +715,10 @@ def summary_line(name: str, r: dict) -> str:
         text = head + f"loader alone img/s at {r['size']}: {rates} ({r['cpus']} cpus)"
         if "coco_epoch" in r:
             e = r["coco_epoch"]
-            text += (f"; model trains {r['model_train_img_s']:.0f} img/s: a COCO epoch ({e['images']} images) "
-                     f"{e['seconds'] / 60:.1f} min, bound by the {e['bound_by']}")
+            text += (
+                f"; model trains {r['model_train_img_s']:.0f} img/s: a COCO epoch ({e['images']} images) "
+                f"{e['seconds'] / 60:.1f} min, bound by the {e['bound_by']}"
+            )
         return text
     return head
 
@@ -512,18 +728,28 @@ def run(steps: list[str], sizes: Sizes, work: Path, json_path: Path | None = Non
     The figures so far are rewritten to json_path after every step, so a run cut short keeps them."""
     if sizes.device == "cuda":  # the in-process steps check accuracy: fp32 means fp32 (throughput's children
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # keep the defaults)
-    report: dict = {"device": torch.cuda.get_device_name(0) if sizes.device == "cuda" else "cpu (dry run)",
-                    "torch": torch.__version__, "dry_run": sizes.device == "cpu", "steps": {}}
+    report: dict = {
+        "device": torch.cuda.get_device_name(0) if sizes.device == "cuda" else "cpu (dry run)",
+        "torch": torch.__version__,
+        "dry_run": sizes.device == "cpu",
+        "steps": {},
+    }
 
     def model_rate() -> float | None:
         fig = report["steps"].get("throughput", {})
         amp = "bf16" if "bf16" in fig else "fp32"
         return fig[amp]["train"]["msrn_img_s"] if amp in fig else None
 
-    funcs = {"cuda_tests": lambda s: step_cuda_tests(s, work), "parity": step_parity, "attention": step_attention,
-             "train": step_train, "evaluate": lambda s: step_evaluate(s, work),
-             "distributed": lambda s: step_distributed(s, work), "throughput": step_throughput,
-             "loader": lambda s: step_loader(s, work, model_rate())}
+    funcs = {
+        "cuda_tests": lambda s: step_cuda_tests(s, work),
+        "parity": step_parity,
+        "attention": step_attention,
+        "train": step_train,
+        "evaluate": lambda s: step_evaluate(s, work),
+        "distributed": lambda s: step_distributed(s, work),
+        "throughput": step_throughput,
+        "loader": lambda s: step_loader(s, work, model_rate()),
+    }
     for name in steps:
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()

@@ -1,4 +1,5 @@
 """msrn: MSRN (Multi-layered Semantic Representation Network) for multi-label image classification."""
+
 from __future__ import annotations
 
 import importlib
@@ -9,8 +10,13 @@ __version__ = "0.1.0"
 __all__ = ["Predictor", "create_model", "list_models", "load", "load_checkpoint", "__version__"]
 
 # imported on first use, so that torch-free modules (msrn.images, msrn.inference.onnx_predict) import without torch
-_LAZY = {"Predictor": "msrn.inference.predictor", "load": "msrn.inference.predictor", "create_model": "msrn.models",
-         "list_models": "msrn.models", "load_checkpoint": "msrn.models"}
+_LAZY = {
+    "Predictor": "msrn.inference.predictor",
+    "load": "msrn.inference.predictor",
+    "create_model": "msrn.models",
+    "list_models": "msrn.models",
+    "load_checkpoint": "msrn.models",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,7 @@
 with `weights_only=True`, so a file cannot run code. What the keys mean (this project's layout or the
 reference's) is msrn.models' concern: models.reference_layout maps, models.loading builds.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -44,10 +45,12 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
         with open(path, "rb") as f:
             pickled = f.read(1) == b"\x80"  # the PROTO opcode that starts a protocol 2+ pickle
         if not pickled and "GLOBAL" not in str(e):  # bytes that are no pickle at all
-            raise MSRNError(f"{path} is not a readable {what} (truncated, corrupt or another format): "
-                            f"{reason}") from None
-        raise MSRNError(f"{path} is not a tensors-only {what} (it may carry code); refusing to load it "
-                        f"({reason})") from None
+            raise MSRNError(
+                f"{path} is not a readable {what} (truncated, corrupt or another format): {reason}"
+            ) from None
+        raise MSRNError(
+            f"{path} is not a tensors-only {what} (it may carry code); refusing to load it ({reason})"
+        ) from None
     except Exception as e:  # weights_only loading runs no foreign code; a damaged file fails in many ways
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MSRNError(f"{path} is not a readable {what} (truncated or corrupt?): {first}") from None

@@ -3,6 +3,7 @@
 Every subcommand lives in its own module and is imported only when used, so `msrn inspect`
 does not pay for matplotlib or onnx. User errors (`MSRNError`) become one line on stderr.
 """
+
 from __future__ import annotations
 
 import argparse

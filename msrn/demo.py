@@ -6,6 +6,7 @@ same backbone without the MSRN head as a baseline, and writes both run folders p
 the side-by-side table, mAP by object size and for the ambiguous labels, the seed spread of the
 last benchmark run (benchmarks/ablation.py) and a few test images with where MSRN looked.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,14 @@ def evaluate_run(folder: Path, cfg: TrainConfig, workers: int | None = None) -> 
     """A run's test metrics (metrics.json) plus its scenes splits, from best.pt."""
     m = json.loads((folder / "metrics.json").read_text())
     data = build_dataset("scenes", cfg.data, cfg.test_split or "test")
-    logits = predict_scores(load_checkpoint(folder / "best.pt").model, data, cfg.image_size, cfg.batch_size,
-                            cfg.workers if workers is None else workers, torch.device("cpu"))
+    logits = predict_scores(
+        load_checkpoint(folder / "best.pt").model,
+        data,
+        cfg.image_size,
+        cfg.batch_size,
+        cfg.workers if workers is None else workers,
+        torch.device("cpu"),
+    )
     keys = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "epoch")
     return {**{k: m[k] for k in keys}, "splits": scenes_metrics(logits, data)}
 
@@ -117,9 +124,16 @@ def train_run(name: str, cfg: TrainConfig, threads: int, tagged: bool = False) -
     return {"model": cfg.model, "seconds": seconds, **evaluate_run(Path(cfg.out), cfg)}
 
 
-def run_demo(out: Path, seed: int = 0, epochs: int | None = None, workers: int | None = None,
-             device: str = "auto", baseline: bool = True, data_size: tuple[int, int, int] | None = None,
-             jobs: int | None = None) -> dict:
+def run_demo(
+    out: Path,
+    seed: int = 0,
+    epochs: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    baseline: bool = True,
+    data_size: tuple[int, int, int] | None = None,
+    jobs: int | None = None,
+) -> dict:
     """Train MSRN (and the plain baseline) on the scenes benchmark; return {name: metrics summary}.
 
     data_size: (train images, test images, image side) instead of the benchmark's (tests use tiny ones).
@@ -128,9 +142,21 @@ def run_demo(out: Path, seed: int = 0, epochs: int | None = None, workers: int |
     out.mkdir(parents=True, exist_ok=True)
     size = dict(zip(("num_train", "num_test", "image_size"), data_size)) if data_size else {}
     data = ensure_scenes(out / "data", seed=seed, **size)
-    cfgs = {name: preset_config("scenes", data=str(data), out=str(out / name), model=model, seed=seed,
-                                epochs=epochs, workers=workers, device=device, image_size=size.get("image_size"))
-            for name, model in RUNS.items() if baseline or name != "baseline"}
+    cfgs = {
+        name: preset_config(
+            "scenes",
+            data=str(data),
+            out=str(out / name),
+            model=model,
+            seed=seed,
+            epochs=epochs,
+            workers=workers,
+            device=device,
+            image_size=size.get("image_size"),
+        )
+        for name, model in RUNS.items()
+        if baseline or name != "baseline"
+    }
     first = next(iter(cfgs.values()))
     jobs = jobs or concurrent_runs(len(cfgs), first.workers, device)
     if jobs > 1:
@@ -170,8 +196,10 @@ def pick_images(
 
 def score_panel(labels: list[str], truth: np.ndarray, msrn: np.ndarray, base: np.ndarray, height: int) -> Image.Image:
     """Bars of both models' probabilities for the true labels and each model's top guesses."""
-    shown = sorted(set(np.flatnonzero(truth)) | set(np.argsort(-msrn)[:4]) | set(np.argsort(-base)[:4]),
-                   key=lambda j: (not truth[j], -max(msrn[j], base[j])))
+    shown = sorted(
+        set(np.flatnonzero(truth)) | set(np.argsort(-msrn)[:4]) | set(np.argsort(-base)[:4]),
+        key=lambda j: (not truth[j], -max(msrn[j], base[j])),
+    )
     fig = Figure(figsize=(4.2, height / 100), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(shown))
@@ -233,17 +261,23 @@ def spread_text() -> str:
         runs, seeds = spread["runs"], spread["seeds"]
     except (OSError, ValueError, KeyError):
         return "No benchmark run is recorded (benchmarks/ablation.py --record writes one).\n"
-    lines = [f"Seed spread, from the last benchmark run ({spread['date']}, `{spread['command']}`: seeds "
-             f"{', '.join(map(str, seeds))}, each seeding the data and the training as `--seed` does here):", "",
-             "| run | " + " | ".join(f"{m} mean ± std" for m in ("mAP", "CF1", "OF1")) + " | mAP per seed |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Seed spread, from the last benchmark run ({spread['date']}, `{spread['command']}`: seeds "
+        f"{', '.join(map(str, seeds))}, each seeding the data and the training as `--seed` does here):",
+        "",
+        "| run | " + " | ".join(f"{m} mean ± std" for m in ("mAP", "CF1", "OF1")) + " | mAP per seed |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in runs.items():
         cells = [f"{np.mean(r[m]):.2f} ± {np.std(r[m], ddof=1):.2f}" for m in ("mAP", "CF1", "OF1")]
         lines.append(f"| {name} | " + " | ".join(cells) + " | " + " / ".join(f"{v:.2f}" for v in r["mAP"]) + " |")
     gaps = [a - b for a, b in zip(runs["msrn"]["mAP"], runs["baseline"]["mAP"])]
-    lines += ["", f"MSRN minus baseline, mAP per seed: {' / '.join(f'{g:+.2f}' for g in gaps)} "
-              f"(mean {np.mean(gaps):+.2f}). A difference in the table above smaller than the spread "
-              "across seeds says little. Full table: BENCHMARKS.md."]
+    lines += [
+        "",
+        f"MSRN minus baseline, mAP per seed: {' / '.join(f'{g:+.2f}' for g in gaps)} "
+        f"(mean {np.mean(gaps):+.2f}). A difference in the table above smaller than the spread "
+        "across seeds says little. Full table: BENCHMARKS.md.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -251,30 +285,43 @@ def write_summary(out: Path, summary: dict, explained: list[tuple[str, str, str]
     keys = ("mAP", "CF1", "OF1", "CF1_top3", "OF1_top3", "seconds")
     lines = ["| run | model | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     for name, s in summary.items():
-        lines.append(f"| {name} | {s['model']} | " + " | ".join(f"{s[k]:.2f}" if k != "seconds" else f"{s[k]:.0f}"
-                                                                for k in keys) + " |")
+        lines.append(
+            f"| {name} | {s['model']} | "
+            + " | ".join(f"{s[k]:.2f}" if k != "seconds" else f"{s[k]:.0f}" for k in keys)
+            + " |"
+        )
     splits = [*SIZE_BUCKETS, "ambiguous", "distinct"]
     by = ["| run | " + " | ".join(f"mAP {k}" for k in splits) + " |", "|---|" + "---|" * len(splits)]
     for name, s in summary.items():
         if "splits" in s:
             by.append(f"| {name} | " + " | ".join(f"{s['splits'][k]['mAP']:.2f}" for k in splits) + " |")
     sizes = ", ".join(f"{k} {lo}-{hi - 1} px" for k, (lo, hi) in SIZE_BUCKETS.items())
-    text = ("# msrn demo: the scenes benchmark, test split\n\n" + "\n".join(lines) + "\n\n"
-            "msrn: the small backbone with the MSRN head (label graph, groups, attention at three depths).\n"
-            "baseline: the same backbone with global pooling and a linear classifier.\n\n"
-            f"By object size (side of the object in a 128 px image: {sizes}) and for the labels that look "
-            "exactly like another one and are told apart only by their scene (ambiguous) against the rest "
-            "(distinct):\n\n" + "\n".join(by) + "\n\n" + spread_text())
+    text = (
+        "# msrn demo: the scenes benchmark, test split\n\n" + "\n".join(lines) + "\n\n"
+        "msrn: the small backbone with the MSRN head (label graph, groups, attention at three depths).\n"
+        "baseline: the same backbone with global pooling and a linear classifier.\n\n"
+        f"By object size (side of the object in a 128 px image: {sizes}) and for the labels that look "
+        "exactly like another one and are told apart only by their scene (ambiguous) against the rest "
+        "(distinct):\n\n" + "\n".join(by) + "\n\n" + spread_text()
+    )
     if explained:
         sim = summary["msrn"].get("label_similarity")
-        text += ("\n## Where MSRN looked\n\nEach picture: a test image, MSRN's three best labels with their "
-                 "attention at each depth (bright = looked there), and both models' probabilities.")
+        text += (
+            "\n## Where MSRN looked\n\nEach picture: a test image, MSRN's three best labels with their "
+            "attention at each depth (bright = looked there), and both models' probabilities."
+        )
         if sim is not None:
-            text += (f" MSRN's label semantic vectors have a mean pairwise cosine similarity of {sim:.3f} after "
-                     "training (1 would be one vector for all labels)" + (
-                         ": they are nearly alike, so the maps differ little between labels. The attention "
-                         "then works as a learned pooling of each feature channel at each depth, and the "
-                         "classifier on top tells the labels apart." if sim > 0.9 else "."))
+            text += (
+                f" MSRN's label semantic vectors have a mean pairwise cosine similarity of {sim:.3f} after "
+                "training (1 would be one vector for all labels)"
+                + (
+                    ": they are nearly alike, so the maps differ little between labels. The attention "
+                    "then works as a learned pooling of each feature channel at each depth, and the "
+                    "classifier on top tells the labels apart."
+                    if sim > 0.9
+                    else "."
+                )
+            )
         text += "\n\n"
         text += "".join(f"- [{path}]({path}) (in the image: {present}). {caption}\n"
                         for path, present, caption in explained)  # fmt: skip

@@ -2,6 +2,7 @@
 
 A plain `python -m msrn train` is world size 1 and touches none of this.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,8 +63,12 @@ def setup(device: str) -> torch.device:
         torch.backends.cudnn.allow_tf32 = False
     # under torchrun (which sets TORCHELASTIC_RUN_ID) also with one process: the path a run on N GPUs takes
     if (env_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ) and not is_distributed():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=restart_store(),
-                                rank=int(os.environ["RANK"]), world_size=env_world_size())
+        dist.init_process_group(
+            "nccl" if dev.type == "cuda" else "gloo",
+            store=restart_store(),
+            rank=int(os.environ["RANK"]),
+            world_size=env_world_size(),
+        )
     return dev
 
 

@@ -1,4 +1,5 @@
 """Files fetched once into msrn's cache (`~/.cache/msrn` or $MSRN_CACHE) and checked by SHA-256."""
+
 from __future__ import annotations
 
 import hashlib

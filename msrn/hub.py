@@ -8,6 +8,7 @@ and a pickle lying beside them is never opened. `hf://OWNER/NAME[@REVISION]` nam
 Hugging Face Hub, fetched by huggingface_hub (its cache, offline mode and token). `read_source` is the one
 reader behind every option that takes a checkpoint: a folder, a Hub id or a `.pt` file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,18 +74,22 @@ def download(source: str) -> Path:
     except ImportError:
         raise MSRNError(f"loading {source} needs huggingface_hub: pip install 'msrn[hub]'") from None
     try:
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=[CONFIG, WEIGHTS, CARD],
-                                          library_name="msrn"))
+        folder = Path(
+            snapshot_download(repo, revision=revision, allow_patterns=[CONFIG, WEIGHTS, CARD], library_name="msrn")
+        )
     except GatedRepoError:
         raise MSRNError(f"{source} is gated: accept its terms on the Hub and log in (hf auth login)") from None
     except RepositoryNotFoundError:
-        raise MSRNError(f"{source}: no such model on the Hub (or it is private: log in with hf auth login, "
-                        "or set HF_TOKEN)") from None
+        raise MSRNError(
+            f"{source}: no such model on the Hub (or it is private: log in with hf auth login, or set HF_TOKEN)"
+        ) from None
     except RevisionNotFoundError:
         raise MSRNError(f"{source}: the model has no revision {revision!r}") from None
     except LocalEntryNotFoundError:
-        raise MSRNError(f"{source} is not in the Hugging Face cache and the Hub cannot be reached (offline: "
-                        "HF_HUB_OFFLINE is set, or no network)") from None
+        raise MSRNError(
+            f"{source} is not in the Hugging Face cache and the Hub cannot be reached (offline: "
+            "HF_HUB_OFFLINE is set, or no network)"
+        ) from None
     except (HfHubHTTPError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MSRNError(f"cannot fetch {source}: {first}") from None
@@ -150,33 +155,58 @@ def read_config(folder: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise MSRNError(f"{path} is not a readable JSON file: {e}") from None
-    _require(isinstance(config, dict) and config.get("library_name") == "msrn", path,
-             "is not an msrn model config (library_name is not 'msrn')")
+    _require(
+        isinstance(config, dict) and config.get("library_name") == "msrn",
+        path,
+        "is not an msrn model config (library_name is not 'msrn')",
+    )
     version = config.get("format_version")
     _require(isinstance(version, int) and version >= 1, path, "has no valid format_version")
-    _require(version <= FOLDER_VERSION, path,
-             f"is format {version}, written by a newer msrn ({config.get('msrn_version')}); upgrade msrn")
+    _require(
+        version <= FOLDER_VERSION,
+        path,
+        f"is format {version}, written by a newer msrn ({config.get('msrn_version')}); upgrade msrn",
+    )
     arch, labels = config.get("architecture"), config.get("labels")
-    _require(isinstance(arch, dict) and arch.get("kind") in ("msrn", "baseline")
-             and (arch.get("kind") != "msrn" or isinstance(arch.get("config"), dict)), path,
-             "has no valid architecture (kind msrn with a config, or baseline)")
-    _require(isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels), path,
-             "has no valid labels (a list of non-empty names in output order)")
+    _require(
+        isinstance(arch, dict)
+        and arch.get("kind") in ("msrn", "baseline")
+        and (arch.get("kind") != "msrn" or isinstance(arch.get("config"), dict)),
+        path,
+        "has no valid architecture (kind msrn with a config, or baseline)",
+    )
+    _require(
+        isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels),
+        path,
+        "has no valid labels (a list of non-empty names in output order)",
+    )
     _require(len(set(labels)) == len(labels), path, "names a label twice")
     digest = config.get("weights_sha256")
-    _require(isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None, path,
-             "has no weights_sha256 (the SHA-256 of model.safetensors)")
+    _require(
+        isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) is not None,
+        path,
+        "has no weights_sha256 (the SHA-256 of model.safetensors)",
+    )
     size = config.get("image_size")
-    _require(isinstance(size, int) and not isinstance(size, bool) and size >= 32, path,
-             f"has image_size {size!r}; expected a whole number of pixels, 32 or more")
+    _require(
+        isinstance(size, int) and not isinstance(size, bool) and size >= 32,
+        path,
+        f"has image_size {size!r}; expected a whole number of pixels, 32 or more",
+    )
     _require(isinstance(config.get("exif_orientation", True), bool), path, "has a non-boolean exif_orientation")
     thresholds = config.get("thresholds")
     if thresholds is not None:
-        _require(isinstance(thresholds, list) and len(thresholds) == len(labels), path,
-                 f"has {len(thresholds) if isinstance(thresholds, list) else 'no list of'} thresholds for "
-                 f"{len(labels)} labels")
-        _require(all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thresholds),
-                 path, "has a threshold outside [0, 1]")
+        _require(
+            isinstance(thresholds, list) and len(thresholds) == len(labels),
+            path,
+            f"has {len(thresholds) if isinstance(thresholds, list) else 'no list of'} thresholds for "
+            f"{len(labels)} labels",
+        )
+        _require(
+            all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thresholds),
+            path,
+            "has a threshold outside [0, 1]",
+        )
     return config
 
 
@@ -184,15 +214,22 @@ def read_weights(path: Path, sha256: str) -> dict[str, torch.Tensor]:
     """model.safetensors' tensors, checked against config.json's SHA-256; a damaged or lying file (header,
     offsets, dtypes, values) is one line."""
     try:
-        _require(file_sha256(path) == sha256, path, "does not match the weights_sha256 of its config.json (altered "
-                 "or swapped after export)")
+        _require(
+            file_sha256(path) == sha256,
+            path,
+            "does not match the weights_sha256 of its config.json (altered or swapped after export)",
+        )
         tensors = load_file(path, device="cpu")
     except (SafetensorError, ValueError, RuntimeError, OSError) as e:  # the header and sizes are checked here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MSRNError(f"{path} is not a readable safetensors file (truncated, tampered or another format): "
-                        f"{first}") from None
-    odd = [f"{k} ({v.dtype})" for k, v in tensors.items()
-           if v.dtype not in _FLOATS and not (k.endswith("num_batches_tracked") and v.dtype == torch.int64)]
+        raise MSRNError(
+            f"{path} is not a readable safetensors file (truncated, tampered or another format): {first}"
+        ) from None
+    odd = [
+        f"{k} ({v.dtype})"
+        for k, v in tensors.items()
+        if v.dtype not in _FLOATS and not (k.endswith("num_batches_tracked") and v.dtype == torch.int64)
+    ]
     _require(not odd, path, f"holds tensors of a type no msrn model has: {', '.join(odd[:4])}")
     return tensors
 
@@ -210,8 +247,9 @@ def _check_fit(config: dict, tensors: dict[str, torch.Tensor], folder: Path) -> 
         declared = arch.get("num_classes", n)
         _require(declared == n, folder / CONFIG, f"declares {declared} classes but names {n} labels")
     missing = [k for k in expected if k not in tensors]
-    _require(not missing, folder / WEIGHTS, f"lacks {', '.join(missing)} (config.json describes a {arch['kind']} "
-             "model)")
+    _require(
+        not missing, folder / WEIGHTS, f"lacks {', '.join(missing)} (config.json describes a {arch['kind']} model)"
+    )
     for key, shape in expected.items():
         got = tuple(tensors[key].shape)
         fits = got == shape if shape is not None else (len(got) >= 1 and got[0] == n)
@@ -224,8 +262,14 @@ def read_folder(folder: str | os.PathLike) -> dict:
     if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLED and p.is_file())
         absent = " and ".join(n for n in (WEIGHTS, CONFIG) if not (folder / n).is_file())
-        hint = (f"; it holds {', '.join(pickled)}, which may be a checkpoint: pickle-based files are loaded only "
-                f"when named, e.g. --checkpoint {folder / pickled[0]}") if pickled else ""
+        hint = (
+            (
+                f"; it holds {', '.join(pickled)}, which may be a checkpoint: pickle-based files are loaded only "
+                f"when named, e.g. --checkpoint {folder / pickled[0]}"
+            )
+            if pickled
+            else ""
+        )
         raise MSRNError(f"{folder} is not an msrn model folder: no {absent}{hint}")
     config = read_config(folder)
     tensors = read_weights(folder / WEIGHTS, config["weights_sha256"])
@@ -234,10 +278,15 @@ def read_folder(folder: str | os.PathLike) -> dict:
     arch["labels"] = list(config["labels"])
     thresholds = config.get("thresholds")
     return {
-        "format": FORMAT, "version": VERSION, "model": arch, "state_dict": tensors,
-        "image_size": config["image_size"], "exif_orientation": config.get("exif_orientation", True),
+        "format": FORMAT,
+        "version": VERSION,
+        "model": arch,
+        "state_dict": tensors,
+        "image_size": config["image_size"],
+        "exif_orientation": config.get("exif_orientation", True),
         "thresholds": None if thresholds is None else torch.tensor(thresholds, dtype=torch.float32),
-        "config": config.get("training"), "normalization": config.get("normalization"),
+        "config": config.get("training"),
+        "normalization": config.get("normalization"),
     }
 
 

@@ -8,6 +8,7 @@ Three choices are made here, once for every caller:
 - a pixel-count limit is checked on the header, before anything is decoded, so a small file
   declaring a huge image is refused without allocating it.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,9 +23,7 @@ from msrn.errors import MSRNError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # an 8000 x 6000 phone photo passes; decoding it costs ~6 bytes per pixel
 # file suffixes read as images wherever a folder is listed (msrn predict's folders, the apparel reader)
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 TRANSPOSED = frozenset(range(2, 9))  # EXIF orientations other than 1 (upright) that exif_transpose undoes
 ImageSource = str | os.PathLike | bytes | BinaryIO
 

@@ -104,8 +104,12 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     scores, targets = _check_inputs(scores, targets)
     # one row per label, contiguous, so each label's sort reads consecutive memory
     blocks = _blocks(scores.shape[1], scores.shape[0])
-    return np.concatenate([_average_precision(np.ascontiguousarray(scores[:, b].T),
-                                              np.ascontiguousarray(targets[:, b].T)) for b in blocks])
+    return np.concatenate(
+        [
+            _average_precision(np.ascontiguousarray(scores[:, b].T), np.ascontiguousarray(targets[:, b].T))
+            for b in blocks
+        ]
+    )
 
 
 def _average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -249,7 +253,12 @@ def subset_metrics(
     ap = average_precision(scores, np.where(counted, targets, -1))
     has = keep.any(axis=0)
     out: dict[str, float | int | None] = {
-        "mAP": None, "CF1": None, "OF1": None, "positives": int(keep.sum()), "labels": int(has.sum())}
+        "mAP": None,
+        "CF1": None,
+        "OF1": None,
+        "positives": int(keep.sum()),
+        "labels": int(has.sum()),
+    }
     if has.any():
         predicted = (_probabilities(scores, scores_are_logits) >= threshold) & counted
         six = _six(predicted[:, has], keep[:, has])
@@ -262,9 +271,7 @@ def _default_grid() -> np.ndarray:
     return np.round(np.arange(1, 100) / 100.0, 2)
 
 
-def per_label_thresholds(
-    probs: np.ndarray, targets: np.ndarray, grid: Sequence[float] | None = None
-) -> np.ndarray:
+def per_label_thresholds(probs: np.ndarray, targets: np.ndarray, grid: Sequence[float] | None = None) -> np.ndarray:
     """Per-label threshold maximising that label's F1 on a validation split; 0.5 where it cannot be chosen."""
     probs, targets = _check_inputs(probs, targets)
     grid_arr = _default_grid() if grid is None else np.asarray(grid, dtype=np.float64)

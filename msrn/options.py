@@ -3,6 +3,7 @@ each runtime flag declared once here, for training and tagging alike, with the c
 
 Kept at the base, below msrn.engine and msrn.inference, so that either may import it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,35 +21,56 @@ RUNTIME_FLAGS: dict[str, dict[str, Any]] = {
     "device": dict(metavar="DEVICE", help="torch device: auto, cpu, cuda or cuda:N (default {default})"),
     "batch_size": dict(type=int, metavar="B", help="images per forward pass (default {default})"),
     "workers": dict(type=int, metavar="N", help="data-loading processes (default {default})"),
-    "amp": dict(choices=AMP_MODES, help="mixed precision on GPU: none (default, exact fp32), bf16 or fp16, an "
-                                        "explicit trade of accuracy for speed"),
-    "tta": dict(choices=TTA_MODES, help="test-time augmentation: none (default), or flip, the average of the logits "
-                                        "of each image and its mirror (to reproduce a run trained with --tta flip)"),
+    "amp": dict(
+        choices=AMP_MODES,
+        help="mixed precision on GPU: none (default, exact fp32), bf16 or fp16, an "
+        "explicit trade of accuracy for speed",
+    ),
+    "tta": dict(
+        choices=TTA_MODES,
+        help="test-time augmentation: none (default), or flip, the average of the logits "
+        "of each image and its mirror (to reproduce a run trained with --tta flip)",
+    ),
 }
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True, labels: bool = True) -> None:
     """--checkpoint, a reference checkpoint's companion files and --image-size; --labels names the outputs of a
     reference checkpoint where no --dataset does."""
-    parser.add_argument("--checkpoint", required=required, metavar="SOURCE",
-                        help="a project checkpoint (best.pt, last.pt), a reference MSRN checkpoint "
-                             "(*_checkpoint.pth.tar), a model folder (msrn export --format hub) or a Hub model "
-                             "hf://OWNER/NAME[@REVISION]")
-    parser.add_argument("--word-vectors", metavar="FILE",
-                        help="reference checkpoints: a word-vector pickle; default 'reference', the reference's own "
-                             "for the checkpoint's dataset (--dataset, else the one with its label count; fetched "
-                             "once, SHA-256 checked)")
-    parser.add_argument("--cooccurrence", metavar="FILE",
-                        help="reference checkpoints: a co-occurrence pickle {'adj','nums'}; default 'reference', as "
-                             "for --word-vectors")
+    parser.add_argument(
+        "--checkpoint",
+        required=required,
+        metavar="SOURCE",
+        help="a project checkpoint (best.pt, last.pt), a reference MSRN checkpoint "
+        "(*_checkpoint.pth.tar), a model folder (msrn export --format hub) or a Hub model "
+        "hf://OWNER/NAME[@REVISION]",
+    )
+    parser.add_argument(
+        "--word-vectors",
+        metavar="FILE",
+        help="reference checkpoints: a word-vector pickle; default 'reference', the reference's own "
+        "for the checkpoint's dataset (--dataset, else the one with its label count; fetched "
+        "once, SHA-256 checked)",
+    )
+    parser.add_argument(
+        "--cooccurrence",
+        metavar="FILE",
+        help="reference checkpoints: a co-occurrence pickle {'adj','nums'}; default 'reference', as for --word-vectors",
+    )
     if labels:
-        parser.add_argument("--labels", metavar="FILE",
-                            help="label names, one per line, in output order (reference checkpoints store none; "
-                                 "default: the names of the reference dataset with their count, in the reference's "
-                                 "order)")
-    parser.add_argument("--image-size", type=int, metavar="S",
-                        help=f"input side in pixels (default: the checkpoint's; {UNRECORDED_IMAGE_SIZE} for reference "
-                             "checkpoints)")
+        parser.add_argument(
+            "--labels",
+            metavar="FILE",
+            help="label names, one per line, in output order (reference checkpoints store none; "
+            "default: the names of the reference dataset with their count, in the reference's "
+            "order)",
+        )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        metavar="S",
+        help=f"input side in pixels (default: the checkpoint's; {UNRECORDED_IMAGE_SIZE} for reference checkpoints)",
+    )
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
@@ -65,8 +87,13 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> N
 class _Deprecated(argparse.Action):
     """A flag that changes nothing any more: accepted, with a warning that says so."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         warnings.warn(f"{option_string} is deprecated and does nothing: {self.help}", FutureWarning, stacklevel=2)
 
 
@@ -76,9 +103,17 @@ def add_fast_argument(parser: argparse.ArgumentParser) -> None:
     --fast, once the option for the folded model, warns that it is deprecated: the folded model is the default.
     """
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--exact", action="store_true",
-                       help="run the network as written (batch norm apart, default memory layout) instead of the "
-                            "default batch-norm-folded, channels-last copy: the same scores to float32 rounding, "
-                            "slower on CPU (see BENCHMARKS.md)")
-    group.add_argument("--fast", action=_Deprecated, nargs=0, dest=argparse.SUPPRESS,
-                       help="the folded model is the default; drop --fast from the command line")
+    group.add_argument(
+        "--exact",
+        action="store_true",
+        help="run the network as written (batch norm apart, default memory layout) instead of the "
+        "default batch-norm-folded, channels-last copy: the same scores to float32 rounding, "
+        "slower on CPU (see BENCHMARKS.md)",
+    )
+    group.add_argument(
+        "--fast",
+        action=_Deprecated,
+        nargs=0,
+        dest=argparse.SUPPRESS,
+        help="the folded model is the default; drop --fast from the command line",
+    )

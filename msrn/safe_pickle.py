@@ -4,6 +4,7 @@ A pickle can call any importable function while it loads. The reference ships it
 vectors and co-occurrence statistics as pickles, so we admit exactly the globals numpy needs
 to rebuild arrays and refuse everything else before it runs.
 """
+
 from __future__ import annotations
 
 import io

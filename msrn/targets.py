@@ -7,6 +7,7 @@
 - UNKNOWN (-2, the CSV `unknown` column): nobody knows; out of the training loss, out of the AP
   ranking, out of every thresholded count, and out of the co-occurrence denominators.
 """
+
 from __future__ import annotations
 
 POSITIVE = 1

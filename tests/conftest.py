@@ -25,8 +25,10 @@ def reference_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def published_reference_data() -> Path:
     """Path of ../shared/reference-data, the reference's real files; skips with the reason when absent."""
     if not (PUBLISHED_REFERENCE_DATA / "official-checkpoint-keys.json").is_file():
-        pytest.skip(f"the reference's published files are not at {PUBLISHED_REFERENCE_DATA} (they cannot ship "
-                    "with msrn: the reference has no license); the same formats are tested on generated copies")
+        pytest.skip(
+            f"the reference's published files are not at {PUBLISHED_REFERENCE_DATA} (they cannot ship "
+            "with msrn: the reference has no license); the same formats are tested on generated copies"
+        )
     return PUBLISHED_REFERENCE_DATA
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by the tests that need a small dataset on disk: CSV datasets of tiny PNG images."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -8,8 +9,11 @@ import numpy as np
 from PIL import Image
 
 LABELS = ("blue", "green", "red")  # make_csv's labels, each a colour filling its own region
-REGIONS = {"red": (slice(0, 16), slice(0, 32)), "green": (slice(16, 32), slice(0, 16)),
-           "blue": (slice(16, 32), slice(16, 32))}
+REGIONS = {
+    "red": (slice(0, 16), slice(0, 32)),
+    "green": (slice(16, 32), slice(0, 16)),
+    "blue": (slice(16, 32), slice(16, 32)),
+}
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
@@ -41,8 +45,9 @@ def make_csv(root: Path, n_train: int = 40, n_test: int = 13, seed: int = 0) -> 
     return write_csv(root, rows())
 
 
-def noise_csv(folder: Path, splits: dict[str, int], labels: Sequence[str] = "abcd", size: int = 64,
-              p: float = 0.4, seed: int = 0) -> Path:
+def noise_csv(
+    folder: Path, splits: dict[str, int], labels: Sequence[str] = "abcd", size: int = 64, p: float = 0.4, seed: int = 0
+) -> Path:
     """Random-noise images, `splits[name]` of each split in order; each image has each label with
     probability p, and at least one (for tests where what is learnt does not matter)."""
     rng = np.random.default_rng(seed)

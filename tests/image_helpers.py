@@ -1,4 +1,5 @@
 """Image files built inside the tests: decompression bombs and sideways phone photos."""
+
 from __future__ import annotations
 
 import io
@@ -10,6 +11,7 @@ from PIL import ExifTags, Image
 
 def bomb_png(width: int, height: int) -> bytes:
     """A real decompression bomb: a valid greyscale PNG of width x height zeros, a few kB on disk."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

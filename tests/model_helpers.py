@@ -1,4 +1,5 @@
 """Helpers shared by the model tests."""
+
 from __future__ import annotations
 
 import torch

@@ -88,8 +88,13 @@ def reference_group_loss(local: torch.Tensor, groups: torch.Tensor, assign: torc
 
 def _bn(x: torch.Tensor, sd: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
     return F.batch_norm(
-        x, sd[prefix + ".running_mean"], sd[prefix + ".running_var"], sd[prefix + ".weight"], sd[prefix + ".bias"],
-        training=False, eps=BN_EPS,
+        x,
+        sd[prefix + ".running_mean"],
+        sd[prefix + ".running_var"],
+        sd[prefix + ".weight"],
+        sd[prefix + ".bias"],
+        training=False,
+        eps=BN_EPS,
     )
 
 

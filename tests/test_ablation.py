@@ -1,4 +1,5 @@
 """benchmarks/ablation.py: every row trains and the table has the rows and columns it promises (--quick)."""
+
 from __future__ import annotations
 
 import importlib
@@ -27,7 +28,16 @@ def test_quick_run_writes_the_table(ablation, tmp_path: Path) -> None:
     overall, by_split = (out / "table.md").read_text().strip().split("\n\n")
     lines = overall.splitlines()
     assert [c.strip() for c in lines[0].strip("|").split("|")] == [
-        "row", "what", "head weights", "mAP", "CF1", "OF1", "mAP per seed", "mAP - baseline per seed", "s per run"]
+        "row",
+        "what",
+        "head weights",
+        "mAP",
+        "CF1",
+        "OF1",
+        "mAP per seed",
+        "mAP - baseline per seed",
+        "s per run",
+    ]
     assert [line.split("|")[1].strip() for line in lines[2:]] == list(ablation.ROWS)
     assert all(line.count(" ± ") == 3 for line in lines[2:])
     assert lines[2].split("|")[8].strip() == "+0.00 / +0.00"  # the baseline against itself
@@ -46,8 +56,9 @@ def test_parallel_runs_give_the_same_records(ablation, tmp_path: Path) -> None:
     args = ["--quick", "--seeds", "0", "--rows", "baseline", "msrn", "--workers", "0"]
     assert ablation.main([*args, "--out", str(tmp_path / "one")]) == 0
     assert ablation.main([*args, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
-    one, two = (sorted(json.loads((tmp_path / d / "runs.json").read_text()), key=lambda r: r["row"])
-                for d in ("one", "two"))
+    one, two = (
+        sorted(json.loads((tmp_path / d / "runs.json").read_text()), key=lambda r: r["row"]) for d in ("one", "two")
+    )
     for a, b in zip(one, two, strict=True):
         assert (a["row"], a["seed"]) == (b["row"], b["seed"])
         assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-4)  # one thread or two: the same run, to rounding

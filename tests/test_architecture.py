@@ -3,6 +3,7 @@
 A module may import from its own layer or a lower one, never a higher one, and the imports that
 run when a module loads form no circle. Read from the source (AST), so nothing is imported.
 """
+
 from __future__ import annotations
 
 import ast
@@ -14,8 +15,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "msrn"
 
 # the lowest layer first; a module's layer is that of its longest matching prefix
 LAYERS: list[tuple[str, ...]] = [
-    ("msrn.errors", "msrn.io", "msrn.images", "msrn.targets", "msrn.safe_pickle", "msrn.download",
-     "msrn.checkpoint", "msrn.hub", "msrn.metrics", "msrn.plots", "msrn.distributed", "msrn.options"),
+    (
+        "msrn.errors",
+        "msrn.io",
+        "msrn.images",
+        "msrn.targets",
+        "msrn.safe_pickle",
+        "msrn.download",
+        "msrn.checkpoint",
+        "msrn.hub",
+        "msrn.metrics",
+        "msrn.plots",
+        "msrn.distributed",
+        "msrn.options",
+    ),
     ("msrn.data",),
     ("msrn.labels",),
     ("msrn.models",),
@@ -34,8 +47,12 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def layer(module: str) -> int:
-    found = [(len(prefix), i) for i, group in enumerate(LAYERS) for prefix in group
-             if module == prefix or module.startswith(prefix + ".")]
+    found = [
+        (len(prefix), i)
+        for i, group in enumerate(LAYERS)
+        for prefix in group
+        if module == prefix or module.startswith(prefix + ".")
+    ]
     assert found, f"{module} is in no layer: add it to LAYERS"
     return max(found)[1]
 
@@ -89,16 +106,24 @@ def test_every_module_sits_in_a_layer() -> None:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_module_imports_from_a_higher_layer(module: str) -> None:
     own = layer(module)
-    upward = [f"line {line}: {target} ({NAMES[layer(target)]})" for line, target in imports(module, False)
-              if layer(target) > own]
+    upward = [
+        f"line {line}: {target} ({NAMES[layer(target)]})"
+        for line, target in imports(module, False)
+        if layer(target) > own
+    ]
     assert not upward, f"{module} ({NAMES[own]}) imports from a higher layer: {'; '.join(upward)}"
 
 
 def test_inference_does_not_import_the_engine() -> None:
     """Tagging needs no training code: msrn.inference sits above msrn.engine but imports nothing from it
     (the options both share live at the base, in msrn.options)."""
-    found = [f"{m} line {line}: {t}" for m in MODULES if m.startswith("msrn.inference")
-             for line, t in imports(m, False) if t == "msrn.engine" or t.startswith("msrn.engine.")]
+    found = [
+        f"{m} line {line}: {t}"
+        for m in MODULES
+        if m.startswith("msrn.inference")
+        for line, t in imports(m, False)
+        if t == "msrn.engine" or t.startswith("msrn.engine.")
+    ]
     assert not found, "inference imports the engine: " + "; ".join(found)
 
 
@@ -112,7 +137,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := walk(nxt)):
                 return cycle
         path.pop()

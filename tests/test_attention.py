@@ -1,4 +1,5 @@
 """The tiled and fused label attention equal the spec's formula (values and gradients) and stay small in memory."""
+
 from __future__ import annotations
 
 import pytest
@@ -141,8 +142,13 @@ def _float64_case(b: int, d: int, n: int, m: int, scale: float, seed: int):
 
 @settings(max_examples=40, deadline=None)
 @given(
-    b=st.integers(1, 3), d=st.integers(1, 9), n=st.integers(1, 40), m=st.integers(1, 12),
-    scale=st.sampled_from([0.1, 1.0, 8.0, 40.0]), head=st.sampled_from([1, 8]), seed=st.integers(0, 2**16),
+    b=st.integers(1, 3),
+    d=st.integers(1, 9),
+    n=st.integers(1, 40),
+    m=st.integers(1, 12),
+    scale=st.sampled_from([0.1, 1.0, 8.0, 40.0]),
+    head=st.sampled_from([1, 8]),
+    seed=st.integers(0, 2**16),
 )
 def test_fused_matches_naive_float64(b: int, d: int, n: int, m: int, scale: float, head: int, seed: int) -> None:
     # head 8 is the padding CUDA's kernels need, run here through the CPU kernel; scale 40: |F S| in the thousands
@@ -189,7 +195,7 @@ def test_fused_bf16_autocast_runs_in_bf16_within_its_rounding() -> None:
         # against the exact attention of the same bf16-rounded inputs: a few bf16 roundings (2^-8 each) of the
         # weights and the output; the products F*S of two bf16 numbers are exact in the float32 accumulator
         want = label_attention_naive(f.detach().bfloat16().double(), s.detach().bfloat16().double())
-        assert _rel(out, want) < 2 ** -6
+        assert _rel(out, want) < 2**-6
 
 
 def test_fused_fp32_stays_fp32_and_float64_stays_float64() -> None:
@@ -254,10 +260,11 @@ def test_cuda_default_form_is_fused_and_matches_float64(amp: str) -> None:
         assert out.dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
         got = (out, *torch.autograd.grad(out, (f, s), grad_out.to(out.dtype)))
         rounded = (lambda t: t.bfloat16()) if amp == "bf16" else (lambda t: t)
-        want = _values_and_grads(label_attention_naive, rounded(feats).double(), rounded(sem).double(),
-                                 grad_out.double())
+        want = _values_and_grads(
+            label_attention_naive, rounded(feats).double(), rounded(sem).double(), grad_out.double()
+        )
         for g, w in zip(got, want, strict=True):
-            assert torch.isfinite(g).all() and _rel(g.cpu(), w) < (2 ** -6 if amp == "bf16" else 1e-5)
+            assert torch.isfinite(g).all() and _rel(g.cpu(), w) < (2**-6 if amp == "bf16" else 1e-5)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 

@@ -1,4 +1,5 @@
 """benchmarks/bench_model.py's report: the ratios and per-image slopes it prints are the documented ones."""
+
 import importlib.util
 from pathlib import Path
 
@@ -18,8 +19,15 @@ def bench():
 def _r(variant, mode, batch, times, cpu, peak, saved=0):
     median = sorted(times)[len(times) // 2]
     return dict(
-        variant=variant, mode=mode, batch=batch, times=times, min=min(times), median=median,
-        cpu=cpu, peak_growth=peak, saved=saved,
+        variant=variant,
+        mode=mode,
+        batch=batch,
+        times=times,
+        min=min(times),
+        median=median,
+        cpu=cpu,
+        peak_growth=peak,
+        saved=saved,
     )
 
 

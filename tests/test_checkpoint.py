@@ -192,7 +192,9 @@ def test_reference_checkpoint_takes_the_reference_files(apparel_state: dict, ref
     want, got = explicit.state_dict(), fetched.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert sorted(p.name for p in (reference_mirror.parent / "cache").iterdir()) == [
-        "apparel_adj.pkl", "apparel_glove_word2vec.pkl"]
+        "apparel_adj.pkl",
+        "apparel_glove_word2vec.pkl",
+    ]
 
 
 def test_reference_checkpoint_refuses_another_datasets_labels(apparel_state: dict, reference_mirror):
@@ -218,14 +220,37 @@ def test_predict_and_evaluate_on_a_reference_checkpoint_need_only_the_checkpoint
     for i, folder in enumerate(["black_dress", "blue_pants", "red_shoes", "white_shorts"]):
         (data / folder).mkdir(parents=True)
         Image.new("RGB", (40, 30), (60 * i, 90, 200 - 40 * i)).save(data / folder / f"{i}.jpg")
-    argv = ["predict", "--checkpoint", str(ckpt), "--cooccurrence", "reference", str(data / "red_shoes"),
-            "--threshold", "0", "--image-size", "64"]
+    argv = [
+        "predict",
+        "--checkpoint",
+        str(ckpt),
+        "--cooccurrence",
+        "reference",
+        str(data / "red_shoes"),
+        "--threshold",
+        "0",
+        "--image-size",
+        "64",
+    ]
     assert cli_main(argv) == 0
     records = json.loads(capsys.readouterr().out)
     assert sorted(x["label"] for x in records[0]["labels"]) == sorted(APPAREL_LABELS)
     out = tmp_path / "metrics.json"
-    argv = ["evaluate", "--dataset", "apparel", "--data", str(data), "--checkpoint", str(ckpt),
-            "--image-size", "64", "--workers", "0", "--json", str(out)]
+    argv = [
+        "evaluate",
+        "--dataset",
+        "apparel",
+        "--data",
+        str(data),
+        "--checkpoint",
+        str(ckpt),
+        "--image-size",
+        "64",
+        "--workers",
+        "0",
+        "--json",
+        str(out),
+    ]
     assert cli_main(argv) == 0
     assert json.loads(out.read_text())["labels"] == list(APPAREL_LABELS)
 
@@ -257,8 +282,13 @@ def _tiny(num_classes: int = 5, seed: int = 0, **kw):
     counts = rng.integers(0, 6, (num_classes, num_classes))
     counts = np.triu(counts, 1) + np.triu(counts, 1).T
     nums = counts.sum(1) // 2 + 3
-    return create_model("msrn_tiny", labels=labels, word_vectors=rng.standard_normal((num_classes, 300)),
-                        cooccurrence=(counts, nums), **kw)
+    return create_model(
+        "msrn_tiny",
+        labels=labels,
+        word_vectors=rng.standard_normal((num_classes, 300)),
+        cooccurrence=(counts, nums),
+        **kw,
+    )
 
 
 def test_project_checkpoint_round_trip(tmp_path: Path):
@@ -550,7 +580,8 @@ def test_init_state_from_a_reference_layout(labels: int, key_spec: dict):
     afresh. The reference's unused W, B and conv_buffer0 are dropped (shapes only: meta tensors)."""
     spec = key_spec["voc"]
     given, arch, dropped = checkpoint_weights(
-        _wrap({k: torch.empty(v, device="meta") for k, v in spec["keys"].items()}), "voc.pth.tar")
+        _wrap({k: torch.empty(v, device="meta") for k, v in spec["keys"].items()}), "voc.pth.tar"
+    )
     assert arch == "resnet101" and sorted(dropped) == UNUSED
     with torch.device("meta"):
         model = create_model("msrn_resnet101", num_classes=labels, pool_ratio=spec["pool_ratio"])

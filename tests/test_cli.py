@@ -1,5 +1,6 @@
 """What the command line and the package import: only the chosen subcommand's module, and no drawing
 library for tagging (each checked in a fresh interpreter)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def loaded_by(code: str, *argv: str) -> set[str]:
     """The msrn, torch and matplotlib modules imported after running code in a new interpreter."""
     code += "\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith(('msrn', 'torch', 'matplotlib')))))"
-    done = subprocess.run([sys.executable, "-c", "import json, sys\n" + code, *argv], capture_output=True,
-                          text=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", "import json, sys\n" + code, *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     return set(json.loads(done.stdout.splitlines()[-1]))
 
 

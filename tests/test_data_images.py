@@ -1,4 +1,5 @@
 """Image decoding (modes, broken files), transforms numerics, ImageDataset and the loader."""
+
 from __future__ import annotations
 
 import random
@@ -284,5 +285,6 @@ def test_in_memory_refuses_broken_files_and_too_much(tmp_path: Path) -> None:
         in_memory(make_data(tmp_path, 4), limit=12 * 10 * 3 + 1)
     data = make_data(tmp_path, 3)
     with pytest.raises(MSRNError, match="2 decoded images for 3 files"):
-        MultiLabelData("csv", "train", tmp_path, data.images, data.labels, data.targets,
-                       pixels=[np.zeros((2, 2, 3), np.uint8)] * 2)
+        MultiLabelData(
+            "csv", "train", tmp_path, data.images, data.labels, data.targets, pixels=[np.zeros((2, 2, 3), np.uint8)] * 2
+        )

@@ -1,4 +1,5 @@
 """Readers on small trees in each real layout: counts, label order, difficult handling, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -191,7 +192,7 @@ def test_nuswide_images_subfolder(tmp_path: Path) -> None:
     [
         ("a.jpg,\"['sky', 'unicorn']\",train", r"nus_wid_data\.csv:3: label 'unicorn' is not one of the 81"),
         ("a.jpg,\"__import__('os')\",train", r":3: label field .* not a Python list literal"),
-        ("a.jpg,\"[1, 2]\",train", r":3: label field .* list of strings"),
+        ('a.jpg,"[1, 2]",train', r":3: label field .* list of strings"),
         ("a.jpg,['sky'],test", r":3: split_name 'test'"),
         ("a.jpg,['sky']", r":3: expected 3 columns"),
     ],
@@ -258,9 +259,9 @@ def test_apparel_bad_folder(tmp_path: Path) -> None:
 def test_csv_format(tmp_path: Path) -> None:
     text = (
         "image,labels,split\n"
-        'img/a.png,cat|dog,train\n'
+        "img/a.png,cat|dog,train\n"
         '"img/with, comma.png","dog",train\n'
-        'img/b.png,,train\n'
+        "img/b.png,,train\n"
         '"img/c ""quoted"".png",zebra| cat ,test\n'
         "\n"
         "img/d.png,bird,val\n"

@@ -1,4 +1,5 @@
 """The built-in data sets (synthetic, scenes): determinism, idempotent generation, structure; `msrn inspect`."""
+
 from __future__ import annotations
 
 import csv

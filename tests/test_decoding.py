@@ -1,4 +1,5 @@
 """Decoding a person's photos: EXIF orientation wherever a photo comes in, and bombs refused from the header."""
+
 from __future__ import annotations
 
 import json
@@ -40,10 +41,16 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> dict:
         stored.transpose(Image.Transpose.ROTATE_270).save(root / "upright.png")
     torch.manual_seed(0)
     torch.save(model_state(create_model("msrn_tiny", labels=LABELS), image_size=64), root / "model.pt")
-    torch.save(model_state(create_model("msrn_tiny", labels=LABELS), image_size=64, exif_orientation=False),
-               root / "raw.pt")
-    return {"root": root, "sideways": root / "sideways.jpg", "upright": root / "upright.png",
-            "ckpt": root / "model.pt", "raw": root / "raw.pt"}
+    torch.save(
+        model_state(create_model("msrn_tiny", labels=LABELS), image_size=64, exif_orientation=False), root / "raw.pt"
+    )
+    return {
+        "root": root,
+        "sideways": root / "sideways.jpg",
+        "upright": root / "upright.png",
+        "ckpt": root / "model.pt",
+        "raw": root / "raw.pt",
+    }
 
 
 def test_sideways_photo_decodes_upright(photos: dict) -> None:
@@ -107,8 +114,9 @@ def test_bomb_is_refused_from_its_header_without_a_large_allocation() -> None:
     bomb = bomb_png(6000, 6000)  # 36 megapixels: 36 MB grey, 144 MB as RGB once decoded
     assert len(bomb) < 100_000
     refused, pillow_bytes, python_peak = allocated_while(lambda: open_image(bomb, "bomb.png", max_pixels=10**7))
-    assert str(refused) == ("bomb.png: image is 6000x6000 (36.0 megapixels), more than the limit of "
-                            "10 megapixels (--max-megapixels)")
+    assert str(refused) == (
+        "bomb.png: image is 6000x6000 (36.0 megapixels), more than the limit of 10 megapixels (--max-megapixels)"
+    )
     assert pillow_bytes == 0 and python_peak < 2_000_000
     # without a limit of ours the same file does cost its pixels, so the measurement can tell
     decoded, pillow_bytes, _ = allocated_while(lambda: open_image(bomb).size)
@@ -118,14 +126,28 @@ def test_bomb_is_refused_from_its_header_without_a_large_allocation() -> None:
 def test_bomb_gets_one_line_in_predict(tmp_path, capsys: pytest.CaptureFixture, photos: dict) -> None:
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(bomb_png(6000, 6000))
-    assert cli(["predict", "--checkpoint", str(photos["ckpt"]), str(bomb), str(photos["upright"]),
-                "--max-megapixels", "10"]) == 1
+    assert (
+        cli(
+            [
+                "predict",
+                "--checkpoint",
+                str(photos["ckpt"]),
+                str(bomb),
+                str(photos["upright"]),
+                "--max-megapixels",
+                "10",
+            ]
+        )
+        == 1
+    )
     captured = capsys.readouterr()
     records = json.loads(captured.out)
     assert "more than the limit of 10 megapixels" in records[0]["error"] and records[1]["labels"] is not None
     lines = captured.err.strip().splitlines()
-    assert lines[0] == f"msrn predict: {bomb}: image is 6000x6000 (36.0 megapixels), more than the limit of " \
-                       "10 megapixels (--max-megapixels)"
+    assert (
+        lines[0] == f"msrn predict: {bomb}: image is 6000x6000 (36.0 megapixels), more than the limit of "
+        "10 megapixels (--max-megapixels)"
+    )
     assert len(lines) == 2 and lines[1] == "msrn predict: 1 of 2 images could not be read"
     with pytest.raises(MSRNError, match="more than the limit of 1 megapixels"):
         load(photos["ckpt"], max_pixels=1_000_000).probabilities(bomb)

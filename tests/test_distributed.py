@@ -4,6 +4,7 @@ Runs go through the real launcher (`python -m torch.distributed.run ... -m msrn 
 CSV dataset: 24 training images, 11 test images (odd, so a padded shard would count one twice),
 4 "step" images (one global batch) and msrn_tiny at 64 px.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,20 @@ pytestmark = pytest.mark.slow  # every test here launches torchrun
 
 LABELS = ("cat", "dog", "sky", "tree")
 SPLITS = {"train": 24, "test": 11, "step": 4}
-TINY = ["--image-size", "64", "--model", "msrn_tiny", "--pretrained", "none", "--workers", "0",
-        "--val-fraction", "0", "--save-every", "0"]
+TINY = [
+    "--image-size",
+    "64",
+    "--model",
+    "msrn_tiny",
+    "--pretrained",
+    "none",
+    "--workers",
+    "0",
+    "--val-fraction",
+    "0",
+    "--save-every",
+    "0",
+]
 
 
 def free_port() -> int:
@@ -53,8 +66,17 @@ def csv_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run --nproc_per_node=nproc -m msrn ARGS` on 127.0.0.1; fails on error."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "-m", "msrn", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "msrn",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -63,8 +85,20 @@ def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
 
 def single_process_config(data: Path, out: Path, **fields: object) -> TrainConfig:
     """The TINY options as a TrainConfig for an in-process (world size 1) run."""
-    base = dict(dataset="csv", data=str(data), out=str(out), model="msrn_tiny", pretrained=None, image_size=64,
-                workers=0, val_fraction=0.0, save_every=0, pool_ratio=0.2, epochs=1, batch_size=4)
+    base = dict(
+        dataset="csv",
+        data=str(data),
+        out=str(out),
+        model="msrn_tiny",
+        pretrained=None,
+        image_size=64,
+        workers=0,
+        val_fraction=0.0,
+        save_every=0,
+        pool_ratio=0.2,
+        epochs=1,
+        batch_size=4,
+    )
     return TrainConfig(**{**base, **fields})
 
 
@@ -79,8 +113,22 @@ def evaluate_single_process(checkpoint: Path, data: Path) -> dict:
 def test_ddp_run_metrics_equal_single_process_evaluation_of_its_checkpoint(csv_data: Path, tmp_path: Path) -> None:
     """2-process training writes once (rank 0) and reports the metrics a 1-process evaluation finds."""
     out = tmp_path / "run"
-    done = torchrun(["train", "--dataset", "csv", "--data", str(csv_data), "--out", str(out), "--epochs", "1",
-                     "--batch-size", "4", *TINY])
+    done = torchrun(
+        [
+            "train",
+            "--dataset",
+            "csv",
+            "--data",
+            str(csv_data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            *TINY,
+        ]
+    )
     assert done.stdout.count("done: best.pt") == 1
     assert done.stderr.count("epoch 1/1 |") == 1  # rank 1 logs warnings only
     assert (out / "log.txt").read_text().count("epoch 1/1 |") == 1
@@ -103,8 +151,9 @@ def test_single_process_checkpoint_resumes_under_torchrun(csv_data: Path, tmp_pa
     first = read_checkpoint(out / "last.pt")
     assert first["epoch"] == 1
 
-    done = torchrun(["train", "--dataset", "csv", "--data", str(csv_data), "--out", str(out), "--epochs", "2",
-                     "--resume", *TINY])
+    done = torchrun(
+        ["train", "--dataset", "csv", "--data", str(csv_data), "--out", str(out), "--epochs", "2", "--resume", *TINY]
+    )
     assert "resumed at epoch 2" in done.stderr
     last = read_checkpoint(out / "last.pt")
     assert last["epoch"] == 2 and len(last["history"]) == 2
@@ -131,8 +180,19 @@ def test_one_step_on_two_processes_equals_one_process_with_the_global_batch(csv_
     vs 1 x 2B), which PyTorch implements for GPUs only. The DDP run also exercises no_sync()
     on the first micro-batch of each step.
     """
-    args = ["--dataset", "csv", "--data", str(csv_data), "--train-split", "step", "--epochs", "1",
-            "--batch-size", "4", *TINY]
+    args = [
+        "--dataset",
+        "csv",
+        "--data",
+        str(csv_data),
+        "--train-split",
+        "step",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        *TINY,
+    ]
     torchrun(["train", *args, "--out", str(tmp_path / "ddp"), "--grad-accum", "2"])
     train(single_process_config(csv_data, tmp_path / "one", train_split="step", batch_size=4, grad_accum=4))
 
@@ -145,8 +205,10 @@ def test_one_step_on_two_processes_equals_one_process_with_the_global_batch(csv_
             torch.testing.assert_close(ddp["state_dict"][name], value, rtol=1e-4, atol=1e-6, msg=name)
     # after one SGD step the momentum buffer is the (clipped) gradient plus weight decay: compare it
     # too, and make sure it is large enough for the weight comparison above to mean something
-    bufs = [(one["optimizer"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
-            for k, v in ddp["optimizer"]["state"].items()]
+    bufs = [
+        (one["optimizer"]["state"][k]["momentum_buffer"], v["momentum_buffer"])
+        for k, v in ddp["optimizer"]["state"].items()
+    ]
     assert len(bufs) == len(one["optimizer"]["state"]) > 0
     for want, got in bufs:
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-6)
@@ -178,9 +240,13 @@ def _gather_worker(rank: int, world: int, port: int, data: str, out: str) -> Non
         duplicate = "not detected"
     except RuntimeError as e:
         duplicate = str(e)
-    np.savez(Path(out) / f"rank{rank}.npz", shard=distributed.shard(n), logits=logits,
-             ordered=distributed.gather_rows(distributed.shard(n), distributed.shard(n)[:, None], n),
-             duplicate=duplicate)
+    np.savez(
+        Path(out) / f"rank{rank}.npz",
+        shard=distributed.shard(n),
+        logits=logits,
+        ordered=distributed.gather_rows(distributed.shard(n), distributed.shard(n)[:, None], n),
+        duplicate=duplicate,
+    )
     distributed.teardown()
 
 

@@ -1,5 +1,6 @@
 """Under torchrun (gloo, 2 CPU processes): a signal to one rank stops every rank at the same step with one
 last.pt; an elastic restart after a SIGKILLed worker resumes; both end with an uninterrupted run's weights."""
+
 from __future__ import annotations
 
 import os
@@ -22,9 +23,34 @@ TIMEOUT = 240
 
 def train_args(csv: Path, out: Path, *extra: str) -> list[str]:
     """Three epochs of three steps (24 images, global batch 8), last.pt every 2 steps."""
-    return ["-m", "msrn", "train", "--dataset", "csv", "--data", str(csv), "--model", "msrn_tiny", "--pretrained",
-            "none", "--image-size", "64", "--batch-size", "8", "--epochs", "3", "--save-every", "2", "--workers",
-            "0", "--val-fraction", "0", "--out", str(out), *extra]
+    return [
+        "-m",
+        "msrn",
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(csv),
+        "--model",
+        "msrn_tiny",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "3",
+        "--save-every",
+        "2",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def torchrun(*flags: str) -> list[str]:
@@ -68,8 +94,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The data and the last.pt of an uninterrupted 2-process run."""
     root = tmp_path_factory.mktemp("elastic")
     csv = noise_csv(root, {"train": 24, "test": 6}, size=32)
-    done = subprocess.run(torchrun() + train_args(csv, root / "A"), env=ENV, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    done = subprocess.run(
+        torchrun() + train_args(csv, root / "A"), env=ENV, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return csv, root / "A" / "last.pt"
 
@@ -77,8 +104,13 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_restart_attempts_meet_under_their_own_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """A key set in attempt 0 of a torchrun-shared store is invisible to attempt 1 (stale gloo addresses)."""
     server = torch.distributed.TCPStore("127.0.0.1", 0, 1, is_master=True)
-    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(server.port), "RANK": "1",
-                        "WORLD_SIZE": "2", "TORCHELASTIC_USE_AGENT_STORE": "True"}.items():
+    for name, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(server.port),
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     distributed.restart_store().set("rank_1_address", "dead worker")
@@ -91,8 +123,9 @@ def test_restart_attempts_meet_under_their_own_keys(monkeypatch: pytest.MonkeyPa
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_rank_stops_all_at_one_step_and_resumes_exactly(reference: tuple[Path, Path],
-                                                                         tmp_path: Path) -> None:
+def test_sigterm_to_one_rank_stops_all_at_one_step_and_resumes_exactly(
+    reference: tuple[Path, Path], tmp_path: Path
+) -> None:
     csv, whole = reference
     out = tmp_path / "B"
     agent = start_and_wait(torchrun() + train_args(csv, out), lambda: training_started(out))
@@ -109,15 +142,17 @@ def test_sigterm_to_one_rank_stops_all_at_one_step_and_resumes_exactly(reference
     assert len(stopped) == 1  # rank 0 logs (and writes) once
     saved = read_checkpoint(out / "last.pt")
     assert f"global step {saved['global_step']}" in stopped[0] and saved["global_step"] < 9
-    done = subprocess.run(torchrun() + train_args(csv, out, "--resume"), env=ENV, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    done = subprocess.run(
+        torchrun() + train_args(csv, out, "--resume"), env=ENV, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert_same_weights(out / "last.pt", whole)
 
 
 @pytest.mark.slow
-def test_elastic_restart_after_a_sigkilled_worker_ends_like_an_uninterrupted_run(reference: tuple[Path, Path],
-                                                                                  tmp_path: Path) -> None:
+def test_elastic_restart_after_a_sigkilled_worker_ends_like_an_uninterrupted_run(
+    reference: tuple[Path, Path], tmp_path: Path
+) -> None:
     """torchrun --max_restarts=1 ... --resume: one worker SIGKILLed after the first last.pt; the agent restarts
     the group, which resumes from last.pt and ends with the uninterrupted run's weights."""
     csv, whole = reference

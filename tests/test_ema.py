@@ -1,4 +1,5 @@
 """The moving average of the weights: its arithmetic, its BatchNorm buffers, and what a run does with it."""
+
 from __future__ import annotations
 
 import json

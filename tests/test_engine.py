@@ -1,4 +1,5 @@
 """The training engine, evaluation and demo on tiny data (CPU, seconds)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,14 +17,51 @@ from msrn.engine.config import PRESETS, TrainConfig, preset_config
 from msrn.errors import MSRNError
 from msrn.models.loading import load_checkpoint
 
-METRIC_KEYS = ("mAP", "CP", "CR", "CF1", "OP", "OR", "OF1", "CP_top3", "CR_top3", "CF1_top3", "OP_top3",
-               "OR_top3", "OF1_top3", "ap_per_label")
+METRIC_KEYS = (
+    "mAP",
+    "CP",
+    "CR",
+    "CF1",
+    "OP",
+    "OR",
+    "OF1",
+    "CP_top3",
+    "CR_top3",
+    "CF1_top3",
+    "OP_top3",
+    "OR_top3",
+    "OF1_top3",
+    "ap_per_label",
+)
 
 
 def train_args(csv: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--dataset", "csv", "--data", str(csv), "--out", str(out), "--model", "msrn_tiny",
-            "--image-size", "64", "--batch-size", "8", "--epochs", "2", "--workers", "0", "--lr-steps", "1",
-            "--pretrained", "none", "--val-fraction", "0", *extra]
+    return [
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(csv),
+        "--out",
+        str(out),
+        "--model",
+        "msrn_tiny",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--lr-steps",
+        "1",
+        "--pretrained",
+        "none",
+        "--val-fraction",
+        "0",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +95,25 @@ def test_evaluate_reproduces_the_run_metrics(
 
     csv, out = run
     report = tmp_path / "eval.json"
-    assert cli(["evaluate", "--dataset", "csv", "--data", str(csv), "--checkpoint", str(out / "best.pt"),
-                "--json", str(report), "--workers", "0", "--exact"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--dataset",
+                "csv",
+                "--data",
+                str(csv),
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--json",
+                str(report),
+                "--workers",
+                "0",
+                "--exact",
+            ]
+        )
+        == 0
+    )
     ours, run_m = json.loads(report.read_text()), json.loads((out / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert ours[key] == pytest.approx(run_m[key], abs=1e-9), key
@@ -69,14 +124,31 @@ def test_evaluate_reproduces_the_run_metrics(
     assert tuned["split"] == "test" and "not a fair number" in tuned["note"]
     test = build_dataset("csv", str(csv), "test")
     loaded = load_checkpoint(out / "best.pt")
-    want = reference_tuned_metrics(predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu")),
-                                   test.targets)
+    want = reference_tuned_metrics(
+        predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu")), test.targets
+    )
     for key, value in want.items():
         assert tuned[key] == (value if value is None else pytest.approx(value, abs=1e-9)), key
     assert "tuned_on_test_set" not in run_m
     fast = tmp_path / "fast.json"
-    assert cli(["evaluate", "--dataset", "csv", "--data", str(csv), "--checkpoint", str(out / "best.pt"),
-                "--json", str(fast), "--workers", "0"]) == 0  # the default: the folded model
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--dataset",
+                "csv",
+                "--data",
+                str(csv),
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--json",
+                str(fast),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )  # the default: the folded model
     assert json.loads(fast.read_text())["mAP"] == pytest.approx(ours["mAP"], abs=1e-6)
 
 
@@ -116,7 +188,12 @@ def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
 def test_presets_carry_the_paper_recipe() -> None:
     coco = preset_config("coco2014", data="x")
     assert (coco.model, coco.image_size, coco.batch_size, coco.lr, coco.lr_backbone) == (
-        "msrn_resnet101", 448, 16, 0.1, 0.01)
+        "msrn_resnet101",
+        448,
+        16,
+        0.1,
+        0.01,
+    )
     assert coco.pool_ratio == 0.05 and preset_config("voc2007", data="x").pool_ratio == 0.2
     assert preset_config("voc2007", data="x", epochs=3, lr=None).epochs == 3
     with pytest.raises(MSRNError, match="unknown dataset"):
@@ -130,15 +207,36 @@ def test_ablation_switches_and_crop_scales_on_the_command_line(tmp_path: Path) -
 
     csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
     out = tmp_path / "run"
-    assert cli(train_args(csv, out, "--epochs", "1", "--depths", "3", "2", "--no-group-semantics",
-                          "--no-label-graph", "--crop-scales", "1", "0.85")) == 0
+    assert (
+        cli(
+            train_args(
+                csv,
+                out,
+                "--epochs",
+                "1",
+                "--depths",
+                "3",
+                "2",
+                "--no-group-semantics",
+                "--no-label-graph",
+                "--crop-scales",
+                "1",
+                "0.85",
+            )
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["depths"], cfg["group_semantics"], cfg["label_graph"]) == ([2, 3], False, False)
     assert cfg["crop_scales"] == [1.0, 0.85]
     model = load_checkpoint(out / "best.pt").model
     assert model.cfg.depths == (2, 3) and not model.cfg.group_semantics and not model.cfg.label_graph
-    assert TrainConfig.from_dict(cfg).model_switches() == {"depths": (2, 3), "group_semantics": False,
-                                                           "label_graph": False, "head": "mlp"}
+    assert TrainConfig.from_dict(cfg).model_switches() == {
+        "depths": (2, 3),
+        "group_semantics": False,
+        "label_graph": False,
+        "head": "mlp",
+    }
     assert preset_config("scenes").model_switches() == {}  # the paper's model by default
     with pytest.raises(MSRNError, match="baseline_tiny has none"):
         preset_config("scenes", model="baseline_tiny", label_graph=False)
@@ -237,9 +335,18 @@ def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, P
 
     csv, out = run
     source = read_checkpoint(out / "best.pt")["state_dict"]
-    cfg = preset_config("csv", data=str(relabelled_csv(csv, tmp_path / "data")), out=str(tmp_path / "ft"),
-                        model="msrn_tiny", image_size=64, batch_size=8, epochs=1, workers=0, val_fraction=0.0,
-                        init=str(out / "best.pt"))
+    cfg = preset_config(
+        "csv",
+        data=str(relabelled_csv(csv, tmp_path / "data")),
+        out=str(tmp_path / "ft"),
+        model="msrn_tiny",
+        image_size=64,
+        batch_size=8,
+        epochs=1,
+        workers=0,
+        val_fraction=0.0,
+        init=str(out / "best.pt"),
+    )
     assert cfg.pretrained is None  # --init brings the backbone: nothing else is loaded
     trainer = Trainer(cfg)
     assert trainer.labelset.labels == [*sorted(LABELS), "yellow"]
@@ -261,8 +368,9 @@ def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, P
     assert train(dataclasses.replace(cfg, init=None, resume="auto", epochs=2)).epoch == 2
 
 
-def test_init_refuses_resume_and_unknown_keys(run: tuple[Path, Path], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_init_refuses_resume_and_unknown_keys(
+    run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from msrn.checkpoint import read_checkpoint
 
     csv, out = run
@@ -308,9 +416,15 @@ def test_demo_trains_msrn_and_baseline(tmp_path: Path, monkeypatch: pytest.Monke
     assert "| msrn |" in text and "| baseline |" in text and "mAP small" in text and "No benchmark run" in text
     assert all(f"]({path})" in text and caption in text for path, _, caption in explained)
     assert json.loads((tmp_path / "summary.json").read_text())["msrn"]["mAP"] == summary["msrn"]["mAP"]
-    spread = {"command": "python benchmarks/ablation.py", "date": "2026-12-01", "seeds": [0, 1, 2],
-              "runs": {"msrn": {"mAP": [90.0, 91.0, 92.0], "CF1": [80.0] * 3, "OF1": [81.0] * 3},
-                       "baseline": {"mAP": [88.0, 88.5, 89.0], "CF1": [70.0] * 3, "OF1": [71.0] * 3}}}
+    spread = {
+        "command": "python benchmarks/ablation.py",
+        "date": "2026-12-01",
+        "seeds": [0, 1, 2],
+        "runs": {
+            "msrn": {"mAP": [90.0, 91.0, 92.0], "CF1": [80.0] * 3, "OF1": [81.0] * 3},
+            "baseline": {"mAP": [88.0, 88.5, 89.0], "CF1": [70.0] * 3, "OF1": [71.0] * 3},
+        },
+    }
     (tmp_path / "spread.json").write_text(json.dumps(spread))
     monkeypatch.setattr(demo, "SEED_SPREAD", tmp_path / "spread.json")
     text = demo.write_summary(tmp_path, summary, explained)

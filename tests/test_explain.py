@@ -1,4 +1,5 @@
 """Per-label, per-depth attention maps: their definition, shapes, the pictures and `--explain`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,7 +71,7 @@ def test_per_image_labels_and_one_pass_forward(model: torch.nn.Module) -> None:
     torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(idx, model(x).topk(2, dim=1).indices)
     for b in range(3):
-        single = attention_maps(model, x[b:b + 1], idx[b].tolist())
+        single = attention_maps(model, x[b : b + 1], idx[b].tolist())
         for m, s in zip(maps, single, strict=True):
             torch.testing.assert_close(m[b], s[0])
     labels_differ = attention_maps(model, x[:1], [0, 5])[0]
@@ -97,8 +98,9 @@ def test_overlay_keeps_aspect_and_marks_the_peak() -> None:
     assert flat.std(axis=(0, 1)).max() < 1  # one position: uniformly lit, no artefacts
 
 
-def test_explain_cli_writes_one_figure_per_image(model: torch.nn.Module, tmp_path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_explain_cli_writes_one_figure_per_image(
+    model: torch.nn.Module, tmp_path, capsys: pytest.CaptureFixture
+) -> None:
     ckpt = tmp_path / "m.pt"
     torch.save(model_state(model, image_size=64), ckpt)
     rng = np.random.default_rng(0)
@@ -106,8 +108,19 @@ def test_explain_cli_writes_one_figure_per_image(model: torch.nn.Module, tmp_pat
         (tmp_path / folder).mkdir()
         Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(tmp_path / folder / "photo.png")
     out = tmp_path / "explain"
-    rc = cli(["predict", "--checkpoint", str(ckpt), str(tmp_path / "a"), str(tmp_path / "b"),
-              "--explain", str(out), "--explain-labels", "2"])
+    rc = cli(
+        [
+            "predict",
+            "--checkpoint",
+            str(ckpt),
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--explain",
+            str(out),
+            "--explain-labels",
+            "2",
+        ]
+    )
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["photo-2.png", "photo.png"]
     with Image.open(out / "photo.png") as fig:
@@ -139,8 +152,8 @@ def test_demo_picks_pictures_that_teach() -> None:
     on a fresh clone, showed three labels absent from the image). Now: where MSRN beats the baseline
     most, then where MSRN fails most, each captioned so."""
     truth = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1]], dtype=bool)
-    msrn = np.array([[.9, .1, .1], [.2, .8, .1], [.1, .1, .9], [.1, .2, .9], [.8, .1, .7]])
-    base = np.array([[.9, .1, .1], [.9, .1, .1], [.5, .5, .5], [.1, .3, .4], [.2, .5, .2]])
+    msrn = np.array([[0.9, 0.1, 0.1], [0.2, 0.8, 0.1], [0.1, 0.1, 0.9], [0.1, 0.2, 0.9], [0.8, 0.1, 0.7]])
+    base = np.array([[0.9, 0.1, 0.1], [0.9, 0.1, 0.1], [0.5, 0.5, 0.5], [0.1, 0.3, 0.4], [0.2, 0.5, 0.2]])
     picks = pick_images(truth, msrn, base, count=3)
     # gains (baseline error - MSRN error): 0, 1.4, -1.2, 0.6, 1.5; MSRN's worst image is 2 (error 2.7)
     assert [i for i, _ in picks] == [4, 1, 2]

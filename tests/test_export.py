@@ -1,5 +1,6 @@
 """msrn export: ONNX graphs that onnxruntime runs with PyTorch's logits, for any batch size, and tagging
 from the ONNX file alone, without torch."""
+
 from __future__ import annotations
 
 import json
@@ -109,8 +110,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
         images.append(root / f"{i}.png")
     (root / "phone.jpg").write_bytes(sideways_jpeg(Image.open(images[2])))
     (root / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    return {"root": root, "ckpt": root / "m.pt", "onnx": root / "m.onnx",
-            "images": [*images, root / "phone.jpg", root / "broken.jpg"]}
+    return {
+        "root": root,
+        "ckpt": root / "m.pt",
+        "onnx": root / "m.onnx",
+        "images": [*images, root / "phone.jpg", root / "broken.jpg"],
+    }
 
 
 def _scores(records: list[dict]) -> list[dict]:
@@ -122,8 +127,13 @@ def test_onnx_file_alone_tags_like_the_torch_path_without_torch(exported: dict) 
     meta = {p.key: p.value for p in onnx.load(str(exported["onnx"])).metadata_props}
     assert json.loads(meta["thresholds"]) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.45])
     assert json.loads(meta["exif_orientation"]) is True and meta["image_size"] == "64"
-    out = subprocess.run([sys.executable, "-c", TORCH_FREE, str(exported["onnx"]), *map(str, exported["images"])],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE, str(exported["onnx"]), *map(str, exported["images"])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["labels"] == LABELS and got["image_size"] == 64 and not got["torch"]
@@ -147,10 +157,12 @@ def test_cli_predict_with_onnx(exported: dict, capsys: pytest.CaptureFixture, tm
     assert [r["image"] for r in from_onnx] == [r["image"] for r in from_torch]
     for g, w in zip(_scores(from_onnx), _scores(from_torch), strict=True):  # the stored thresholds apply
         assert g.keys() == w.keys() and max(abs(g[k] - w[k]) for k in w) <= 1e-4
-    for args, words in ((["--onnx", str(exported["onnx"]), "--explain", str(tmp_path)], "--explain"),
-                        (["--onnx", str(exported["onnx"]), "--checkpoint", str(exported["ckpt"])], "either"),
-                        ([], "either"),
-                        (["--onnx", str(exported["ckpt"])], "not a readable ONNX model")):
+    for args, words in (
+        (["--onnx", str(exported["onnx"]), "--explain", str(tmp_path)], "--explain"),
+        (["--onnx", str(exported["onnx"]), "--checkpoint", str(exported["ckpt"])], "either"),
+        ([], "either"),
+        (["--onnx", str(exported["ckpt"])], "not a readable ONNX model"),
+    ):
         assert cli(["predict", *args, str(exported["images"][0])]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err

@@ -1,4 +1,5 @@
 """optimize_for_inference keeps the logits (within 1e-4 relative) and is eval-only."""
+
 from __future__ import annotations
 
 import shutil

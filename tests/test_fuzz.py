@@ -1,4 +1,5 @@
 """Fuzzed input: every malformed annotation or image is handled or gives MSRNError, quickly, never a traceback."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,7 @@ FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 @contextlib.contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Fail with TimeoutError if the block runs longer than `seconds` (a hang is a bug)."""
+
     def expire(signum: int, frame: Any) -> None:
         raise TimeoutError(f"no answer within {seconds} s")
 
@@ -103,7 +105,7 @@ def test_voc_entity_expansion_and_external_entities(tmp_path: Path) -> None:
     bombs = {
         "laughs": f"<!DOCTYPE a [{''.join(laughs)}]><annotation><object><name>&l9;</name></object></annotation>",
         "external": f"<!DOCTYPE a [<!ENTITY e SYSTEM '{secret.as_uri()}'>]>"
-                    "<annotation><object><name>&e;</name></object></annotation>",
+        "<annotation><object><name>&e;</name></object></annotation>",
     }
     for name, doc in bombs.items():
         path = tmp_path / f"{name}.xml"
@@ -198,8 +200,23 @@ def test_csv_without_any_label_stops_training(tmp_path: Path, capsys: pytest.Cap
     path = tmp_path / "data.csv"
     path.write_text("image,labels,split\n" + "".join(f"{i}.png,,{'train' if i < 4 else 'test'}\n" for i in range(6)))
     assert read_csv_dataset(path, "train").labels == []
-    argv = ["train", "--dataset", "csv", "--data", str(path), "--model", "msrn_tiny", "--pretrained", "none",
-            "--image-size", "64", "--workers", "0", "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(path),
+        "--model",
+        "msrn_tiny",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "64",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "label" in err[0]
@@ -208,8 +225,10 @@ def test_csv_without_any_label_stops_training(tmp_path: Path, capsys: pytest.Cap
 def test_huge_label_set(tmp_path: Path) -> None:
     """5000 labels: the reader copes; an MSRN that would need billions of fc1 weights is refused up front."""
     path = tmp_path / "data.csv"
-    path.write_text("image,labels,split\n" + "".join(f"{i}.png,{'|'.join(f'l{i}_{j}' for j in range(50))},train\n"
-                                                     for i in range(100)))
+    path.write_text(
+        "image,labels,split\n"
+        + "".join(f"{i}.png,{'|'.join(f'l{i}_{j}' for j in range(50))},train\n" for i in range(100))
+    )
     data = read_csv_dataset(path, "train")
     assert data.targets.shape == (100, 5000) and data.targets.sum() == 5000
     for name in ("msrn_resnet101", "msrn_resnet18"):
@@ -219,13 +238,16 @@ def test_huge_label_set(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- images
 
+
 def png_bytes(mode: str, size: tuple[int, int], fmt: str = "PNG") -> bytes:
     """An image of `mode` and `size` with some content, encoded as `fmt`."""
     rng = np.random.default_rng(size[0] * 31 + size[1])
     img = Image.new(mode, size)
-    img.putdata([int(v) for v in rng.integers(0, 2 if mode == "1" else 250, size[0] * size[1])]
-                if mode in ("1", "L", "P", "I;16", "I") else
-                [tuple(int(v) for v in px) for px in rng.integers(0, 256, (size[0] * size[1], len(mode)))])
+    img.putdata(
+        [int(v) for v in rng.integers(0, 2 if mode == "1" else 250, size[0] * size[1])]
+        if mode in ("1", "L", "P", "I;16", "I")
+        else [tuple(int(v) for v in px) for px in rng.integers(0, 256, (size[0] * size[1], len(mode)))]
+    )
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
@@ -256,8 +278,11 @@ def test_random_bytes_as_images(tmp_path: Path, magic: bytes, tail: bytes) -> No
 
 
 @FUZZ
-@given(mode=st.sampled_from(["1", "L", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "LA"]),
-       width=st.integers(1, 9), height=st.integers(1, 9))
+@given(
+    mode=st.sampled_from(["1", "L", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "LA"]),
+    width=st.integers(1, 9),
+    height=st.integers(1, 9),
+)
 def test_image_modes_and_tiny_sizes(tmp_path: Path, mode: str, width: int, height: int) -> None:
     """Every mode (grey, 1-bit, palette, RGBA, CMYK, 16-bit) at 1..9 px decodes to RGB and transforms cleanly."""
     fmt = {"CMYK": "JPEG", "I": "TIFF", "LA": "PNG"}.get(mode, "PNG")
@@ -272,6 +297,7 @@ def test_image_modes_and_tiny_sizes(tmp_path: Path, mode: str, width: int, heigh
 
 def png_with_header(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height (8-bit RGB) with one tiny data chunk."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

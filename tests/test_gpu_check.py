@@ -1,4 +1,5 @@
 """benchmarks/gpu_check.py's dry run: the GPU check's in-process steps on the CPU at tiny sizes."""
+
 import importlib.util
 import json
 import sys
@@ -47,8 +48,11 @@ def test_a_failing_step_is_reported_and_the_others_still_run(
         raise RuntimeError("no kernel image is available")
 
     monkeypatch.setattr(gpu_check, "step_train", broken)
-    monkeypatch.setattr(gpu_check, "step_parity", lambda sizes: {"ok": True, "device_vs_cpu": 0.0,
-                                                                 "device_vs_reference": 0.0, "cpu_vs_reference": 0.0})
+    monkeypatch.setattr(
+        gpu_check,
+        "step_parity",
+        lambda sizes: {"ok": True, "device_vs_cpu": 0.0, "device_vs_reference": 0.0, "cpu_vs_reference": 0.0},
+    )
     report = gpu_check.run(["train", "parity"], gpu_check.DRY, tmp_path, tmp_path / "g.json")
     assert not report["ok"] and report["steps"]["parity"]["ok"]
     assert "no kernel image" in report["steps"]["train"]["error"]
@@ -62,10 +66,18 @@ def _figures(train_ratio: float, bf16_gain: float, peak_msrn: float) -> dict:
     for amp, gain in (("fp32", 1.0), ("bf16", bf16_gain)):
         msrn_train = 400 * train_ratio * gain
         out[amp] = {
-            "train": {"backbone_img_s": 400 * gain, "msrn_img_s": msrn_train, "msrn_over_backbone": train_ratio,
-                      "peak_growth_gb": {"backbone": 16.0, "msrn": peak_msrn}},
-            "infer": {"backbone_img_s": 1200, "msrn_img_s": 1140, "msrn_over_backbone": 0.95,
-                      "peak_growth_gb": {"backbone": 2.0, "msrn": 2.2}},
+            "train": {
+                "backbone_img_s": 400 * gain,
+                "msrn_img_s": msrn_train,
+                "msrn_over_backbone": train_ratio,
+                "peak_growth_gb": {"backbone": 16.0, "msrn": peak_msrn},
+            },
+            "infer": {
+                "backbone_img_s": 1200,
+                "msrn_img_s": 1140,
+                "msrn_over_backbone": 0.95,
+                "peak_growth_gb": {"backbone": 2.0, "msrn": 2.2},
+            },
         }
     return out
 
@@ -76,9 +88,14 @@ def test_targets_pass_and_fail_on_the_issue_thresholds(gpu_check) -> None:
     # 0.8x the backbone (< 0.85), 21 GB against 16 (1.31x > 1.25), bf16 only 1.1x fp32; 320 img/s < 2 x 173
     bad = gpu_check.judge_targets(_figures(train_ratio=0.8, bf16_gain=1.1, peak_msrn=21.0))
     failed = {k for k, t in bad.items() if not t["ok"]}
-    assert failed == {"fp32 training vs backbone", "bf16 training vs backbone", "fp32 training peak memory, "
-                      "backbone / msrn", "bf16 training peak memory, backbone / msrn", "bf16 training vs msrn fp32",
-                      "fp32 training vs reference fp32 (173 img/s)"}, failed
+    assert failed == {
+        "fp32 training vs backbone",
+        "bf16 training vs backbone",
+        "fp32 training peak memory, backbone / msrn",
+        "bf16 training peak memory, backbone / msrn",
+        "bf16 training vs msrn fp32",
+        "fp32 training vs reference fp32 (173 img/s)",
+    }, failed
     report = {**_figures(0.8, 1.1, 21.0), "targets": bad, "ok": False, "seconds": 1.0}
     for mode in ("train", "infer"):
         for amp in ("fp32", "bf16"):
@@ -89,5 +106,5 @@ def test_targets_pass_and_fail_on_the_issue_thresholds(gpu_check) -> None:
 
 def test_dry_run_attention_step_checks_the_fused_form_against_float64(gpu_check) -> None:
     r = gpu_check.step_attention(gpu_check.DRY)
-    assert r["ok"] and r["fused_vs_float64"]["fp32"] < 1e-5 and r["fused_vs_float64"]["bf16"] < 2 ** -5
+    assert r["ok"] and r["fused_vs_float64"]["fp32"] < 1e-5 and r["fused_vs_float64"]["bf16"] < 2**-5
     assert set(r["timing"]) == {"fused fp32", "fused bf16", "chunked fp32", "naive fp32"}

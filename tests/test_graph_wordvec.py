@@ -148,9 +148,7 @@ def test_text_vectors_average_multi_word_labels(tmp_path: Path):
     name_map = read_name_map(mapping)
     assert name_map == {"diningtable": "dining table", "tvmonitor": "tv monitor"}
     assert label_words("diningtable", name_map) == ["dining", "table"]
-    np.testing.assert_allclose(
-        read_text_vectors(path, ["diningtable", "tvmonitor"], name_map), got[[0, 2]], rtol=1e-6
-    )
+    np.testing.assert_allclose(read_text_vectors(path, ["diningtable", "tvmonitor"], name_map), got[[0, 2]], rtol=1e-6)
 
 
 def test_text_vectors_missing_word_is_named(tmp_path: Path):

@@ -1,5 +1,6 @@
 """The two classifiers (mlp, elementwise) against the independent implementation, their checkpoints
 (the reference's W and B, old checkpoints without a head), and the mlp size refusal."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,13 @@ def _attended(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     """The head's inputs: attended semantics B x (C+K) x SD, and the assignment C x K."""
     semantics = model.semantics()
     sem, feats = semantics.rows(), [m.flatten(2) for m in model.projected_maps(x)]
-    attended = torch.cat([F.softmax(f[:, :, :, None] * sem.T[None, :, None, :], dim=2).mul(f[:, :, :, None]).sum(2)
-                          .transpose(1, 2) for f in feats], -1)
+    attended = torch.cat(
+        [
+            F.softmax(f[:, :, :, None] * sem.T[None, :, None, :], dim=2).mul(f[:, :, :, None]).sum(2).transpose(1, 2)
+            for f in feats
+        ],
+        -1,
+    )
     return attended, sem, semantics.assign
 
 

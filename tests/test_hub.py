@@ -1,6 +1,7 @@
 """Model folders (msrn.hub) and their cards and publishing (msrn.inference.card, msrn.inference.push): the same
 logits as the .pt they came from, Hub ids resolved by huggingface_hub from its offline cache, a card whose YAML
 and snippet work, every refusal, and `msrn push` up to the upload call."""
+
 from __future__ import annotations
 
 import ast
@@ -31,8 +32,10 @@ from msrn.models import create_model
 from msrn.models.loading import load_checkpoint, model_state
 
 # hf:// ids, the card's YAML and push need the `hub` extra (huggingface_hub, which brings PyYAML); folders do not
-needs_hub = pytest.mark.skipif(importlib.util.find_spec("huggingface_hub") is None,
-                               reason="huggingface_hub is not installed: pip install 'msrn[hub]'")
+needs_hub = pytest.mark.skipif(
+    importlib.util.find_spec("huggingface_hub") is None,
+    reason="huggingface_hub is not installed: pip install 'msrn[hub]'",
+)
 
 LABELS = ["cat", "dog", "sea | shore", "sky", "tree"]
 
@@ -47,15 +50,31 @@ def _save_run(folder: Path, name: str = "msrn_tiny", epoch: int = 4, seed: int =
     model = create_model(name, labels=LABELS)
     randomise_batchnorms(model, seed)
     ckpt = model_state(model, image_size=64, exif_orientation=False)
-    ckpt.update(thresholds=torch.tensor([0.3, 0.5, 0.6, 0.4, 0.7]), epoch=epoch,
-                config={"dataset": "scenes", "model": name, "epochs": 5, "lr": 0.1, "image_size": 64, "data": "x"})
+    ckpt.update(
+        thresholds=torch.tensor([0.3, 0.5, 0.6, 0.4, 0.7]),
+        epoch=epoch,
+        config={"dataset": "scenes", "model": name, "epochs": 5, "lr": 0.1, "image_size": 64, "data": "x"},
+    )
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, folder / "best.pt")
     ap = [91.25, 80.0, 55.5, None, 70.0]
-    metrics = {"mAP": 74.19, "CP": 70.0, "CR": 60.0, "CF1": 64.62, "OP": 72.0, "OR": 61.0, "OF1": 66.05,
-               "epoch": epoch, "split": "test", "dataset": "scenes", "num_images": 40, "selected_by": "validation mAP",
-               "labels": LABELS, "ap_by_label": dict(zip(LABELS, ap)),
-               "per_label_thresholds": {"CF1": 67.5, "OF1": 69.0}}
+    metrics = {
+        "mAP": 74.19,
+        "CP": 70.0,
+        "CR": 60.0,
+        "CF1": 64.62,
+        "OP": 72.0,
+        "OR": 61.0,
+        "OF1": 66.05,
+        "epoch": epoch,
+        "split": "test",
+        "dataset": "scenes",
+        "num_images": 40,
+        "selected_by": "validation mAP",
+        "labels": LABELS,
+        "ap_by_label": dict(zip(LABELS, ap)),
+        "per_label_thresholds": {"CF1": 67.5, "OF1": 69.0},
+    }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder / "best.pt"
 
@@ -129,13 +148,33 @@ def test_reference_checkpoint_becomes_a_folder_that_loads_without_pickles(
 
     spec = json.loads((reference_data / "official-checkpoint-keys.json").read_text())["apparel"]
     ckpt = tmp_path / "apparel_checkpoint.pth.tar"
-    torch.save({"epoch": 1, "arch": "resnet101", "state_dict": random_reference_state(spec["keys"], seed=4),
-                "best_score": 0}, ckpt)
-    files = {"word_vectors": reference_data / "apparel" / "apparel_glove_word2vec.pkl",
-             "cooccurrence": reference_data / "apparel" / "apparel_adj.pkl"}
+    torch.save(
+        {"epoch": 1, "arch": "resnet101", "state_dict": random_reference_state(spec["keys"], seed=4), "best_score": 0},
+        ckpt,
+    )
+    files = {
+        "word_vectors": reference_data / "apparel" / "apparel_glove_word2vec.pkl",
+        "cooccurrence": reference_data / "apparel" / "apparel_adj.pkl",
+    }
     out = tmp_path / "apparel-msrn"
-    assert cli_main(["export", "--format", "hub", "--checkpoint", str(ckpt), "--out", str(out),
-                     "--word-vectors", str(files["word_vectors"]), "--cooccurrence", str(files["cooccurrence"])]) == 0
+    assert (
+        cli_main(
+            [
+                "export",
+                "--format",
+                "hub",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(out),
+                "--word-vectors",
+                str(files["word_vectors"]),
+                "--cooccurrence",
+                str(files["cooccurrence"]),
+            ]
+        )
+        == 0
+    )
     x = _images(2)
     with torch.no_grad():
         want = load_checkpoint(ckpt, **files).model(x)
@@ -243,8 +282,10 @@ def test_init_and_pretrained_take_a_folder(folder: Path, run: Path):
     init_from_checkpoint(fresh, str(folder))
     trained = load_checkpoint(run).model.state_dict()
     own = fresh.state_dict()
-    assert all(torch.equal(own[k], trained[k]) for k in ("backbone.conv1.weight", "ProjectM.0.weight",
-                                                         "label_embed.layers.0.W"))
+    assert all(
+        torch.equal(own[k], trained[k])
+        for k in ("backbone.conv1.weight", "ProjectM.0.weight", "label_embed.layers.0.W")
+    )
     assert own["fc2.weight"].shape == (7, 256)  # the label layer stays the new label set's
     base = create_model("baseline_tiny", num_classes=3)
     assert "backbone" in load_pretrained_backbone(base, folder)
@@ -283,8 +324,13 @@ def test_card_body_shows_the_runs_figures(folder: Path):
 
 def test_card_of_thousands_of_labels_stays_short():
     labels = [f"label{i:04d}" for i in range(3000)]
-    config = {"architecture": {"kind": "msrn", "config": {"backbone": "resnet101"}}, "labels": labels,
-              "image_size": 448, "thresholds": None, "training": None}
+    config = {
+        "architecture": {"kind": "msrn", "config": {"backbone": "resnet101"}},
+        "labels": labels,
+        "image_size": 448,
+        "thresholds": None,
+        "training": None,
+    }
     metrics = {"mAP": 50.0, "labels": labels, "ap_by_label": {n: float(i % 997) / 10 for i, n in enumerate(labels)}}
     text = render(config, metrics)
     table = [line for line in text.splitlines() if line.startswith("| ") and "label" in line]
@@ -337,7 +383,7 @@ def _copy(folder: Path, dest: Path) -> Path:
 def _header(path: Path) -> tuple[dict, bytes]:
     data = path.read_bytes()
     n = struct.unpack("<Q", data[:8])[0]
-    return json.loads(data[8:8 + n]), data[8 + n:]
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
 def _write_weights(folder: Path, header: dict, body: bytes) -> None:
@@ -402,14 +448,22 @@ def _rewrite(folder: Path, dest: Path, change) -> Path:
 def test_wrong_shapes_missing_and_foreign_tensors_are_refused(folder: Path, tmp_path: Path):
     _refused(_rewrite(folder, tmp_path / "a", lambda t: t.pop("fc1.weight")), "1 missing: fc1.weight")
     _refused(_rewrite(folder, tmp_path / "b", lambda t: t.pop("word_vectors")), "lacks word_vectors")
-    _refused(_rewrite(folder, tmp_path / "c", lambda t: t.update({"fc1.weight": torch.zeros(3, 3)})),
-             r"wrong shape: fc1.weight \(3, 3\)")
-    _refused(_rewrite(folder, tmp_path / "d", lambda t: t.update({"extra.weight": torch.zeros(2)})),
-             "1 unexpected: extra.weight")
-    _refused(_rewrite(folder, tmp_path / "e", lambda t: t.update({"fc1.bias": torch.zeros(256, dtype=torch.int32)})),
-             r"tensors of a type no msrn model has: fc1.bias \(torch.int32\)")
-    _refused(_rewrite(folder, tmp_path / "f", lambda t: t.update({"adjacency": torch.zeros(4, 4)})),
-             r"does not match its config.json: adjacency is \(4, 4\) for 5 labels")
+    _refused(
+        _rewrite(folder, tmp_path / "c", lambda t: t.update({"fc1.weight": torch.zeros(3, 3)})),
+        r"wrong shape: fc1.weight \(3, 3\)",
+    )
+    _refused(
+        _rewrite(folder, tmp_path / "d", lambda t: t.update({"extra.weight": torch.zeros(2)})),
+        "1 unexpected: extra.weight",
+    )
+    _refused(
+        _rewrite(folder, tmp_path / "e", lambda t: t.update({"fc1.bias": torch.zeros(256, dtype=torch.int32)})),
+        r"tensors of a type no msrn model has: fc1.bias \(torch.int32\)",
+    )
+    _refused(
+        _rewrite(folder, tmp_path / "f", lambda t: t.update({"adjacency": torch.zeros(4, 4)})),
+        r"does not match its config.json: adjacency is \(4, 4\) for 5 labels",
+    )
 
 
 def _edit_config(folder: Path, dest: Path, **changes) -> Path:
@@ -426,9 +480,14 @@ def test_config_that_does_not_match_the_weights_is_refused(folder: Path, tmp_pat
     cases = [
         ({"labels": LABELS[:4]}, "has 5 thresholds for 4 labels"),
         ({"labels": LABELS[:4], "thresholds": None}, "declares 5 classes but names 4 labels"),
-        ({"labels": LABELS[:4], "thresholds": None, "architecture": {**arch, "config": {**arch["config"],
-                                                                                        "num_classes": 4}}},
-         "does not match its config.json: word_vectors is \\(5, 300\\) for 4 labels"),
+        (
+            {
+                "labels": LABELS[:4],
+                "thresholds": None,
+                "architecture": {**arch, "config": {**arch["config"], "num_classes": 4}},
+            },
+            "does not match its config.json: word_vectors is \\(5, 300\\) for 4 labels",
+        ),
         ({"labels": [*LABELS[:4], "cat"]}, "names a label twice"),
         ({"thresholds": [0.5] * 4}, "has 4 thresholds for 5 labels"),
         ({"thresholds": [0.5, 0.5, 0.5, 0.5, 1.5]}, r"threshold outside \[0, 1\]"),
@@ -436,8 +495,10 @@ def test_config_that_does_not_match_the_weights_is_refused(folder: Path, tmp_pat
         ({"format_version": 99}, "format 99, written by a newer msrn"),
         ({"library_name": "transformers"}, "not an msrn model config"),
         ({"architecture": {**arch, "config": {**arch["config"], "num_groups": 3}}}, "wrong shape: group_embed"),
-        ({"architecture": {**arch, "config": {**arch["config"], "num_classes": 6}}},
-         "declares 6 classes but names 5 labels"),
+        (
+            {"architecture": {**arch, "config": {**arch["config"], "num_classes": 6}}},
+            "declares 6 classes but names 5 labels",
+        ),
         ({"architecture": {"kind": "baseline", "backbone": "tiny", "num_classes": 5}}, "lacks fc.weight"),
         ({"weights_sha256": None}, "has no weights_sha256"),
     ]
@@ -468,8 +529,11 @@ def test_pickles_in_a_folder_are_never_opened(folder: Path, tmp_path: Path, monk
     monkeypatch.setattr(torch, "load", spy)
     assert load_checkpoint(bad).model.labels == LABELS
     (bad / WEIGHTS).unlink()
-    _refused(bad, r"no model.safetensors; it holds best.pt, labels.pkl, which may be a checkpoint: pickle-based "
-                  r"files are loaded only when named, e.g. --checkpoint .*best.pt")
+    _refused(
+        bad,
+        r"no model.safetensors; it holds best.pt, labels.pkl, which may be a checkpoint: pickle-based "
+        r"files are loaded only when named, e.g. --checkpoint .*best.pt",
+    )
     assert opened == [] and not marker.exists()
     with pytest.raises(MSRNError, match="not a tensors-only checkpoint"):  # named: read, weights-only, refused
         read_source(bad / "best.pt")
@@ -508,8 +572,9 @@ class FakeHub:
         def hf_hub_download(self, repo_id, filename, **kw):
             if filename not in hub.files:
                 # the Hub's answer to a missing file (the error reads a response's headers)
-                raise RemoteEntryNotFoundError("404", response=SimpleNamespace(headers={}, status_code=404,
-                                                                      request=None))
+                raise RemoteEntryNotFoundError(
+                    "404", response=SimpleNamespace(headers={}, status_code=404, request=None)
+                )
             path = tmp_path / "downloaded" / filename
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(hub.files[filename])
@@ -524,8 +589,12 @@ class FakeHub:
             hub.uploads.append({**kw, "files": {p.name: p.read_bytes() for p in folder.iterdir()}})
             return "https://huggingface.co/commit"
 
-        for name, fn in (("file_exists", file_exists), ("hf_hub_download", hf_hub_download),
-                         ("create_repo", create_repo), ("upload_folder", upload_folder)):
+        for name, fn in (
+            ("file_exists", file_exists),
+            ("hf_hub_download", hf_hub_download),
+            ("create_repo", create_repo),
+            ("upload_folder", upload_folder),
+        ):
             monkeypatch.setattr(HfApi, name, fn)
 
 
@@ -533,15 +602,20 @@ class FakeHub:
 def test_push_uploads_the_folder_and_prints_the_url(run: Path, tmp_path: Path, monkeypatch, capsys):
     hub = FakeHub()
     hub.install(monkeypatch, tmp_path)
-    assert cli_main(["push", "--checkpoint", str(run), "--repo", "alice/scenes-msrn", "--license", "apache-2.0",
-                     "--private"]) == 0
+    assert (
+        cli_main(
+            ["push", "--checkpoint", str(run), "--repo", "alice/scenes-msrn", "--license", "apache-2.0", "--private"]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     assert out.strip() == "https://huggingface.co/alice/scenes-msrn"
     assert "test figures from" in err
     assert hub.created == [("alice/scenes-msrn", {"private": True, "exist_ok": True})]
     (upload,) = hub.uploads
     assert upload["repo_id"] == "alice/scenes-msrn" and sorted(upload["allow_patterns"]) == sorted(
-        ["README.md", CONFIG, WEIGHTS])
+        ["README.md", CONFIG, WEIGHTS]
+    )
     files = upload["files"]
     assert sorted(files) == ["README.md", CONFIG, WEIGHTS]
     card = files["README.md"].decode()
@@ -620,8 +694,22 @@ def test_a_demo_model_becomes_a_folder_whose_card_shows_its_figures(tmp_path: Pa
     demo.run_demo(tmp_path, epochs=1, workers=0, data_size=(40, 24, 64), baseline=False, jobs=1)
     run_folder = tmp_path / "msrn"
     out = tmp_path / "scenes-msrn"
-    assert cli_main(["export", "--format", "hub", "--checkpoint", str(run_folder / "best.pt"), "--out", str(out),
-                     "--license", "mit"]) == 0
+    assert (
+        cli_main(
+            [
+                "export",
+                "--format",
+                "hub",
+                "--checkpoint",
+                str(run_folder / "best.pt"),
+                "--out",
+                str(out),
+                "--license",
+                "mit",
+            ]
+        )
+        == 0
+    )
     assert "test figures from" in capsys.readouterr().err
     metrics = json.loads((run_folder / "metrics.json").read_text())
     card = (out / "README.md").read_text()
@@ -636,5 +724,6 @@ def test_a_demo_model_becomes_a_folder_whose_card_shows_its_figures(tmp_path: Pa
     assert "| model | msrn_tiny |" in card and "| dataset | scenes |" in card and "| seed | 0 |" in card
     assert "| pretrained | none (the backbone trained from scratch) |" in card
     x = _images(2)
-    assert np.array_equal(Predictor.from_checkpoint(out).run(x)[0],
-                          Predictor.from_checkpoint(run_folder / "best.pt").run(x)[0])
+    assert np.array_equal(
+        Predictor.from_checkpoint(out).run(x)[0], Predictor.from_checkpoint(run_folder / "best.pt").run(x)[0]
+    )

@@ -1,4 +1,5 @@
 """Label sets: graph counted by hand, vector sources, reference pickles, save/load, report, `msrn labels`."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -368,9 +369,36 @@ def test_training_builds_the_model_from_its_label_set(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(msrn.engine.train, "build_label_set", reweighted)
     csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
-    assert cli_main(["train", "--dataset", "csv", "--data", str(csv), "--out", str(tmp_path / "run"), "--model",
-                     "msrn_tiny", "--image-size", "64", "--batch-size", "8", "--epochs", "1", "--workers", "0",
-                     "--pretrained", "none", "--val-fraction", "0", "--tau", "0.05"]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                "--dataset",
+                "csv",
+                "--data",
+                str(csv),
+                "--out",
+                str(tmp_path / "run"),
+                "--model",
+                "msrn_tiny",
+                "--image-size",
+                "64",
+                "--batch-size",
+                "8",
+                "--epochs",
+                "1",
+                "--workers",
+                "0",
+                "--pretrained",
+                "none",
+                "--val-fraction",
+                "0",
+                "--tau",
+                "0.05",
+            ]
+        )
+        == 0
+    )
     ls = built[0]
     assert not np.allclose(ls.adjacency(), dataclasses.replace(ls, reweight=0.25).adjacency())
     np.testing.assert_array_equal(load_checkpoint(tmp_path / "run" / "best.pt").model.adjacency.numpy(), ls.adjacency())

@@ -1,4 +1,5 @@
 """fc1's ReusedGradLinear: nn.Linear's numbers, and its gradient memory reused only when that is safe."""
+
 import copy
 import pickle
 

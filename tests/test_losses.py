@@ -1,4 +1,5 @@
 """Training losses against their formulas written out in float64, at saturation, and with partial labels."""
+
 from __future__ import annotations
 
 import pytest
@@ -58,8 +59,11 @@ def _value_and_grad(fn, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor,
 CASES = [
     ("asl paper", lambda x, t: asymmetric_loss(x, t, 4.0, 0.0, 0.05), lambda x, t: _asl_formula(x, t, 4.0, 0.0, 0.05)),
     ("asl repo", lambda x, t: asymmetric_loss(x, t, 4.0, 1.0, 0.05), lambda x, t: _asl_formula(x, t, 4.0, 1.0, 0.05)),
-    ("asl fractional", lambda x, t: asymmetric_loss(x, t, 0.5, 2.5, 0.2),
-     lambda x, t: _asl_formula(x, t, 0.5, 2.5, 0.2)),
+    (
+        "asl fractional",
+        lambda x, t: asymmetric_loss(x, t, 0.5, 2.5, 0.2),
+        lambda x, t: _asl_formula(x, t, 0.5, 2.5, 0.2),
+    ),
     ("focal", lambda x, t: focal_loss(x, t, 2.0, 0.25), lambda x, t: _focal_formula(x, t, 2.0, 0.25)),
     ("focal g0.5", lambda x, t: focal_loss(x, t, 0.5, 0.7), lambda x, t: _focal_formula(x, t, 0.5, 0.7)),
     ("softmargin", soft_margin_loss, _bce_formula),

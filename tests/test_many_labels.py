@@ -1,5 +1,6 @@
 """Thousands of labels: the co-occurrence counts from sparse pairs, the edge-list GAT, and a 5,000-label
 model built, trained for a step and exported (small backbone, small D). Times are benchmarks/bench_labels.py's."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -88,8 +89,15 @@ def test_five_thousand_label_model_trains_a_step_and_exports(tmp_path):
     t = _targets(400, c, seed=4)
     adjacency = graph.adjacency(count_cooccurrence(t))
     torch.manual_seed(0)
-    model = create_model("msrn_tiny", num_classes=c, head="elementwise", num_groups=16, word_vectors=None,
-                         label_dims=(16, 16), semantic_dim=16)
+    model = create_model(
+        "msrn_tiny",
+        num_classes=c,
+        head="elementwise",
+        num_groups=16,
+        word_vectors=None,
+        label_dims=(16, 16),
+        semantic_dim=16,
+    )
     model.adjacency.copy_(torch.from_numpy(adjacency))
     assert sum(p.numel() for p in (model.W, model.B)) == c * (2 * 3 * 16 + 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -132,8 +140,13 @@ def test_metrics_in_blocks_equal_the_whole_and_scikit_learn(monkeypatch: pytest.
     assert got["lrap"] == pytest.approx(sklearn.label_ranking_average_precision_score(rel[keep], scores[keep]))
     assert got["ranking_loss"] == pytest.approx(sklearn.label_ranking_loss(rel[keep], scores[keep]))
     assert got["coverage_error"] == pytest.approx(sklearn.coverage_error(rel[keep], scores[keep]))
-    ap = [sklearn.average_precision_score(rel[keep][:, j][clean[keep][:, j] >= 0], scores[keep][:, j][
-        clean[keep][:, j] >= 0]) for j in range(40) if rel[keep][:, j].any()]
+    ap = [
+        sklearn.average_precision_score(
+            rel[keep][:, j][clean[keep][:, j] >= 0], scores[keep][:, j][clean[keep][:, j] >= 0]
+        )
+        for j in range(40)
+        if rel[keep][:, j].any()
+    ]
     assert got["mAP"] == pytest.approx(100 * np.mean(ap))
 
 

@@ -340,8 +340,7 @@ def test_reference_top3_keeps_every_label_when_that_scores_better() -> None:
     # -1.0: every label of both images predicted: CP 1/2, CR 1, OP 4/8, OR 1 -> 2/3 + 2/3;
     # above it: Nc/Np 1/1 0/1 1/2 0/1, CP 3/8, CR 1/2, OP 2/5, OR 1/2 -> 3/7 + 4/9, lower
     assert got["threshold_top3"] == -1.0
-    assert got == {**got, **_percent(CP_top3=0.5, CR_top3=1, CF1_top3=2 / 3, OP_top3=0.5, OR_top3=1,
-                                     OF1_top3=2 / 3)}
+    assert got == {**got, **_percent(CP_top3=0.5, CR_top3=1, CF1_top3=2 / 3, OP_top3=0.5, OR_top3=1, OF1_top3=2 / 3)}
 
 
 def test_reference_top3_with_nonnegative_logits_when_that_scores_better() -> None:
@@ -352,8 +351,10 @@ def test_reference_top3_with_nonnegative_logits_when_that_scores_better() -> Non
     # -1.0 gives 2/3 + 2/3 as above; -0.9 (and every higher value, equal): Nc/Np 1/1 1/1 0/1 1/2,
     # CP 5/8, CR 3/4, OP 3/5, OR 3/4 -> 15/22 + 2/3, better; the first of the equal thresholds is kept
     assert got["threshold_top3"] == -0.9
-    assert got == {**got, **_percent(CP_top3=5 / 8, CR_top3=3 / 4, CF1_top3=15 / 22, OP_top3=3 / 5, OR_top3=3 / 4,
-                                     OF1_top3=2 / 3)}
+    assert got == {
+        **got,
+        **_percent(CP_top3=5 / 8, CR_top3=3 / 4, CF1_top3=15 / 22, OP_top3=3 / 5, OR_top3=3 / 4, OF1_top3=2 / 3),
+    }
 
 
 @settings(max_examples=40, deadline=None)

@@ -349,8 +349,9 @@ def test_baseline_model():
 
 
 def test_config_round_trip_and_bad_label_inputs():
-    cfg = MSRNConfig(backbone="resnet_tiny", num_classes=3, num_groups=1, label_dims=(8, 8), semantic_dim=16,
-                     hidden_dim=32)
+    cfg = MSRNConfig(
+        backbone="resnet_tiny", num_classes=3, num_groups=1, label_dims=(8, 8), semantic_dim=16, hidden_dim=32
+    )
     assert MSRNConfig.from_dict(cfg.to_dict()) == cfg and "labels" not in cfg.to_dict()
     with pytest.raises(ValueError):
         MSRN(cfg, torch.zeros(3, 299), torch.eye(3))
@@ -425,8 +426,9 @@ def test_every_switch_builds_trains_a_step_and_reloads(switches: dict, tmp_path:
 def test_label_graph_off_means_an_identity_adjacency():
     on, off = _tiny_model(seed=2), _tiny_model(seed=2, label_graph=False)
     assert torch.equal(on.adjacency, off.adjacency)  # the graph is still recorded, just not used
-    lonely = create_model("msrn_tiny", num_classes=5, num_groups=2,
-                          word_vectors=np.random.default_rng(2).standard_normal((5, 300)))  # no edges at all
+    lonely = create_model(
+        "msrn_tiny", num_classes=5, num_groups=2, word_vectors=np.random.default_rng(2).standard_normal((5, 300))
+    )  # no edges at all
     lonely.load_state_dict({**on.state_dict(), "adjacency": lonely.adjacency})
     with torch.no_grad():
         local_on, groups_on, _, _ = on.semantics()
@@ -493,7 +495,11 @@ def test_mlp_baseline_has_about_msrns_head_size(tmp_path: Path):
     assert mlp.train()(torch.randn(2, 3, 64, 64)).shape == (2, 16)
     names = {id(p): n for n, p in mlp.named_parameters()}
     assert {names[id(p)] for p in mlp.param_groups(0.1, 0.01)[1]["params"]} == {
-        "fc_hidden.weight", "fc_hidden.bias", "fc.weight", "fc.bias"}
+        "fc_hidden.weight",
+        "fc_hidden.bias",
+        "fc.weight",
+        "fc.bias",
+    }
     torch.save(model_state(mlp.eval(), image_size=64), tmp_path / "mlp.pt")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

@@ -3,6 +3,7 @@
 Read from the source (AST). Names every CLI module defines on purpose (its `add_arguments` and
 `main`, a module logger) and per-module format constants are the exceptions, listed below.
 """
+
 from __future__ import annotations
 
 import ast

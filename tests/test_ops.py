@@ -1,4 +1,5 @@
 """msrn.models.ops: the faster 1x1 convolution, 2x2 max-pool and linear give the plain modules' values."""
+
 from __future__ import annotations
 
 import pytest
@@ -105,6 +106,7 @@ def test_linear_keeps_the_layer_under_autograd_autocast_and_tracing(monkeypatch:
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert linear(layer, x).dtype == torch.bfloat16  # autocast still picks the dtype
+
     class Head(nn.Module):
         def __init__(self) -> None:
             super().__init__()

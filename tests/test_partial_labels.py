@@ -1,4 +1,5 @@
 """Partial labels: the CSV `unknown` column, and unknown entries left out of metrics, graph and reports."""
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,9 @@ def write_csv(folder: Path, text: str) -> Path:
 
 
 def test_csv_unknown_column(tmp_path: Path) -> None:
-    csv = write_csv(tmp_path, "image,labels,split,unknown\n"
-                              "a.jpg,cat|dog,train,\n"
-                              "b.jpg,cat,train,dog|owl\n"
-                              "c.jpg,,test,cat\n")
+    csv = write_csv(
+        tmp_path, "image,labels,split,unknown\na.jpg,cat|dog,train,\nb.jpg,cat,train,dog|owl\nc.jpg,,test,cat\n"
+    )
     train = build_dataset("csv", csv, "train")
     assert train.labels == ["cat", "dog", "owl"]  # a label seen only as unknown is still a column
     np.testing.assert_array_equal(train.targets, [[1, 1, 0], [1, UNKNOWN, UNKNOWN]])
@@ -47,12 +47,15 @@ def test_csv_unknown_column(tmp_path: Path) -> None:
     assert build_dataset("csv", csv, "test").targets.tolist() == [[UNKNOWN, 0, 0]]
 
 
-@pytest.mark.parametrize("body,message", [
-    ("image,labels,split,unknown\na.jpg,cat,train,cat\n", "data.csv:2: label 'cat' is both present and unknown"),
-    ("image,labels,split,unknown\na.jpg,cat,train\n", "data.csv:2: expected 4 columns"),
-    ("image,labels,split\na.jpg,cat,train,dog\n", "data.csv:2: expected 3 columns"),
-    ("image,labels,split,maybe\na.jpg,cat,train,dog\n", "image,labels,split,unknown"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("image,labels,split,unknown\na.jpg,cat,train,cat\n", "data.csv:2: label 'cat' is both present and unknown"),
+        ("image,labels,split,unknown\na.jpg,cat,train\n", "data.csv:2: expected 4 columns"),
+        ("image,labels,split\na.jpg,cat,train,dog\n", "data.csv:2: expected 3 columns"),
+        ("image,labels,split,maybe\na.jpg,cat,train,dog\n", "image,labels,split,unknown"),
+    ],
+)
 def test_csv_unknown_column_errors(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(MSRNError, match=message):
         build_dataset("csv", write_csv(tmp_path, body), "train")
@@ -111,10 +114,22 @@ def test_metrics_with_unknown_entries_match_sklearn_on_the_known_subset(
     ours = multilabel_metrics(scores, targets, threshold=threshold, top_k=2)
     theirs = _sklearn_on_known(scores, targets, threshold, 2)
     assert [a is None for a in ours["ap_per_label"]] == [b is None for b in theirs["ap"]]
-    np.testing.assert_allclose([a for a in ours["ap_per_label"] if a is not None],
-                               [b for b in theirs["ap"] if b is not None], atol=1e-9)
-    for key in ("CP", "CR", "OP", "OR", "CP_top2", "CR_top2", "OP_top2", "OR_top2", "lrap", "coverage_error",
-                "ranking_loss"):
+    np.testing.assert_allclose(
+        [a for a in ours["ap_per_label"] if a is not None], [b for b in theirs["ap"] if b is not None], atol=1e-9
+    )
+    for key in (
+        "CP",
+        "CR",
+        "OP",
+        "OR",
+        "CP_top2",
+        "CR_top2",
+        "OP_top2",
+        "OR_top2",
+        "lrap",
+        "coverage_error",
+        "ranking_loss",
+    ):
         assert ours[key] == pytest.approx(theirs[key], abs=1e-9), key
 
 

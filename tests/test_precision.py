@@ -3,6 +3,7 @@
 Each check runs on the CPU in the normal suite; its CUDA variant is marked `cuda` and skipped without
 a GPU (`pytest -m cuda` runs those alone, as benchmarks/gpu_check.sh does).
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,8 +32,9 @@ def _model() -> nn.Module:
     counts = np.floor(np.minimum.outer(nums, nums) * (p + p.T) / 2).astype(np.int64)
     np.fill_diagonal(counts, 0)
     torch.manual_seed(0)
-    return create_model("msrn_tiny", num_classes=C, num_groups=2, word_vectors=placeholder_vectors(C),
-                        cooccurrence=(counts, nums))
+    return create_model(
+        "msrn_tiny", num_classes=C, num_groups=2, word_vectors=placeholder_vectors(C), cooccurrence=(counts, nums)
+    )
 
 
 def _batch(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

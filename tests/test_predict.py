@@ -1,4 +1,5 @@
 """msrn predict and the Predictor API: records, thresholds, top-k, batching, formats, bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -52,8 +53,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (folder / "notes.txt").write_text("not an image")
     (root / "empty").mkdir()
-    return {"root": root, "model": model, "ckpt": root / "msrn.pt", "thr": root / "thresholds.pt",
-            "baseline": root / "baseline.pt", "folder": folder}
+    return {
+        "root": root,
+        "model": model,
+        "ckpt": root / "msrn.pt",
+        "thr": root / "thresholds.pt",
+        "baseline": root / "baseline.pt",
+        "folder": folder,
+    }
 
 
 def test_records_are_sorted_thresholded_and_match_the_model(files: dict) -> None:
@@ -134,8 +141,23 @@ def test_cli_json_stdout_with_errors(files: dict, capsys: pytest.CaptureFixture)
 def test_cli_csv_to_file(files: dict, tmp_path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "tags.csv"
     image = files["folder"] / "img0.png"
-    assert cli(["predict", "--checkpoint", str(files["ckpt"]), str(image), "--format", "csv", "--threshold", "0",
-                "--out", str(out)]) == 0
+    assert (
+        cli(
+            [
+                "predict",
+                "--checkpoint",
+                str(files["ckpt"]),
+                str(image),
+                "--format",
+                "csv",
+                "--threshold",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out == ""
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [r["image"] for r in rows] == [str(image)] * 5 and rows[0]["error"] == ""
@@ -153,8 +175,9 @@ def test_cli_csv_to_file(files: dict, tmp_path, capsys: pytest.CaptureFixture) -
         ("bad_top_k", "--top-k"),
     ],
 )
-def test_cli_bad_input_is_one_line(case: str, message: str, files: dict, tmp_path,
-                                   capsys: pytest.CaptureFixture) -> None:
+def test_cli_bad_input_is_one_line(
+    case: str, message: str, files: dict, tmp_path, capsys: pytest.CaptureFixture
+) -> None:
     root, image = files["root"], str(files["folder"] / "img0.png")
     other = tmp_path / "optimizer.pt"
     torch.save({"step": torch.tensor(3), "exp_avg": torch.zeros(3)}, other)
@@ -189,8 +212,13 @@ def _reference_files(root) -> tuple:
     for key, value in model.state_dict().items():
         if key in ("word_vectors", "adjacency"):
             continue
-        state[key.replace("backbone.", "resnet_101.", 1) if key.startswith("backbone.")
-              else "resnet_101." + key if key.startswith("conv_buffer") else key] = value
+        state[
+            key.replace("backbone.", "resnet_101.", 1)
+            if key.startswith("backbone.")
+            else "resnet_101." + key
+            if key.startswith("conv_buffer")
+            else key
+        ] = value
     ckpt = root / "reference.pth.tar"
     torch.save({"epoch": 1, "arch": "msrn", "state_dict": state, "best_score": 0.0}, ckpt)
     (root / "vectors.pkl").write_bytes(pickle.dumps(vectors))
@@ -205,8 +233,24 @@ def test_reference_checkpoint_with_its_pickles(tmp_path, capsys: pytest.CaptureF
     (tmp_path / "labels.txt").write_text("person\nbike\ncar\n")
     assert cli(["predict", "--checkpoint", str(ckpt), str(image)]) == 2
     assert "--word-vectors" in capsys.readouterr().err
-    rc = cli(["predict", "--checkpoint", str(ckpt), "--word-vectors", str(vectors), "--cooccurrence", str(adj),
-              "--labels", str(tmp_path / "labels.txt"), "--image-size", "64", str(image), "--threshold", "0"])
+    rc = cli(
+        [
+            "predict",
+            "--checkpoint",
+            str(ckpt),
+            "--word-vectors",
+            str(vectors),
+            "--cooccurrence",
+            str(adj),
+            "--labels",
+            str(tmp_path / "labels.txt"),
+            "--image-size",
+            "64",
+            str(image),
+            "--threshold",
+            "0",
+        ]
+    )
     assert rc == 0
     (record,) = json.loads(capsys.readouterr().out)
     with torch.no_grad():
@@ -240,8 +284,9 @@ def test_fast_predictor_folds_batch_norm_and_keeps_scores_and_explanations(tmp_p
         deprecated = [w for w in caught if w.category is FutureWarning and "--fast is deprecated" in str(w.message)]
         assert len(deprecated) == (flags == ["--fast"])
         records = json.loads(capsys.readouterr().out)
-        got = np.array([[x["score"] for x in sorted(r["labels"], key=lambda x: LABELS.index(x["label"]))]
-                        for r in records])
+        got = np.array(
+            [[x["score"] for x in sorted(r["labels"], key=lambda x: LABELS.index(x["label"]))] for r in records]
+        )
         np.testing.assert_allclose(got, expected, atol=2e-6 if flags != ["--exact"] else 1e-6)
     with pytest.raises(SystemExit), pytest.warns(FutureWarning):  # one or the other
         cli(["predict", "--checkpoint", str(ckpt), "--fast", "--exact", str(paths[0])])
@@ -253,8 +298,9 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"msrn {msrn.__version__}"
 
 
-def test_list_file_and_progress_bar(files: dict, tmp_path, capsys: pytest.CaptureFixture,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_file_and_progress_bar(
+    files: dict, tmp_path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = files["folder"]
     monkeypatch.chdir(folder)
     listing = tmp_path / "list.txt"

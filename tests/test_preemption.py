@@ -1,5 +1,6 @@
 """Signals stop training at a step boundary with last.pt written there; --resume then ends bit for bit
 where an uninterrupted run does. Exit statuses: 143 (SIGTERM), 130 (SIGINT), 75 (the requeue signal)."""
+
 from __future__ import annotations
 
 import os
@@ -41,9 +42,34 @@ def csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def train_argv(csv: Path, out: Path, *extra: str) -> list[str]:
     """Two epochs of three steps, with an EMA of the weights; last.pt only at epoch ends (and on a signal)."""
-    return ["train", "--dataset", "csv", "--data", str(csv), "--model", "msrn_tiny", "--pretrained", "none",
-            "--image-size", "64", "--batch-size", "4", "--epochs", "2", "--save-every", "0", "--workers", "0",
-            "--val-fraction", "0", "--ema", "0.8", "--out", str(out), *extra]
+    return [
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(csv),
+        "--model",
+        "msrn_tiny",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--save-every",
+        "0",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0",
+        "--ema",
+        "0.8",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def assert_bitwise_equal(a: dict, b: dict) -> None:
@@ -80,12 +106,19 @@ def signal_during_step(monkeypatch: pytest.MonkeyPatch, signum: int, step: int) 
     monkeypatch.setattr(train_module.Trainer, "forward_backward", forward_backward)
 
 
-@pytest.mark.parametrize(("signame", "status", "extra"), [("SIGTERM", 143, ()),
-                                                           ("SIGUSR1", REQUEUE_STATUS, ("--requeue-signal", "USR1"))])
-def test_signal_saves_mid_epoch_and_resume_is_bitwise_exact(csv: Path, tmp_path: Path, uninterrupted: dict,
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture, signame: str,
-                                                            status: int, extra: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("signame", "status", "extra"), [("SIGTERM", 143, ()), ("SIGUSR1", REQUEUE_STATUS, ("--requeue-signal", "USR1"))]
+)
+def test_signal_saves_mid_epoch_and_resume_is_bitwise_exact(
+    csv: Path,
+    tmp_path: Path,
+    uninterrupted: dict,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    signame: str,
+    status: int,
+    extra: tuple[str, ...],
+) -> None:
     """A signal during step 2 of epoch 1: that step finishes, last.pt holds step 2 (mid-epoch), one log line,
     the documented status; --resume ends with the uninterrupted run's exact state."""
     out = tmp_path / "run"
@@ -105,8 +138,9 @@ def test_signal_saves_mid_epoch_and_resume_is_bitwise_exact(csv: Path, tmp_path:
     assert_bitwise_equal(read_checkpoint(out / "last.pt"), uninterrupted)
 
 
-def test_signal_during_evaluation_stops_after_the_epoch_end(csv: Path, tmp_path: Path, uninterrupted: dict,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_signal_during_evaluation_stops_after_the_epoch_end(
+    csv: Path, tmp_path: Path, uninterrupted: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGINT while epoch 1 is evaluated: the epoch end completes (best.pt, last.pt) and the run exits 130."""
     out = tmp_path / "run"
     real = train_module.Trainer.evaluate_weights
@@ -126,8 +160,9 @@ def test_signal_during_evaluation_stops_after_the_epoch_end(csv: Path, tmp_path:
     assert_bitwise_equal(read_checkpoint(out / "last.pt"), uninterrupted)
 
 
-def test_non_finite_loss_still_stops_with_signal_handling_active(csv: Path, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture) -> None:
+def test_non_finite_loss_still_stops_with_signal_handling_active(
+    csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """The watchdog's non-finite-loss stop is unchanged: exit 2 and one error line."""
     assert cli(train_argv(csv, tmp_path / "run", "--lr", "1e30", "--lr-backbone", "1e30")) == 2
     assert "non-finite" in capsys.readouterr().err
@@ -156,8 +191,13 @@ def test_first_signal_asks_second_exits_at_once(signame: str, status: int) -> No
     signum = getattr(signal, signame)
 
     def run(repeat: float) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", STOP_SCRIPT, signame, str(repeat)], env=ENV,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-c", STOP_SCRIPT, signame, str(repeat)],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     asked = run(-1)
     assert asked.returncode == 0 and asked.stdout.split() == ["requested", str(int(signum)), str(status)]
@@ -208,8 +248,9 @@ def test_sigterm_to_the_process_group_with_loader_workers(csv: Path, tmp_path: P
     the workers ignore it, the main process saves last.pt and exits 143 (not a 'worker exited' error)."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "msrn", *train_argv(csv, out, "--epochs", "50", "--workers", "2")]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 90
         while not (out / "log.txt").is_file() or "epoch 1/50" not in (out / "log.txt").read_text():

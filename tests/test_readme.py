@@ -1,4 +1,5 @@
 """The README's Python API, run as written: every ```python block, in a folder holding the files it names."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A folder with the checkpoint and images the README names (runs/mine/best.pt, a.jpg, b.jpg)."""
     torch.manual_seed(0)
     (tmp_path / "runs" / "mine").mkdir(parents=True)
-    torch.save(model_state(create_model("msrn_tiny", labels=LABELS), image_size=64),
-               tmp_path / "runs" / "mine" / "best.pt")
+    torch.save(
+        model_state(create_model("msrn_tiny", labels=LABELS), image_size=64), tmp_path / "runs" / "mine" / "best.pt"
+    )
     rng = np.random.default_rng(0)
     for name in ("a.jpg", "b.jpg"):
         Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(tmp_path / name)

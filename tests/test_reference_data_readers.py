@@ -1,6 +1,7 @@
 """COCO and Apparel read as the reference reads them: COCO's alphabetical label order and annotated image
 set, Apparel's split from image_label.pkl checked against the reference's rule written again here, both
 Apparel folder layouts, the reader options on every command, and `msrn inspect --json --images`."""
+
 from __future__ import annotations
 
 import json

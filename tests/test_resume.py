@@ -1,4 +1,5 @@
 """Kill-and-resume: a run SIGKILLed at random moments and resumed ends exactly where an uninterrupted one does."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,37 @@ TIMEOUT = 60
 def train_cmd(csv: Path, out: Path, *extra: str) -> list[str]:
     """The tiny training command: 18 train images (2 carved for validation), 5 steps an epoch, 3 epochs,
     with a moving average of the weights (its state must resume exactly too)."""
-    return [sys.executable, "-m", "msrn", "train", "--dataset", "csv", "--data", str(csv), "--model", "msrn_tiny",
-            "--pretrained", "none", "--image-size", "64", "--batch-size", "4", "--epochs", "3", "--save-every", "3",
-            "--ema", "0.8", "--ema-warmup", "4", "--workers", "0", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "msrn",
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(csv),
+        "--model",
+        "msrn_tiny",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "3",
+        "--save-every",
+        "3",
+        "--ema",
+        "0.8",
+        "--ema-warmup",
+        "4",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def run_to_end(cmd: list[str]) -> None:
@@ -130,4 +159,3 @@ def assert_one_curve(out: Path, steps: int) -> None:
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, steps + 1))
-

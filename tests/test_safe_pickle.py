@@ -129,10 +129,15 @@ def test_hand_written_global_opcodes_are_refused(tmp_path: Path):
     streams = [
         f"cos\nsystem\n(S'touch {marker}'\ntR.".encode(),  # protocol 0 GLOBAL
         f"cposix\nsystem\n(S'touch {marker}'\ntR.".encode(),
-        f"cbuiltins\nexec\n(S'open(\"{marker}\", \"w\")'\ntR.".encode(),
+        f'cbuiltins\nexec\n(S\'open("{marker}", "w")\'\ntR.'.encode(),
         # protocol 4: STACK_GLOBAL subprocess.Popen, then Popen(["touch", marker])
-        b"\x80\x04" + _short_str("subprocess") + _short_str("Popen") + b"\x93](" + _short_str("touch")
-        + _short_str(str(marker)) + b"e\x85R.",
+        b"\x80\x04"
+        + _short_str("subprocess")
+        + _short_str("Popen")
+        + b"\x93]("
+        + _short_str("touch")
+        + _short_str(str(marker))
+        + b"e\x85R.",
     ]
     for i, data in enumerate(streams):
         path = tmp_path / f"evil{i}.pkl"

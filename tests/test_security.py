@@ -1,4 +1,5 @@
 """Untrusted files never run code: malicious checkpoints and pickles, end to end through the CLI."""
+
 from __future__ import annotations
 
 import builtins
@@ -66,8 +67,9 @@ def reference_layout(state_extra: dict | None = None) -> dict:
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 @pytest.mark.parametrize("layout", ["zip", "legacy", "raw-pickle"])
-def test_evaluate_refuses_code_carrying_checkpoint(tmp_path: Path, csv: Path, capsys: pytest.CaptureFixture,
-                                                   payload: type, layout: str) -> None:
+def test_evaluate_refuses_code_carrying_checkpoint(
+    tmp_path: Path, csv: Path, capsys: pytest.CaptureFixture, payload: type, layout: str
+) -> None:
     """`msrn evaluate --checkpoint evil.pt` in torch's zip, legacy and plain-pickle formats: refused, no effect."""
     marker, evil = tmp_path / "marker", tmp_path / "evil.pt"
     obj = {"format": "msrn", "state_dict": {"w": torch.zeros(1)}, "model": payload(marker)}
@@ -77,8 +79,11 @@ def test_evaluate_refuses_code_carrying_checkpoint(tmp_path: Path, csv: Path, ca
         torch.save(obj, evil, _use_new_zipfile_serialization=layout == "zip")
     # torch's own formats name the payload's global; a protocol-4 plain pickle stops at its first frame
     words = (str(evil),) if layout == "raw-pickle" else (str(evil), "refusing")
-    refused(capsys, ["evaluate", "--dataset", "csv", "--data", str(csv), "--checkpoint", str(evil), "--workers", "0"],
-            *words)
+    refused(
+        capsys,
+        ["evaluate", "--dataset", "csv", "--data", str(csv), "--checkpoint", str(evil), "--workers", "0"],
+        *words,
+    )
     assert not marker.exists()
 
 
@@ -92,20 +97,25 @@ def test_load_model_refuses_code_carrying_checkpoint(tmp_path: Path, payload: ty
     assert not marker.exists()
 
 
-def test_evaluate_refuses_reference_checkpoint_with_nested_object(tmp_path: Path, csv: Path,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_refuses_reference_checkpoint_with_nested_object(
+    tmp_path: Path, csv: Path, capsys: pytest.CaptureFixture
+) -> None:
     """A reference-layout checkpoint with a payload deep inside its state_dict is refused."""
     marker, evil = tmp_path / "marker", tmp_path / "voc_checkpoint.pth.tar"
     torch.save(reference_layout({"fc1.weight": [torch.zeros(1), {"x": Touch(marker)}]}), evil)
-    refused(capsys, ["evaluate", "--dataset", "csv", "--data", str(csv), "--checkpoint", str(evil), "--workers", "0"],
-            "refusing")
+    refused(
+        capsys,
+        ["evaluate", "--dataset", "csv", "--data", str(csv), "--checkpoint", str(evil), "--workers", "0"],
+        "refusing",
+    )
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("option", ["--word-vectors", "--cooccurrence"])
 @pytest.mark.parametrize("payload", PAYLOADS)
-def test_evaluate_refuses_malicious_reference_pickles(tmp_path: Path, csv: Path, capsys: pytest.CaptureFixture,
-                                                      option: str, payload: type) -> None:
+def test_evaluate_refuses_malicious_reference_pickles(
+    tmp_path: Path, csv: Path, capsys: pytest.CaptureFixture, option: str, payload: type
+) -> None:
     """The reference's .pkl files go through the restricted unpickler: a payload in either is refused."""
     marker, ckpt = tmp_path / "marker", tmp_path / "voc_checkpoint.pth.tar"
     torch.save(reference_layout(), ckpt)
@@ -123,13 +133,35 @@ def test_evaluate_refuses_malicious_reference_pickles(tmp_path: Path, csv: Path,
 
 
 @pytest.mark.parametrize("option", ["--word-vectors", "--cooccurrence"])
-def test_train_refuses_malicious_pickles_before_training(tmp_path: Path, csv: Path, capsys: pytest.CaptureFixture,
-                                                         option: str) -> None:
+def test_train_refuses_malicious_pickles_before_training(
+    tmp_path: Path, csv: Path, capsys: pytest.CaptureFixture, option: str
+) -> None:
     """`msrn train --word-vectors/--cooccurrence evil.pkl`: refused while the label set is built."""
     marker, evil = tmp_path / "marker", tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps([Touch(marker)]))
-    refused(capsys, ["train", "--dataset", "csv", "--data", str(csv), "--model", "msrn_tiny", "--pretrained", "none",
-                     "--image-size", "64", "--workers", "0", "--out", str(tmp_path / "run"), option, str(evil)],
-            str(evil), "refusing")
+    refused(
+        capsys,
+        [
+            "train",
+            "--dataset",
+            "csv",
+            "--data",
+            str(csv),
+            "--model",
+            "msrn_tiny",
+            "--pretrained",
+            "none",
+            "--image-size",
+            "64",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "run"),
+            option,
+            str(evil),
+        ],
+        str(evil),
+        "refusing",
+    )
     assert not marker.exists()
     assert not (tmp_path / "run" / "last.pt").exists()

@@ -1,5 +1,6 @@
 """msrn serve: the JSON API through Flask's test client and on waitress under concurrent load, and the page
 end to end in headless chromium."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,15 @@ from msrn.inference.serve import Batcher, GracefulStop, create_app, make_server,
 
 LABELS = ["cat", "dog", "car", "tree", "sky"]
 CHROMIUM = os.environ.get("MSRN_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _png(size: tuple[int, int] = (120, 90)) -> bytes:
@@ -82,8 +90,10 @@ def test_predict_api_returns_record_scores_and_panels(client, checkpoints: dict)
     r = _post(client, _png(), explain=True)
     assert r.status_code == 200
     data = r.get_json()
-    assert data["record"] == {**load(checkpoints["msrn"]).predict(Image.open(io.BytesIO(_png())))[0],
-                              "image": "scene.png"}
+    assert data["record"] == {
+        **load(checkpoints["msrn"]).predict(Image.open(io.BytesIO(_png())))[0],
+        "image": "scene.png",
+    }
     assert [s["score"] for s in data["scores"]] == sorted((s["score"] for s in data["scores"]), reverse=True)
     assert len(data["depths"]) == 3 and len(data["panels"]) == 3
     panel = data["panels"][0]
@@ -156,11 +166,14 @@ def test_page_in_headless_chromium(live_server: str, checkpoints: dict) -> None:
 def _multipart(data: bytes, name: str, **fields: str) -> tuple[bytes, str]:
     """A multipart/form-data body with the file as field `image`, and its Content-Type."""
     boundary = uuid.uuid4().hex
-    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     parts = [head + data + b"\r\n"]
-    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-              for k, v in fields.items()]
+    parts += [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -199,18 +212,21 @@ def test_concurrent_mixed_uploads_get_their_status_and_predicts_scores(checkpoin
     good["phone.jpg"] = sideways_jpeg(Image.open(io.BytesIO(_png((160, 120)))))
     for name, data in good.items():
         (tmp_path / name).write_bytes(data)
-    expected = {r["image"].rsplit("/", 1)[-1]: r for r in load(checkpoints["msrn"]).predict(
-        [tmp_path / n for n in good], threshold=0.0)}
-    bad = {"broken.jpg": (b"\xff\xd8\xff\xe0 nothing more", 400, "cannot decode image"),
-           "bomb.png": (bomb_png(3000, 3000), 400, "megapixels"),
-           "cut.png": (_png()[:80], 400, "cannot decode image"),
-           "huge.png": (b"\0" * (1024 * 1024 + 10), 413, "larger than 1 MB")}
+    expected = {
+        r["image"].rsplit("/", 1)[-1]: r
+        for r in load(checkpoints["msrn"]).predict([tmp_path / n for n in good], threshold=0.0)
+    }
+    bad = {
+        "broken.jpg": (b"\xff\xd8\xff\xe0 nothing more", 400, "cannot decode image"),
+        "bomb.png": (bomb_png(3000, 3000), 400, "megapixels"),
+        "cut.png": (_png()[:80], 400, "cannot decode image"),
+        "huge.png": (b"\0" * (1024 * 1024 + 10), 413, "larger than 1 MB"),
+    }
     jobs = [(n, d, 200, "") for n, d in good.items()] * 2 + [(n, *v) for n, v in bad.items()] * 2
     predictor = load(checkpoints["msrn"], max_pixels=4_000_000)
     app = create_app(predictor, max_upload_mb=1, queue=32, batch_size=4, batch_wait_ms=50)
     with _serving(app) as url, ThreadPoolExecutor(len(jobs)) as pool:
-        answers = list(pool.map(lambda job: _upload(url, job[1], job[0], explain="1" if "1" in job[0] else "0"),
-                                jobs))
+        answers = list(pool.map(lambda job: _upload(url, job[1], job[0], explain="1" if "1" in job[0] else "0"), jobs))
         health = json.loads(urllib.request.urlopen(url + "healthz", timeout=10).read())
     for (name, _, status, words), (got, body, _) in zip(jobs, answers, strict=True):
         assert got == status, (name, got, body)
@@ -276,6 +292,7 @@ def test_batcher_runs_requests_that_arrive_together_as_one_batch(checkpoints: di
 
 # -- facing a network: token, metrics, access log, drain ---------------------------------------------------
 
+
 def _metric(app, name: str, **labels: str) -> float | None:
     """One sample's value from the app's /metrics text (parsed with prometheus_client), None when absent."""
     from prometheus_client.parser import text_string_to_metric_families  # optional: the serve extra
@@ -294,8 +311,12 @@ def test_token_guards_every_route_but_the_page_and_healthz(checkpoints: dict, mo
     monkeypatch.setattr(serve.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
     client = create_app(load(checkpoints["msrn"]), token="s3cret-token").test_client()
     good = {"Authorization": "Bearer s3cret-token"}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"},
-                    {"Authorization": "Basic s3cret-token"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "s3cret-token"},
+        {"Authorization": "Basic s3cret-token"},
+    ):
         for method, path in (("get", "/api/info"), ("get", "/metrics"), ("post", "/api/predict")):
             r = getattr(client, method)(path, headers=headers)
             assert r.status_code == 401, (path, headers)
@@ -303,20 +324,34 @@ def test_token_guards_every_route_but_the_page_and_healthz(checkpoints: dict, mo
     assert compared  # the token is compared with hmac.compare_digest (constant time)
     assert client.get("/api/info", headers=good).get_json()["labels"] == LABELS
     assert client.get("/metrics", headers=good).status_code == 200
-    r = client.post("/api/predict", data={"image": (io.BytesIO(_png()), "a.png")}, headers=good,
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/api/predict", data={"image": (io.BytesIO(_png()), "a.png")}, headers=good, content_type="multipart/form-data"
+    )
     assert r.status_code == 200 and r.get_json()["record"]["image"] == "a.png"
     assert client.get("/healthz").status_code == 200 and client.get("/").status_code == 200
 
 
-@pytest.mark.parametrize(("host", "env", "insecure", "outcome"), [
-    ("127.0.0.1", None, False, None), ("::1", None, False, None), ("localhost", None, False, None),
-    ("0.0.0.0", None, False, "refused"), ("10.1.2.3", None, False, "refused"), ("myhost", None, False, "refused"),
-    ("0.0.0.0", "from-env", False, "from-env"), ("0.0.0.0", None, True, None),
-])
-def test_non_loopback_without_token_is_refused_unless_insecure(host: str, env: str | None, insecure: bool,
-                                                               outcome: str | None, monkeypatch: pytest.MonkeyPatch,
-                                                               capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("host", "env", "insecure", "outcome"),
+    [
+        ("127.0.0.1", None, False, None),
+        ("::1", None, False, None),
+        ("localhost", None, False, None),
+        ("0.0.0.0", None, False, "refused"),
+        ("10.1.2.3", None, False, "refused"),
+        ("myhost", None, False, "refused"),
+        ("0.0.0.0", "from-env", False, "from-env"),
+        ("0.0.0.0", None, True, None),
+    ],
+)
+def test_non_loopback_without_token_is_refused_unless_insecure(
+    host: str,
+    env: str | None,
+    insecure: bool,
+    outcome: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     monkeypatch.delenv("MSRN_SERVE_TOKEN", raising=False)
     if env:
         monkeypatch.setenv("MSRN_SERVE_TOKEN", env)
@@ -362,8 +397,11 @@ def test_access_log_line_and_request_id(client, caplog: pytest.LogCaptureFixture
     a client's own id is kept when it is sane and replaced when not."""
     with caplog.at_level("INFO", logger="msrn.serve.access"):
         mine = client.post(
-            "/api/predict", data={"image": (io.BytesIO(_png()), "s.png")}, content_type="multipart/form-data",
-            headers={"X-Request-ID": "lb-1234.abc"})
+            "/api/predict",
+            data={"image": (io.BytesIO(_png()), "s.png")},
+            content_type="multipart/form-data",
+            headers={"X-Request-ID": "lb-1234.abc"},
+        )
         bad_id = client.get("/api/info", headers={"X-Request-ID": "has spaces <b>" + "x" * 200})
         client.post("/api/predict", data={}, content_type="multipart/form-data")
     assert mine.headers["X-Request-ID"] == "lb-1234.abc"
@@ -371,8 +409,12 @@ def test_access_log_line_and_request_id(client, caplog: pytest.LogCaptureFixture
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "msrn.serve.access"]
     assert len(lines) == 3
     assert {k for k in lines[0]} >= {"time", "id", "route", "status", "images", "ms"}
-    assert (lines[0]["id"], lines[0]["route"], lines[0]["status"], lines[0]["images"]) == \
-        ("lb-1234.abc", "/api/predict", 200, 1)
+    assert (lines[0]["id"], lines[0]["route"], lines[0]["status"], lines[0]["images"]) == (
+        "lb-1234.abc",
+        "/api/predict",
+        200,
+        1,
+    )
     assert (lines[1]["id"], lines[1]["route"], lines[1]["images"]) == (bad_id.headers["X-Request-ID"], "/api/info", 0)
     assert (lines[2]["status"], lines[2]["images"]) == (400, 0) and lines[2]["ms"] >= 0
 
@@ -454,8 +496,23 @@ def test_msrn_serve_process_drains_on_sigterm_and_exits_0(checkpoints: dict) -> 
     and stderr holds one JSON access line per request."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("MSRN_SERVE_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "msrn", "serve", "--checkpoint", str(checkpoints["msrn"]),
-                             "--port", "0", "--grace", "20"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "msrn",
+            "serve",
+            "--checkpoint",
+            str(checkpoints["msrn"]),
+            "--port",
+            "0",
+            "--grace",
+            "20",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = ""
         while "on http://" not in line:

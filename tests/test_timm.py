@@ -3,6 +3,7 @@
 timm needs torchvision, which does not import beside the torch this project pins, so these tests
 run in a second environment (torch 2.14.1, torchvision 0.29.1, timm) and skip elsewhere.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -23,8 +24,10 @@ def _timm_or_skip():
     try:
         import timm
     except Exception as e:  # ImportError, or torchvision failing beside this torch
-        pytest.skip(f"timm is not importable here ({type(e).__name__}: {str(e)[:80]}); it needs torchvision, "
-                    "so run these in an environment with torch 2.14.1, torchvision 0.29.1 and timm")
+        pytest.skip(
+            f"timm is not importable here ({type(e).__name__}: {str(e)[:80]}); it needs torchvision, "
+            "so run these in an environment with torch 2.14.1, torchvision 0.29.1 and timm"
+        )
     return timm
 
 

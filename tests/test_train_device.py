@@ -1,5 +1,6 @@
 """Training without a host sync per step: the losses read in batches give the same run, and a
 non-finite one still stops the run with its own step named before anything is written from it."""
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,32 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _argv(csv: Path, out: Path, *extra: str) -> list[str]:
     """Two epochs of five steps of two images."""
-    return ["train", "--dataset", "csv", "--data", str(csv), "--model", "msrn_tiny", "--pretrained", "none",
-            "--image-size", "64", "--batch-size", "2", "--epochs", "2", "--workers", "0", "--val-fraction", "0",
-            "--lr-steps", "1", "--out", str(out), *extra]
+    return [
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(csv),
+        "--model",
+        "msrn_tiny",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0",
+        "--lr-steps",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _scalars(folder: Path) -> list[tuple[int, float]]:
@@ -32,8 +56,9 @@ def _scalars(folder: Path) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars("train/loss")]
 
 
-def test_losses_read_every_step_or_in_batches_give_the_same_run(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_losses_read_every_step_or_in_batches_give_the_same_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     csv = noise_csv(tmp_path, {"train": 10, "test": 4})
     states = []
     for every in (1, 3, 1000):  # every step, across step and epoch ends, once per epoch
@@ -52,8 +77,9 @@ def test_losses_read_every_step_or_in_batches_give_the_same_run(tmp_path: Path,
             assert torch.equal(state["state_dict"][key], value), key
 
 
-def test_a_non_finite_loss_is_named_by_its_step_when_read_later(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_non_finite_loss_is_named_by_its_step_when_read_later(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     csv = noise_csv(tmp_path, {"train": 10, "test": 4})
     monkeypatch.setattr(train_module, "SYNC_EVERY", 1000)  # read at the epoch's end only
     calls = []

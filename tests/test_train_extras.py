@@ -1,5 +1,6 @@
 """Training beyond the paper, end to end on tiny data: the EMA + ASL + flip recipe, scores files, TensorBoard,
 test-time flips, old checkpoints, partial labels."""
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,26 @@ def test_flip_tta_reproduces_the_run_and_averages_mirrored_logits(run: tuple[Pat
     evaluated = {}
     for tta in ("none", "flip"):
         report = tmp_path / f"{tta}.json"
-        assert cli(["evaluate", "--dataset", "csv", "--data", str(csv_path), "--checkpoint", str(out / "best.pt"),
-                    "--json", str(report), "--workers", "0", "--tta", tta]) == 0
+        assert (
+            cli(
+                [
+                    "evaluate",
+                    "--dataset",
+                    "csv",
+                    "--data",
+                    str(csv_path),
+                    "--checkpoint",
+                    str(out / "best.pt"),
+                    "--json",
+                    str(report),
+                    "--workers",
+                    "0",
+                    "--tta",
+                    tta,
+                ]
+            )
+            == 0
+        )
         evaluated[tta] = json.loads(report.read_text())
     assert evaluated["flip"]["ap_per_label"] == pytest.approx(m["ap_per_label"], abs=1e-9)  # the run's numbers
     assert evaluated["flip"]["loss"] != evaluated["none"]["loss"]
@@ -59,8 +78,26 @@ def test_flip_tta_reproduces_the_run_and_averages_mirrored_logits(run: tuple[Pat
 def test_evaluate_writes_every_images_probabilities(run: tuple[Path, Path], tmp_path: Path) -> None:
     csv_path, out = run
     scores, report = tmp_path / "new" / "scores.csv", tmp_path / "eval.json"
-    assert cli(["evaluate", "--dataset", "csv", "--data", str(csv_path), "--checkpoint", str(out / "best.pt"),
-                "--json", str(report), "--scores", str(scores), "--workers", "0"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--dataset",
+                "csv",
+                "--data",
+                str(csv_path),
+                "--checkpoint",
+                str(out / "best.pt"),
+                "--json",
+                str(report),
+                "--scores",
+                str(scores),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     with open(scores, newline="") as f:
         rows = list(csv.reader(f))
     data = build_dataset("csv", csv_path, "test")
@@ -76,8 +113,9 @@ def test_evaluate_writes_every_images_probabilities(run: tuple[Path, Path], tmp_
 
 
 def test_tensorboard_events_hold_steps_epochs_and_figures(run: tuple[Path, Path]) -> None:
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator",
-                                            reason="the tensorboard extra is not installed")
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator", reason="the tensorboard extra is not installed"
+    )
     _, out = run
     events = event_accumulator.EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
@@ -99,8 +137,9 @@ def test_tensorboard_events_hold_steps_epochs_and_figures(run: tuple[Path, Path]
     assert len(figures) == len(history) and figures[0].width > 100 and figures[0].height > 100
 
 
-def test_without_tensorboard_nothing_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_without_tensorboard_nothing_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import sys
 
     from msrn.engine.tensorboard import open_board
@@ -120,8 +159,17 @@ def test_checkpoints_from_before_these_options_still_load_and_resume(run: tuple[
     from msrn.io import atomic_save_torch
 
     csv_path, out = run
-    new_keys = ("loss", "asl_gamma_neg", "asl_gamma_pos", "asl_clip", "focal_gamma", "focal_alpha", "ema",
-                "ema_warmup", "tta")
+    new_keys = (
+        "loss",
+        "asl_gamma_neg",
+        "asl_gamma_pos",
+        "asl_clip",
+        "focal_gamma",
+        "focal_alpha",
+        "ema",
+        "ema_warmup",
+        "tta",
+    )
     for name in ("best.pt", "last.pt"):  # the files as the code before them wrote them
         ckpt = read_checkpoint(out / name)
         ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k not in new_keys}
@@ -131,8 +179,24 @@ def test_checkpoints_from_before_these_options_still_load_and_resume(run: tuple[
         atomic_save_torch(ckpt, tmp_path / name)
     predictor = load(tmp_path / "best.pt")
     assert predictor.labels == list(LABELS)
-    assert cli(["train", "--dataset", "csv", "--data", str(csv_path), "--resume", str(tmp_path / "last.pt"),
-                "--epochs", "3", "--workers", "0"]) == 0
+    assert (
+        cli(
+            [
+                "train",
+                "--dataset",
+                "csv",
+                "--data",
+                str(csv_path),
+                "--resume",
+                str(tmp_path / "last.pt"),
+                "--epochs",
+                "3",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     resumed = read_checkpoint(tmp_path / "last.pt")
     assert resumed["epoch"] == 3 and resumed["config"]["loss"] == "softmargin" and resumed["config"]["ema"] is None
 

@@ -1,4 +1,5 @@
 """Training watches itself: non-finite loss, unwritable or full output folders, damaged checkpoints on resume."""
+
 from __future__ import annotations
 
 import errno
@@ -24,9 +25,32 @@ def csv(tmp_path: Path) -> Path:
 
 def train_argv(csv: Path, out: Path, *extra: str) -> list[str]:
     """Two epochs of two steps each, last.pt after every step."""
-    return ["train", "--dataset", "csv", "--data", str(csv), "--model", "msrn_tiny", "--pretrained", "none",
-            "--image-size", "64", "--batch-size", "4", "--epochs", "2", "--save-every", "1", "--workers", "0",
-            "--val-fraction", "0", "--out", str(out), *extra]
+    return [
+        "train",
+        "--dataset",
+        "csv",
+        "--data",
+        str(csv),
+        "--model",
+        "msrn_tiny",
+        "--pretrained",
+        "none",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "2",
+        "--save-every",
+        "1",
+        "--workers",
+        "0",
+        "--val-fraction",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -37,8 +61,9 @@ def one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     return errors[0]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A NaN loss at the third step stops the run with a clear line; last.pt of step 2 loads, all finite."""
     calls = []
     real = losses_module.soft_margin_loss  # what the trainer's default --loss softmargin calls
@@ -67,8 +92,9 @@ def test_exploding_learning_rate_stops(csv: Path, tmp_path: Path, capsys: pytest
 
 
 @pytest.mark.parametrize("where", ["parent-is-a-file", "proc"])
-def test_unwritable_output_is_reported_before_any_data_is_read(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                                where: str) -> None:
+def test_unwritable_output_is_reported_before_any_data_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture, where: str
+) -> None:
     """An output folder that cannot exist (even for root) fails first: the missing data is never reached."""
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -79,8 +105,9 @@ def test_unwritable_output_is_reported_before_any_data_is_read(tmp_path: Path, c
     assert time.monotonic() - start < 10
 
 
-def test_full_disk_keeps_previous_checkpoint(csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_keeps_previous_checkpoint(
+    csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ENOSPC halfway through step 3's save: one line, epoch 1's last.pt survives, no temporary file is left."""
     real_save, saves = torch.save, []
 
@@ -118,14 +145,18 @@ def test_corrupt_last_pt_on_resume_changes_nothing(csv: Path, tmp_path: Path, ca
     assert files() == before
 
 
-@pytest.mark.parametrize(("extra", "words"), [
-    (["--device", "bogus"], "is not a device"),
-    (["--workers", "-1"], "--workers must be >= 0, not -1"),
-    (["--image-size", "32"], "needs --image-size >= 64"),
-    (["--resume", "{best}"], "lacks the training state"),
-])
-def test_user_errors_are_one_line(csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
-                                  words: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--device", "bogus"], "is not a device"),
+        (["--workers", "-1"], "--workers must be >= 0, not -1"),
+        (["--image-size", "32"], "needs --image-size >= 64"),
+        (["--resume", "{best}"], "lacks the training state"),
+    ],
+)
+def test_user_errors_are_one_line(
+    csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], words: str
+) -> None:
     """A bad device, negative workers, too small images or resuming from a weights-only file: one line each."""
     best = tmp_path / "best.pt"
     torch.save({"format": "msrn", "epoch": 1, "state_dict": {}}, best)

@@ -1,4 +1,5 @@
 """Dataset readers (VOC 2007, COCO 2014, NUS-WIDE, apparel, CSV, synthetic, scenes), transforms and loaders."""
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,7 @@ def build_dataset(name: str, data: str | Path, split: str, **options: Any) -> Mu
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise MSRNError(
-            f"dataset '{name}' takes no option {', '.join(unknown)} "
-            f"(options: {', '.join(accepted) or 'none'})"
+            f"dataset '{name}' takes no option {', '.join(unknown)} (options: {', '.join(accepted) or 'none'})"
         )
     if not str(data) and name in GENERATED:
         data = default_root(name)  # never the current folder: generating there would overwrite its files

@@ -1,6 +1,7 @@
 """Kaggle apparel images. With the reference's image_label.pkl its split and labels exactly (Python's
 random.seed(10), shuffle, first half train), images in the Kaggle tree (a folder per colour_garment) or
 in one flat folder; without it, labels from the folder names and a seeded 50/50 split of our own."""
+
 from __future__ import annotations
 
 import random
@@ -72,8 +73,11 @@ def read_image_labels(path: Path) -> list[tuple[str, np.ndarray]]:
     for name, row in table.items():
         values = list(row) if isinstance(row, list | tuple | np.ndarray) else None
         if (
-            not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name
-            or values is None or len(values) != len(APPAREL_LABELS)
+            not isinstance(name, str)
+            or name in ("", ".", "..")
+            or Path(name).name != name
+            or values is None
+            or len(values) != len(APPAREL_LABELS)
             or any(isinstance(v, bool) or not isinstance(v, int | np.integer) or v not in (0, -1) for v in values)
         ):
             raise MSRNError(
@@ -173,6 +177,8 @@ def read_apparel(data: Path, split: str, seed: int = 0, apparel_labels: str | Pa
         images.append(path)
         targets[r, APPAREL_LABELS.index(colour)] = 1
         targets[r, APPAREL_LABELS.index(garment)] = 1
-    note = (f"a seeded split of our own (numpy RandomState({seed})), not the reference's: "
-            f"no {LABEL_FILE} in {data} or {data / 'apparel'}")
+    note = (
+        f"a seeded split of our own (numpy RandomState({seed})), not the reference's: "
+        f"no {LABEL_FILE} in {data} or {data / 'apparel'}"
+    )
     return MultiLabelData("apparel", split, data.resolve(), images, list(APPAREL_LABELS), targets, note=note)

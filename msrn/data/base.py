@@ -1,4 +1,5 @@
 """The common dataset record (`MultiLabelData`) and the torch `ImageDataset` (decoding: msrn.images)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,8 +99,10 @@ def in_memory(data: MultiLabelData, limit: int = IN_MEMORY_LIMIT) -> MultiLabelD
         arr = np.asarray(open_image(path, exif_orientation=data.exif_orientation))
         total += arr.nbytes
         if total > limit:
-            raise MSRNError(f"{data.name} {data.split}: decoded images exceed {limit / 2**30:.0f} GiB at {path}; "
-                            "too large to hold in memory (leave --in-memory off)")
+            raise MSRNError(
+                f"{data.name} {data.split}: decoded images exceed {limit / 2**30:.0f} GiB at {path}; "
+                "too large to hold in memory (leave --in-memory off)"
+            )
         pixels.append(arr)
     return dataclasses.replace(data, pixels=pixels)
 

@@ -1,5 +1,6 @@
 """MS-COCO 2014 read as the reference reads it: instances_{train,val}2014.json, labels in alphabetical order of
 their names, images in the file's order, images without annotations left out (an option keeps them)."""
+
 from __future__ import annotations
 
 import json

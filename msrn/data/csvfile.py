@@ -3,6 +3,7 @@
 The optional `unknown` column names the labels whose presence is not known for that image (partial
 annotations); they get the target UNKNOWN (msrn.targets) instead of absent.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,8 +33,10 @@ def read_rows(path: Path) -> list[tuple[str, list[str], str, list[str]]]:
             header = next(reader, None)
             columns = None if header is None else tuple(h.strip().lower() for h in header)
             if columns not in (COLUMNS, PARTIAL_COLUMNS):
-                raise MSRNError(f"{path}:1: expected the header 'image,labels,split' or 'image,labels,split,unknown', "
-                                f"found {header}")
+                raise MSRNError(
+                    f"{path}:1: expected the header 'image,labels,split' or 'image,labels,split,unknown', "
+                    f"found {header}"
+                )
             width = len(columns)
             rows = []
             for record in reader:

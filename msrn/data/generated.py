@@ -85,4 +85,3 @@ def write_images(
             img.save(tmp, format="PNG", compress_level=1)
             os.replace(tmp, path)
             yield f"images/{split}/{path.name}", split, labels, extra
-

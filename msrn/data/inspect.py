@@ -1,6 +1,7 @@
 """`msrn inspect`: show what a dataset reader sees (image count, labels, positives per label, the
 difficult (VOC) and unknown (CSV partial labels) entries per label where there are any, and with
 --images every image), so splits can be compared with another tool's file by file."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder (for csv: the CSV file)")
     parser.add_argument("--split", default=None, help="split to read (default: the dataset's train split)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--images", action="store_true",
-                        help="with --json: also list every image (path relative to the data root, label names)")
+    parser.add_argument(
+        "--images",
+        action="store_true",
+        help="with --json: also list every image (path relative to the data root, label names)",
+    )
     add_reader_arguments(parser)
 
 
@@ -36,8 +40,10 @@ def image_entries(data: MultiLabelData) -> list[dict]:
     (and, where a label is only difficult, VOC's difficult ones)."""
     entries = []
     for path, row in zip(data.images, data.targets, strict=True):
-        entry: dict = {"path": relative_path(path, data.root),
-                       "labels": [label for label, t in zip(data.labels, row, strict=True) if t == 1]}
+        entry: dict = {
+            "path": relative_path(path, data.root),
+            "labels": [label for label, t in zip(data.labels, row, strict=True) if t == 1],
+        }
         difficult = [label for label, t in zip(data.labels, row, strict=True) if t == -1]
         if difficult:
             entry["difficult"] = difficult

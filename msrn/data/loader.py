@@ -1,4 +1,5 @@
 """A reproducible DataLoader: seeded shuffling and per-worker seeding of `random` and numpy."""
+
 from __future__ import annotations
 
 import os

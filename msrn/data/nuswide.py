@@ -1,4 +1,5 @@
 """NUS-WIDE as distributed with ASL: one nus_wid_data.csv (filepath,label,split_name), 81 labels."""
+
 from __future__ import annotations
 
 import ast

@@ -6,6 +6,7 @@ results can be split by object size. It is made to test the paper's two claims: 
 depths helps with small objects, and label semantics help where appearance is ambiguous and the
 co-occurring labels tell the answer. The generator is described in README (written beside the data).
 """
+
 from __future__ import annotations
 
 import csv

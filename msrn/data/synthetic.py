@@ -8,6 +8,7 @@ With `num_labels` it makes a large vocabulary instead (a test of scale): labels 
 shapes in one colour per family, an image shows members of one or two families, so labels co-occur
 within their family and the graph carries that. Read it as `--dataset csv --data ROOT/annotations.csv`.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -202,7 +203,11 @@ def _expected_manifest(seed: int, num_train: int, num_test: int, image_size: int
 
 
 def ensure_synthetic(
-    root: Path, seed: int = 0, num_train: int = 1500, num_test: int = 500, image_size: int = 64,
+    root: Path,
+    seed: int = 0,
+    num_train: int = 1500,
+    num_test: int = 500,
+    image_size: int = 64,
     num_labels: int | None = None,
 ) -> Path:
     """Generate the synthetic data set into root unless a matching complete generation is there;

@@ -1,4 +1,5 @@
 """Train/test image transforms of the paper's code (docs/design.md §7), with Pillow and numpy only."""
+
 from __future__ import annotations
 
 import random
@@ -80,9 +81,7 @@ class TrainTransform:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """Augment one PIL image into a normalised 3 x S x S tensor."""
         img = img.convert("RGB")
-        box = multiscale_crop_box(
-            img.width, img.height, self.image_size, self.scales, self.max_distort, random
-        )
+        box = multiscale_crop_box(img.width, img.height, self.image_size, self.scales, self.max_distort, random)
         img = img.crop(box).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         if self.flip and random.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -1,4 +1,5 @@
 """PASCAL VOC 2007: per-class ImageSets files when present, else the split list plus Annotations XML."""
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -25,8 +26,7 @@ def find_voc_root(data: Path) -> Path:
         if (candidate / "ImageSets" / "Main").is_dir():
             return candidate
     raise MSRNError(
-        f"{data}: no VOC 2007 tree found "
-        "(expected ImageSets/Main in it, in VOC2007/ or in VOCdevkit/VOC2007/)"
+        f"{data}: no VOC 2007 tree found (expected ImageSets/Main in it, in VOC2007/ or in VOCdevkit/VOC2007/)"
     )
 
 

@@ -5,6 +5,7 @@ BatchNorm running statistics are averaged with the weights. The first update cop
 update n then blends with decay_n = decay * (1 - exp(-n / warmup)) (`--ema-warmup`, in optimiser
 steps; 0: decay from the start), so early random weights are soon forgotten on short runs.
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Evaluation is exact under torchrun: each process scores a disjoint shard (no padding), the
 scores are gathered by image index, and every image is counted exactly once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,16 +104,20 @@ def reference_tuned_figures(logits: np.ndarray, targets: np.ndarray, split: str)
     ap = reference_order_average_precision(logits, targets)
     tuned["mAP_reference_ties"] = None if np.isnan(ap).all() else float(100.0 * np.nanmean(ap))
     tuned["split"] = split
-    tuned["note"] = (f"threshold on the logits tuned on the {split} split itself, as the reference's code does: "
-                     "not a fair number; report it only beside the fixed-threshold metrics")
+    tuned["note"] = (
+        f"threshold on the logits tuned on the {split} split itself, as the reference's code does: "
+        "not a fair number; report it only beside the fixed-threshold metrics"
+    )
     return tuned
 
 
 def format_tuned(tuned: dict) -> str:
     """A labelled paragraph of the reference's figures tuned on the evaluated split."""
     k = tuned["top_k"]
-    lines = [f"Threshold TUNED ON THE {tuned['split'].upper()} SET ITSELF, as the reference's code reports it "
-             "(not a fair number):"]
+    lines = [
+        f"Threshold TUNED ON THE {tuned['split'].upper()} SET ITSELF, as the reference's code reports it "
+        "(not a fair number):"
+    ]
     for name, suffix in (("all labels", ""), (f"top-{k}", f"_top{k}")):
         t = tuned[f"threshold{suffix}"]
         at = "no threshold gave CF1 + OF1 > 0" if t is None else f"logit >= {t:.1f}"
@@ -128,14 +133,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset root folder (the CSV file for --dataset csv)")
     p.add_argument("--split", help="split to evaluate (default: the dataset's test split)")
     p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
-    p.add_argument("--scores", metavar="FILE",
-                   help="also write every image's label probabilities to this CSV: a header (image, then the labels "
-                        "in order), then per image its path and one probability per label")
+    p.add_argument(
+        "--scores",
+        metavar="FILE",
+        help="also write every image's label probabilities to this CSV: a header (image, then the labels "
+        "in order), then per image its path and one probability per label",
+    )
     add_checkpoint_arguments(p, labels=False)
     add_runtime_arguments(p, batch_size=16, workers=2, device="auto", amp="none", tta="none")
     add_fast_argument(p)
     add_reader_arguments(p)
-
 
 
 def main(args: argparse.Namespace) -> int:
@@ -144,8 +151,13 @@ def main(args: argparse.Namespace) -> int:
         check_writable(Path(args.scores).absolute().parent)  # before the long evaluation, not after it
     split = args.split or DEFAULT_SPLITS[args.dataset][1]
     data = build_dataset(args.dataset, args.data, split, **reader_options(args))
-    loaded = load_checkpoint(args.checkpoint, word_vectors=args.word_vectors, cooccurrence=args.cooccurrence,
-                             labels=data.labels, dataset=args.dataset)
+    loaded = load_checkpoint(
+        args.checkpoint,
+        word_vectors=args.word_vectors,
+        cooccurrence=args.cooccurrence,
+        labels=data.labels,
+        dataset=args.dataset,
+    )
     model = loaded.model.to(device)
     image_size = args.image_size or loaded.image_size
     group_loss = model_group_loss(model)  # before --fast, whose eval-only copy keeps no group loss
@@ -156,8 +168,9 @@ def main(args: argparse.Namespace) -> int:
     m = score_metrics(logits, data.targets, loaded.thresholds, group_loss)
     # the reference code's figures, threshold tuned on the evaluated split itself: reported here only, labelled
     m["tuned_on_test_set"] = reference_tuned_figures(logits, data.targets, split)
-    m.update(dataset=args.dataset, split=split, checkpoint=str(args.checkpoint), labels=data.labels,
-             image_size=image_size)
+    m.update(
+        dataset=args.dataset, split=split, checkpoint=str(args.checkpoint), labels=data.labels, image_size=image_size
+    )
     if dist.is_main():
         print(format_metrics(m, data.labels))
         print(format_tuned(m["tuned_on_test_set"]))
@@ -167,4 +180,3 @@ def main(args: argparse.Namespace) -> int:
             write_scores(args.scores, data, logits)
     dist.teardown()
     return 0
-

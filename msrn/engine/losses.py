@@ -9,6 +9,7 @@ saturated logits (|x| = 100), where a log of a rounded probability would give in
 `objective` adds the model's group loss: the one definition that training minimises and that the
 validation and test losses report, so the curves compare.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

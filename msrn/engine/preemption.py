@@ -6,6 +6,7 @@ progress finishes, last.pt is written at that step and the process exits with ST
 signal exits at once. Under torchrun every rank learns of a signal that any rank received at the
 same step boundary (one all-reduce of one integer per step), so every rank stops at that step.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,13 +43,18 @@ def parse_signal(name: str | None) -> signal.Signals | None:
         return None
     text = name.strip().upper()
     try:
-        sig = signal.Signals(int(text)) if text.isdigit() else signal.Signals[text if text.startswith("SIG")
-                                                                              else "SIG" + text]
+        sig = (
+            signal.Signals(int(text))
+            if text.isdigit()
+            else signal.Signals[text if text.startswith("SIG") else "SIG" + text]
+        )
     except (KeyError, ValueError):
         raise MSRNError(f"--requeue-signal {name!r} is not a signal: give a name such as USR1 or USR2") from None
     if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGINT, signal.SIGTERM):
-        raise MSRNError(f"--requeue-signal {name}: choose a signal of its own (USR1, USR2, HUP...); SIGTERM and "
-                        "SIGINT already stop the run, SIGKILL and SIGSTOP cannot be caught")
+        raise MSRNError(
+            f"--requeue-signal {name}: choose a signal of its own (USR1, USR2, HUP...); SIGTERM and "
+            "SIGINT already stop the run, SIGKILL and SIGSTOP cannot be caught"
+        )
     return sig
 
 
@@ -107,8 +113,9 @@ class StopSignals:
             return
         if time.monotonic() - self._when < REPEAT_S:
             return
-        os.write(2, f"msrn train: second signal ({signal.Signals(signum).name}): exiting now, without "
-                    "saving\n".encode())
+        os.write(
+            2, f"msrn train: second signal ({signal.Signals(signum).name}): exiting now, without saving\n".encode()
+        )
         os._exit(self.status(self.signum))
 
     def status(self, signum: int) -> int:

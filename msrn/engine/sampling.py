@@ -1,6 +1,7 @@
 """Data order that survives a kill: per-epoch permutations from the seed, resumable mid-epoch,
 and augmentation seeded per (seed, epoch, image) so it does not depend on workers or restarts.
 """
+
 from __future__ import annotations
 
 import random

@@ -4,6 +4,7 @@ One header row (`image`, then the label names in label order), then one row per 
 (relative to the dataset root when it lies inside it, as the CSV format writes paths) and one
 probability per label, with 9 significant digits (float32's full precision).
 """
+
 from __future__ import annotations
 
 import csv

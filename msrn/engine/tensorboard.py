@@ -7,6 +7,7 @@ split, the same under `ema_test/` and `ema_val/` with --ema, and the AP-per-labe
 per-step and per-epoch curves share one axis and a resumed run can drop what came after its
 checkpoint (purge_step): a killed and resumed run leaves one curve, not two.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,10 @@ import torch
 
 from msrn.plots import ap_per_label_figure, figure_pixels
 
-INSTALL_HINT = ("TensorBoard: with the tensorboard extra installed (pip install 'msrn[tensorboard]'), every run "
-                "also writes event files to <out>/tensorboard; view them with `tensorboard --logdir <out>`.")
+INSTALL_HINT = (
+    "TensorBoard: with the tensorboard extra installed (pip install 'msrn[tensorboard]'), every run "
+    "also writes event files to <out>/tensorboard; view them with `tensorboard --logdir <out>`."
+)
 EPOCH_METRICS = ("mAP", "CF1", "OF1")
 
 
@@ -33,8 +36,14 @@ class Board:
         for i, group in enumerate(optimizer.param_groups):
             self.writer.add_scalar(f"train/lr/{group.get('name', i)}", group["lr"], global_step)
 
-    def epoch(self, global_step: int, train_loss: float, results: dict[str, tuple[dict | None, dict]],
-              labels: list[str], split: str) -> None:
+    def epoch(
+        self,
+        global_step: int,
+        train_loss: float,
+        results: dict[str, tuple[dict | None, dict]],
+        labels: list[str],
+        split: str,
+    ) -> None:
         """The epoch's train loss, and for each weights ("live", "ema") its validation metrics (or
         None) and test metrics, with the test split's AP-per-label figure."""
         self.writer.add_scalar("epoch/train_loss", train_loss, global_step)

@@ -8,6 +8,7 @@ split is carved from training (--val-fraction), otherwise the last epoch. With -
 and the averaged weights are evaluated; best.pt holds the better on validation (the averaged ones
 without a validation split) and its `weights` entry says which.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,8 +110,10 @@ def read_resume_state(path: Path) -> dict:
         raise MSRNError(f"cannot resume: {e}; nothing was written{kept}") from None
     missing = [k for k in ("config", "labelset", "optimizer", "rng", "step_in_epoch") if k not in state]
     if missing:
-        raise MSRNError(f"cannot resume from {path}: it lacks the training state ({', '.join(missing)}); resume "
-                        "from a run folder's last.pt (best.pt and reference checkpoints hold weights only)")
+        raise MSRNError(
+            f"cannot resume from {path}: it lacks the training state ({', '.join(missing)}); resume "
+            "from a run folder's last.pt (best.pt and reference checkpoints hold weights only)"
+        )
     return state
 
 
@@ -123,8 +126,13 @@ def init_from_checkpoint(model: nn.Module, path: str) -> None:
     state, fresh = match_init_state(model.state_dict(), given, where)
     model.load_state_dict(state, strict=True)
     unused = f"; dropped the reference's unused {', '.join(dropped)}" if dropped else ""
-    log.info("%s: every weight taken except the layers the new label set reshapes, started afresh: %s; label "
-             "vectors and graph from this run's labels%s", where, ", ".join(fresh) or "none", unused)
+    log.info(
+        "%s: every weight taken except the layers the new label set reshapes, started afresh: %s; label "
+        "vectors and graph from this run's labels%s",
+        where,
+        ", ".join(fresh) or "none",
+        unused,
+    )
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
@@ -144,8 +152,14 @@ def settle_config(cfg: TrainConfig, state: dict | None, keep_epochs: bool) -> Tr
     (keep_epochs: no --epochs was given, so the run's own epoch count stays)."""
     if state is not None:
         saved = TrainConfig.from_dict(state["config"])
-        cfg = dataclasses.replace(saved, epochs=saved.epochs if keep_epochs else cfg.epochs, workers=cfg.workers,
-                                  device=cfg.device, out=cfg.out, resume=cfg.resume)
+        cfg = dataclasses.replace(
+            saved,
+            epochs=saved.epochs if keep_epochs else cfg.epochs,
+            workers=cfg.workers,
+            device=cfg.device,
+            out=cfg.out,
+            resume=cfg.resume,
+        )
     return cfg.validate()
 
 
@@ -222,8 +236,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, keep_epochs: bool = False):
         if cfg.init and cfg.resume:
-            raise MSRNError("--init and --resume exclude each other: --init starts a new run from a checkpoint's "
-                            "weights, --resume continues a run from its last.pt")
+            raise MSRNError(
+                "--init and --resume exclude each other: --init starts a new run from a checkpoint's "
+                "weights, --resume continues a run from its last.pt"
+            )
         self.device = dist.setup(cfg.device)
         self.out = Path(cfg.out)
         resume = dist.broadcast_object(resolve_resume(cfg))  # rank 0 decides; every rank reads the file
@@ -272,11 +288,21 @@ class Trainer:
             self.labelset = LabelSet.from_dict(self.state["labelset"])
             model = load_checkpoint(self.state, where=str(resume)).model.train()
         else:
-            self.labelset = build_label_set(self.train_data, vectors=cfg.word_vectors, name_map=cfg.name_map,
-                                            tau=cfg.tau, cooccurrence=cfg.cooccurrence)
-            model = create_model(cfg.model, label_set=self.labelset, pool_ratio=cfg.pool_ratio,
-                                 pretrained=cfg.pretrained, **({"backbone": cfg.backbone} if cfg.backbone else {}),
-                                 **cfg.model_switches())
+            self.labelset = build_label_set(
+                self.train_data,
+                vectors=cfg.word_vectors,
+                name_map=cfg.name_map,
+                tau=cfg.tau,
+                cooccurrence=cfg.cooccurrence,
+            )
+            model = create_model(
+                cfg.model,
+                label_set=self.labelset,
+                pool_ratio=cfg.pool_ratio,
+                pretrained=cfg.pretrained,
+                **({"backbone": cfg.backbone} if cfg.backbone else {}),
+                **cfg.model_switches(),
+            )
             if cfg.init:
                 init_from_checkpoint(model, cfg.init)
         if self.test_data.labels != self.labelset.labels:
@@ -308,8 +334,9 @@ class Trainer:
     def build_optimiser(self) -> None:
         """The loss, SGD with its step schedule, the fp16 gradient scaler and the weight average (--ema)."""
         cfg = self.cfg
-        self.criterion = build_loss(cfg.loss, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip,
-                                    cfg.focal_gamma, cfg.focal_alpha)
+        self.criterion = build_loss(
+            cfg.loss, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip, cfg.focal_gamma, cfg.focal_alpha
+        )
         self.optimizer = make_sgd(self.model.param_groups(cfg.lr, cfg.lr_backbone), cfg)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16" and self.device.type == "cuda")
@@ -320,15 +347,24 @@ class Trainer:
         cfg = self.cfg
         world = dist.world_size()
         if cfg.batch_size % (world * cfg.grad_accum):
-            raise MSRNError(f"--batch-size {cfg.batch_size} must be a multiple of processes x --grad-accum "
-                            f"({world} x {cfg.grad_accum})")
+            raise MSRNError(
+                f"--batch-size {cfg.batch_size} must be a multiple of processes x --grad-accum "
+                f"({world} x {cfg.grad_accum})"
+            )
         self.rank_batch = cfg.batch_size // world
         self.micro_batch = self.rank_batch // cfg.grad_accum
-        self.train_set = ImageDataset(self.train_data, TrainTransform(cfg.image_size, cfg.crop_scales),
-                                      on_error=cfg.on_error)
+        self.train_set = ImageDataset(
+            self.train_data, TrainTransform(cfg.image_size, cfg.crop_scales), on_error=cfg.on_error
+        )
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, shuffle=True, rank=dist.rank(), world=world)
-        self.loader = build_loader(SeededView(self.train_set, cfg.seed), self.micro_batch, shuffle=False,
-                                   workers=cfg.workers, seed=cfg.seed, sampler=self.sampler)
+        self.loader = build_loader(
+            SeededView(self.train_set, cfg.seed),
+            self.micro_batch,
+            shuffle=False,
+            workers=cfg.workers,
+            seed=cfg.seed,
+            sampler=self.sampler,
+        )
 
     def start_or_restore(self) -> None:
         """Counters, history and best from zero (writing config.json), or as the resumed checkpoint left them;
@@ -356,17 +392,27 @@ class Trainer:
 
     def checkpoint(self, full: bool, which: str = "live") -> dict:
         ckpt = model_state(self.weights(which), self.cfg.image_size, self.train_data.exif_orientation)
-        ckpt.update(labelset=self.labelset.to_dict(), config=self.cfg.to_dict(), epoch=self.epoch,
-                    global_step=self.global_step, best=self.best.to_dict() if self.best else {},
-                    history=self.history)
+        ckpt.update(
+            labelset=self.labelset.to_dict(),
+            config=self.cfg.to_dict(),
+            epoch=self.epoch,
+            global_step=self.global_step,
+            best=self.best.to_dict() if self.best else {},
+            history=self.history,
+        )
         if self.ema is not None:
             ckpt["weights"] = which  # which of the two state_dict holds
         if self.best is not None and self.best.thresholds is not None:
             ckpt["thresholds"] = torch.tensor(self.best.thresholds, dtype=torch.float32)
         if full:
-            ckpt.update(step_in_epoch=self.step_in_epoch, optimizer=self.optimizer.state_dict(),
-                        scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                        rng=rng_state(), running_loss=list(self.running_loss))
+            ckpt.update(
+                step_in_epoch=self.step_in_epoch,
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=rng_state(),
+                running_loss=list(self.running_loss),
+            )
             if self.ema is not None:
                 ckpt["ema"] = self.ema.state_dict()
         return ckpt
@@ -380,14 +426,17 @@ class Trainer:
             if self.board is not None:  # the events up to this checkpoint; a resume drops the later ones
                 self.board.flush()
         if not all(bool(torch.isfinite(p).all()) for p in self.weights(which).parameters()):
-            raise MSRNError(f"non-finite weights after step {self.global_step}; stopped without writing {name}, "
-                            "so the last good checkpoint is intact: lower --lr or check the data")
+            raise MSRNError(
+                f"non-finite weights after step {self.global_step}; stopped without writing {name}, "
+                "so the last good checkpoint is intact: lower --lr or check the data"
+            )
         if dist.is_main():
             try:
                 atomic_save_torch(self.checkpoint(full, which), self.out / name)
             except OSError as e:  # disk full, folder gone: the atomic write left the previous file as it was
-                raise MSRNError(f"cannot write {self.out / name} ({e.strerror or e}); the previous {name}, if any, "
-                                "is intact") from None
+                raise MSRNError(
+                    f"cannot write {self.out / name} ({e.strerror or e}); the previous {name}, if any, is intact"
+                ) from None
 
     def _restore(self, s: dict) -> None:
         self.optimizer.load_state_dict(s["optimizer"])
@@ -411,8 +460,13 @@ class Trainer:
         self.net.train()
         self.sampler.set_epoch(self.epoch, start=self.step_in_epoch * cfg.batch_size)
         steps = math.ceil(len(self.sampler) / self.rank_batch) + self.step_in_epoch
-        self.bar = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                        leave=False, disable=None if dist.is_main() else True)
+        self.bar = tqdm(
+            total=steps,
+            initial=self.step_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=None if dist.is_main() else True,
+        )
         micro, last = 0, len(self.loader) - 1
         for i, (images, targets, _) in enumerate(self.loader):
             loss = self.forward_backward(images, targets, ends_step=micro + 1 == cfg.grad_accum or i == last)
@@ -460,8 +514,10 @@ class Trainer:
                 self.pending.clear()
                 last_pt = self.out / "last.pt"
                 kept = f"the last good checkpoint {last_pt} is intact" if last_pt.is_file() else "nothing saved yet"
-                raise MSRNError(f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {step + 1}; "
-                                f"stopped ({kept}): lower --lr or check the data")
+                raise MSRNError(
+                    f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {step + 1}; "
+                    f"stopped ({kept}): lower --lr or check the data"
+                )
             self.running_loss[0] += value * count
             self.running_loss[1] += count
             sums = step_loss.setdefault(step, [0.0, 0])
@@ -503,9 +559,16 @@ class Trainer:
         if self.board is not None:
             self.board.close()
         status = self.stop.status(signum)
-        log.info("stopped on %s at epoch %d, step %d of that epoch (global step %d): %s/last.pt holds it; "
-                 "--resume continues exactly (exit status %d)", self.stop.describe(signum), self.epoch + 1,
-                 self.step_in_epoch, self.global_step, self.out, status)
+        log.info(
+            "stopped on %s at epoch %d, step %d of that epoch (global step %d): %s/last.pt holds it; "
+            "--resume continues exactly (exit status %d)",
+            self.stop.describe(signum),
+            self.epoch + 1,
+            self.step_in_epoch,
+            self.global_step,
+            self.out,
+            status,
+        )
         raise Stopped(f"stopped on {self.stop.describe(signum)} at global step {self.global_step}", status)
 
     # -- the end of an epoch: evaluate, select, save --------------------------------------------
@@ -516,16 +579,31 @@ class Trainer:
         results = self.evaluate_weights()
         self.history.append(history_entry(self.epoch, train_loss, seconds, results))
         if self.board is not None:
-            self.board.epoch(self.global_step, train_loss, {k: (r.validation, r.test) for k, r in results.items()},
-                             self.labelset.labels, self.test_data.split)
+            self.board.epoch(
+                self.global_step,
+                train_loss,
+                {k: (r.validation, r.test) for k, r in results.items()},
+                self.labelset.labels,
+                self.test_data.split,
+            )
         which = self.select_weights(results)
         score = results[which].val_score
         improved = score is None or self.best is None or score >= self.best.score
         val_txt = f" val mAP {score:.2f} |" if score is not None else ""
         tm = results[which].test
-        log.info("epoch %d/%d | loss %.4f |%s test mAP %s CF1 %.2f OF1 %.2f%s | %.0fs%s", self.epoch,
-                 self.cfg.epochs, train_loss, val_txt, map_text(tm), tm["CF1"], tm["OF1"],
-                 weights_text(results), seconds, " *" if improved else "")
+        log.info(
+            "epoch %d/%d | loss %.4f |%s test mAP %s CF1 %.2f OF1 %.2f%s | %.0fs%s",
+            self.epoch,
+            self.cfg.epochs,
+            train_loss,
+            val_txt,
+            map_text(tm),
+            tm["CF1"],
+            tm["OF1"],
+            weights_text(results),
+            seconds,
+            " *" if improved else "",
+        )
         if improved:  # best.pt before last.pt: a kill in between redoes this epoch's end, rewriting them alike
             self.keep_best(which, results[which])
         elif dist.is_main():
@@ -537,7 +615,8 @@ class Trainer:
         """Record this epoch as the selected one and write best.pt from `which` weights, metrics.json and plots."""
         score = result.val_score
         self.best = Selected(
-            epoch=self.epoch, score=score if score is not None else result.test["mAP"],
+            epoch=self.epoch,
+            score=score if score is not None else result.test["mAP"],
             selected_by="validation mAP" if score is not None else "last epoch",
             thresholds=None if result.thresholds is None else [float(t) for t in result.thresholds],
             weights=which if self.ema is not None else None,
@@ -570,15 +649,18 @@ class Trainer:
         group_loss = model_group_loss(module)  # the reported losses are the training objective's
         module = with_tta(module, cfg.tta)
         if self.val_data is not None:
-            vlogits = predict_scores(module, self.val_data, cfg.image_size, self.rank_batch, cfg.workers,
-                                     self.device, cfg.amp, desc="val")
+            vlogits = predict_scores(
+                module, self.val_data, cfg.image_size, self.rank_batch, cfg.workers, self.device, cfg.amp, desc="val"
+            )
             vm = score_metrics(vlogits, self.val_data.targets, group_loss=group_loss, loss=self.criterion)
             if cfg.tune_thresholds:
                 thresholds = per_label_thresholds(sigmoid(vlogits.astype(np.float64)), self.val_data.targets)
-        tlogits = predict_scores(module, self.test_data, cfg.image_size, self.rank_batch, cfg.workers,
-                                 self.device, cfg.amp, desc="test")
-        return Evaluation(vm, thresholds,
-                          score_metrics(tlogits, self.test_data.targets, thresholds, group_loss, self.criterion))
+        tlogits = predict_scores(
+            module, self.test_data, cfg.image_size, self.rank_batch, cfg.workers, self.device, cfg.amp, desc="test"
+        )
+        return Evaluation(
+            vm, thresholds, score_metrics(tlogits, self.test_data.targets, thresholds, group_loss, self.criterion)
+        )
 
     def select_weights(self, results: dict[str, Evaluation]) -> str:
         """Which weights this epoch offers as best.pt: the better on validation (live on a tie); without a
@@ -595,26 +677,44 @@ class Trainer:
             return
         labels = self.labelset.labels
         report = {k: v for k, v in tm.items()}
-        report.update(epoch=self.epoch, selected_by=self.best.selected_by, split=self.test_data.split,
-                      dataset=self.cfg.dataset, labels=labels,
-                      ap_by_label=dict(zip(labels, tm["ap_per_label"], strict=True)))
+        report.update(
+            epoch=self.epoch,
+            selected_by=self.best.selected_by,
+            split=self.test_data.split,
+            dataset=self.cfg.dataset,
+            labels=labels,
+            ap_by_label=dict(zip(labels, tm["ap_per_label"], strict=True)),
+        )
         if self.best.weights is not None:
             report["weights"] = self.best.weights
         if self.best.thresholds is not None:
             report["thresholds_by_label"] = dict(zip(labels, self.best.thresholds, strict=True))
         atomic_write_json(self.out / "metrics.json", report)
-        plot_ap_per_label(tm["ap_per_label"], labels, self.out / "ap_per_label.png",
-                          title=f"AP per label, {self.test_data.split} split, epoch {self.epoch}")
+        plot_ap_per_label(
+            tm["ap_per_label"],
+            labels,
+            self.out / "ap_per_label.png",
+            title=f"AP per label, {self.test_data.split} split, epoch {self.epoch}",
+        )
         self.write_history_plot()
 
     def fit(self) -> Selected | None:
         """Train the remaining epochs; the selected epoch (self.best; None when no epoch was left to train)."""
         cfg = self.cfg
-        log.info("train %s: %d images (%s), test %d images (%s), %d labels, model %s, device %s%s",
-                 cfg.dataset, len(self.train_data), self.train_data.split, len(self.test_data),
-                 self.test_data.split, len(self.labelset.labels), cfg.model, self.device,
-                 f", DDP world size {dist.world_size()} ({torch.distributed.get_backend()})"
-                 if dist.is_distributed() else "")
+        log.info(
+            "train %s: %d images (%s), test %d images (%s), %d labels, model %s, device %s%s",
+            cfg.dataset,
+            len(self.train_data),
+            self.train_data.split,
+            len(self.test_data),
+            self.test_data.split,
+            len(self.labelset.labels),
+            cfg.model,
+            self.device,
+            f", DDP world size {dist.world_size()} ({torch.distributed.get_backend()})"
+            if dist.is_distributed()
+            else "",
+        )
         while self.epoch < cfg.epochs:
             t0 = time.time()
             self.train_epoch()
@@ -645,10 +745,13 @@ def train(cfg: TrainConfig, keep_epochs: bool = False, requeue_signal: str | Non
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
-    p.add_argument("--requeue-signal", metavar="SIG",
-                   help="a signal (e.g. USR1, as SLURM's --signal=USR1@90 sends) that means: save last.pt at the "
-                        "step in progress and exit with status 75 for the job script to requeue (SIGTERM and "
-                        "SIGINT always save and exit, with 143 and 130)")
+    p.add_argument(
+        "--requeue-signal",
+        metavar="SIG",
+        help="a signal (e.g. USR1, as SLURM's --signal=USR1@90 sends) that means: save last.pt at the "
+        "step in progress and exit with status 75 for the job script to requeue (SIGTERM and "
+        "SIGINT always save and exit, with 143 and 130)",
+    )
     p.epilog = INSTALL_HINT
 
 

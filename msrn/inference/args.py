@@ -1,5 +1,6 @@
 """Options of the tagging commands: how predict and serve decode images, and the Predictor that the checkpoint
 options (msrn.options, shared with evaluate) describe."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +27,22 @@ def read_label_names(path: str | os.PathLike) -> list[str]:
     return names
 
 
-
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """--exif-orientation and --max-megapixels (predict, serve): how image files are decoded."""
-    parser.add_argument("--exif-orientation", choices=("on", "off"),
-                        help="turn photos upright by their EXIF orientation tag (default: as the checkpoint's "
-                             "training did; on for reference and older checkpoints)")
-    parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6, metavar="MP",
-                        help="refuse images larger than MP megapixels, read from the file's header before "
-                             f"decoding (default {DEFAULT_MAX_PIXELS / 1e6:g})")
+    parser.add_argument(
+        "--exif-orientation",
+        choices=("on", "off"),
+        help="turn photos upright by their EXIF orientation tag (default: as the checkpoint's "
+        "training did; on for reference and older checkpoints)",
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=DEFAULT_MAX_PIXELS / 1e6,
+        metavar="MP",
+        help="refuse images larger than MP megapixels, read from the file's header before "
+        f"decoding (default {DEFAULT_MAX_PIXELS / 1e6:g})",
+    )
 
 
 def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,8 +56,10 @@ def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
     max_pixels = int(args.max_megapixels * 1e6)
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
-    return {"exif_orientation": None if args.exif_orientation is None else args.exif_orientation == "on",
-            "max_pixels": max_pixels}
+    return {
+        "exif_orientation": None if args.exif_orientation is None else args.exif_orientation == "on",
+        "max_pixels": max_pixels,
+    }
 
 
 def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:

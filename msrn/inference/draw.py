@@ -2,6 +2,7 @@
 
 The maps come from `msrn.inference.explain`; this module only draws them (matplotlib, Pillow).
 """
+
 from __future__ import annotations
 
 import os
@@ -85,12 +86,23 @@ def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
                 passed = j < len(expl.thresholds) and expl.scores[j] >= expl.thresholds[j]
                 ax.set_ylabel(
                     f"{expl.labels[j]}\n{expl.scores[j]:.3f}" + ("" if passed or not expl.thresholds else " (below)"),
-                    fontsize=11, fontweight="bold", rotation=0, ha="right", va="center", labelpad=10,
+                    fontsize=11,
+                    fontweight="bold",
+                    rotation=0,
+                    ha="right",
+                    va="center",
+                    labelpad=10,
                 )
             else:
                 ax.text(
-                    0.98, 0.03, f"peak {concentration(expl.maps[col - 1][j]):.1f}× uniform",
-                    transform=ax.transAxes, ha="right", va="bottom", fontsize=7.5, color="white",
+                    0.98,
+                    0.03,
+                    f"peak {concentration(expl.maps[col - 1][j]):.1f}× uniform",
+                    transform=ax.transAxes,
+                    ha="right",
+                    va="bottom",
+                    fontsize=7.5,
+                    color="white",
                     bbox=dict(boxstyle="round,pad=0.2", facecolor="black", alpha=0.55, linewidth=0),
                 )
     fig.suptitle(title, fontsize=12 if lines == 0 else 10)

@@ -21,6 +21,7 @@ which is how the pictures state how concentrated a map is.
 Maps are computed only for the labels asked for (B x k x D x N_s temporaries, small), on the
 pooled, projected maps the classifier reads (`MSRN.projected_maps`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -145,8 +146,10 @@ def picture_notes(expl: Explanation) -> list[str]:
     if len(expl.labels) > 1:
         differ = label_map_difference(expl.maps)
         if differ < ALIKE:
-            notes.append(f"The attention maps of these labels are alike (at most {100 * differ:.1f}% of the attention "
-                         "differs): MSRN looked at the same places for each, and told them apart in its classifier.")
+            notes.append(
+                f"The attention maps of these labels are alike (at most {100 * differ:.1f}% of the attention "
+                "differs): MSRN looked at the same places for each, and told them apart in its classifier."
+            )
     return notes
 
 

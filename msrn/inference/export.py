@@ -10,6 +10,7 @@ plain tensor ops, split over label chunks to bound its memory.
 
 `--format hub` writes a model folder with its card instead (msrn.inference.push.export_folder).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -132,8 +133,13 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
             torch.onnx.export(
-                module, (torch.zeros(2, 3, image_size, image_size),), os.fspath(tmp), dynamo=False,
-                input_names=["image"], output_names=["logits"], opset_version=opset,
+                module,
+                (torch.zeros(2, 3, image_size, image_size),),
+                os.fspath(tmp),
+                dynamo=False,
+                input_names=["image"],
+                output_names=["logits"],
+                opset_version=opset,
                 dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
             )
         proto = onnx.load(os.fspath(tmp))
@@ -153,11 +159,19 @@ def export_onnx(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn export`."""
     add_checkpoint_arguments(parser)
-    parser.add_argument("--format", choices=("onnx", "hub"), default="onnx",
-                        help="onnx: one ONNX file; hub: a model folder (model.safetensors, config.json, README.md "
-                             "card) that msrn.load and the Hugging Face Hub take (default onnx)")
-    parser.add_argument("--out", required=True, metavar="PATH",
-                        help="where to write the model: a file for onnx (model.onnx), a folder for hub")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "hub"),
+        default="onnx",
+        help="onnx: one ONNX file; hub: a model folder (model.safetensors, config.json, README.md "
+        "card) that msrn.load and the Hugging Face Hub take (default onnx)",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="where to write the model: a file for onnx (model.onnx), a folder for hub",
+    )
     add_card_arguments(parser)
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, 17 or newer (default {OPSET})")
 
@@ -166,18 +180,25 @@ def main(args: argparse.Namespace) -> int:
     """Run `msrn export`: load, export, verify with onnxruntime, report; or write a model folder."""
     if args.format == "hub":
         config, note = export_folder(args.checkpoint, args.out, **export_options(args))
-        print(f"msrn export: wrote {args.out} ({len(config['labels'])} labels, input {config['image_size']}px): "
-              f"{WEIGHTS}, {CONFIG}, {CARD}; {note}", file=sys.stderr)
+        print(
+            f"msrn export: wrote {args.out} ({len(config['labels'])} labels, input {config['image_size']}px): "
+            f"{WEIGHTS}, {CONFIG}, {CARD}; {note}",
+            file=sys.stderr,
+        )
         return 0
-    given = [flag for flag, value in (("--metrics", args.metrics), ("--license", args.license_id),
-                                      ("--dataset", args.dataset)) if value is not None]
+    given = [
+        flag
+        for flag, value in (("--metrics", args.metrics), ("--license", args.license_id), ("--dataset", args.dataset))
+        if value is not None
+    ]
     if given:
         raise MSRNError(f"{', '.join(given)}: for --format hub only")
     _require_onnx()
     predictor = load_from_args(args, fast=False)  # the network as written; onnxruntime does its own folding
     model = predictor.model
-    diff = export_onnx(model, args.out, predictor.image_size, args.opset, predictor.thresholds.tolist(),
-                       predictor.exif_orientation)
+    diff = export_onnx(
+        model, args.out, predictor.image_size, args.opset, predictor.thresholds.tolist(), predictor.exif_orientation
+    )
     print(
         f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {predictor.image_size}px, "
         f"dynamic batch); onnxruntime logits match PyTorch's within {diff:.2g}",

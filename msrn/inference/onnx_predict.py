@@ -10,6 +10,7 @@ module imports no torch, so a deployment needs neither torch nor a checkpoint:
 Decoding, resizing and records are those of `msrn predict`; the scores match the PyTorch path's
 to about 1e-5 (the export itself is verified to 1e-4 in the logits).
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@
 Records are those of `msrn.inference.predictor` (one per image, best labels first); an image that
 cannot be read gets an error record and the others go on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,31 +35,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "keeps the K best of those. Both apply. `--threshold 0 --top-k 5` gives the 5 best labels\n"
         "whatever their scores; `--threshold 0` alone lists every label (models of more than 100\n"
         "labels keep the 20 best unless --top-k says otherwise).\n"
-        "Output: json is a list with one record per image, {\"image\", \"labels\": [{\"label\", \"score\"}]},\n"
+        'Output: json is a list with one record per image, {"image", "labels": [{"label", "score"}]},\n'
         "labels by descending score; csv has columns image,label,score,error with one row per label\n"
         "(one row with an empty label for an image with none). With --explain each JSON record also\n"
-        "names its picture (\"explanation\"). An unreadable image gets an error record and the rest\n"
+        'names its picture ("explanation"). An unreadable image gets an error record and the rest\n'
         "go on; the exit status is then 1."
     )
     add_checkpoint_arguments(parser, required=False)
-    parser.add_argument("--onnx", metavar="FILE",
-                        help="tag with a model exported by `msrn export` instead of a checkpoint (onnxruntime; "
-                             "labels, thresholds and input size come from the file)")
+    parser.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="tag with a model exported by `msrn export` instead of a checkpoint (onnxruntime; "
+        "labels, thresholds and input size come from the file)",
+    )
     parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (walked)")
-    parser.add_argument("--list", action="append", default=[], metavar="FILE",
-                        help="a text file listing image paths, one a line ('-' reads standard input); repeatable")
+    parser.add_argument(
+        "--list",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a text file listing image paths, one a line ('-' reads standard input); repeatable",
+    )
     parser.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
     parser.add_argument("--out", metavar="FILE", help="write the output here (atomically) instead of stdout")
-    parser.add_argument("--threshold", type=float, metavar="T",
-                        help="report labels with probability >= T (default: the checkpoint's per-label "
-                             "thresholds if it has them, else 0.5)")
-    parser.add_argument("--top-k", type=int, metavar="K",
-                        help="report at most the K best labels passing the threshold (default: all; 20 for models "
-                             "of more than 100 labels)")
-    parser.add_argument("--explain", metavar="DIR",
-                        help="write one PNG per image to DIR: attention of its top labels at each depth read")
-    parser.add_argument("--explain-labels", type=int, default=3, metavar="N",
-                        help="how many top-scoring labels --explain shows per image (default 3)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="report labels with probability >= T (default: the checkpoint's per-label "
+        "thresholds if it has them, else 0.5)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="report at most the K best labels passing the threshold (default: all; 20 for models "
+        "of more than 100 labels)",
+    )
+    parser.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write one PNG per image to DIR: attention of its top labels at each depth read",
+    )
+    parser.add_argument(
+        "--explain-labels",
+        type=int,
+        default=3,
+        metavar="N",
+        help="how many top-scoring labels --explain shows per image (default 3)",
+    )
     add_runtime_arguments(parser, batch_size=8, device="cpu", tta="none")
     add_fast_argument(parser)
     add_decoding_arguments(parser)
@@ -118,13 +143,24 @@ def _load(args: argparse.Namespace) -> Any:
         raise MSRNError("give either --checkpoint or --onnx")
     if args.checkpoint is not None:
         return load_from_args(args, device=args.device, fast=not args.exact, tta=args.tta, **options)
-    given = [flag for flag, value in (("--word-vectors", args.word_vectors), ("--cooccurrence", args.cooccurrence),
-                                      ("--labels", args.labels), ("--image-size", args.image_size),
-                                      ("--explain", args.explain), ("--exact", args.exact),
-                                      ("--tta", args.tta != "none")) if value]
+    given = [
+        flag
+        for flag, value in (
+            ("--word-vectors", args.word_vectors),
+            ("--cooccurrence", args.cooccurrence),
+            ("--labels", args.labels),
+            ("--image-size", args.image_size),
+            ("--explain", args.explain),
+            ("--exact", args.exact),
+            ("--tta", args.tta != "none"),
+        )
+        if value
+    ]
     if given:
-        raise MSRNError(f"{', '.join(given)} cannot be used with --onnx: the file fixes its labels, input size "
-                        "and computation, and holds no attention maps")
+        raise MSRNError(
+            f"{', '.join(given)} cannot be used with --onnx: the file fixes its labels, input size "
+            "and computation, and holds no attention maps"
+        )
     return OnnxPredictor(args.onnx, **options)
 
 
@@ -151,8 +187,14 @@ def main(args: argparse.Namespace) -> int:
     output = _Output(args.format, args.out)
     failed, used = 0, set[str]()
     results = predictor.iter_results(items, explain_k=explain_k) if explain_k else predictor.iter_results(items)
-    with tqdm(total=len(items), desc="predict", unit="img", leave=False, file=sys.stderr,
-              disable=None if len(items) >= PROGRESS_FROM else True) as bar:
+    with tqdm(
+        total=len(items),
+        desc="predict",
+        unit="img",
+        leave=False,
+        file=sys.stderr,
+        disable=None if len(items) >= PROGRESS_FROM else True,
+    ) as bar:
         for index, result in enumerate(results):
             record, expl = result.record, result.explanation
             if "error" in record:

@@ -4,6 +4,7 @@ A record per image is `{"image": path, "labels": [{"label": name, "score": proba
 with labels in descending score; an image that cannot be read gets `{"image", "error", "labels": []}`
 instead, and the others go on.
 """
+
 from __future__ import annotations
 
 import os
@@ -81,8 +82,11 @@ class Predictor(Tagger):
         """
         labels = list(labels) if labels is not None else None
         loaded = load_checkpoint(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels)
-        stored = {"image_size": loaded.image_size, "threshold": loaded.thresholds,
-                  "exif_orientation": loaded.exif_orientation}
+        stored = {
+            "image_size": loaded.image_size,
+            "threshold": loaded.thresholds,
+            "exif_orientation": loaded.exif_orientation,
+        }
         return cls(loaded.model, **{**options, **{k: v for k, v in stored.items() if options.get(k) is None}})
 
     def scores(self, images: list[Image.Image], explain_k: int) -> tuple[np.ndarray, np.ndarray | None, list]:
@@ -110,15 +114,25 @@ class Predictor(Tagger):
         )
 
     def explanation(
-        self, img: Image.Image, name: str | None, probs: np.ndarray, ids: np.ndarray,
-        maps: list[np.ndarray], thresholds: np.ndarray | None = None, index: int = 0,
+        self,
+        img: Image.Image,
+        name: str | None,
+        probs: np.ndarray,
+        ids: np.ndarray,
+        maps: list[np.ndarray],
+        thresholds: np.ndarray | None = None,
+        index: int = 0,
     ) -> Any:
         """Bundle one image's top labels, scores and maps (from `run`) for drawing."""
         thresholds = self.thresholds if thresholds is None else thresholds
         return Explanation(
-            image=img, name=Path(name).name if name else f"image {index}",
-            labels=[self.labels[j] for j in ids], scores=[float(probs[j]) for j in ids],
-            maps=maps, thresholds=[float(thresholds[j]) for j in ids], depths=tuple(self.model.cfg.depths),
+            image=img,
+            name=Path(name).name if name else f"image {index}",
+            labels=[self.labels[j] for j in ids],
+            scores=[float(probs[j]) for j in ids],
+            maps=maps,
+            thresholds=[float(thresholds[j]) for j in ids],
+            depths=tuple(self.model.cfg.depths),
         )
 
     def explain(self, images: ImageInput | Iterable[ImageInput], k: int = 3) -> list[Any]:

@@ -5,6 +5,7 @@ The folder is msrn.hub's (model.safetensors, config.json) plus README.md from ms
 test figures of the run's metrics.json. Push refuses to replace a card on the Hub that belongs to another
 model (other weights, or a card msrn did not write) unless --force says so.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -123,8 +124,10 @@ def remote_owner(api: Any, repo: str, weights_sha256: str) -> str | None:
         return f"hf://{repo} already has a card msrn did not write"
     if remote.get("weights_sha256") != weights_sha256:
         theirs = str(remote.get("weights_sha256"))[:12]
-        return (f"hf://{repo} already holds the card of a different model (weights {theirs}..., these "
-                f"{weights_sha256[:12]}...)")
+        return (
+            f"hf://{repo} already holds the card of a different model (weights {theirs}..., these "
+            f"{weights_sha256[:12]}...)"
+        )
     return None
 
 
@@ -153,8 +156,12 @@ def push(
         if refusal and not force:
             raise MSRNError(f"{refusal}; pass --force to replace it")
         url = api.create_repo(repo, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo, folder_path=str(folder), allow_patterns=[WEIGHTS, CONFIG, CARD],
-                          commit_message=message or f"msrn {__version__}: {len(config['labels'])}-label model")
+        api.upload_folder(
+            repo_id=repo,
+            folder_path=str(folder),
+            allow_patterns=[WEIGHTS, CONFIG, CARD],
+            commit_message=message or f"msrn {__version__}: {len(config['labels'])}-label model",
+        )
     return str(url)
 
 
@@ -164,31 +171,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_card_arguments(parser)
     parser.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the Hub repository (created if absent)")
     parser.add_argument("--out", metavar="DIR", help="also keep the uploaded folder here (default: a temporary one)")
-    parser.add_argument("--force", action="store_true",
-                        help="replace the repository's card even if it belongs to another model or to another "
-                             "library")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the repository's card even if it belongs to another model or to another library",
+    )
     parser.add_argument("--private", action="store_true", help="create the repository private (if it is created)")
     parser.add_argument("--message", help="the commit message")
 
 
 def add_card_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that shape the card (shared with `msrn export --format hub`)."""
-    parser.add_argument("--metrics", metavar="FILE",
-                        help="the run's metrics.json for the card's figures (default: the one beside the checkpoint "
-                             "file, if it is that checkpoint's)")
-    parser.add_argument("--license", dest="license_id", metavar="ID",
-                        help="the card's license id (e.g. apache-2.0; default: a placeholder to replace)")
-    parser.add_argument("--dataset", help="reference checkpoints: the dataset whose label files and names to take "
-                                          "(default: the one with the checkpoint's label count)")
+    parser.add_argument(
+        "--metrics",
+        metavar="FILE",
+        help="the run's metrics.json for the card's figures (default: the one beside the checkpoint "
+        "file, if it is that checkpoint's)",
+    )
+    parser.add_argument(
+        "--license",
+        dest="license_id",
+        metavar="ID",
+        help="the card's license id (e.g. apache-2.0; default: a placeholder to replace)",
+    )
+    parser.add_argument(
+        "--dataset",
+        help="reference checkpoints: the dataset whose label files and names to take "
+        "(default: the one with the checkpoint's label count)",
+    )
 
 
 def export_options(args: argparse.Namespace) -> dict[str, Any]:
     """export_folder's keyword arguments from the checkpoint and card options."""
     if args.image_size is not None and args.image_size < 32:
         raise MSRNError("--image-size must be at least 32")
-    return {"metrics": args.metrics, "license_id": args.license_id, "word_vectors": args.word_vectors,
-            "cooccurrence": args.cooccurrence, "labels": read_label_names(args.labels) if args.labels else None,
-            "dataset": args.dataset, "image_size": args.image_size}
+    return {
+        "metrics": args.metrics,
+        "license_id": args.license_id,
+        "word_vectors": args.word_vectors,
+        "cooccurrence": args.cooccurrence,
+        "labels": read_label_names(args.labels) if args.labels else None,
+        "dataset": args.dataset,
+        "image_size": args.image_size,
+    }
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ Facing a network (docs/predict.md, "Serving behind a load balancer"): with a tok
 gets an id (X-Request-ID) and one JSON access-log line; SIGTERM drains: new requests get 503, the
 admitted ones are answered, then the server exits 0 (at most `grace` seconds later).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -148,8 +149,14 @@ class Batcher:
     waiting at most max_wait seconds, and only while announced requests are still decoding.
     """
 
-    def __init__(self, predictor: Predictor, batch_size: int, max_wait: float, explain_k: int,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        batch_size: int,
+        max_wait: float,
+        explain_k: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.predictor, self.batch_size, self.max_wait = predictor, max(1, batch_size), max(0.0, max_wait)
         self.explain_k, self.on_batch = explain_k, on_batch
         self._cv = threading.Condition()
@@ -199,7 +206,7 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cv.wait(left)
-            batch, self._waiting = self._waiting[: self.batch_size], self._waiting[self.batch_size:]
+            batch, self._waiting = self._waiting[: self.batch_size], self._waiting[self.batch_size :]
             return batch
 
     def _loop(self) -> None:
@@ -217,8 +224,9 @@ class Batcher:
                 if not part:
                     continue
                 try:
-                    probs, ids, maps = self.predictor.run(torch.stack([x for x, _ in part]),
-                                                          self.explain_k if explain else 0)
+                    probs, ids, maps = self.predictor.run(
+                        torch.stack([x for x, _ in part]), self.explain_k if explain else 0
+                    )
                 except Exception as e:  # noqa: BLE001  (the requests learn of it; the server goes on)
                     for _, f in part:
                         f.set_exception(e)
@@ -234,15 +242,22 @@ def answer(predictor: Predictor, name: str, probs: np.ndarray, explanation: Any)
     if explanation is not None:
         out["depths"] = explanation.depth_titles()
         out["panels"] = [
-            {"label": explanation.labels[j], "score": round(explanation.scores[j], 6),
-             "images": [_b64_png(p) for p in row],
-             "peaks": [round(concentration(m[j]), 2) for m in explanation.maps]}
+            {
+                "label": explanation.labels[j],
+                "score": round(explanation.scores[j], 6),
+                "images": [_b64_png(p) for p in row],
+                "peaks": [round(concentration(m[j]), 2) for m in explanation.maps],
+            }
             for j, row in enumerate(panels(explanation))
         ]
     reported = {x["label"] for x in record["labels"]}
     out["scores"] = [
-        {"label": predictor.labels[i], "score": round(float(probs[i]), 6),
-         "threshold": round(float(predictor.thresholds[i]), 6), "reported": predictor.labels[i] in reported}
+        {
+            "label": predictor.labels[i],
+            "score": round(float(probs[i]), 6),
+            "threshold": round(float(predictor.thresholds[i]), 6),
+            "reported": predictor.labels[i] in reported,
+        }
         for i in probs.argsort(kind="stable")[::-1][:SHOWN_SCORES]
     ]
     return out
@@ -287,18 +302,24 @@ class Metrics:
             raise MSRNError("msrn serve needs prometheus_client: pip install 'msrn[serve]'") from None
         self.registry = prom.CollectorRegistry()
         reg = dict(registry=self.registry)
-        self.requests = prom.Counter("msrn_requests", "Requests answered, by route and status",
-                                     ["route", "status"], **reg)
-        self.latency = prom.Histogram("msrn_request_seconds", "Time from request to response, by route", ["route"],
-                                      buckets=LATENCY_BUCKETS, **reg)
+        self.requests = prom.Counter(
+            "msrn_requests", "Requests answered, by route and status", ["route", "status"], **reg
+        )
+        self.latency = prom.Histogram(
+            "msrn_request_seconds", "Time from request to response, by route", ["route"], buckets=LATENCY_BUCKETS, **reg
+        )
         self.queue = prom.Gauge("msrn_queue_depth", "Prediction requests admitted and in progress", **reg)
         self.queue.set_function(queue_depth)
-        self.batches = prom.Histogram("msrn_batch_images", "Images per forward pass (micro-batch size)",
-                                      buckets=tuple(range(1, batch_size + 1)), **reg)
-        self.refused = prom.Counter("msrn_refused", "Requests refused with 503, by reason (busy, draining)",
-                                    ["reason"], **reg)
-        self.unreadable = prom.Counter("msrn_unreadable_uploads", "Uploads that were not a readable image (400)",
-                                       **reg)
+        self.batches = prom.Histogram(
+            "msrn_batch_images",
+            "Images per forward pass (micro-batch size)",
+            buckets=tuple(range(1, batch_size + 1)),
+            **reg,
+        )
+        self.refused = prom.Counter(
+            "msrn_refused", "Requests refused with 503, by reason (busy, draining)", ["reason"], **reg
+        )
+        self.unreadable = prom.Counter("msrn_unreadable_uploads", "Uploads that were not a readable image (400)", **reg)
         self.images = prom.Counter("msrn_images", "Images tagged", **reg)
         self.text = lambda: prom.generate_latest(self.registry)
         self.content_type = prom.CONTENT_TYPE_LATEST
@@ -357,10 +378,16 @@ def create_app(
             if request.path == "/healthz":
                 return jsonify(status="draining"), 503, {"Retry-After": str(RETRY_AFTER_S)}
             return refuse("draining", f"the server is shutting down; retry in {RETRY_AFTER_S} s (another replica)")
-        if token is not None and request.path not in OPEN_ROUTES \
-                and not token_matches(request.headers.get("Authorization"), token):
-            return jsonify(error="unauthorised: send the header 'Authorization: Bearer <token>'"), 401, \
-                {"WWW-Authenticate": 'Bearer realm="msrn"'}
+        if (
+            token is not None
+            and request.path not in OPEN_ROUTES
+            and not token_matches(request.headers.get("Authorization"), token)
+        ):
+            return (
+                jsonify(error="unauthorised: send the header 'Authorization: Bearer <token>'"),
+                401,
+                {"WWW-Authenticate": 'Bearer realm="msrn"'},
+            )
         return None
 
     @app.after_request
@@ -372,9 +399,19 @@ def create_app(
         metrics.latency.labels(route).observe(seconds)
         response.headers["X-Request-ID"] = g.request_id
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "id": g.request_id,
-                                        "method": request.method, "route": route, "status": response.status_code,
-                                        "images": g.images, "ms": round(seconds * 1000, 2)}))
+            access_log.info(
+                json.dumps(
+                    {
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "id": g.request_id,
+                        "method": request.method,
+                        "route": route,
+                        "status": response.status_code,
+                        "images": g.images,
+                        "ms": round(seconds * 1000, 2),
+                    }
+                )
+            )
         return response
 
     @app.get("/")
@@ -383,14 +420,26 @@ def create_app(
 
     @app.get("/api/info")
     def info() -> Any:
-        return jsonify(labels=predictor.labels, image_size=predictor.image_size, explain=explain_k > 0,
-                       max_upload_mb=max_upload_mb, max_megapixels=(predictor.max_pixels or 0) / 1e6,
-                       batch_size=batch_size, queue=queue)
+        return jsonify(
+            labels=predictor.labels,
+            image_size=predictor.image_size,
+            explain=explain_k > 0,
+            max_upload_mb=max_upload_mb,
+            max_megapixels=(predictor.max_pixels or 0) / 1e6,
+            batch_size=batch_size,
+            queue=queue,
+        )
 
     @app.get("/healthz")
     def health() -> Any:
-        return jsonify(status="ok", in_progress=admission.count, queue=queue, batches=batcher.batches,
-                       images=batcher.images, largest_batch=batcher.largest)
+        return jsonify(
+            status="ok",
+            in_progress=admission.count,
+            queue=queue,
+            batches=batcher.batches,
+            images=batcher.images,
+            largest_batch=batcher.largest,
+        )
 
     @app.get("/metrics")
     def prometheus() -> Any:
@@ -401,8 +450,9 @@ def create_app(
         batcher.expect()
         try:
             with budget.reserve(declared_pixels(upload.stream)):
-                image = open_image(upload.stream, name, exif_orientation=predictor.exif_orientation,
-                                   max_pixels=predictor.max_pixels)
+                image = open_image(
+                    upload.stream, name, exif_orientation=predictor.exif_orientation, max_pixels=predictor.max_pixels
+                )
                 x = predictor.transform(image)
                 shown = image.resize(panel_size(image), Image.Resampling.BILINEAR) if explain else None
             del image
@@ -487,7 +537,11 @@ class Server:
         self.connections: dict = {}  # waitress's socket map: the listener, its wake-up pipe, every connection
         max_body = app.config["MAX_CONTENT_LENGTH"]
         self._server = waitress.create_server(
-            app, map=self.connections, sockets=[sock], ident="msrn", threads=app.config["MSRN_QUEUE"] + SPARE_THREADS,
+            app,
+            map=self.connections,
+            sockets=[sock],
+            ident="msrn",
+            threads=app.config["MSRN_QUEUE"] + SPARE_THREADS,
             max_request_body_size=2 * max_body + (1 << 20),  # beyond Flask's JSON 413: waitress's own
             asyncore_use_poll=True,  # poll() drops a socket closed by another thread; select() would fail on it
         )
@@ -501,6 +555,7 @@ class Server:
 
     def shutdown(self) -> None:
         """Close the listening socket and every connection; serve_forever then returns."""
+
         def close_all() -> None:
             for channel in list(self.connections.values()):
                 channel.close()
@@ -550,16 +605,23 @@ class GracefulStop:
         self._draining = True
         self.app.extensions["msrn_draining"].set()
         in_flight = self.app.extensions["msrn_in_flight"]
-        print(f"msrn serve: SIGTERM: refusing new requests, answering {in_flight.count} in progress "
-              f"(at most {self.grace:g} s)", file=sys.stderr, flush=True)
+        print(
+            f"msrn serve: SIGTERM: refusing new requests, answering {in_flight.count} in progress "
+            f"(at most {self.grace:g} s)",
+            file=sys.stderr,
+            flush=True,
+        )
         threading.Thread(target=self._drain, args=(in_flight,), name="msrn-drain", daemon=True).start()
 
     def _drain(self, in_flight: InFlight) -> None:
         answered = in_flight.wait_idle(self.grace)
         time.sleep(FLUSH_S)
         if not answered:
-            print(f"msrn serve: {in_flight.count} request(s) still in progress after {self.grace:g} s; stopping",
-                  file=sys.stderr, flush=True)
+            print(
+                f"msrn serve: {in_flight.count} request(s) still in progress after {self.grace:g} s; stopping",
+                file=sys.stderr,
+                flush=True,
+            )
             self.status = 1
         with self._lock:
             if self._closed:  # serving already ended (a second SIGTERM): nobody to wake
@@ -595,24 +657,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn serve`."""
     add_checkpoint_arguments(parser)
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this computer only)")
-    parser.add_argument("--threshold", type=float, metavar="T",
-                        help="report labels with probability >= T (default: the checkpoint's thresholds, else 0.5)")
-    parser.add_argument("--explain-labels", type=int, default=3, metavar="N",
-                        help="attention panels for the N best labels, when a request asks (default 3)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this computer only)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="report labels with probability >= T (default: the checkpoint's thresholds, else 0.5)",
+    )
+    parser.add_argument(
+        "--explain-labels",
+        type=int,
+        default=3,
+        metavar="N",
+        help="attention panels for the N best labels, when a request asks (default 3)",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest accepted upload")
-    parser.add_argument("--queue", type=int, default=QUEUE, metavar="N",
-                        help=f"requests in progress at once; more get 503 with Retry-After (default {QUEUE})")
-    parser.add_argument("--batch-wait-ms", type=float, default=BATCH_WAIT_MS, metavar="MS",
-                        help=f"longest wait for more requests to fill a batch (default {BATCH_WAIT_MS:g})")
+    parser.add_argument(
+        "--queue",
+        type=int,
+        default=QUEUE,
+        metavar="N",
+        help=f"requests in progress at once; more get 503 with Retry-After (default {QUEUE})",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=BATCH_WAIT_MS,
+        metavar="MS",
+        help=f"longest wait for more requests to fill a batch (default {BATCH_WAIT_MS:g})",
+    )
     add_runtime_arguments(parser, batch_size=BATCH_SIZE, device="cpu")  # requests batched into one forward pass
-    parser.add_argument("--token", help=f"require 'Authorization: Bearer TOKEN' on every route but / and /healthz "
-                                        f"(default: the environment variable {TOKEN_ENV}, which `ps` does not show)")
-    parser.add_argument("--insecure-no-token", action="store_true",
-                        help="allow a non-loopback --host without a token: anyone who reaches the port can use it")
-    parser.add_argument("--grace", type=float, default=GRACE_S, metavar="S",
-                        help=f"on SIGTERM, answer the requests in progress for at most S seconds (default {GRACE_S:g})")
+    parser.add_argument(
+        "--token",
+        help=f"require 'Authorization: Bearer TOKEN' on every route but / and /healthz "
+        f"(default: the environment variable {TOKEN_ENV}, which `ps` does not show)",
+    )
+    parser.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="allow a non-loopback --host without a token: anyone who reaches the port can use it",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=GRACE_S,
+        metavar="S",
+        help=f"on SIGTERM, answer the requests in progress for at most S seconds (default {GRACE_S:g})",
+    )
     add_fast_argument(parser)
     add_decoding_arguments(parser)
 
@@ -632,10 +723,14 @@ def serve_token(args: argparse.Namespace) -> str | None:
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     if token is None and not is_loopback(args.host):
         if not args.insecure_no_token:
-            raise MSRNError(f"--host {args.host} lets other computers in, and there is no token: set {TOKEN_ENV} "
-                            "(or --token), or pass --insecure-no-token to serve without authentication")
-        print(f"msrn serve: WARNING: --insecure-no-token: anyone who reaches {args.host}:{args.port} can use this "
-              "server", file=sys.stderr)
+            raise MSRNError(
+                f"--host {args.host} lets other computers in, and there is no token: set {TOKEN_ENV} "
+                "(or --token), or pass --insecure-no-token to serve without authentication"
+            )
+        print(
+            f"msrn serve: WARNING: --insecure-no-token: anyone who reaches {args.host}:{args.port} can use this server",
+            file=sys.stderr,
+        )
     return token
 
 
@@ -647,10 +742,18 @@ def main(args: argparse.Namespace) -> int:
         raise MSRNError(f"--grace {args.grace:g}: give the seconds to wait, 0 or more")
     token = serve_token(args)
     return_freed_memory()  # the command owns its process
-    predictor = load_from_args(args, threshold=args.threshold, device=args.device, fast=not args.exact,
-                               **decoding_options(args))
-    app = create_app(predictor, max(0, args.explain_labels), args.max_upload_mb, args.queue, args.batch_size,
-                     args.batch_wait_ms, token=token)
+    predictor = load_from_args(
+        args, threshold=args.threshold, device=args.device, fast=not args.exact, **decoding_options(args)
+    )
+    app = create_app(
+        predictor,
+        max(0, args.explain_labels),
+        args.max_upload_mb,
+        args.queue,
+        args.batch_size,
+        args.batch_wait_ms,
+        token=token,
+    )
     server = make_server(app, args.host, args.port)
     if not access_log.handlers:  # one JSON line per request on stderr
         handler = logging.StreamHandler(sys.stderr)
@@ -658,8 +761,12 @@ def main(args: argparse.Namespace) -> int:
         access_log.addHandler(handler)
         access_log.setLevel(logging.INFO)
         access_log.propagate = False
-    print(f"msrn serve: {args.checkpoint} on http://{args.host}:{server.port}/"
-          f"{' (token required)' if token else ''} (Ctrl+C stops; SIGTERM drains)", file=sys.stderr, flush=True)
+    print(
+        f"msrn serve: {args.checkpoint} on http://{args.host}:{server.port}/"
+        f"{' (token required)' if token else ''} (Ctrl+C stops; SIGTERM drains)",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         with GracefulStop(app, args.grace) as stop:
             server.serve_forever()

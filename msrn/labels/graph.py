@@ -3,6 +3,7 @@
 Counts always come from the training split. The reference's `{'adj', 'nums'}` pickles are
 read as they are (steps 1-4 applied literally), which is what reproduces its checkpoints.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

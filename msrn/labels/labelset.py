@@ -6,6 +6,7 @@ reference's pickles, or a sentence encoder) and returns a `LabelSet` that saves 
 tensor file. Its readable report and `msrn labels` are in `msrn.labels.report`; `msrn train`
 calls `build_label_set` itself.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -114,8 +115,11 @@ class LabelSet:
         try:
             return cls(
                 labels=list(d["labels"]),
-                cooccurrence=Cooccurrence(_as_array(d["counts"]), _as_array(d["nums"]),
-                                          None if d.get("known") is None else _as_array(d["known"])),
+                cooccurrence=Cooccurrence(
+                    _as_array(d["counts"]),
+                    _as_array(d["nums"]),
+                    None if d.get("known") is None else _as_array(d["known"]),
+                ),
                 word_vectors=_as_array(d["word_vectors"]),
                 vector_source=str(d["vector_source"]),
                 tau=float(d["tau"]),

@@ -5,6 +5,7 @@ published for the dataset, pinned to one commit and SHA-256. It is fetched once 
 cache (MSRN_CACHE), as ImageNet weights are. MSRN_REFERENCE_URL replaces the address of the
 reference's `data/` folder: a mirror, or a `file://` copy for machines without a network.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """The label set's report and the `msrn labels` command: what the model will be told about the labels,
 as a markdown report, two drawings (the graph and the P(j|i) heatmap) and a summary on the terminal.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ TOP_PARTNERS = 3  # strongest co-occurring labels listed per label in the report
 MAX_LISTED_LABELS = 100
 REPORT_EXTREMES = 25
 SHOWN_EDGES = 200
-KNOWN_ONLY = ("partial labels: co-occurrence counted over known entries only, P(j|i) = images with i and j / "
-              "images with i where j is known (not / all images with i)")
+KNOWN_ONLY = (
+    "partial labels: co-occurrence counted over known entries only, P(j|i) = images with i and j / "
+    "images with i where j is known (not / all images with i)"
+)
 VECTORS_HELP = (
     "label vector source: 'reference' (the reference's GloVe pickle for the dataset, fetched once and "
     "checked; the default for voc2007, coco2014, nuswide and apparel), 'ngram' (the default otherwise; "
@@ -313,8 +316,13 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**info, "out": str(out), "report": [str(f) for f in files]}, indent=2))
         return 0
-    counted = f"{ls.num_images} images ({args.dataset}, split {split})" if ls.num_images is not None else (
-        f"the reference's {args.dataset} file" if cooccurrence == REFERENCE else f"the stored file {cooccurrence}")
+    counted = (
+        f"{ls.num_images} images ({args.dataset}, split {split})"
+        if ls.num_images is not None
+        else (
+            f"the reference's {args.dataset} file" if cooccurrence == REFERENCE else f"the stored file {cooccurrence}"
+        )
+    )
     print(f"{ls.num_classes} labels, co-occurrence from {counted}")
     if ls.cooccurrence.known is not None:
         print(f"{KNOWN_ONLY}; {int((data.targets == UNKNOWN).sum())} unknown entries")

@@ -10,6 +10,7 @@ These vectors carry spelling similarity only (`motorbike` is near `motorcycle`, 
 near `dog`): they give every label a distinct, stable input, not its meaning. Use GloVe,
 fastText or the sentence encoder when meaning matters.
 """
+
 from __future__ import annotations
 
 import hashlib

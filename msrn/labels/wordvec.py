@@ -4,6 +4,7 @@ Sources: a GloVe or fastText text file (multi-word names averaged), the referenc
 pickles, or an array. Words missing from a text file are an error that names them: a
 silently zeroed vector would quietly disconnect a label from the graph.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,9 +37,7 @@ def read_name_map(path: str | Path) -> dict[str, str]:
     return out
 
 
-def read_text_vectors(
-    path: str | Path, labels: list[str], name_map: dict[str, str] | None = None
-) -> np.ndarray:
+def read_text_vectors(path: str | Path, labels: list[str], name_map: dict[str, str] | None = None) -> np.ndarray:
     """Average the GloVe/fastText vectors of each label's words; streams the file once."""
     path = Path(path)
     wanted = {w for lab in labels for w in label_words(lab, name_map)}
@@ -76,9 +75,7 @@ def read_text_vectors(
     return np.stack([np.mean([found[w] for w in label_words(lab, name_map)], axis=0) for lab in labels])
 
 
-def load_word_vectors(
-    source: VectorSource, labels: list[str], name_map: dict[str, str] | None = None
-) -> np.ndarray:
+def load_word_vectors(source: VectorSource, labels: list[str], name_map: dict[str, str] | None = None) -> np.ndarray:
     """Label vectors (C x dim, float32) from an array, a reference `.pkl`, or a text vector file."""
     if isinstance(source, (str, Path)):
         path = Path(source)

@@ -7,6 +7,7 @@
 form, `tta` flip averaging; `loading` (`load_checkpoint` -> `Loaded`, the one loader, for project and
 reference checkpoints, whose key layout `reference_layout` maps) and `pretrained` read weights into them.
 """
+
 from __future__ import annotations
 
 from msrn.models.create import create_model
@@ -15,5 +16,16 @@ from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier, Semantics
 from msrn.models.registry import MODEL_CONFIGS, list_models, placeholder_vectors
 from msrn.models.resnet import ResNet
 
-__all__ = ["MSRN", "MSRNConfig", "PlainClassifier", "ResNet", "create_model", "list_models",
-           "MODEL_CONFIGS", "placeholder_vectors", "Loaded", "load_checkpoint", "Semantics"]
+__all__ = [
+    "MSRN",
+    "MSRNConfig",
+    "PlainClassifier",
+    "ResNet",
+    "create_model",
+    "list_models",
+    "MODEL_CONFIGS",
+    "placeholder_vectors",
+    "Loaded",
+    "load_checkpoint",
+    "Semantics",
+]

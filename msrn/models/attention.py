@@ -25,6 +25,7 @@ The forms side by side, chosen by name in `attend` ("auto": the device's fastest
 literally, for tests and benchmarks) and "traceable" (the formula in plain tensor ops, blocks of
 TRACE_CHUNK semantics, for ONNX export: neither a custom autograd function nor the fused kernels trace).
 """
+
 from __future__ import annotations
 
 import os
@@ -161,7 +162,7 @@ def traceable_attention(feats: torch.Tensor, sem: torch.Tensor, chunk: int = TRA
     """label_attention_naive's formula in blocks of `chunk` semantics: B x D x N, M x D -> B x M x D."""
     outs = []
     for start in range(0, sem.shape[0], chunk):
-        s = sem[start:start + chunk]  # m x D
+        s = sem[start : start + chunk]  # m x D
         alpha = torch.softmax(feats[:, None] * s[None, :, :, None], dim=-1)  # B x m x D x N
         outs.append((alpha * feats[:, None]).sum(-1))
     return torch.cat(outs, 1)

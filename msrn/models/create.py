@@ -1,5 +1,6 @@
 """`create_model`, the one builder's front: a registered model from label files, arrays or a `LabelSet`, with
 pretrained backbone weights. A trained model comes from msrn.models.loading.load_checkpoint."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ memory, label semantics computed once, optionally torch.compile.
 The default model is untouched; `optimize_for_inference` returns a new module whose logits equal
 the original's (eval mode) to float32 rounding, checked in tests/test_fuse.py.
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,8 +21,15 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)  # out
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
     ).to(conv.weight.device)
     fused.weight.copy_(conv.weight.double() * scale[:, None, None, None])
     fused.bias.copy_(bn.bias.double() + (bias - bn.running_mean.double()) * scale)

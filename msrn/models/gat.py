@@ -5,6 +5,7 @@ over the graph's edges only (a C x C float matrix per layer and step costs 100 M
 C^2, while a co-occurrence graph thresholded at tau keeps a few edges per label): scores per edge, a
 softmax per row by scatter, the weighted sum by index_add. The two give the same numbers.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple

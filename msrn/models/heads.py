@@ -10,6 +10,7 @@ The parameters keep the reference checkpoints' top-level names (`fc1`, `fc2`, `W
 module is registered on MSRN under its own parameters' names: MLPHead holds fc1 and fc2 as children,
 ElementwiseHead holds W and B.
 """
+
 from __future__ import annotations
 
 import math

@@ -12,6 +12,7 @@ reused only when nothing else refers to it (the previous `.grad` was dropped and
 survives); otherwise backward allocates as nn.Linear does, and accumulation works as usual.
 Switching to eval mode releases the kept storage.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

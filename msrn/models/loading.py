@@ -13,6 +13,7 @@ into the same module with their keys mapped (models.reference_layout); only the 
 `load_checkpoint` returns a `Loaded`: the model with what the checkpoint says about using it (input size,
 per-label thresholds, image decoding).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -49,7 +50,11 @@ class Loaded:
 
 
 def _reference_label_inputs(
-    num_classes: int, where: str, word_vectors: Any, cooccurrence: Any, labels: list[str] | None,
+    num_classes: int,
+    where: str,
+    word_vectors: Any,
+    cooccurrence: Any,
+    labels: list[str] | None,
     dataset: str | None,
 ) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
     """The label names, vectors and adjacency of a reference checkpoint, which holds none of them.
@@ -61,8 +66,11 @@ def _reference_label_inputs(
     if labels is not None and len(labels) != num_classes:
         raise MSRNError(f"{where} has {num_classes} labels but the dataset has {len(labels)}")
     known = dataset if dataset is not None else dataset_for_classes(num_classes)
-    wanted = [kind for kind, src in (("word_vectors", word_vectors), ("cooccurrence", cooccurrence))
-              if src is None or (isinstance(src, str) and src == REFERENCE)]
+    wanted = [
+        kind
+        for kind, src in (("word_vectors", word_vectors), ("cooccurrence", cooccurrence))
+        if src is None or (isinstance(src, str) and src == REFERENCE)
+    ]
     if wanted and known not in REFERENCE_LABELS:
         found = f"dataset {dataset} has" if dataset is not None else f"its {num_classes} labels match"
         raise MSRNError(
@@ -83,7 +91,12 @@ def _reference_label_inputs(
 
 
 def _load_reference(
-    ckpt: dict, where: str, word_vectors: Any, cooccurrence: Any, labels: list[str] | None, dataset: str | None,
+    ckpt: dict,
+    where: str,
+    word_vectors: Any,
+    cooccurrence: Any,
+    labels: list[str] | None,
+    dataset: str | None,
     head: str = "mlp",
 ) -> nn.Module:
     """msrn_resnet101 (or 50) from a reference checkpoint: its label inputs read, its keys mapped, then built.
@@ -118,10 +131,21 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
     if isinstance(model, MSRN):
         arch = {"kind": "msrn", "config": model.cfg.to_dict(), "labels": list(model.label_names)}
     else:
-        arch = {"kind": "baseline", "backbone": model.backbone.arch, "num_classes": model.fc.out_features,
-                "labels": list(model.label_names), "hidden": model.hidden}
-    return {"format": FORMAT, "version": VERSION, "model": arch, "image_size": int(image_size),
-            "exif_orientation": bool(exif_orientation), "state_dict": model.state_dict()}
+        arch = {
+            "kind": "baseline",
+            "backbone": model.backbone.arch,
+            "num_classes": model.fc.out_features,
+            "labels": list(model.label_names),
+            "hidden": model.hidden,
+        }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": arch,
+        "image_size": int(image_size),
+        "exif_orientation": bool(exif_orientation),
+        "state_dict": model.state_dict(),
+    }
 
 
 def _build_from_state(ckpt: dict, where: str) -> nn.Module:
@@ -170,9 +194,7 @@ def load_checkpoint(
     if ckpt.get("format") == FORMAT:
         model = _build_from_state(ckpt, where)
         if word_vectors is not None or cooccurrence is not None:
-            warnings.warn(
-                f"{where} carries its own label vectors and graph; the ones given were ignored", stacklevel=2
-            )
+            warnings.warn(f"{where} carries its own label vectors and graph; the ones given were ignored", stacklevel=2)
         if labels is not None and list(labels) != model.labels:
             raise MSRNError(f"{where} was trained on labels {model.labels[:5]}..., not the dataset's {labels[:5]}...")
     elif is_reference(ckpt):

@@ -6,6 +6,7 @@ Parameter names follow the reference checkpoints (`ProjectM`, `fc_label`, `label
 `group_embed`, `fc1`, `fc2`, `W`, `B`); the backbone is `backbone.*` here and `resnet_101.*` there,
 and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see reference_layout.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -161,7 +162,10 @@ class MSRN(nn.Module):
         return self.classifier(attended, assign)
 
     def classify(
-        self, maps: list[torch.Tensor], rows: torch.Tensor, attention: str | None = None,
+        self,
+        maps: list[torch.Tensor],
+        rows: torch.Tensor,
+        attention: str | None = None,
         assign: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Projected maps (each B x D x H_s x W_s) and semantic rows ((C+K) x D, labels then groups) -> B x C

@@ -1,5 +1,6 @@
 """Backbone weights: ImageNet weights (a local file or a URL fetched once into a cache with a SHA-256
 check), or the backbone of a reference or msrn checkpoint."""
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,10 @@ def load_checkpoint_backbone(model: nn.Module, ckpt: dict, where: str) -> str:
     else:
         taken = " (its conv_buffer1/2 are not used: the model has none)" if extras else ""
     kind = "reference MSRN" if is_reference(ckpt) else "msrn"
-    return (f"the {resnet.arch} backbone ({len(weights)} tensors){taken} of the {kind} checkpoint {where}; "
-            "its other layers are not used")
+    return (
+        f"the {resnet.arch} backbone ({len(weights)} tensors){taken} of the {kind} checkpoint {where}; "
+        "its other layers are not used"
+    )
 
 
 def load_pretrained_backbone(model: nn.Module, source: str | Path) -> str:

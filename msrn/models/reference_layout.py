@@ -4,6 +4,7 @@ mapped to this project's key names: the backbone is `backbone.*` here, the refer
 and the classifier the model does not have (the MLP's `fc1`/`fc2` or the element-wise `W`/`B`) may be
 dropped. A load reads the file (msrn.checkpoint), maps it here, then builds the model.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,9 +24,7 @@ def is_reference(ckpt: dict) -> bool:
     return isinstance(state, dict) and any(str(k).startswith("resnet_101.") for k in state)
 
 
-def map_reference_state(
-    state: dict[str, torch.Tensor], head: str = "mlp"
-) -> tuple[dict[str, torch.Tensor], list[str]]:
+def map_reference_state(state: dict[str, torch.Tensor], head: str = "mlp") -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename reference keys to this project's; return (mapped state, dropped unused keys). The head says
     which classifier's weights are kept: mlp (fc1, fc2) or elementwise (W, B)."""
     unused = UNUSED_BY_ELEMENTWISE if head == "elementwise" else REFERENCE_UNUSED

@@ -1,6 +1,7 @@
 """Model registry, in the style of timm: a name picks a configuration, and `_build_model` builds it from
 arrays (label vectors, adjacency). `msrn.models.create.create_model` is its public front, which also reads
 label files and LabelSets."""
+
 from __future__ import annotations
 
 from dataclasses import fields
@@ -115,5 +116,3 @@ def timm_name(backbone: str | None) -> str:
     if not backbone or backbone == PREFIX:
         raise MSRNError("msrn_timm needs a timm model name: --backbone NAME (e.g. convnext_tiny)")
     return backbone if backbone.startswith(PREFIX) else PREFIX + backbone
-
-

@@ -3,6 +3,7 @@
 Written here because torchvision is an install hazard (it must match torch's build exactly).
 `forward_features` returns the outputs of layer2, layer3 and layer4: the three depths MSRN reads.
 """
+
 from __future__ import annotations
 
 import torch

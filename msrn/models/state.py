@@ -1,5 +1,6 @@
 """Model states against models: strict loading with one line naming what does not fit, the state that starts
 a run from another checkpoint's weights (`--init`), and a state's backbone part (`--pretrained`)."""
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,11 @@ def _misfit(where: str, missing: list[str], unexpected: list[str], shapes: list[
 
 
 def _shape_misfits(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], keys: list[str]) -> list[str]:
-    return [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in keys
-            if tuple(state[k].shape) != tuple(own[k].shape)]
+    return [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in keys
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
 
 
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -58,8 +62,13 @@ def match_init_state(
     misfits = [k for k in keys if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
     fresh = sorted({k.rsplit(".", 1)[0] for k in misfits if LABEL_LAYERS.fullmatch(k)})
     architecture = [k for k in misfits if not LABEL_LAYERS.fullmatch(k)]
-    _misfit(where, missing, unexpected, _shape_misfits(own, given, architecture),
-            " (--init needs a checkpoint of the same --model; only layers shaped by the label set may differ)")
+    _misfit(
+        where,
+        missing,
+        unexpected,
+        _shape_misfits(own, given, architecture),
+        " (--init needs a checkpoint of the same --model; only layers shaped by the label set may differ)",
+    )
     state = {k: own[k] if k in LABEL_INPUTS or k.rsplit(".", 1)[0] in fresh else given[k] for k in own}
     return state, fresh
 
@@ -68,8 +77,9 @@ def require_backbone(arch: str | None, model: nn.Module, where: str) -> None:
     """One line when a checkpoint holds another backbone than the model's (e.g. resnet50 for resnet101)."""
     resnet = getattr(model, "backbone", model)
     if arch is not None and arch != resnet.arch:
-        raise MSRNError(f"{where} holds a {arch} backbone but the model's is {resnet.arch}: choose the --model "
-                        f"built on {arch}")
+        raise MSRNError(
+            f"{where} holds a {arch} backbone but the model's is {resnet.arch}: choose the --model built on {arch}"
+        )
 
 
 def backbone_weights(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

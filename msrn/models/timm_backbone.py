@@ -5,6 +5,7 @@ features_only=True)` and reads the three maps whose reductions are 8, 16 and 32 
 EfficientNet, RegNet, ResNet variants...; channels-last outputs such as Swin's are turned into
 N x C x H x W). timm is imported only for such names, so the ResNet path never needs it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,11 +44,14 @@ class TimmBackbone(nn.Module):
         reductions = list(probe.feature_info.reduction())
         missing = [s for s in STRIDES if s not in reductions]
         if missing:
-            raise MSRNError(f"timm backbone {name!r} gives feature maps at strides {reductions}, not at "
-                            f"{', '.join(map(str, missing))}; MSRN reads strides 8, 16 and 32")
+            raise MSRNError(
+                f"timm backbone {name!r} gives feature maps at strides {reductions}, not at "
+                f"{', '.join(map(str, missing))}; MSRN reads strides 8, 16 and 32"
+            )
         indices = tuple(len(reductions) - 1 - reductions[::-1].index(s) for s in STRIDES)  # the deepest of each
-        self.body = timm.create_model(name, pretrained=pretrained or file is not None, features_only=True,
-                                      out_indices=indices, **kw)
+        self.body = timm.create_model(
+            name, pretrained=pretrained or file is not None, features_only=True, out_indices=indices, **kw
+        )
         self.channels = tuple(self.body.feature_info.channels())
         self.channels_last = getattr(self.body, "output_fmt", "NCHW") == "NHWC"
 

@@ -3,6 +3,7 @@
 The training transform flips images at random, so the mirror is an image the model was trained
 to read; averaging the two costs a second forward pass and usually steadies the scores.
 """
+
 from __future__ import annotations
 
 import torch
