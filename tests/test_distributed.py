@@ -132,7 +132,7 @@ def test_ddp_run_metrics_equal_single_process_evaluation_of_its_checkpoint(csv_d
     assert done.stdout.count("done: best.pt") == 1
     assert done.stderr.count("epoch 1/1 |") == 1  # rank 1 logs warnings only
     assert (out / "log.txt").read_text().count("epoch 1/1 |") == 1
-    assert "2 processes" in (out / "log.txt").read_text()
+    assert "DDP world size 2" in (out / "log.txt").read_text()
     assert not list(out.glob(".*.tmp"))
 
     reported = json.loads((out / "metrics.json").read_text())
