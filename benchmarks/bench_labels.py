@@ -15,16 +15,22 @@ the same batch (--target-batch), as a ratio.
     python benchmarks/bench_labels.py                    # the sweep, a markdown table
     python benchmarks/bench_labels.py --target           # ResNet-101 448 px check (minutes on a CPU)
     python benchmarks/bench_labels.py --metrics          # evaluation and label report at 5,000 labels
+    python benchmarks/bench_labels.py --export           # ONNX export at 5,000 labels
 
 --metrics times, at 5,000 labels: the co-occurrence graph of a 20,000-image training split (6 labels per
 image), multilabel_metrics and per-label thresholds on 5,000 x 5,000 scores, and the label report with its
 drawings (ngram vectors), against METRICS_BOUND_S each.
+
+--export times `export_onnx` (trace, onnx check, onnxruntime parity run) of the 5,000-label element-wise
+model of tests/test_many_labels.py (msrn_tiny, semantic_dim 16, 16 groups, 64 px, one thread), and counts
+the graph's nodes and the file's size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -200,6 +206,35 @@ def metrics_at_scale(c: int = 5000, images: int = 5000, train_images: int = 20_0
     return out
 
 
+def export_at_scale(c: int = 5000) -> dict:
+    """Seconds, graph nodes and MiB of the ONNX export of a c-label element-wise msrn_tiny at 64 px."""
+    import tempfile
+
+    import onnx  # optional: the `export` extra
+
+    from msrn.inference.export import export_onnx
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = create_model(
+        "msrn_tiny",
+        num_classes=c,
+        head="elementwise",
+        num_groups=16,
+        word_vectors=None,
+        label_dims=(16, 16),
+        semantic_dim=16,
+    ).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/big.onnx"
+        t0 = time.perf_counter()
+        diff = export_onnx(model, path, image_size=64)
+        seconds = time.perf_counter() - t0
+        nodes = len(onnx.load(path).graph.node)
+        mib = os.path.getsize(path) / 2**20
+    return {"labels": c, "seconds": seconds, "nodes": nodes, "MiB": mib, "max diff": diff}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
@@ -209,7 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", action="store_true", help="the ResNet-101 448 px check instead of the sweep")
     p.add_argument("--target-batch", type=int, default=2)
     p.add_argument("--metrics", action="store_true", help="time evaluation and the label report at 5,000 labels")
+    p.add_argument("--export", action="store_true", help="time the ONNX export at 5,000 labels")
     args = p.parse_args(argv)
+    if args.export:
+        print(json.dumps(export_at_scale()))
+        return 0
     if args.metrics:
         times = metrics_at_scale()
         print("| step at 5,000 labels | seconds |\n|---|---|")

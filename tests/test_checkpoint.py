@@ -574,16 +574,22 @@ def test_init_state_refuses_what_does_not_belong():
         match_init_state(create_model("baseline_tiny", num_classes=3).state_dict(), given, "--init x")
 
 
+@pytest.mark.parametrize("head", ["mlp", "elementwise"])
 @pytest.mark.parametrize("labels", [20, 7])
-def test_init_state_from_a_reference_layout(labels: int, key_spec: dict):
+def test_init_state_from_a_reference_layout(labels: int, head: str, key_spec: dict):
     """The VOC checkpoint onto VOC's 20 labels takes every weight; onto 7 labels (1 group) the head starts
-    afresh. The reference's unused W, B and conv_buffer0 are dropped (shapes only: meta tensors)."""
+    afresh. The reference holds both classifiers: the model's head keeps its own (mlp: fc1/fc2,
+    elementwise: W/B), the other and the unused conv_buffer0 are dropped (shapes only: meta tensors)."""
     spec = key_spec["voc"]
     given, arch, dropped = checkpoint_weights(
-        _wrap({k: torch.empty(v, device="meta") for k, v in spec["keys"].items()}), "voc.pth.tar"
+        _wrap({k: torch.empty(v, device="meta") for k, v in spec["keys"].items()}), "voc.pth.tar", head
     )
-    assert arch == "resnet101" and sorted(dropped) == UNUSED
+    classifier = ["B", "W"] if head == "elementwise" else ["fc1", "fc2"]
+    other = ("fc1.", "fc2.") if head == "elementwise" else ("B", "W")
+    conv_buffer0 = [k for k in UNUSED if k not in ("B", "W")]
+    assert arch == "resnet101"
+    assert sorted(dropped) == sorted(conv_buffer0 + [k for k in spec["keys"] if k.startswith(other)])
     with torch.device("meta"):
-        model = create_model("msrn_resnet101", num_classes=labels, pool_ratio=spec["pool_ratio"])
+        model = create_model("msrn_resnet101", num_classes=labels, pool_ratio=spec["pool_ratio"], head=head)
     _, fresh = match_init_state(model.state_dict(), given, "--init voc.pth.tar")
-    assert fresh == ([] if labels == 20 else ["fc1", "fc2", "group_embed.layers.0.assign_mat"])
+    assert fresh == ([] if labels == 20 else [*classifier, "group_embed.layers.0.assign_mat"])

@@ -19,7 +19,7 @@ from msrn.cli import main as cli
 from msrn.errors import MSRNError
 from msrn.inference.export import export_onnx
 from msrn.inference.predictor import load
-from msrn.models import create_model
+from msrn.models import attention, create_model
 from msrn.models.attention import label_attention, traceable_attention
 from msrn.models.loading import model_state
 
@@ -39,6 +39,25 @@ def test_traceable_attention_is_the_formula() -> None:
     torch.manual_seed(0)
     feats, sem = torch.randn(2, 8, 12), torch.randn(37, 8)
     torch.testing.assert_close(traceable_attention(feats, sem, chunk=5), label_attention(feats, sem))
+
+
+def _softmaxes(feats: torch.Tensor, sem: torch.Tensor) -> int:
+    """Softmax nodes in the traced graph of the traceable attention: one per block of semantics."""
+    graph = torch.jit.trace(traceable_attention, (feats, sem)).graph
+    return sum(node.kind() == "aten::softmax" for node in graph.nodes())
+
+
+def test_traceable_blocks_scale_with_the_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    feats = torch.randn(2, 16, 4)
+    many = torch.randn(5016, 16)  # 5,000 labels and 16 groups at D = 16 on a 2 x 2 map: one block
+    assert _softmaxes(feats, many) == 1
+    monkeypatch.setattr(attention, "TRACE_ELEMENTS", 16 * 4 * 100)  # a budget of 100 semantics per block
+    assert _softmaxes(feats, many) == 51
+    assert attention.trace_chunk(16, 4) == 100 and attention.trace_chunk(10**6, 10**3) == 1
+    feats, sem = torch.randn(2, 8, 12), torch.randn(37, 8)
+    monkeypatch.setattr(attention, "TRACE_ELEMENTS", 8 * 12 * 5)  # blocks of 5 that do not divide 37
+    torch.testing.assert_close(traceable_attention(feats, sem), label_attention(feats, sem))
 
 
 @pytest.mark.parametrize("name", ["msrn_tiny", "baseline_tiny"])

@@ -151,6 +151,48 @@ def test_reference_checkpoint_w_and_b_load_into_the_elementwise_head(reference_d
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
 
 
+def _reference_layout(seed: int) -> dict[str, torch.Tensor]:
+    """A small checkpoint in the reference's layout (resnet_101.* backbone and conv_buffers, both classifiers:
+    fc1/fc2 and W/B, the unused conv_buffer0 and ProjectMs), from msrn_tiny models of both heads."""
+    mlp, elementwise = _tiny("mlp", seed=seed).state_dict(), _tiny("elementwise", seed=seed + 1).state_dict()
+    state = {}
+    for key, value in {**mlp, "W": elementwise["W"], "B": elementwise["B"]}.items():
+        if key in ("word_vectors", "adjacency"):
+            continue
+        state[
+            "resnet_101." + key.removeprefix("backbone.") if key.startswith(("backbone.", "conv_buffer")) else key
+        ] = value.clone()
+    state["resnet_101.conv_buffer0.weight"] = torch.ones(4, 4, 1, 1)
+    state["ProjectMs.0.weight"] = torch.ones(4, 4)
+    return state
+
+
+@pytest.mark.parametrize("head", ["elementwise", "mlp"])
+def test_init_from_a_reference_checkpoint_keeps_the_models_classifier(
+    head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    from msrn.engine import train
+
+    sd = _reference_layout(seed=3)
+    path = tmp_path / "ref.pth.tar"
+    torch.save({"epoch": 1, "arch": "resnet101", "state_dict": sd, "best_score": 0}, path)
+    # the tiny backbone has no reference name (the reference tells resnet101 and 50 by their layer3 blocks)
+    seen = []
+    monkeypatch.setattr(train, "require_backbone", lambda arch, model, where: seen.append(arch))
+    model = _tiny(head, seed=9)
+    with caplog.at_level("INFO", logger=train.log.name):
+        train.init_from_checkpoint(model, str(path))
+    assert seen == ["resnet with 1 layer3 blocks"]
+    kept, dropped = (("W", "B"), ("fc1.weight", "fc2.bias")) if head == "elementwise" else (("fc1.weight",), ("W",))
+    for key in kept:
+        torch.testing.assert_close(model.state_dict()[key], sd[key])
+    torch.testing.assert_close(model.backbone.conv1.weight, sd["resnet_101.conv1.weight"])
+    torch.testing.assert_close(model.conv_buffer1.weight, sd["resnet_101.conv_buffer1.weight"])
+    message = caplog.text.split("unused ")[1]
+    assert all(key in message for key in dropped) and not any(key in message.split(", ") for key in kept)
+    assert "afresh: none" in caplog.text
+
+
 def test_the_head_shares_the_models_parameters_through_copies_and_casts():
     import copy
 

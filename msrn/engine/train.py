@@ -121,7 +121,8 @@ def init_from_checkpoint(model: nn.Module, path: str) -> None:
     """--init: load every weight of a reference or msrn checkpoint that fits; layers the new label set
     reshapes, and the label vectors and graph, stay as the fresh model has them (one log line says which)."""
     where = f"--init {path}"
-    given, arch, dropped = checkpoint_weights(read_source(path), where)  # a .pt, a model folder or hf://
+    head = model.cfg.head if isinstance(model, MSRN) else "mlp"  # a reference checkpoint holds both classifiers
+    given, arch, dropped = checkpoint_weights(read_source(path), where, head)  # a .pt, a model folder or hf://
     require_backbone(arch, model, where)
     state, fresh = match_init_state(model.state_dict(), given, where)
     model.load_state_dict(state, strict=True)

@@ -22,8 +22,9 @@ forward and backward with an online softmax, never holding B x N x M x D.
 
 The forms side by side, chosen by name in `attend` ("auto": the device's fastest, see `default_form`):
 "fused" (scaled-dot-product attention), "chunked" (the tiles above), "naive" (the spec's formula written
-literally, for tests and benchmarks) and "traceable" (the formula in plain tensor ops, blocks of
-TRACE_CHUNK semantics, for ONNX export: neither a custom autograd function nor the fused kernels trace).
+literally, for tests and benchmarks) and "traceable" (the formula in plain tensor ops, in blocks of
+semantics sized to TRACE_ELEMENTS per image, for ONNX export: neither a custom autograd function nor the
+fused kernels trace; each block is a copy of its ops in the graph, so the blocks are as large as the budget lets).
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ CHUNK_ELEMENTS = int(os.environ.get("MSRN_ATTENTION_CHUNK", 1 << 19))
 # scores are floored at -50: each floored term is at most exp(-50) = 2e-22 next to the 1, which
 # moves a softmax over N positions by at most N * 2e-22 relative, far below float32's 6e-8.
 EXP_FLOOR = -50.0
-TRACE_CHUNK = 16  # semantic vectors per block of the traceable form: bounds its B x m x D x N temporary
+# elements per image of the traceable form's m x D x N block (32 MiB in float32): bounds the exported graph's
+# temporaries while keeping its copies of the block few (one at 5,000 labels on msrn_tiny at 64 px; about
+# 20 semantics per block for D = 512 at 448 px, N = 784, the size of the fixed 16 it replaces)
+TRACE_ELEMENTS = 1 << 23
 # head dimension of the fused form: CUDA's fused kernels need a multiple of 8; the CPU flash kernel takes 1,
 # and every padded column is work for nothing there (benchmarks/bench_attention.py)
 HEAD_DIM = {"cpu": 1}
@@ -158,8 +162,16 @@ def label_attention_naive(feats: torch.Tensor, sem: torch.Tensor) -> torch.Tenso
     return (alpha * f[:, :, None, :]).sum(1)
 
 
-def traceable_attention(feats: torch.Tensor, sem: torch.Tensor, chunk: int = TRACE_CHUNK) -> torch.Tensor:
-    """label_attention_naive's formula in blocks of `chunk` semantics: B x D x N, M x D -> B x M x D."""
+def trace_chunk(d: int, n: int) -> int:
+    """Semantics per block of the traceable form: as many as keep an m x D x N block within TRACE_ELEMENTS."""
+    return max(1, TRACE_ELEMENTS // max(1, d * n))
+
+
+def traceable_attention(feats: torch.Tensor, sem: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """label_attention_naive's formula in blocks of `chunk` semantics (default: trace_chunk of the shapes,
+    read when traced): B x D x N, M x D -> B x M x D."""
+    if chunk is None:
+        chunk = trace_chunk(feats.shape[1], feats.shape[2])
     outs = []
     for start in range(0, sem.shape[0], chunk):
         s = sem[start : start + chunk]  # m x D

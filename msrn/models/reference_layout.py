@@ -42,9 +42,12 @@ def map_reference_state(state: dict[str, torch.Tensor], head: str = "mlp") -> tu
     return out, dropped
 
 
-def checkpoint_weights(ckpt: dict, where: str) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
+def checkpoint_weights(
+    ckpt: dict, where: str, head: str = "mlp"
+) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
     """An msrn or reference checkpoint's weights under this project's key names, the backbone it holds
-    (None if not recorded) and the reference's unused keys that were dropped."""
+    (None if not recorded) and the reference's unused keys that were dropped. `head` is the classifier of
+    the model the weights go to: a reference checkpoint holds both, and that one's weights are kept."""
     if ckpt.get("format") == FORMAT:
         state = ckpt.get("state_dict")
         if not isinstance(state, dict):
@@ -53,7 +56,7 @@ def checkpoint_weights(ckpt: dict, where: str) -> tuple[dict[str, torch.Tensor],
         return dict(state), (arch.get("config") or {}).get("backbone") or arch.get("backbone"), []
     if is_reference(ckpt):
         state = ckpt.get("state_dict", ckpt)
-        mapped, dropped = map_reference_state(state)
+        mapped, dropped = map_reference_state(state, head)
         return mapped, reference_backbone(state), dropped
     raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
 

@@ -13,7 +13,8 @@ from msrn.errors import MSRNError
 # buffers a run builds from its own label set: --init never takes them from the checkpoint
 LABEL_INPUTS = ("word_vectors", "adjacency")
 # layers whose shapes follow the label set (C labels, K groups, word-vector width); every other shape is architecture
-LABEL_LAYERS = re.compile(r"(fc_label|fc1|fc2|fc|group_embed\.layers\.\d+\.assign_mat)\.[^.]+")
+# (W and B: the element-wise head's per-label weights, top-level parameters)
+LABEL_LAYERS = re.compile(r"(fc_label|fc1|fc2|fc|group_embed\.layers\.\d+\.assign_mat)\.[^.]+|W|B")
 # the reference keeps these inside its backbone module (`resnet_101.conv_buffer1`), so a backbone carries them
 BACKBONE_EXTRAS = ("conv_buffer1", "conv_buffer2")
 
