@@ -5,6 +5,7 @@ reference's) is msrn.models' concern: models.reference_layout maps, models.loadi
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import warnings
@@ -30,7 +31,7 @@ def _refusal_reason(message: str) -> str:
     return reason.split(" Please use")[0].strip() or "not a tensors-only pickle"
 
 
-def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict:
     """torch.load with weights_only=True; unreadable, truncated or code-carrying files give one line
     calling the file a `what` (a checkpoint, a label set: any dict that torch.save wrote)."""
     path = Path(path)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import timedelta
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from msrn.errors import MSRNError
+
+T = TypeVar("T")
 
 
 def env_world_size() -> int:
@@ -135,7 +138,7 @@ def gather_rows(indices: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def broadcast_object(obj: object) -> object:
+def broadcast_object(obj: T) -> T:
     """Rank 0's value of obj on every rank."""
     if not is_distributed():
         return obj

@@ -176,7 +176,7 @@ def read_config(folder: Path) -> dict:
         "has no valid architecture (kind msrn with a config, or baseline)",
     )
     _require(
-        isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels),
+        isinstance(labels, list) and len(labels) > 0 and all(isinstance(x, str) and x for x in labels),
         path,
         "has no valid labels (a list of non-empty names in output order)",
     )

@@ -174,9 +174,9 @@ def _look(label: str, families: int) -> tuple[str, tuple[int, int, int]]:
 
 def render_image(labels: list[str], size: int, rng: np.random.RandomState, families: int = 1) -> Image.Image:
     """Render one image: noisy tinted background, a few clutter lines, one shape per label."""
-    base = rng.randint(20, 90) + rng.randint(-15, 16, size=3)
+    tint = rng.randint(20, 90) + rng.randint(-15, 16, size=3)
     noise = rng.normal(0.0, 10.0, size=(size, size, 3))
-    img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+    img = Image.fromarray(np.clip(tint + noise, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     for _ in range(rng.randint(2, 6)):
         x0, y0, x1, y1 = (int(v) for v in rng.randint(0, size, size=4))

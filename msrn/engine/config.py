@@ -434,7 +434,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: Any) -> TrainConfig:
     """The preset of args.dataset with every option the user gave on top."""
-    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
     if values["dataset"] != "synthetic" and not values["data"]:
         raise MSRNError(f"--data is required for --dataset {values['dataset']}")
     return preset_config(values.pop("dataset"), **values)

@@ -158,11 +158,11 @@ def main(args: argparse.Namespace) -> int:
         labels=data.labels,
         dataset=args.dataset,
     )
-    model = loaded.model.to(device)
+    net = loaded.model.to(device)
     image_size = args.image_size or loaded.image_size
-    group_loss = model_group_loss(model)  # before --fast, whose eval-only copy keeps no group loss
-    if not args.exact:  # batch norm folded, channels-last: the same logits to float32 rounding, faster
-        model = optimize_for_inference(model)
+    group_loss = model_group_loss(net)  # before --fast, whose eval-only copy keeps no group loss
+    # without --exact: batch norm folded, channels-last: the same logits to float32 rounding, faster
+    model: nn.Module = net if args.exact else optimize_for_inference(net)
     model = with_tta(model, args.tta)
     logits = predict_scores(model, data, image_size, args.batch_size, args.workers, device, args.amp)
     m = score_metrics(logits, data.targets, loaded.thresholds, group_loss)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType, TracebackType
+from typing import Any
 
 from torch.utils.data import DataLoader
 
@@ -94,7 +95,7 @@ class StopSignals:
         self.signals = [signal.SIGTERM, signal.SIGINT] + ([requeue] if requeue is not None else [])
         self.signum = 0  # the first signal received here, 0 for none
         self._when = 0.0
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}  # signal's handlers
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # Python takes signals there only

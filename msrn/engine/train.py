@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -93,11 +94,14 @@ def make_sgd(groups: list[dict], cfg: TrainConfig) -> torch.optim.SGD:
     Fused is the same update in one pass per tensor, which matters for fc1's 264M weights on COCO
     (the measurement is in BENCHMARKS.md).
     """
-    kw = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def sgd(fused: bool | None) -> torch.optim.SGD:
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+
     try:
-        return torch.optim.SGD(groups, fused=True, **kw)
+        return sgd(fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the kernel
-        return torch.optim.SGD(groups, **kw)
+        return sgd(fused=None)  # torch's default: the foreach or the per-tensor kernel
 
 
 def read_resume_state(path: Path) -> dict:
@@ -208,7 +212,7 @@ class Selected:
 def history_entry(epoch: int, train_loss: float, seconds: float, results: dict[str, Evaluation]) -> dict:
     """One epoch's row of the history: its training loss and time, and per evaluated weights ("live",
     "ema", prefixed ema_) the validation mAP, the test loss and the test mAP."""
-    entry = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds}
+    entry: dict[str, float | None] = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds}
     for which, r in results.items():
         prefix = "" if which == "live" else "ema_"
         if r.validation is not None:
@@ -296,12 +300,13 @@ class Trainer:
                 tau=cfg.tau,
                 cooccurrence=cfg.cooccurrence,
             )
+            backbone: dict[str, Any] = {"backbone": cfg.backbone} if cfg.backbone else {}
             model = create_model(
                 cfg.model,
                 label_set=self.labelset,
                 pool_ratio=cfg.pool_ratio,
                 pretrained=cfg.pretrained,
-                **({"backbone": cfg.backbone} if cfg.backbone else {}),
+                **backbone,
                 **cfg.model_switches(),
             )
             if cfg.init:
@@ -310,13 +315,15 @@ class Trainer:
             raise MSRNError(f"the {self.test_data.split} split's labels differ from the training split's")
         # channels-last on CUDA: cuDNN's tensor-core convolutions work in it; on CPU the default layout
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        # torch's stubs omit Module.to's memory_format, which it takes (and which returns the module itself)
+        model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
+        self.model = model
 
     def distribute_model(self) -> None:
         """self.net, what the training steps run: the model itself, or under torchrun its DistributedDataParallel
         wrapper (with synchronised BatchNorm on --sync-bn)."""
         if not dist.is_distributed():
-            self.net = self.model
+            self.net: nn.Module = self.model
             return
         if self.cfg.sync_bn:
             if self.device.type == "cpu":
@@ -330,7 +337,8 @@ class Trainer:
     def compile_model(self) -> None:
         """--compile: the training steps through torch.compile (the first steps compile; evaluation stays eager)."""
         if self.cfg.compile:
-            self.net = torch.compile(self.net)
+            # a compiled module is an OptimizedModule (an nn.Module); torch.compile's stubs say only "callable"
+            self.net = cast(nn.Module, torch.compile(self.net))
 
     def build_optimiser(self) -> None:
         """The loss, SGD with its step schedule, the fp16 gradient scaler and the weight average (--ema)."""
@@ -389,7 +397,11 @@ class Trainer:
 
     def weights(self, which: str) -> nn.Module:
         """The live model or its moving average ("live" or "ema")."""
-        return self.ema.module if which == "ema" else self.model
+        if which != "ema":
+            return self.model
+        if self.ema is None:
+            raise ValueError("this run keeps no moving average of the weights")
+        return self.ema.module
 
     def checkpoint(self, full: bool, which: str = "live") -> dict:
         ckpt = model_state(self.weights(which), self.cfg.image_size, self.train_data.exif_orientation)
@@ -490,6 +502,7 @@ class Trainer:
         # DDP averages gradients only on the micro-batch that ends an optimiser step
         with dist.grad_sync(getattr(self.net, "_orig_mod", self.net), ends_step):  # the DDP module under --compile
             with autocast(self.device, self.cfg.amp):
+                gloss: torch.Tensor | float
                 if isinstance(self.model, MSRN):  # the semantics once: the logits' rows and the group loss
                     sem = self.model.semantics()
                     logits, gloss = self.net(images, semantics=sem), sem.group_loss.float()
@@ -525,8 +538,8 @@ class Trainer:
             sums[0], sums[1] = sums[0] + value * count, sums[1] + count
         self.pending.clear()
         if self.board is not None:
-            for step, (total, count) in step_loss.items():
-                self.board.step(first_step + step + 1, total / count, self.optimizer)
+            for step, (total, n) in step_loss.items():
+                self.board.step(first_step + step + 1, total / n, self.optimizer)
         self.bar.set_postfix(loss=f"{self.running_loss[0] / max(1, self.running_loss[1]):.4f}")
 
     def optimizer_step(self) -> None:
@@ -589,7 +602,8 @@ class Trainer:
             )
         which = self.select_weights(results)
         score = results[which].val_score
-        improved = score is None or self.best is None or score >= self.best.score
+        best = None if self.best is None else self.best.score
+        improved = score is None or best is None or score >= best
         val_txt = f" val mAP {score:.2f} |" if score is not None else ""
         tm = results[which].test
         log.info(
@@ -615,7 +629,7 @@ class Trainer:
     def keep_best(self, which: str, result: Evaluation) -> None:
         """Record this epoch as the selected one and write best.pt from `which` weights, metrics.json and plots."""
         score = result.val_score
-        self.best = Selected(
+        self.best = best = Selected(
             epoch=self.epoch,
             score=score if score is not None else result.test["mAP"],
             selected_by="validation mAP" if score is not None else "last epoch",
@@ -623,7 +637,7 @@ class Trainer:
             weights=which if self.ema is not None else None,
         )
         self.save("best.pt", full=False, which=which)
-        self.write_reports(result.test)
+        self.write_reports(result.test, best)
 
     def close_epoch(self) -> float:
         """Advance the schedule and the counters to the next epoch; the epoch's training loss, over all processes."""
@@ -673,23 +687,23 @@ class Trainer:
     def write_history_plot(self) -> None:
         plot_history(self.history, self.out / "history.png")
 
-    def write_reports(self, tm: dict) -> None:
+    def write_reports(self, tm: dict, best: Selected) -> None:
         if not dist.is_main():
             return
         labels = self.labelset.labels
         report = {k: v for k, v in tm.items()}
         report.update(
             epoch=self.epoch,
-            selected_by=self.best.selected_by,
+            selected_by=best.selected_by,
             split=self.test_data.split,
             dataset=self.cfg.dataset,
             labels=labels,
             ap_by_label=dict(zip(labels, tm["ap_per_label"], strict=True)),
         )
-        if self.best.weights is not None:
-            report["weights"] = self.best.weights
-        if self.best.thresholds is not None:
-            report["thresholds_by_label"] = dict(zip(labels, self.best.thresholds, strict=True))
+        if best.weights is not None:
+            report["weights"] = best.weights
+        if best.thresholds is not None:
+            report["thresholds_by_label"] = dict(zip(labels, best.thresholds, strict=True))
         atomic_write_json(self.out / "metrics.json", report)
         plot_ap_per_label(
             tm["ap_per_label"],
@@ -764,5 +778,6 @@ def main(args: argparse.Namespace) -> int:
     except Stopped as e:
         return e.status
     if dist.is_main():
-        print(f"done: best.pt from epoch {best.epoch} ({best.selected_by}); run folder {args.out}")
+        kept = "no epoch left to train" if best is None else f"best.pt from epoch {best.epoch} ({best.selected_by})"
+        print(f"done: {kept}; run folder {args.out}")
     return 0

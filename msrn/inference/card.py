@@ -105,6 +105,7 @@ def ap_table(metrics: dict) -> list[str]:
     rows = sorted(((name, v) for name, v in ap.items() if v is not None), key=lambda r: -r[1])
     absent = [name for name, v in ap.items() if v is None]
     lines = ["| rank | label | AP |", "|---:|---|---:|"]
+    shown: list[tuple[int, tuple[str, float]] | None]  # None: the gap between the best and the worst rows
     if len(rows) <= 2 * SHOWN_ROWS:
         shown = list(enumerate(rows, 1))
     else:

@@ -30,9 +30,9 @@ from torch import nn
 from msrn.errors import MSRNError
 from msrn.hub import CARD, CONFIG, WEIGHTS
 from msrn.inference.args import load_from_args
-from msrn.inference.push import NORMALIZATION, add_card_arguments, export_folder, export_options
+from msrn.inference.push import INPUT, NORMALIZATION, add_card_arguments, export_folder, export_options
 from msrn.io import atomic_write_bytes
-from msrn.models.msrn import MSRN
+from msrn.models.msrn import MSRN, Classifier
 from msrn.options import UNRECORDED_IMAGE_SIZE, add_checkpoint_arguments
 
 OPSET = 17
@@ -41,6 +41,9 @@ TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, relative to max(1, max
 
 class ExportableMSRN(nn.Module):
     """MSRN's forward with frozen semantics and the traceable attention (same numbers as `MSRN.forward`)."""
+
+    rows: torch.Tensor  # buffers, registered in __init__
+    assign: torch.Tensor | None
 
     def __init__(self, model: MSRN) -> None:
         super().__init__()
@@ -68,7 +71,7 @@ def _require_onnx() -> tuple[Any, Any]:
 
 
 def metadata(
-    model: nn.Module, image_size: int, thresholds: Sequence[float] | None = None, exif_orientation: bool = True
+    model: Classifier, image_size: int, thresholds: Sequence[float] | None = None, exif_orientation: bool = True
 ) -> dict[str, str]:
     """What a consumer of the ONNX file needs besides the graph: labels, their thresholds (default 0.5),
     input size, decoding and normalisation (msrn.inference.onnx_predict tags images from these alone)."""
@@ -78,7 +81,7 @@ def metadata(
         "thresholds": json.dumps([float(t) for t in thresholds]),
         "image_size": str(int(image_size)),
         "exif_orientation": json.dumps(bool(exif_orientation)),
-        "input": NORMALIZATION["input"],
+        "input": INPUT,
         "mean": json.dumps(NORMALIZATION["mean"]),
         "std": json.dumps(NORMALIZATION["std"]),
         "output": "logits; sigmoid gives per-label probabilities",
@@ -87,7 +90,7 @@ def metadata(
     }
 
 
-def verify(path: str | os.PathLike, model: nn.Module, image_size: int, batch: int = 3, seed: int = 0) -> float:
+def verify(path: str | os.PathLike, model: Classifier, image_size: int, batch: int = 3, seed: int = 0) -> float:
     """Run the ONNX file and the PyTorch model on one random batch; return the logits' max abs difference.
 
     Raises MSRNError when the difference exceeds TOLERANCE x max(1, max |logit|).
@@ -107,7 +110,7 @@ def verify(path: str | os.PathLike, model: nn.Module, image_size: int, batch: in
 
 
 def export_onnx(
-    model: nn.Module,
+    model: Classifier,
     path: str | os.PathLike,
     image_size: int = UNRECORDED_IMAGE_SIZE,
     opset: int = OPSET,

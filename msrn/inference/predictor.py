@@ -24,6 +24,7 @@ from msrn.inference.explain import Explanation, explained_forward, require_msrn
 from msrn.inference.tagging import ImageInput, Tagger, threshold_vector
 from msrn.models.fuse import optimize_for_inference
 from msrn.models.loading import load_checkpoint
+from msrn.models.msrn import Classifier
 from msrn.models.tta import with_tta
 from msrn.options import UNRECORDED_IMAGE_SIZE
 
@@ -37,7 +38,7 @@ class Predictor(Tagger):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Classifier,
         image_size: int | None = None,
         threshold: float | Sequence[float] | None = None,
         top_k: int | None = None,
@@ -52,8 +53,8 @@ class Predictor(Tagger):
         self.model = model.eval().to(self.device)
         self._infer: nn.Module = self.model  # what plain (unexplained) batches run through
         if fast:  # batch norm folded, channels-last: the same logits to float32 rounding (msrn.models.fuse); faster
-            self._infer = optimize_for_inference(self.model)
-            self.model = self._infer.model  # the folded network itself, still an MSRN, for explanations
+            folded = optimize_for_inference(self.model)
+            self._infer, self.model = folded, folded.model  # the folded network itself, still an MSRN, for explanations
         self._infer, self.tta = with_tta(self._infer, tta), tta  # "flip": scores average the image and its mirror
         self.image_size = int(image_size or UNRECORDED_IMAGE_SIZE)
         self.transform = TestTransform(self.image_size)
@@ -106,7 +107,7 @@ class Predictor(Tagger):
         x = x.to(self.device)
         if explain_k <= 0:
             return torch.sigmoid(self._infer(x)).float().cpu().numpy(), None, []
-        logits, idx, maps = explained_forward(self.model, x, explain_k)
+        logits, idx, maps = explained_forward(require_msrn(self.model), x, explain_k)
         return (
             torch.sigmoid(logits).float().cpu().numpy(),
             idx.cpu().numpy(),
@@ -132,7 +133,7 @@ class Predictor(Tagger):
             scores=[float(probs[j]) for j in ids],
             maps=maps,
             thresholds=[float(thresholds[j]) for j in ids],
-            depths=tuple(self.model.cfg.depths),
+            depths=tuple(require_msrn(self.model).cfg.depths),
         )
 
     def explain(self, images: ImageInput | Iterable[ImageInput], k: int = 3) -> list[Any]:

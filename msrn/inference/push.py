@@ -29,10 +29,11 @@ from msrn.options import add_checkpoint_arguments
 
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # how pixels become the network's input (TestTransform), for consumers other than msrn (config.json, ONNX metadata)
+INPUT = "RGB, bilinear resize to image_size x image_size, /255, minus mean, over std; NCHW float32"
 NORMALIZATION = {
     "mean": [round(float(v), 6) for v in IMAGENET_MEAN],
     "std": [round(float(v), 6) for v in IMAGENET_STD],
-    "input": "RGB, bilinear resize to image_size x image_size, /255, minus mean, over std; NCHW float32",
+    "input": INPUT,
 }
 
 

@@ -301,26 +301,33 @@ class Metrics:
         except ImportError:
             raise MSRNError("msrn serve needs prometheus_client: pip install 'msrn[serve]'") from None
         self.registry = prom.CollectorRegistry()
-        reg = dict(registry=self.registry)
         self.requests = prom.Counter(
-            "msrn_requests", "Requests answered, by route and status", ["route", "status"], **reg
+            "msrn_requests", "Requests answered, by route and status", ["route", "status"], registry=self.registry
         )
         self.latency = prom.Histogram(
-            "msrn_request_seconds", "Time from request to response, by route", ["route"], buckets=LATENCY_BUCKETS, **reg
+            "msrn_request_seconds",
+            "Time from request to response, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
-        self.queue = prom.Gauge("msrn_queue_depth", "Prediction requests admitted and in progress", **reg)
+        self.queue = prom.Gauge(
+            "msrn_queue_depth", "Prediction requests admitted and in progress", registry=self.registry
+        )
         self.queue.set_function(queue_depth)
         self.batches = prom.Histogram(
             "msrn_batch_images",
             "Images per forward pass (micro-batch size)",
             buckets=tuple(range(1, batch_size + 1)),
-            **reg,
+            registry=self.registry,
         )
         self.refused = prom.Counter(
-            "msrn_refused", "Requests refused with 503, by reason (busy, draining)", ["reason"], **reg
+            "msrn_refused", "Requests refused with 503, by reason (busy, draining)", ["reason"], registry=self.registry
         )
-        self.unreadable = prom.Counter("msrn_unreadable_uploads", "Uploads that were not a readable image (400)", **reg)
-        self.images = prom.Counter("msrn_images", "Images tagged", **reg)
+        self.unreadable = prom.Counter(
+            "msrn_unreadable_uploads", "Uploads that were not a readable image (400)", registry=self.registry
+        )
+        self.images = prom.Counter("msrn_images", "Images tagged", registry=self.registry)
         self.text = lambda: prom.generate_latest(self.registry)
         self.content_type = prom.CONTENT_TYPE_LATEST
 
@@ -493,7 +500,8 @@ def create_app(
         cause = getattr(e, "original_exception", None) or e
         return jsonify(error=f"internal error: {type(cause).__name__}: {cause}".splitlines()[0]), 500
 
-    app.wsgi_app = in_flight = InFlight(app.wsgi_app)
+    # Flask's documented way to add WSGI middleware, which mypy reads as replacing a method
+    app.wsgi_app = in_flight = InFlight(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions["msrn_in_flight"] = in_flight
     return app
 
@@ -627,7 +635,9 @@ class GracefulStop:
             if self._closed:  # serving already ended (a second SIGTERM): nobody to wake
                 return
             self._drained = True
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # wakes the loop's poll at once
+            main = threading.main_thread().ident
+            assert main is not None  # the main thread is running: this server was started from it
+            signal.pthread_kill(main, signal.SIGTERM)  # wakes the loop's poll at once
 
 
 def make_server(app: Any, host: str = "127.0.0.1", port: int = 8000) -> Server:

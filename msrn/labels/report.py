@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -333,7 +334,7 @@ def main(args: argparse.Namespace) -> int:
     outgoing: dict[int, list[str]] = {}
     for a, j, p in edge_list:
         outgoing.setdefault(a, []).append(f"{ls.labels[j]} {p:.2f}")
-    listed = range(ls.num_classes)
+    listed: Sequence[int] = range(ls.num_classes)
     if ls.num_classes > MAX_LISTED_LABELS:  # the report has the frequency table; the terminal the extremes
         by_count = [int(i) for i in np.argsort(-ls.cooccurrence.nums, kind="stable")]
         listed = by_count[:REPORT_EXTREMES] + by_count[-REPORT_EXTREMES:]

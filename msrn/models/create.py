@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from msrn.errors import MSRNError
 from msrn.labels.graph import TAU, Cooccurrence, adjacency_from
 from msrn.labels.labelset import LabelSet
 from msrn.labels.wordvec import load_word_vectors
+from msrn.models.msrn import Classifier
 from msrn.models.pretrained import load_pretrained_backbone
 from msrn.models.registry import MODEL_CONFIGS, _build_model, label_count
 from msrn.models.timm_backbone import TimmBackbone, load_timm_pretrained
@@ -30,7 +30,7 @@ def create_model(
     pretrained: str | Path | None = None,
     label_set: LabelSet | None = None,
     **overrides: Any,
-) -> torch.nn.Module:
+) -> Classifier:
     """A registered model with fresh head weights (the one way to build one; load a trained one with
     `load_checkpoint`).
 
@@ -41,6 +41,8 @@ def create_model(
     ImageNet weights (file, URL, 'imagenet') or a reference or msrn checkpoint's backbone with its
     conv_buffer1/2. `head="elementwise"` builds the reference's element-wise classifier instead of the MLP.
     """
+    vectors: np.ndarray | None
+    adj: np.ndarray | None
     if label_set is not None:
         if labels is not None or word_vectors is not None or cooccurrence is not None or tau != TAU:
             raise MSRNError("give a label set or labels, word vectors, co-occurrence and tau, not both")

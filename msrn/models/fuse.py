@@ -12,27 +12,38 @@ import copy
 import torch
 from torch import nn
 
-from msrn.models.msrn import MSRN
+from msrn.models.msrn import MSRN, Classifier
+
+
+def _pair(t: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's kernel/stride/padding/dilation: always two ints, typed by torch as any length (shared with
+    Conv1d/3d)."""
+    a, b = t
+    return a, b
 
 
 @torch.no_grad()
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A convolution computing bn(conv(x)) with bn's running statistics (folded in float64)."""
-    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)  # out
+    weight, shift, mean, var = bn.weight, bn.bias, bn.running_mean, bn.running_var
+    if weight is None or shift is None or mean is None or var is None:
+        raise ValueError("only an affine batch norm with running statistics folds into a convolution")
+    scale = weight.double() / torch.sqrt(var.double() + bn.eps)  # out
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
+        _pair(conv.kernel_size),
+        _pair(conv.stride),
+        conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
+        _pair(conv.dilation),
         conv.groups,
         bias=True,
         padding_mode=conv.padding_mode,
     ).to(conv.weight.device)
     fused.weight.copy_(conv.weight.double() * scale[:, None, None, None])
-    fused.bias.copy_(bn.bias.double() + (bias - bn.running_mean.double()) * scale)
+    assert fused.bias is not None  # built with bias=True
+    fused.bias.copy_(shift.double() + (bias - mean.double()) * scale)
     return fused
 
 
@@ -52,7 +63,7 @@ def fold_batchnorms(module: nn.Module) -> int:
             pairs = [(n, "bn" + n[4:]) for n in children if n.startswith("conv") and "bn" + n[4:] in children]
         for cname, bname in pairs:
             conv, bn = children[cname], children[bname]
-            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+            if isinstance(conv, nn.Conv2d) and type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats:
                 setattr(parent, cname, fold_conv_bn(conv, bn))
                 setattr(parent, bname, nn.Identity())
                 folded += 1
@@ -63,7 +74,10 @@ class InferenceModel(nn.Module):
     """Eval-only wrapper: converts the input to the model's memory format and, for MSRN, uses
     label and group semantics computed once (they depend on the weights only)."""
 
-    def __init__(self, model: nn.Module, channels_last: bool) -> None:
+    rows: torch.Tensor  # buffers registered for MSRN only
+    assign: torch.Tensor | None
+
+    def __init__(self, model: Classifier, channels_last: bool) -> None:
         super().__init__()
         self.model = model
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -93,8 +107,8 @@ class InferenceModel(nn.Module):
 
 
 def optimize_for_inference(
-    model: nn.Module, channels_last: bool = True, fold_bn: bool = True, compile: bool = False
-) -> nn.Module:
+    model: Classifier, channels_last: bool = True, fold_bn: bool = True, compile: bool = False
+) -> InferenceModel:
     """A copy of `model` for eval-only inference: BN folded, channels-last, semantics precomputed.
 
     `compile=True` also wraps the forward in torch.compile (needs a C++ compiler on CPU; the
@@ -104,10 +118,10 @@ def optimize_for_inference(
     if fold_bn:
         fold_batchnorms(model)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format, which Module.to takes
     for p in model.parameters():
         p.requires_grad_(False)
     fast = InferenceModel(model, channels_last)
     if compile:
-        fast.forward = torch.compile(fast.forward)
+        fast.compile()  # torch.compile over the module's call (nn.Module's own form of it)
     return fast

@@ -16,9 +16,9 @@ per-label thresholds, image decoding).
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
 from msrn.labels.wordvec import load_word_vectors
-from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier
+from msrn.models.msrn import MSRN, Classifier, MSRNConfig, PlainClassifier
 from msrn.models.reference_layout import is_reference, map_reference_state, reference_backbone
 from msrn.models.registry import _build_model
 from msrn.models.state import load_state_strict
@@ -43,7 +43,7 @@ class Loaded:
     """A model from a checkpoint (eval mode, CPU) and how it is meant to be used: input side in pixels,
     per-label thresholds (None: the checkpoint tuned none) and whether photos are turned upright by EXIF."""
 
-    model: nn.Module
+    model: Classifier
     image_size: int = UNRECORDED_IMAGE_SIZE
     thresholds: np.ndarray | None = None
     exif_orientation: bool = True
@@ -56,7 +56,7 @@ def _reference_label_inputs(
     cooccurrence: Any,
     labels: list[str] | None,
     dataset: str | None,
-) -> tuple[list[str] | None, np.ndarray, np.ndarray]:
+) -> tuple[list[str] | None, np.ndarray, np.ndarray | None]:
     """The label names, vectors and adjacency of a reference checkpoint, which holds none of them.
 
     A pickle not given (or given as 'reference') is the reference's own for the checkpoint's
@@ -84,7 +84,8 @@ def _reference_label_inputs(
         if wanted and dataset is not None and labels is not None:
             check_label_order(known, labels, f"the {known} labels")
         labels = list(REFERENCE_LABELS[known]) if labels is None else labels
-    files = {kind: reference_file(known, kind) for kind in wanted}
+    # files are wanted only for a known dataset (checked above)
+    files = {kind: reference_file(known, kind) for kind in wanted} if known is not None else {}
     names = labels or [str(i) for i in range(num_classes)]
     vectors = load_word_vectors(files.get("word_vectors", word_vectors), names)
     return labels, vectors, adjacency_from(files.get("cooccurrence", cooccurrence), num_classes)
@@ -98,7 +99,7 @@ def _load_reference(
     labels: list[str] | None,
     dataset: str | None,
     head: str = "mlp",
-) -> nn.Module:
+) -> MSRN:
     """msrn_resnet101 (or 50) from a reference checkpoint: its label inputs read, its keys mapped, then built.
     The checkpoint holds both of the reference's classifiers: `head` picks the one loaded (mlp: fc1/fc2,
     elementwise: W/B)."""
@@ -115,6 +116,7 @@ def _load_reference(
     labels, vectors, adj = _reference_label_inputs(num_classes, where, word_vectors, cooccurrence, labels, dataset)
     mapped, dropped = map_reference_state(state, head)
     model = _build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups, head=head)
+    assert isinstance(model, MSRN)  # msrn_resnet101/50 are MSRN configurations
     load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
     if dropped:
         warnings.warn(f"{where}: dropped unused reference parameters: {', '.join(dropped)}", stacklevel=3)
@@ -127,33 +129,37 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
     exif_orientation says whether the training images were shown upright by their EXIF orientation,
     so that prediction decodes alike.
     """
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    if isinstance(model, MSRN):
-        arch = {"kind": "msrn", "config": model.cfg.to_dict(), "labels": list(model.label_names)}
-    else:
+    net = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    arch: dict[str, Any]
+    if isinstance(net, MSRN):
+        arch = {"kind": "msrn", "config": net.cfg.to_dict(), "labels": list(net.label_names)}
+    elif isinstance(net, PlainClassifier):
         arch = {
             "kind": "baseline",
-            "backbone": model.backbone.arch,
-            "num_classes": model.fc.out_features,
-            "labels": list(model.label_names),
-            "hidden": model.hidden,
+            "backbone": net.backbone.arch,
+            "num_classes": net.fc.out_features,
+            "labels": list(net.label_names),
+            "hidden": net.hidden,
         }
+    else:
+        raise TypeError(f"a checkpoint describes an MSRN or a PlainClassifier, not a {type(net).__name__}")
     return {
         "format": FORMAT,
         "version": VERSION,
         "model": arch,
         "image_size": int(image_size),
         "exif_orientation": bool(exif_orientation),
-        "state_dict": model.state_dict(),
+        "state_dict": net.state_dict(),
     }
 
 
-def _build_from_state(ckpt: dict, where: str) -> nn.Module:
+def _build_from_state(ckpt: dict, where: str) -> Classifier:
     """Rebuild the network described by a project checkpoint and load its weights strictly."""
     arch = ckpt.get("model") or {}
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise MSRNError(f"{where} has no state_dict")
+    model: Classifier
     try:
         if arch.get("kind") == "msrn":
             # older checkpoints keep the label names inside the config
@@ -170,7 +176,7 @@ def _build_from_state(ckpt: dict, where: str) -> nn.Module:
 
 
 def load_checkpoint(
-    source: str | Path | dict,
+    source: str | os.PathLike | dict,
     word_vectors: Any = None,
     cooccurrence: Any = None,
     labels: list[str] | None = None,

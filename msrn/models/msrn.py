@@ -10,8 +10,9 @@ and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see re
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,11 @@ def check_depths(depths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
 
 
 class MSRN(nn.Module):
+    # buffers and the head set in __init__ outside nn.Module's attribute typing (register_buffer, __dict__)
+    word_vectors: torch.Tensor
+    adjacency: torch.Tensor
+    classifier: nn.Module
+
     def __init__(
         self, cfg: MSRNConfig, word_vectors: torch.Tensor, adjacency: torch.Tensor, labels: list[str] | None = None
     ):
@@ -139,20 +145,21 @@ class MSRN(nn.Module):
         groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
         return Semantics(local, groups, assign, group_loss(local, groups, assign, self.cfg.group_loss_weight))
 
-    def pooled_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    def pooled_maps(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """layer2/3/4 outputs -> conv_buffer1/2 (depths 1, 2) and the 2x2 max-pool, each B x C_s x H_s x W_s,
         for the depths read."""
         convs = (self.conv_buffer1, self.conv_buffer2, None)
         return [
-            max_pool2x2(f if convs[s - 1] is None else conv1x1(convs[s - 1], f))
-            for s, f in zip(DEPTHS, feats) if s in self.cfg.depths
+            max_pool2x2(f if conv is None else conv1x1(conv, f))
+            for s, f, conv in zip(DEPTHS, feats, convs) if s in self.cfg.depths
         ]  # fmt: skip
 
     def projected_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: B x 3 x H x W -> the pooled maps of the depths read, projected by ProjectM to D channels,
         each B x D x H_s x W_s: what the attention reads (and the explanations' grid)."""
         pooled = self.pooled_maps(self.backbone.forward_features(x, max(self.cfg.depths)))
-        return [conv1x1(self.ProjectM[s - 1], m) for s, m in zip(self.cfg.depths, pooled)]
+        # the depths read hold a Conv2d in ProjectM (the others an Identity, never read)
+        return [conv1x1(cast(nn.Conv2d, self.ProjectM[s - 1]), m) for s, m in zip(self.cfg.depths, pooled)]
 
     def head(self, attended: torch.Tensor, assign: torch.Tensor | None = None) -> torch.Tensor:
         """(B x (C+K) x SD) attended semantics, S depths read -> B x C logits. The element-wise head also
@@ -235,3 +242,7 @@ class PlainClassifier(nn.Module):
             {"params": list(self.backbone.parameters()), "lr": lr_backbone, "name": "backbone"},
             {"params": head, "lr": lr, "name": "head"},
         ]
+
+
+# the networks msrn builds and loads (what load_checkpoint, Predictor and the exports take)
+Classifier: TypeAlias = "MSRN | PlainClassifier"

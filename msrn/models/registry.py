@@ -12,7 +12,7 @@ import torch
 
 from msrn.errors import MSRNError
 from msrn.models.heads import HEADS
-from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier, check_depths
+from msrn.models.msrn import MSRN, Classifier, MSRNConfig, PlainClassifier, check_depths
 from msrn.models.timm_backbone import PREFIX
 
 # name -> overrides of MSRNConfig (the paper's model first, then smaller ones for CPU work)
@@ -67,7 +67,7 @@ def _build_model(
     pool_ratio: float = 0.2,
     num_groups: int | None = None,
     **overrides: Any,
-) -> torch.nn.Module:
+) -> Classifier:
     """A registered model with fresh weights from arrays: label vectors (C x dim; placeholders without them)
     and the adjacency A_hat (C x C, used as given; no edges without it). Reads no file.
 

@@ -64,7 +64,7 @@ class TimmBackbone(nn.Module):
         return tuple(m.contiguous() for m in maps)
 
 
-def build_backbone(arch: str) -> nn.Module:
+def build_backbone(arch: str) -> ResNet | TimmBackbone:
     """ResNet(arch) for the reference's names, TimmBackbone for `timm:NAME`."""
     if arch.startswith(PREFIX):
         return TimmBackbone(arch.removeprefix(PREFIX))
