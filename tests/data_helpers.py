@@ -61,3 +61,18 @@ def noise_csv(
                 i += 1
 
     return write_csv(folder, rows())
+
+
+def tiny_train_args(
+    data: Path, out: Path, *extra: str, batch_size: int | None = None, epochs: int | None = None
+) -> list[str]:
+    """`msrn train` arguments for a seconds-long CPU run: msrn_tiny from scratch on a CSV dataset at 64 px,
+    no loader workers; batch size and epochs only when given (else train's defaults). EXTRA comes last, so
+    a flag repeated there overrides the one here (argparse keeps the last)."""
+    args = ["train", "--dataset", "csv", "--data", str(data), "--out", str(out), "--model", "msrn_tiny"]
+    args += ["--pretrained", "none", "--image-size", "64", "--workers", "0"]
+    if batch_size is not None:
+        args += ["--batch-size", str(batch_size)]
+    if epochs is not None:
+        args += ["--epochs", str(epochs)]
+    return [*args, *extra]

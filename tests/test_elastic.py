@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import noise_csv
+from data_helpers import noise_csv, tiny_train_args
 
 from msrn import distributed
 from msrn.checkpoint import read_checkpoint
@@ -23,34 +23,8 @@ TIMEOUT = 240
 
 def train_args(csv: Path, out: Path, *extra: str) -> list[str]:
     """Three epochs of three steps (24 images, global batch 8), last.pt every 2 steps."""
-    return [
-        "-m",
-        "msrn",
-        "train",
-        "--dataset",
-        "csv",
-        "--data",
-        str(csv),
-        "--model",
-        "msrn_tiny",
-        "--pretrained",
-        "none",
-        "--image-size",
-        "64",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "3",
-        "--save-every",
-        "2",
-        "--workers",
-        "0",
-        "--val-fraction",
-        "0",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    args = tiny_train_args(csv, out, "--save-every", "2", "--val-fraction", "0", *extra, batch_size=8, epochs=3)
+    return ["-m", "msrn", *args]
 
 
 def torchrun(*flags: str) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import LABELS, make_csv
+from data_helpers import LABELS, make_csv, tiny_train_args
 from PIL import Image
 
 from msrn.cli import main as cli
@@ -36,32 +36,7 @@ METRIC_KEYS = (
 
 
 def train_args(csv: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--dataset",
-        "csv",
-        "--data",
-        str(csv),
-        "--out",
-        str(out),
-        "--model",
-        "msrn_tiny",
-        "--image-size",
-        "64",
-        "--batch-size",
-        "8",
-        "--epochs",
-        "2",
-        "--workers",
-        "0",
-        "--lr-steps",
-        "1",
-        "--pretrained",
-        "none",
-        "--val-fraction",
-        "0",
-        *extra,
-    ]
+    return tiny_train_args(csv, out, "--lr-steps", "1", "--val-fraction", "0", *extra, batch_size=8, epochs=2)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from data_helpers import tiny_train_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -200,23 +201,7 @@ def test_csv_without_any_label_stops_training(tmp_path: Path, capsys: pytest.Cap
     path = tmp_path / "data.csv"
     path.write_text("image,labels,split\n" + "".join(f"{i}.png,,{'train' if i < 4 else 'test'}\n" for i in range(6)))
     assert read_csv_dataset(path, "train").labels == []
-    argv = [
-        "train",
-        "--dataset",
-        "csv",
-        "--data",
-        str(path),
-        "--model",
-        "msrn_tiny",
-        "--pretrained",
-        "none",
-        "--image-size",
-        "64",
-        "--workers",
-        "0",
-        "--out",
-        str(tmp_path / "run"),
-    ]
+    argv = tiny_train_args(path, tmp_path / "run")
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "label" in err[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import make_csv
+from data_helpers import make_csv, tiny_train_args
 from PIL import Image
 
 import msrn.engine.train
@@ -370,33 +370,7 @@ def test_training_builds_the_model_from_its_label_set(tmp_path: Path, monkeypatc
     monkeypatch.setattr(msrn.engine.train, "build_label_set", reweighted)
     csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
     assert (
-        cli_main(
-            [
-                "train",
-                "--dataset",
-                "csv",
-                "--data",
-                str(csv),
-                "--out",
-                str(tmp_path / "run"),
-                "--model",
-                "msrn_tiny",
-                "--image-size",
-                "64",
-                "--batch-size",
-                "8",
-                "--epochs",
-                "1",
-                "--workers",
-                "0",
-                "--pretrained",
-                "none",
-                "--val-fraction",
-                "0",
-                "--tau",
-                "0.05",
-            ]
-        )
+        cli_main(tiny_train_args(csv, tmp_path / "run", "--val-fraction", "0", "--tau", "0.05", batch_size=8, epochs=1))
         == 0
     )
     ls = built[0]

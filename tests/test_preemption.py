@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import noise_csv
+from data_helpers import noise_csv, tiny_train_args
 
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
@@ -42,34 +42,9 @@ def csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def train_argv(csv: Path, out: Path, *extra: str) -> list[str]:
     """Two epochs of three steps, with an EMA of the weights; last.pt only at epoch ends (and on a signal)."""
-    return [
-        "train",
-        "--dataset",
-        "csv",
-        "--data",
-        str(csv),
-        "--model",
-        "msrn_tiny",
-        "--pretrained",
-        "none",
-        "--image-size",
-        "64",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "2",
-        "--save-every",
-        "0",
-        "--workers",
-        "0",
-        "--val-fraction",
-        "0",
-        "--ema",
-        "0.8",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return tiny_train_args(
+        csv, out, "--save-every", "0", "--val-fraction", "0", "--ema", "0.8", *extra, batch_size=4, epochs=2
+    )
 
 
 def assert_bitwise_equal(a: dict, b: dict) -> None:

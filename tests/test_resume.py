@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import noise_csv
+from data_helpers import noise_csv, tiny_train_args
 
 from msrn.checkpoint import read_checkpoint
 
@@ -25,37 +25,10 @@ TIMEOUT = 60
 def train_cmd(csv: Path, out: Path, *extra: str) -> list[str]:
     """The tiny training command: 18 train images (2 carved for validation), 5 steps an epoch, 3 epochs,
     with a moving average of the weights (its state must resume exactly too)."""
-    return [
-        sys.executable,
-        "-m",
-        "msrn",
-        "train",
-        "--dataset",
-        "csv",
-        "--data",
-        str(csv),
-        "--model",
-        "msrn_tiny",
-        "--pretrained",
-        "none",
-        "--image-size",
-        "64",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "3",
-        "--save-every",
-        "3",
-        "--ema",
-        "0.8",
-        "--ema-warmup",
-        "4",
-        "--workers",
-        "0",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    args = tiny_train_args(
+        csv, out, "--save-every", "3", "--ema", "0.8", "--ema-warmup", "4", *extra, batch_size=4, epochs=3
+    )
+    return [sys.executable, "-m", "msrn", *args]
 
 
 def run_to_end(cmd: list[str]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_helpers import tiny_train_args
 
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
@@ -141,25 +142,7 @@ def test_train_refuses_malicious_pickles_before_training(
     evil.write_bytes(pickle.dumps([Touch(marker)]))
     refused(
         capsys,
-        [
-            "train",
-            "--dataset",
-            "csv",
-            "--data",
-            str(csv),
-            "--model",
-            "msrn_tiny",
-            "--pretrained",
-            "none",
-            "--image-size",
-            "64",
-            "--workers",
-            "0",
-            "--out",
-            str(tmp_path / "run"),
-            option,
-            str(evil),
-        ],
+        tiny_train_args(csv, tmp_path / "run", option, str(evil)),
         str(evil),
         "refusing",
     )

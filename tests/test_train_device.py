@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import noise_csv
+from data_helpers import noise_csv, tiny_train_args
 
 import msrn.engine.losses as losses_module
 import msrn.engine.train as train_module
@@ -21,32 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _argv(csv: Path, out: Path, *extra: str) -> list[str]:
     """Two epochs of five steps of two images."""
-    return [
-        "train",
-        "--dataset",
-        "csv",
-        "--data",
-        str(csv),
-        "--model",
-        "msrn_tiny",
-        "--pretrained",
-        "none",
-        "--image-size",
-        "64",
-        "--batch-size",
-        "2",
-        "--epochs",
-        "2",
-        "--workers",
-        "0",
-        "--val-fraction",
-        "0",
-        "--lr-steps",
-        "1",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return tiny_train_args(csv, out, "--val-fraction", "0", "--lr-steps", "1", *extra, batch_size=2, epochs=2)
 
 
 def _scalars(folder: Path) -> list[tuple[int, float]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import noise_csv
+from data_helpers import noise_csv, tiny_train_args
 
 import msrn.engine.losses as losses_module
 from msrn.checkpoint import read_checkpoint
@@ -25,32 +25,7 @@ def csv(tmp_path: Path) -> Path:
 
 def train_argv(csv: Path, out: Path, *extra: str) -> list[str]:
     """Two epochs of two steps each, last.pt after every step."""
-    return [
-        "train",
-        "--dataset",
-        "csv",
-        "--data",
-        str(csv),
-        "--model",
-        "msrn_tiny",
-        "--pretrained",
-        "none",
-        "--image-size",
-        "64",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "2",
-        "--save-every",
-        "1",
-        "--workers",
-        "0",
-        "--val-fraction",
-        "0",
-        "--out",
-        str(out),
-        *extra,
-    ]
+    return tiny_train_args(csv, out, "--save-every", "1", "--val-fraction", "0", *extra, batch_size=4, epochs=2)
 
 
 def one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
