@@ -32,10 +32,14 @@ def published_reference_data() -> Path:
     return PUBLISHED_REFERENCE_DATA
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Torch on one thread for the test: tiny training runs are faster so on a shared machine."""
+def torch_on_one_thread() -> Iterator[None]:
+    """Torch on one thread, then back: tiny training runs are faster so on a shared machine, and runs
+    compared bit for bit need the same reduction order."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+one_thread = pytest.fixture(torch_on_one_thread, name="one_thread")  # for one test
+one_thread_per_module = pytest.fixture(torch_on_one_thread, scope="module", name="one_thread_per_module")
