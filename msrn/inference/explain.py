@@ -101,7 +101,7 @@ def explained_forward(model: MSRN, x: torch.Tensor, k: int) -> tuple[torch.Tenso
     The logits come from `MSRN.classify`, as in `MSRN.forward`, so they are the model's own.
     """
     projected, sem = model.projected_maps(x), model.semantics()
-    logits = model.classify(projected, sem.rows())
+    logits = model.classify(projected, sem.rows(), assign=sem.assign)
     idx = logits.topk(min(k, logits.shape[1]), dim=1).indices
     return logits, idx, label_maps(projected, sem.local, idx)
 
