@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from msrn import __version__
 from msrn.errors import MSRNError
@@ -33,9 +34,17 @@ def command_name(argv: Sequence[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line on stderr (status 2) that names the option and points to --help,
+    as every other bad value is reported (MSRNError)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser listing every subcommand from COMMANDS; only `command`'s module is imported, for its options."""
-    parser = argparse.ArgumentParser(prog="msrn", description=__doc__.splitlines()[0])
+    parser = Parser(prog="msrn", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"msrn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

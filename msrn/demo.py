@@ -37,6 +37,7 @@ from msrn.io import atomic_write_json, atomic_write_text
 from msrn.metrics import subset_metrics
 from msrn.models.loading import load_checkpoint
 from msrn.models.msrn import MSRN
+from msrn.options import bounded
 from msrn.plots import figure_image, save_image
 
 # MSRN's and the baseline's per-seed results from the last `benchmarks/ablation.py --record` run
@@ -53,9 +54,9 @@ def compute_threads(workers: int) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the data, both runs and summary.md")
-    p.add_argument("--seed", type=int, default=0, help="seeds the data and the training")
-    p.add_argument("--epochs", type=int, help="override the scenes preset's epoch count")
-    p.add_argument("--workers", type=int, help="data-loading processes (default: the preset's)")
+    p.add_argument("--seed", type=bounded(int, low=0), default=0, help="seeds the data and the training")
+    p.add_argument("--epochs", type=bounded(int, low=1), help="override the scenes preset's epoch count")
+    p.add_argument("--workers", type=bounded(int, low=0), help="data-loading processes (default: the preset's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline run")
 

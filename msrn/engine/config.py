@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
+from msrn.data import GENERATED
 from msrn.data.loader import default_workers
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.errors import MSRNError
 from msrn.labels.reference_files import default_sources
 from msrn.models.heads import HEADS
-from msrn.options import AMP_MODES, RUNTIME_FLAGS, TTA_MODES
+from msrn.options import AMP_MODES, RUNTIME_FLAGS, TTA_MODES, out_of_bounds
 
 
 def option(
@@ -60,7 +61,11 @@ class TrainConfig:
 
     dataset: str = option("synthetic", "dataset kind; its preset carries the paper's hyper-parameters")
     data: str = option("", "dataset root folder (the CSV file for --dataset csv)")
-    out: str = option("runs/msrn", "run folder: last.pt, best.pt, metrics.json, config.json, log.txt, plots")
+    out: str = option(
+        "",
+        "run folder: last.pt, best.pt, metrics.json, config.json, log.txt, plots (default runs/DATASET-MODEL, "
+        "e.g. runs/scenes-msrn_tiny: the same folder each time, so a bare --resume finds it)",
+    )
     model: str = option(
         "msrn_resnet101",
         "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, msrn_timm, baseline_*)",
@@ -95,18 +100,21 @@ class TrainConfig:
     )
     epochs: int = option(30, "epochs to train", low=1)
     batch_size: int = option(16, "global batch per optimiser step (all processes together)", low=1)
-    lr: float = option(0.1, "learning rate of the head (everything outside the backbone)")
-    lr_backbone: float = option(0.01, "learning rate of the backbone and its conv_buffer layers, as in the reference")
-    momentum: float = option(0.9, "SGD momentum")
-    weight_decay: float = option(1e-4, "SGD weight decay")
-    lr_steps: tuple[int, ...] = option((20,), "epochs at which the learning rates drop by --lr-gamma")
-    lr_gamma: float = option(0.1, "factor of each learning-rate drop")
+    lr: float = option(0.1, "learning rate of the head (everything outside the backbone)", low=0)
+    lr_backbone: float = option(
+        0.01, "learning rate of the backbone and its conv_buffer layers, as in the reference (0 freezes them)", low=0
+    )
+    momentum: float = option(0.9, "SGD momentum", low=0, high=1, bounds="[)")
+    weight_decay: float = option(1e-4, "SGD weight decay", low=0)
+    lr_steps: tuple[int, ...] = option((20,), "epochs at which the learning rates drop by --lr-gamma", low=1)
+    lr_gamma: float = option(0.1, "factor of each learning-rate drop", low=0, high=1, bounds="(]")
     max_grad_norm: float | None = option(
         None,
         "clip the gradient norm at this value (default off, as the reference's effective recipe, whose clip "
         "runs before backward and so clips nothing); 0 turns clipping off",
+        low=0,
     )
-    pool_ratio: float = option(0.2, "K = int(pool_ratio x C) label groups")
+    pool_ratio: float = option(0.2, "K = int(pool_ratio x C) label groups", low=0, high=1, bounds="(]")
     # ablation switches of the MSRN head (the paper's model: all three depths, groups and graph on)
     depths: tuple[int, ...] = option(
         (1, 2, 3),
@@ -138,7 +146,7 @@ class TrainConfig:
         "and checked; the default for voc2007, coco2014, nuswide, apparel), 'train' (count the training split; "
         "the default otherwise), or such a pickle file",
     )
-    tau: float = option(0.4, "edge threshold on P(j|i) of the label graph")
+    tau: float = option(0.4, "edge threshold on P(j|i) of the label graph", low=0, high=1)
     train_split: str | None = option(None, "training split (default: the dataset's)")
     test_split: str | None = option(None, "test split (default: the dataset's)")
     keep_unannotated: bool = option(
@@ -159,7 +167,7 @@ class TrainConfig:
     tune_thresholds: bool = option(
         False, "per-label thresholds from the validation split (--val-fraction), stored in checkpoints"
     )
-    seed: int = option(0, "seed of every random choice of the run")
+    seed: int = option(0, "seed of every random choice of the run", low=0)
     workers: int = option(
         None,
         "data-loading processes per training process (default: from the CPUs this process may use, up to 8 "
@@ -276,6 +284,8 @@ class TrainConfig:
             changes["pretrained"] = None  # --init supplies the backbone too: nothing to download or load twice
         if self.ema == 0:
             changes["ema"] = None  # `--ema 0` turns it off
+        if not self.out:  # one folder per data set and model, the same on every rank and for a later --resume
+            changes["out"] = default_run_folder(self.dataset, self.model)
         cfg = dataclasses.replace(self, **changes)
         for f in dataclasses.fields(cfg):
             _check_field(f, getattr(cfg, f.name))
@@ -305,6 +315,11 @@ class TrainConfig:
         return cfg
 
 
+def default_run_folder(dataset: str, model: str) -> str:
+    """The run folder of a run given no --out: runs/DATASET-MODEL."""
+    return f"runs/{dataset}-{model}"
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -317,14 +332,9 @@ def _check_field(f: dataclasses.Field, value: Any) -> None:
             continue
         if meta.get("choices") is not None and v not in meta["choices"]:
             raise MSRNError(f"{_flag(f.name)} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}")
-        low, high, ends = meta.get("low"), meta.get("high"), meta.get("bounds", "[]")
-        too_low = low is not None and (v < low if ends[0] == "[" else v <= low)
-        too_high = high is not None and (v > high if ends[1] == "]" else v >= high)
-        if too_low or too_high:
-            if high is None:
-                allowed = f">= {low:g}" if ends[0] == "[" else f"> {low:g}"
-            else:
-                allowed = f"in {ends[0]}{low:g}, {high:g}{ends[1]}"
+        low, high = meta.get("low"), meta.get("high")
+        allowed = None if low is None and high is None else out_of_bounds(v, low, high, meta.get("bounds", "[]"))
+        if allowed is not None:
             shown = list(value) if isinstance(value, tuple) else value
             raise MSRNError(f"{_flag(f.name)} must be {allowed}, not {shown}")
 
@@ -421,6 +431,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: Any) -> TrainConfig:
     """The preset of args.dataset with every option the user gave on top."""
     values: dict[str, Any] = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
-    if values["dataset"] != "synthetic" and not values["data"]:
+    if values["dataset"] not in GENERATED and not values["data"]:  # generated data sets go to msrn's cache
         raise MSRNError(f"--data is required for --dataset {values['dataset']}")
     return preset_config(values.pop("dataset"), **values)

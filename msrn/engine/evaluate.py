@@ -31,6 +31,7 @@ from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
 from msrn.engine.losses import LossFn, model_group_loss, objective, soft_margin_loss
 from msrn.engine.scores import write_scores
+from msrn.errors import setting_up
 from msrn.io import atomic_write_json, check_writable
 from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
 from msrn.models.fuse import optimize_for_inference
@@ -151,14 +152,15 @@ def main(args: argparse.Namespace) -> int:
         check_writable(Path(args.scores).absolute().parent)  # before the long evaluation, not after it
     split = args.split or DEFAULT_SPLITS[args.dataset][1]
     data = build_dataset(args.dataset, args.data, split, **reader_options(args))
-    loaded = load_checkpoint(
-        args.checkpoint,
-        word_vectors=args.word_vectors,
-        cooccurrence=args.cooccurrence,
-        labels=data.labels,
-        dataset=args.dataset,
-    )
-    net = loaded.model.to(device)
+    with setting_up():  # a value torch refuses while the model is built and moved: one line, no traceback
+        loaded = load_checkpoint(
+            args.checkpoint,
+            word_vectors=args.word_vectors,
+            cooccurrence=args.cooccurrence,
+            labels=data.labels,
+            dataset=args.dataset,
+        )
+        net = loaded.model.to(device)
     image_size = args.image_size or loaded.image_size
     group_loss = model_group_loss(net)  # before --fast, whose eval-only copy keeps no group loss
     # without --exact: batch norm folded, channels-last: the same logits to float32 rounding, faster

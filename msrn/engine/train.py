@@ -39,7 +39,7 @@ from msrn.engine.losses import build_loss, model_group_loss, objective
 from msrn.engine.preemption import Stopped, StopSignals, parse_signal, shield_workers
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.engine.tensorboard import INSTALL_HINT, open_board
-from msrn.errors import MSRNError
+from msrn.errors import MSRNError, setting_up
 from msrn.hub import read_source
 from msrn.io import atomic_save_torch, atomic_write_json, check_writable, remove_stale_temps
 from msrn.labels.labelset import LabelSet, build_label_set
@@ -750,7 +750,8 @@ def train(cfg: TrainConfig, keep_epochs: bool = False, requeue_signal: str | Non
     written, raising Stopped (msrn.engine.preemption) whose `status` is the exit status to report.
     """
     requeue = parse_signal(requeue_signal)
-    trainer = Trainer(cfg, keep_epochs)
+    with setting_up():  # a value torch refuses (an optimiser's, a scheduler's): one line, no traceback
+        trainer = Trainer(cfg, keep_epochs)
     shield_workers(trainer.loader, requeue)
     with StopSignals(requeue) as trainer.stop:
         best = trainer.fit()
@@ -773,11 +774,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.resume not in (None, "auto") and args.out is None:  # --resume FILE goes on in FILE's run folder
         args.out = str(Path(args.resume).parent)
+    cfg = config_from_args(args)  # its run folder is settled: --out, else runs/DATASET-MODEL
     try:
-        best = train(config_from_args(args), keep_epochs=args.epochs is None, requeue_signal=args.requeue_signal)
+        best = train(cfg, keep_epochs=args.epochs is None, requeue_signal=args.requeue_signal)
     except Stopped as e:
         return e.status
     if dist.is_main():
         kept = "no epoch left to train" if best is None else f"best.pt from epoch {best.epoch} ({best.selected_by})"
-        print(f"done: {kept}; run folder {args.out}")
+        print(f"done: {kept}; run folder {cfg.out}")
     return 0

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from msrn.errors import MSRNError
+from msrn.errors import MSRNError, setting_up
 from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.inference.predictor import Predictor, load
 
@@ -64,7 +64,8 @@ def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:
     """The Predictor that the shared checkpoint options describe."""
-    if args.image_size is not None and args.image_size < 32:
-        raise MSRNError("--image-size must be at least 32")
     labels = read_label_names(args.labels) if args.labels else None
-    return load(args.checkpoint, args.word_vectors, args.cooccurrence, labels, image_size=args.image_size, **options)
+    with setting_up():  # a value torch refuses while the model is built and moved: one line, no traceback
+        return load(
+            args.checkpoint, args.word_vectors, args.cooccurrence, labels, image_size=args.image_size, **options
+        )

@@ -33,7 +33,7 @@ from msrn.inference.args import load_from_args
 from msrn.inference.push import INPUT, NORMALIZATION, add_card_arguments, export_folder, export_options
 from msrn.io import atomic_write_bytes
 from msrn.models.msrn import MSRN, Classifier
-from msrn.options import UNRECORDED_IMAGE_SIZE, add_checkpoint_arguments
+from msrn.options import UNRECORDED_IMAGE_SIZE, add_checkpoint_arguments, add_deprecated_fast, bounded
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, relative to max(1, max |logit|)
@@ -176,7 +176,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to write the model: a file for onnx (model.onnx), a folder for hub",
     )
     add_card_arguments(parser)
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset, 17 or newer (default {OPSET})")
+    add_deprecated_fast(parser)
+    parser.add_argument(
+        "--opset", type=bounded(int, low=17), default=OPSET, help=f"ONNX opset, 17 or newer (default {OPSET})"
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ from msrn.inference.draw import panel_size, panels
 from msrn.inference.explain import concentration
 from msrn.inference.predictor import Predictor
 from msrn.models.msrn import MSRN
-from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments
+from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments, bounded
 from msrn.plots import image_png
 
 MAX_UPLOAD_MB = 20
@@ -666,7 +666,9 @@ def return_freed_memory() -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn serve`."""
     add_checkpoint_arguments(parser)
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0 picks a free one)")
+    parser.add_argument(
+        "--port", type=bounded(int, 0, 65535), default=8000, help="port to listen on (default 8000; 0 picks a free one)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this computer only)")
     parser.add_argument(
         "--threshold",
@@ -676,22 +678,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--explain-labels",
-        type=int,
+        type=bounded(int, low=0),
         default=3,
         metavar="N",
         help="attention panels for the N best labels, when a request asks (default 3)",
     )
-    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest accepted upload")
+    parser.add_argument(
+        "--max-upload-mb",
+        type=bounded(float, low=0, bounds="(]"),
+        default=MAX_UPLOAD_MB,
+        help="largest accepted upload",
+    )
     parser.add_argument(
         "--queue",
-        type=int,
+        type=bounded(int, low=1),
         default=QUEUE,
         metavar="N",
         help=f"requests in progress at once; more get 503 with Retry-After (default {QUEUE})",
     )
     parser.add_argument(
         "--batch-wait-ms",
-        type=float,
+        type=bounded(float, low=0),
         default=BATCH_WAIT_MS,
         metavar="MS",
         help=f"longest wait for more requests to fill a batch (default {BATCH_WAIT_MS:g})",
@@ -757,7 +764,7 @@ def main(args: argparse.Namespace) -> int:
     )
     app = create_app(
         predictor,
-        max(0, args.explain_labels),
+        args.explain_labels,
         args.max_upload_mb,
         args.queue,
         args.batch_size,

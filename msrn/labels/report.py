@@ -19,6 +19,7 @@ from msrn.io import atomic_write_text, check_writable
 from msrn.labels.graph import REWEIGHT, TAU
 from msrn.labels.labelset import COUNTED, LabelSet, build_label_set
 from msrn.labels.reference_files import REFERENCE, default_sources
+from msrn.options import bounded
 from msrn.plots import save_figure
 from msrn.targets import UNKNOWN
 
@@ -273,8 +274,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="labels.pt", help="label set file to write (default: labels.pt)")
     parser.add_argument("--word-vectors", "--vectors", dest="vectors", help=VECTORS_HELP)
     parser.add_argument("--name-map", help="file of 'label=words' lines for odd names, e.g. diningtable=dining table")
-    parser.add_argument("--tau", type=float, default=TAU, help=f"edge threshold on P(j|i) (default {TAU})")
-    parser.add_argument("--reweight", type=float, default=REWEIGHT, help=f"neighbour weight p (default {REWEIGHT})")
+    parser.add_argument(
+        "--tau", type=bounded(float, 0, 1), default=TAU, help=f"edge threshold on P(j|i) (default {TAU})"
+    )
+    parser.add_argument(
+        "--reweight", type=bounded(float, 0, 1), default=REWEIGHT, help=f"neighbour weight p (default {REWEIGHT})"
+    )
     parser.add_argument("--cooccurrence", help=COOCCURRENCE_HELP)
     parser.add_argument("--report", help="folder for the report and drawings (default: the folder of --out)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
