@@ -375,3 +375,16 @@ def test_documented_command_line_runs(
     if command == "train":
         (folder,) = re.findall(r"run folder (\S+)$", capsys.readouterr().out, flags=re.M)
         assert (Path(folder) / "best.pt").is_file(), f"{doc}: no best.pt in the run folder it reported, {folder}"
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "serve", "export"])
+def test_the_deprecated_fast_flag_warns_on_every_command_the_changelog_names(command: str) -> None:
+    """CHANGELOG: `--fast` of evaluate, predict, serve and export does nothing and warns (export refused it)."""
+    required = {
+        "evaluate": ["--dataset", "csv", "--data", "my.csv", "--checkpoint", "m.pt"],
+        "predict": ["--checkpoint", "m.pt", "a.jpg"],
+        "serve": ["--checkpoint", "m.pt"],
+        "export": ["--checkpoint", "m.pt", "--out", "m.onnx"],
+    }[command]
+    with pytest.warns(FutureWarning, match="--fast is deprecated"):
+        build_parser(command).parse_args([command, *required, "--fast"])
