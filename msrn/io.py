@@ -1,4 +1,5 @@
-"""Atomic file writing: a crash or a failed write never leaves a half-written file behind."""
+"""Atomic file writing: a crash or a failed write never leaves a half-written file behind; and the
+file locks that keep two processes from writing one folder at once."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ import os
 import re
 import uuid
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from msrn.errors import MSRNError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): FileLock then takes no lock
+    fcntl = None  # type: ignore[assignment]
 
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{32}\.tmp")  # what _atomic_write names its temporary files
 
@@ -105,3 +112,58 @@ def check_writable(folder: str | os.PathLike[str]) -> None:
                 os.remove(probe)
     except OSError as exc:
         raise MSRNError(f"output folder {folder} is not writable: {exc}") from exc
+
+
+class FileLock:
+    """An exclusive lock on the file at `path` (created if need be, never removed) that dies with its
+    process, however it ends (SIGKILL included): the kernel drops it, so no stale lock is left.
+
+    A POSIX record lock (fcntl.lockf), not flock: it belongs to the process, so the loader workers a
+    run forks do not inherit it and cannot keep it alive after the run itself was killed. Within one
+    process it does not exclude (a process never waits for itself). The holder writes its PID into
+    the file for the message of a process that finds the lock taken (`holder()`).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool) -> bool:
+        """Take the lock, waiting for its holder when `wait`; False when it is taken and not `wait`."""
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        if fcntl is not None:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError:
+                os.close(fd)
+                if wait:
+                    raise
+                return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        """The PID the lock's holder wrote into the file ("unknown" when it has not written it yet)."""
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read().strip()
+        except OSError:
+            text = ""
+        return text if text.isdigit() else "unknown"
+
+    def release(self) -> None:
+        """Give the lock up (closing the file drops it); a no-op when it is not held."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire(wait=True)
+        return self
+
+    def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()

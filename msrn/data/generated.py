@@ -3,8 +3,12 @@ folder may be written, and the images/ + annotations.csv + manifest layout writt
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
+import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +17,14 @@ from PIL import Image
 
 from msrn.download import cache_dir
 from msrn.errors import MSRNError
-from msrn.io import atomic_write_text
+from msrn.io import FileLock, atomic_write_text
 
 MANIFEST = "manifest.json"
-GENERATING = ".msrn-generating"  # present while a generation runs; marks the folder as msrn's
+# an older msrn generated in place, with this marker present until the manifest was written: a folder
+# holding it is msrn's, half done, and is generated afresh
+GENERATING = ".msrn-generating"
+
+log = logging.getLogger(__name__)
 
 
 def default_root(name: str) -> Path:
@@ -36,7 +44,7 @@ def read_manifest(root: Path) -> dict | None:
 
 def _check_writable(root: Path, what: str) -> None:
     """Refuse a folder that holds anything msrn did not generate: its files are never overwritten."""
-    if not root.exists() or (root / GENERATING).exists() or read_manifest(root) is not None:
+    if not root.exists() or _generated_here(root):
         return
     if not root.is_dir():
         raise MSRNError(f"{root}: not a folder; the {what} data set is generated into a folder")
@@ -47,41 +55,82 @@ def _check_writable(root: Path, what: str) -> None:
         )
 
 
+def _generated_here(root: Path) -> bool:
+    """Whether root holds a generation of msrn's: complete (its manifest) or one that an older msrn,
+    which generated in place, left half done (its marker)."""
+    return (root / GENERATING).exists() or read_manifest(root) is not None
+
+
+def lock_path(root: Path) -> Path:
+    """The lock file beside root that one generation into root holds (never removed: see FileLock)."""
+    return root.parent / f".{root.name}.msrn-lock"
+
+
 def ensure_generated(
     root: Path, what: str, expected: dict, complete: Callable[[Path], bool], write: Callable[[Path], dict[str, str]]
 ) -> Path:
-    """Generate into root unless complete(root): write(root) draws the images and returns the text files
-    to write beside them (name -> content); the manifest `expected` is written last, so a generation
-    that stops half way is redone on the next call."""
+    """Generate into root unless complete(root): write(folder) draws the images into folder and returns the
+    text files to write beside them (name -> content); the manifest `expected` is written last.
+
+    Safe when several processes (torchrun's ranks, two runs) ask at once: one takes the lock beside root
+    and generates while the others wait, then find the set complete. The set is drawn in a private
+    folder beside root that is renamed into place whole, so nobody ever sees half of one, and a
+    generation killed half way leaves root as it was (its private folder is removed by the next one)."""
     root = Path(root)
     if complete(root):
         return root
     _check_writable(root, what)
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        (root / GENERATING).touch()
-        (root / MANIFEST).unlink(missing_ok=True)
-        for name, text in write(root).items():
-            atomic_write_text(root / name, text)
-        atomic_write_text(root / MANIFEST, json.dumps(expected, indent=1) + "\n")
-        (root / GENERATING).unlink()
+        root.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path(root))
+        if not lock.acquire(wait=False):
+            log.info("waiting for process %s, which is generating the %s data set in %s", lock.holder(), what, root)
+            lock.acquire(wait=True)
+        with lock:
+            if complete(root):  # the process that held the lock generated it
+                return root
+            _check_writable(root, what)
+            for stale in root.parent.glob(f".{glob.escape(root.name)}.*.msrn-tmp"):  # killed generations'
+                shutil.rmtree(stale, ignore_errors=True)
+            fresh = root.parent / f".{root.name}.{uuid.uuid4().hex}.msrn-tmp"
+            fresh.mkdir()
+            try:
+                for name, text in write(fresh).items():
+                    atomic_write_text(fresh / name, text)
+                atomic_write_text(fresh / MANIFEST, json.dumps(expected, indent=1) + "\n")
+                _move_into_place(fresh, root)
+            finally:
+                shutil.rmtree(fresh, ignore_errors=True)
     except OSError as e:
         raise MSRNError(f"{root}: cannot write the {what} data set ({e})") from None
     return root
 
 
+def _move_into_place(fresh: Path, root: Path) -> None:
+    """Rename the complete generation `fresh` to root; an earlier generation of msrn's there (another seed
+    or size, or one left half done), or an empty folder, is set aside first and then removed."""
+    old = None
+    if root.exists():
+        old = root.parent / f".{root.name}.{uuid.uuid4().hex}.msrn-tmp"
+        os.rename(root, old)
+    try:
+        os.rename(fresh, root)
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def write_images(
     root: Path, counts: dict[str, int], draw: Callable[[], tuple[Image.Image, list[str], Any]]
 ) -> Iterator[tuple[str, str, list[str], Any]]:
-    """Draw and save counts[split] images per split as images/<split>/<k>.png (each written atomically);
-    yields (relative name, split, labels, whatever else draw returned)."""
+    """Draw and save counts[split] images per split as images/<split>/<k>.png (into ensure_generated's
+    private folder, which nobody reads before it is complete); yields (relative name, split, labels,
+    whatever else draw returned)."""
     for split, count in counts.items():
         folder = root / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(count):
             img, labels, extra = draw()
-            path = folder / f"{k:05d}.png"
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            img.save(tmp, format="PNG", compress_level=1)
-            os.replace(tmp, path)
-            yield f"images/{split}/{path.name}", split, labels, extra
+            name = f"{k:05d}.png"
+            img.save(folder / name, format="PNG", compress_level=1)
+            yield f"images/{split}/{name}", split, labels, extra
