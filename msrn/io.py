@@ -167,3 +167,18 @@ class FileLock:
 
     def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+RUN_LOCK = ".msrn-run.lock"  # in a run folder: held by the one process that writes it
+
+
+def lock_run_folder(folder: str | os.PathLike[str]) -> FileLock:
+    """Hold the run folder's lock (until released, or this process ends); one line naming the folder and
+    the process when another live process holds it: two runs writing one last.pt would spoil each other."""
+    lock = FileLock(os.path.join(folder, RUN_LOCK))
+    if not lock.acquire(wait=False):
+        raise MSRNError(
+            f"{os.fspath(folder)} is in use by another msrn run (process {lock.holder()}): wait for it to end "
+            "or stop it, or give another --out"
+        )
+    return lock

@@ -15,12 +15,15 @@ import pytest
 from data_helpers import noise_csv, tiny_train_args
 
 from msrn.checkpoint import read_checkpoint
+from msrn.cli import main as cli_main
 from msrn.data import ensure_scenes, ensure_synthetic
 from msrn.errors import MSRNError
+from msrn.io import lock_run_folder
 
 SMALL = {"num_train": 40, "num_test": 12}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 TIMEOUT = 240
+PIPES: dict = {"env": ENV, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -38,9 +41,7 @@ def generate_together(ensure: str, root: str, start: multiprocessing.synchronize
 
 
 @pytest.mark.parametrize("ensure", ["synthetic", "scenes"])
-def test_processes_generating_into_one_fresh_folder_all_succeed_with_the_same_data(
-    ensure: str, tmp_path: Path
-) -> None:
+def test_processes_generating_into_one_fresh_folder_all_succeed_with_the_same_data(ensure: str, tmp_path: Path) -> None:
     """Three processes released at once on one fresh folder (before the lock, all but one failed on the
     generation marker the first one removed)."""
     ctx = multiprocessing.get_context("fork")
@@ -73,4 +74,75 @@ def test_a_generation_killed_half_way_leaves_no_half_set(tmp_path: Path) -> None
     child.join()
     assert not root.exists()
     assert tree_bytes(ensure_synthetic(root, **SMALL)) == tree_bytes(ensure_synthetic(tmp_path / "b", **SMALL))
+    assert not list(tmp_path.glob("*.msrn-tmp"))
+
+
+def hold_lock_until_killed(folder: str, ready: multiprocessing.synchronize.Event) -> None:
+    """A child process: hold the run folder's lock, then sleep until killed."""
+    lock_run_folder(folder)
+    ready.set()
+    time.sleep(TIMEOUT)
+
+
+def test_run_folder_lock_names_its_live_holder_and_dies_with_it(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    child = ctx.Process(target=hold_lock_until_killed, args=(str(tmp_path), ready))
+    child.start()
+    try:
+        assert ready.wait(TIMEOUT)
+        with pytest.raises(MSRNError) as refused:
+            lock_run_folder(tmp_path)
+        assert f"{tmp_path} is in use by another msrn run (process {child.pid})" in str(refused.value)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+    lock_run_folder(tmp_path).release()  # no stale lock after a SIGKILL
+
+
+@pytest.mark.slow
+def test_second_run_in_a_live_run_folder_is_refused_and_resume_after_a_kill_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A live `msrn train` holds its run folder: a second one there is one line naming the folder and the
+    first one's PID, and leaves its files alone; after a SIGKILL of the first, --resume goes on."""
+    csv = noise_csv(tmp_path, {"train": 24, "test": 6}, size=32)
+    out = tmp_path / "run"
+    args = tiny_train_args(csv, out, "--save-every", "2", "--val-fraction", "0", batch_size=8, epochs=50)
+    first = subprocess.Popen([sys.executable, "-m", "msrn", *args], env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "last.pt").is_file():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:]
+            time.sleep(0.02)
+        log_before = (out / "log.txt").read_text()
+        capsys.readouterr()
+        assert cli_main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"msrn train: error: {out} is in use by another msrn run (process {first.pid}): wait for it to end "
+                       "or stop it, or give another --out"]  # fmt: skip
+        assert (out / "log.txt").read_text().startswith(log_before)  # the refused run logged nothing there
+    finally:
+        first.kill()  # SIGKILL: no handler runs, nothing is released by msrn
+        first.communicate()
+    epoch = read_checkpoint(out / "last.pt")["epoch"]
+    assert cli_main([*args, "--resume", "--epochs", str(epoch + 1)]) == 0
+    assert read_checkpoint(out / "last.pt")["epoch"] == epoch + 1
+    assert "resumed at epoch" in (out / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_torchrun_and_a_plain_run_started_together_on_one_fresh_synthetic_folder_both_train(tmp_path: Path) -> None:
+    """The command of issue 32 (torchrun, 2 processes, a fresh --data) and a plain `msrn train` on the same
+    fresh folder at the same moment: three processes generate at once; before the lock all but one failed."""
+    data = tmp_path / "synthetic"
+    common = ["--dataset", "synthetic", "--data", str(data), "--epochs", "1", "--workers", "0"]
+    ddp = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "msrn"]
+    runs = [
+        subprocess.Popen([*ddp, "train", *common, "--out", str(tmp_path / "ddp")], **PIPES),
+        subprocess.Popen([sys.executable, "-m", "msrn", "train", *common, "--out", str(tmp_path / "one")], **PIPES),
+    ]
+    outputs = [run.communicate(timeout=TIMEOUT)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert all("done: best.pt from epoch 1" in output for output in outputs)
     assert not list(tmp_path.glob("*.msrn-tmp"))

@@ -41,7 +41,7 @@ from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_st
 from msrn.engine.tensorboard import INSTALL_HINT, open_board
 from msrn.errors import MSRNError, setting_up
 from msrn.hub import read_source
-from msrn.io import atomic_save_torch, atomic_write_json, check_writable, remove_stale_temps
+from msrn.io import FileLock, atomic_save_torch, atomic_write_json, check_writable, lock_run_folder, remove_stale_temps
 from msrn.labels.labelset import LabelSet, build_label_set
 from msrn.metrics import map_text, per_label_thresholds, sigmoid
 from msrn.models import create_model
@@ -263,10 +263,13 @@ class Trainer:
 
     # -- building the run, in order --------------------------------------------------------------
     def prepare_run_folder(self) -> None:
-        """Check the run folder before any work (not after the first epoch), log into it, seed the run."""
+        """Check the run folder before any work (not after the first epoch) and hold its lock (rank 0: the one
+        writer; refused while another live run holds it), log into it, seed the run."""
+        self.run_lock: FileLock | None = None
         if dist.is_main():
             check_writable(self.out)
-            remove_stale_temps(self.out)  # half-written saves of a killed run
+            self.run_lock = lock_run_folder(self.out)
+            remove_stale_temps(self.out)  # half-written saves of a killed run (never a live run's: it holds the lock)
         dist.barrier()
         setup_logging(self.out if dist.is_main() else None)
         torch.manual_seed(self.cfg.seed)
@@ -752,10 +755,14 @@ def train(cfg: TrainConfig, keep_epochs: bool = False, requeue_signal: str | Non
     requeue = parse_signal(requeue_signal)
     with setting_up():  # a value torch refuses (an optimiser's, a scheduler's): one line, no traceback
         trainer = Trainer(cfg, keep_epochs)
-    shield_workers(trainer.loader, requeue)
-    with StopSignals(requeue) as trainer.stop:
-        best = trainer.fit()
-    dist.teardown()  # after success only: a failed rank just exits and torchrun stops the others
+    try:
+        shield_workers(trainer.loader, requeue)
+        with StopSignals(requeue) as trainer.stop:
+            best = trainer.fit()
+        dist.teardown()  # after success only: a failed rank just exits and torchrun stops the others
+    finally:
+        if trainer.run_lock is not None:  # the run folder is free for the next run in this process
+            trainer.run_lock.release()
     return best
 
 
