@@ -7,7 +7,9 @@ does not pay for matplotlib or onnx. User errors (`MSRNError`) become one line o
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -15,6 +17,8 @@ from typing import NoReturn
 from msrn import __version__
 from msrn.errors import MSRNError
 
+# under a launcher, a process still alive this long after its command returned is stuck (bound_exit)
+EXIT_BOUND_S = 60
 # subcommand -> (module holding add_arguments/main, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("msrn.demo", "train and evaluate a small MSRN and a baseline on the built-in scenes benchmark"),
@@ -62,6 +66,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def bound_exit() -> None:
+    """Under torchrun (or another launcher that sets WORLD_SIZE): a process that has not exited EXIT_BOUND_S
+    seconds from now writes every thread's stack to stderr and exits with status 1. Called when the
+    command has returned: on a cluster, a job whose process hangs on its way out holds its GPUs until
+    the time limit. faulthandler's watchdog needs no Python thread, so it fires in a stuck shutdown too."""
+    if "TORCHELASTIC_RUN_ID" in os.environ or os.environ.get("WORLD_SIZE", "1") != "1":
+        faulthandler.dump_traceback_later(EXIT_BOUND_S, exit=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(command_name(argv))
@@ -82,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"msrn {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        bound_exit()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ A plain `python -m msrn train` is world size 1 and touches none of this.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from datetime import timedelta
 from typing import TypeVar
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from msrn.errors import MSRNError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def env_world_size() -> int:
@@ -66,9 +68,11 @@ def setup(device: str) -> torch.device:
         torch.backends.cudnn.allow_tf32 = False
     # under torchrun (which sets TORCHELASTIC_RUN_ID) also with one process: the path a run on N GPUs takes
     if (env_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ) and not is_distributed():
+        global _store, _teardowns
+        _store, _teardowns = restart_store(), 0  # rank 0 hosts it unless torchrun's agent does
         dist.init_process_group(
             "nccl" if dev.type == "cuda" else "gloo",
-            store=restart_store(),
+            store=_store,
             rank=int(os.environ["RANK"]),
             world_size=env_world_size(),
         )
@@ -76,6 +80,11 @@ def setup(device: str) -> torch.device:
 
 
 STORE_TIMEOUT = timedelta(minutes=30)  # torch's default for gloo and NCCL process groups
+# how long a rank that has finished waits at teardown for the others: they finish the same work at the
+# same step, so a rank missing for this long is stuck or dead
+TEARDOWN_TIMEOUT = timedelta(minutes=2)
+_store: dist.Store | None = None  # the store the process group met in (setup)
+_teardowns = 0  # teardowns of process groups met in _store, to keep each one's keys apart
 
 
 def restart_store() -> dist.Store:
@@ -94,15 +103,49 @@ def restart_store() -> dist.Store:
     return dist.PrefixStore(f"msrn/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def teardown() -> None:
-    """After a successful run: wait for every rank, then leave the process group (no-op outside one).
+def teardown(timeout: timedelta = TEARDOWN_TIMEOUT) -> None:
+    """After a run that every rank ended alike (success, or a stop at one agreed step): wait at most
+    `timeout` for every rank, then leave the process group (no-op outside one).
 
-    Not for error paths: a rank that fails should just exit (torchrun then stops the others);
-    waiting there, or destroying an NCCL group whose peers are inside a collective, can hang.
+    The ranks meet in the key-value store (torchrun's agent keeps it), not in a collective: no message
+    of the process group is in flight when it is destroyed, and a rank that never comes is a warning
+    after `timeout`, not a job that outlives its work. The group is then left as it is, since
+    destroying an NCCL group whose peers are inside a collective can hang. Not for error paths: a
+    rank that fails should just exit (torchrun then stops the others).
     """
-    if is_distributed():
-        dist.barrier()
+    global _teardowns
+    if not is_distributed():
+        return
+    _teardowns += 1
+    if _meet(f"teardown/{_teardowns}", timeout):
         dist.destroy_process_group()
+    else:
+        log.warning(
+            "rank %d: not every rank finished within %s; leaving without tearing the group down", rank(), timeout
+        )
+
+
+def _meet(name: str, timeout: timedelta) -> bool:
+    """Whether every rank reached the meeting `name` within `timeout`, counted in the setup's store. Where
+    this rank hosts the store (no torchrun agent does), it also waits for every rank to have seen the
+    meeting complete, so that none finds the store gone."""
+    if _store is None:  # a group that msrn's setup did not make: its collective barrier
+        dist.barrier()
+        return True
+    try:
+        for step in ("arrived", "left"):
+            if _store.add(f"{name}/{step}", 1) == world_size():
+                _store.set(f"{name}/{step}-all", "1")
+            if step == "arrived" or _hosts_store():
+                _store.wait([f"{name}/{step}-all"], timeout)
+    except RuntimeError:  # timed out (DistStoreError), or the store's host has gone
+        return False
+    return True
+
+
+def _hosts_store() -> bool:
+    """Whether this process runs the store's server (rank 0 when torchrun's agent does not: restart_store)."""
+    return rank() == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
 
 
 def barrier() -> None:

@@ -3,17 +3,22 @@ one run folder (a second `msrn train` there is refused while the first lives, an
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
 from data_helpers import noise_csv, tiny_train_args
 
+from msrn import distributed
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli_main
 from msrn.data import ensure_scenes, ensure_synthetic
@@ -119,8 +124,8 @@ def test_second_run_in_a_live_run_folder_is_refused_and_resume_after_a_kill_work
         capsys.readouterr()
         assert cli_main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"msrn train: error: {out} is in use by another msrn run (process {first.pid}): wait for it to end "
-                       "or stop it, or give another --out"]  # fmt: skip
+        refusal = f"{out} is in use by another msrn run (process {first.pid}): wait for it to end or stop it"
+        assert err == [f"msrn train: error: {refusal}, or give another --out"]
         assert (out / "log.txt").read_text().startswith(log_before)  # the refused run logged nothing there
     finally:
         first.kill()  # SIGKILL: no handler runs, nothing is released by msrn
@@ -146,3 +151,52 @@ def test_torchrun_and_a_plain_run_started_together_on_one_fresh_synthetic_folder
     assert [run.returncode for run in runs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert all("done: best.pt from epoch 1" in output for output in outputs)
     assert not list(tmp_path.glob("*.msrn-tmp"))
+
+
+def test_a_process_stuck_on_its_way_out_under_a_launcher_exits_within_the_bound(tmp_path: Path) -> None:
+    """A command returned, then a thread that never ends keeps the interpreter from exiting: under a launcher
+    the process dumps its stacks and exits 1 after EXIT_BOUND_S; without a launcher nothing is armed."""
+    script = (
+        "import threading, time, msrn.cli as c\n"
+        "c.EXIT_BOUND_S = 1\n"
+        "c.bound_exit()\n"
+        "threading.Thread(target=time.sleep, args=(60,), name='stuck').start()\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**ENV, "WORLD_SIZE": "2"}, capture_output=True, text=True, timeout=50
+    )
+    assert (done.returncode, time.monotonic() - started < 30) == (1, True)
+    assert "Timeout (0:00:01)!" in done.stderr  # faulthandler's stack dump, which says where it was stuck
+    alone = {k: v for k, v in ENV.items() if k not in ("WORLD_SIZE", "TORCHELASTIC_RUN_ID")}
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, "-c", script], env=alone, capture_output=True, timeout=5)
+
+
+def teardown_rank(rank: int, port: int, out: str, stuck: bool) -> None:
+    """One of 2 gloo ranks: rank 1, when `stuck`, never reaches teardown; rank 0 records how long teardown
+    took and whether the group is still there."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    distributed.setup("cpu")
+    if stuck and rank == 1:
+        time.sleep(8)
+        return
+    started = time.monotonic()
+    distributed.teardown(timedelta(seconds=2))
+    Path(out, f"rank{rank}.json").write_text(json.dumps([time.monotonic() - started, distributed.is_distributed()]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stuck", [False, True])
+def test_teardown_waits_for_every_rank_at_most_its_timeout(tmp_path: Path, stuck: bool) -> None:
+    """Both ranks at teardown: both leave the group at once. One rank stuck elsewhere: the other waits 2 s
+    (the timeout given), then goes on with the group left as it is, instead of waiting for ever."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(teardown_rank, args=(port, str(tmp_path), stuck), nprocs=2, join=True)
+    seconds, still_grouped = json.loads((tmp_path / "rank0.json").read_text())
+    if stuck:
+        assert (1.9 < seconds < 6, still_grouped) == (True, True)
+    else:
+        assert (seconds < 2, still_grouped, (tmp_path / "rank1.json").is_file()) == (True, False, True)

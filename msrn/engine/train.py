@@ -757,9 +757,13 @@ def train(cfg: TrainConfig, keep_epochs: bool = False, requeue_signal: str | Non
         trainer = Trainer(cfg, keep_epochs)
     try:
         shield_workers(trainer.loader, requeue)
-        with StopSignals(requeue) as trainer.stop:
-            best = trainer.fit()
-        dist.teardown()  # after success only: a failed rank just exits and torchrun stops the others
+        try:
+            with StopSignals(requeue) as trainer.stop:
+                best = trainer.fit()
+        except Stopped:
+            dist.teardown()  # every rank stopped at the same step, after the same collectives
+            raise
+        dist.teardown()  # after success or a stop only: a failed rank just exits and torchrun stops the others
     finally:
         if trainer.run_lock is not None:  # the run folder is free for the next run in this process
             trainer.run_lock.release()
