@@ -200,3 +200,15 @@ def test_teardown_waits_for_every_rank_at_most_its_timeout(tmp_path: Path, stuck
         assert (1.9 < seconds < 6, still_grouped) == (True, True)
     else:
         assert (seconds < 2, still_grouped, (tmp_path / "rank1.json").is_file()) == (True, False, True)
+
+
+@pytest.mark.slow
+def test_finished_two_process_jobs_exit(tmp_path: Path) -> None:
+    """benchmarks/bench_ddp_exit.py with 3 jobs: each prints rank 0's `done:` line and torchrun exits within
+    20 s of it (the benchmark's own exit status says so, its JSON how long each took)."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ddp_exit.py"
+    cmd = [sys.executable, str(bench), "--runs", "3", "--grace", "20", "--json", str(tmp_path / "exit.json")]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=3 * TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    jobs = json.loads((tmp_path / "exit.json").read_text())["this tree"]
+    assert [(job["status"], job["outlived"], job["exit_lag_s"] < 20) for job in jobs] == [(0, False, True)] * 3
