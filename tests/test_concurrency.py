@@ -82,6 +82,19 @@ def test_a_generation_killed_half_way_leaves_no_half_set(tmp_path: Path) -> None
     assert not list(tmp_path.glob("*.msrn-tmp"))
 
 
+def test_an_existing_folder_is_filled_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty working folder given as `.` is generated into, not renamed away from under the process;
+    a generation of another seed there is replaced by this seed's."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    ensure_synthetic(Path("."), seed=1, **SMALL)
+    assert tree_bytes(work) == tree_bytes(ensure_synthetic(tmp_path / "one", seed=1, **SMALL))
+    ensure_synthetic(Path("."), seed=2, **SMALL)
+    assert Path.cwd() == work and os.path.samefile(".", work)
+    assert tree_bytes(work) == tree_bytes(ensure_synthetic(tmp_path / "two", seed=2, **SMALL))
+
+
 def hold_lock_until_killed(folder: str, ready: multiprocessing.synchronize.Event) -> None:
     """A child process: hold the run folder's lock, then sleep until killed."""
     lock_run_folder(folder)

@@ -20,8 +20,8 @@ from msrn.errors import MSRNError
 from msrn.io import FileLock, atomic_write_text
 
 MANIFEST = "manifest.json"
-# an older msrn generated in place, with this marker present until the manifest was written: a folder
-# holding it is msrn's, half done, and is generated afresh
+# present while a generation replaces the content of a folder that exists: a folder holding it is
+# msrn's, half done, and is generated afresh
 GENERATING = ".msrn-generating"
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def _check_writable(root: Path, what: str) -> None:
 
 
 def _generated_here(root: Path) -> bool:
-    """Whether root holds a generation of msrn's: complete (its manifest) or one that an older msrn,
-    which generated in place, left half done (its marker)."""
+    """Whether root holds a generation of msrn's: complete (its manifest) or half done (its marker)."""
     return (root / GENERATING).exists() or read_manifest(root) is not None
 
 
@@ -74,15 +73,16 @@ def ensure_generated(
 
     Safe when several processes (torchrun's ranks, two runs) ask at once: one takes the lock beside root
     and generates while the others wait, then find the set complete. The set is drawn in a private
-    folder beside root that is renamed into place whole, so nobody ever sees half of one, and a
-    generation killed half way leaves root as it was (its private folder is removed by the next one)."""
+    folder beside root and moved into place only when complete (_move_into_place), so nobody reads
+    half of one, and a generation killed half way leaves root as it was."""
     root = Path(root)
     if complete(root):
         return root
     _check_writable(root, what)
+    where = root.absolute()  # `--data .` too has a parent to lock in and to draw beside
     try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(lock_path(root))
+        where.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path(where))
         if not lock.acquire(wait=False):
             log.info("waiting for process %s, which is generating the %s data set in %s", lock.holder(), what, root)
             lock.acquire(wait=True)
@@ -90,15 +90,15 @@ def ensure_generated(
             if complete(root):  # the process that held the lock generated it
                 return root
             _check_writable(root, what)
-            for stale in root.parent.glob(f".{glob.escape(root.name)}.*.msrn-tmp"):  # killed generations'
+            for stale in where.parent.glob(f".{glob.escape(where.name)}.*.msrn-tmp"):  # killed generations'
                 shutil.rmtree(stale, ignore_errors=True)
-            fresh = root.parent / f".{root.name}.{uuid.uuid4().hex}.msrn-tmp"
+            fresh = where.parent / f".{where.name}.{uuid.uuid4().hex}.msrn-tmp"
             fresh.mkdir()
             try:
                 for name, text in write(fresh).items():
                     atomic_write_text(fresh / name, text)
                 atomic_write_text(fresh / MANIFEST, json.dumps(expected, indent=1) + "\n")
-                _move_into_place(fresh, root)
+                _move_into_place(fresh, where)
             finally:
                 shutil.rmtree(fresh, ignore_errors=True)
     except OSError as e:
@@ -107,17 +107,23 @@ def ensure_generated(
 
 
 def _move_into_place(fresh: Path, root: Path) -> None:
-    """Rename the complete generation `fresh` to root; an earlier generation of msrn's there (another seed
-    or size, or one left half done), or an empty folder, is set aside first and then removed."""
-    old = None
-    if root.exists():
-        old = root.parent / f".{root.name}.{uuid.uuid4().hex}.msrn-tmp"
-        os.rename(root, old)
-    try:
+    """Make the complete generation `fresh` root's content: one rename where root does not exist yet. A folder
+    that exists (empty, or an earlier generation of msrn's: another seed or size, or one left half done)
+    is kept, since it may be a working folder or a mount point; its entries are replaced under the
+    marker that keeps it msrn's until the manifest, moved last, completes it."""
+    if not root.exists():
         os.rename(fresh, root)
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        return
+    (root / GENERATING).touch()
+    (root / MANIFEST).unlink(missing_ok=True)
+    for entry in root.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.name != GENERATING:
+            entry.unlink()
+    for entry in sorted(fresh.iterdir(), key=lambda e: e.name == MANIFEST):  # the manifest last
+        os.rename(entry, root / entry.name)
+    (root / GENERATING).unlink()
 
 
 def write_images(
