@@ -50,6 +50,7 @@ def is_main() -> bool:
 
 def setup(device: str) -> torch.device:
     """Pick the device and, under torchrun, join the process group (NCCL on GPUs, gloo on CPU)."""
+    global _store, _teardowns
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -68,7 +69,6 @@ def setup(device: str) -> torch.device:
         torch.backends.cudnn.allow_tf32 = False
     # under torchrun (which sets TORCHELASTIC_RUN_ID) also with one process: the path a run on N GPUs takes
     if (env_world_size() > 1 or "TORCHELASTIC_RUN_ID" in os.environ) and not is_distributed():
-        global _store, _teardowns
         _store, _teardowns = restart_store(), 0  # rank 0 hosts it unless torchrun's agent does
         dist.init_process_group(
             "nccl" if dev.type == "cuda" else "gloo",
