@@ -266,11 +266,18 @@ class Trainer:
         """Check the run folder before any work (not after the first epoch) and hold its lock (rank 0: the one
         writer; refused while another live run holds it), log into it, seed the run."""
         self.run_lock: FileLock | None = None
+        refused = None
         if dist.is_main():
-            check_writable(self.out)
-            self.run_lock = lock_run_folder(self.out)
-            remove_stale_temps(self.out)  # half-written saves of a killed run (never a live run's: it holds the lock)
-        dist.barrier()
+            try:
+                check_writable(self.out)
+                self.run_lock = lock_run_folder(self.out)
+                # half-written saves of a killed run (never a live run's: that one holds the lock)
+                remove_stale_temps(self.out)
+            except (MSRNError, OSError) as e:
+                refused = str(e)
+        refused = dist.broadcast_object(refused)  # every rank stops with rank 0's one line: none is left waiting
+        if refused:
+            raise MSRNError(refused)
         setup_logging(self.out if dist.is_main() else None)
         torch.manual_seed(self.cfg.seed)
         np.random.seed(self.cfg.seed % 2**32)
