@@ -98,7 +98,7 @@ deepest cell.
 
 Files: annotations.csv (image,labels,split; labels separated by |), objects.csv (every drawn
 object: image,label (empty for clutter),shape,colour,x,y,side,visible), labels.txt, images/<split>/.
-{manifest} is written last; delete it to regenerate.
+{manifest} is written last; delete this folder to regenerate it.
 """
 
 
