@@ -25,8 +25,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from msrn.data import build_dataset, ensure_scenes
-from msrn.data.base import MultiLabelData
-from msrn.data.scenes import AMBIGUOUS, SIZE_BUCKETS, object_sides, size_buckets
+from msrn.data.scenes import SIZE_BUCKETS, scenes_metrics
 from msrn.engine.config import TrainConfig, preset_config
 from msrn.engine.evaluate import predict_scores
 from msrn.engine.train import train
@@ -34,7 +33,6 @@ from msrn.inference.draw import figure
 from msrn.inference.explain import require_msrn
 from msrn.inference.predictor import load
 from msrn.io import atomic_write_json, atomic_write_text
-from msrn.metrics import subset_metrics
 from msrn.models.loading import load_checkpoint
 from msrn.models.msrn import MSRN
 from msrn.options import bounded
@@ -59,14 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=bounded(int, low=0), help="data-loading processes (default: the preset's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-baseline", action="store_true", help="skip the baseline run")
-
-
-def scenes_metrics(logits: np.ndarray, data: MultiLabelData) -> dict:
-    """mAP, CF1 and OF1 of a scenes split per object-size bucket and for ambiguous / distinct labels."""
-    positive = data.targets == 1
-    ambiguous = np.array([label in AMBIGUOUS for label in data.labels])
-    keeps = {**size_buckets(object_sides(data)), "ambiguous": positive & ambiguous, "distinct": positive & ~ambiguous}
-    return {name: subset_metrics(logits, data.targets, keep, scores_are_logits=True) for name, keep in keeps.items()}
 
 
 def evaluate_run(folder: Path, cfg: TrainConfig, workers: int | None = None) -> dict:

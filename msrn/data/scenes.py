@@ -19,6 +19,7 @@ from msrn.data.base import MultiLabelData
 from msrn.data.csvfile import read_csv_dataset
 from msrn.data.generated import MANIFEST, ensure_generated, read_manifest, write_images
 from msrn.errors import MSRNError
+from msrn.metrics import subset_metrics
 
 VERSION = 1
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -352,3 +353,12 @@ def object_sides(data: MultiLabelData) -> np.ndarray:
 def size_buckets(sides: np.ndarray) -> dict[str, np.ndarray]:
     """Bucket name -> N x C mask of the present labels whose object falls in that size bucket."""
     return {name: (sides >= lo) & (sides < hi) for name, (lo, hi) in SIZE_BUCKETS.items()}
+
+
+def scenes_metrics(logits: np.ndarray, data: MultiLabelData) -> dict:
+    """mAP, CF1 and OF1 of a scenes split per object-size bucket and for ambiguous / distinct labels (the
+    benchmark's slices, shared by `msrn demo`, the ablation and `msrn compare`)."""
+    positive = data.targets == 1
+    ambiguous = np.array([label in AMBIGUOUS for label in data.labels])
+    keeps = {**size_buckets(object_sides(data)), "ambiguous": positive & ambiguous, "distinct": positive & ~ambiguous}
+    return {name: subset_metrics(logits, data.targets, keep, scores_are_logits=True) for name, keep in keeps.items()}
