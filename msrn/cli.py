@@ -23,6 +23,7 @@ EXIT_BOUND_S = 60
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("msrn.demo", "train and evaluate a small MSRN and a baseline on the built-in scenes benchmark"),
     "train": ("msrn.engine.train", "train MSRN on a dataset"),
+    "compare": ("msrn.engine.compare", "train every head alike under each recipe and seed, and compare them"),
     "evaluate": ("msrn.engine.evaluate", "evaluate a checkpoint (project or reference) on a split"),
     "inspect": ("msrn.data.inspect", "show what a dataset reader sees"),
     "labels": ("msrn.labels.report", "build the label graph and label vectors of a dataset"),

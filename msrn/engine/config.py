@@ -21,6 +21,7 @@ import torch
 from msrn.data import GENERATED
 from msrn.data.loader import default_workers
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
+from msrn.engine.optim import ONECYCLE_PCT_START, OPTIMIZERS, SCHEDULES
 from msrn.errors import MSRNError
 from msrn.labels.reference_files import default_sources
 from msrn.models.heads import HEADS
@@ -104,9 +105,23 @@ class TrainConfig:
     lr_backbone: float = option(
         0.01, "learning rate of the backbone and its conv_buffer layers, as in the reference (0 freezes them)", low=0
     )
+    optimizer: str = option(
+        "sgd",
+        "sgd (the paper's: momentum, L2 weight decay) or adamw (decoupled weight decay; the transformer heads' recipe)",
+        choices=OPTIMIZERS,
+    )
     momentum: float = option(0.9, "SGD momentum", low=0, high=1, bounds="[)")
-    weight_decay: float = option(1e-4, "SGD weight decay", low=0)
-    lr_steps: tuple[int, ...] = option((20,), "epochs at which the learning rates drop by --lr-gamma", low=1)
+    weight_decay: float = option(1e-4, "weight decay (SGD's L2 term, AdamW's decoupled decay)", low=0)
+    schedule: str = option(
+        "step",
+        "learning-rate schedule: step (the paper's: x --lr-gamma at each epoch of --lr-steps) or onecycle "
+        f"(rise to --lr and --lr-backbone over the first {ONECYCLE_PCT_START:.0%} of the steps, then a cosine "
+        "decay, stepped every optimiser step, as ASL, ML-Decoder and Query2Label train)",
+        choices=SCHEDULES,
+    )
+    lr_steps: tuple[int, ...] = option(
+        (20,), "--schedule step: epochs at which the learning rates drop by --lr-gamma", low=1
+    )
     lr_gamma: float = option(0.1, "factor of each learning-rate drop", low=0, high=1, bounds="(]")
     max_grad_norm: float | None = option(
         None,

@@ -36,6 +36,7 @@ from msrn.engine.config import TrainConfig, add_config_arguments, config_from_ar
 from msrn.engine.ema import WeightEMA
 from msrn.engine.evaluate import autocast, predict_scores, score_metrics
 from msrn.engine.losses import build_loss, model_group_loss, objective
+from msrn.engine.optim import make_optimizer, make_scheduler
 from msrn.engine.preemption import Stopped, StopSignals, parse_signal, shield_workers
 from msrn.engine.sampling import EpochSampler, SeededView, rng_state, set_rng_state
 from msrn.engine.tensorboard import INSTALL_HINT, open_board
@@ -86,22 +87,6 @@ def split_validation(data: MultiLabelData, fraction: float, seed: int) -> tuple[
         return dataclasses.replace(data, split=name, images=[data.images[i] for i in idx], targets=data.targets[idx])
 
     return part(order[k:], f"{data.split}-train"), part(order[:k], f"{data.split}-val")
-
-
-def make_sgd(groups: list[dict], cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum and weight decay, as the fused kernel where this torch has one.
-
-    Fused is the same update in one pass per tensor, which matters for fc1's 264M weights on COCO
-    (the measurement is in BENCHMARKS.md).
-    """
-
-    def sgd(fused: bool | None) -> torch.optim.SGD:
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
-
-    try:
-        return sgd(fused=True)
-    except (RuntimeError, TypeError, ValueError):  # older torch, or a device without the kernel
-        return sgd(fused=None)  # torch's default: the foreach or the per-tensor kernel
 
 
 def read_resume_state(path: Path) -> dict:
@@ -255,8 +240,8 @@ class Trainer:
         self.build_model(resume)
         self.distribute_model()
         self.compile_model()
-        self.build_optimiser()
         self.build_loader()
+        self.build_optimiser()  # after the loader: a one-cycle schedule counts the steps of the run
         self.start_or_restore()
         self.stop = StopSignals()  # no signal handled until fit() runs inside train()'s `with`
         self.saved_step = -1  # the global step last.pt was last written at
@@ -351,13 +336,25 @@ class Trainer:
             self.net = cast(nn.Module, torch.compile(self.net))
 
     def build_optimiser(self) -> None:
-        """The loss, SGD with its step schedule, the fp16 gradient scaler and the weight average (--ema)."""
+        """The loss, the optimiser (SGD or AdamW) with its schedule, the fp16 gradient scaler and the weight
+        average (--ema)."""
         cfg = self.cfg
         self.criterion = build_loss(
             cfg.loss, cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip, cfg.focal_gamma, cfg.focal_alpha
         )
-        self.optimizer = make_sgd(self.model.param_groups(cfg.lr, cfg.lr_backbone), cfg)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(cfg.lr_steps), cfg.lr_gamma)
+        groups = self.model.param_groups(cfg.lr, cfg.lr_backbone)
+        self.optimizer = make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+        # a one-cycle schedule spans the run's steps: a resume must keep the epoch count it was planned for
+        saved_epochs = None if self.state is None else self.state["config"]["epochs"]
+        if cfg.schedule == "onecycle" and saved_epochs not in (None, cfg.epochs):
+            raise MSRNError(
+                f"--schedule onecycle was planned over {saved_epochs} epochs; resume without --epochs "
+                f"(not {cfg.epochs}), or start a new run"
+            )
+        steps_per_epoch = math.ceil(len(self.loader) / cfg.grad_accum)
+        self.scheduler = make_scheduler(
+            self.optimizer, cfg.schedule, cfg.lr_steps, cfg.lr_gamma, cfg.epochs * steps_per_epoch
+        )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16" and self.device.type == "cuda")
         self.ema = WeightEMA(self.model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
 
@@ -559,6 +556,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.schedule == "onecycle":
+            self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
         self.step_in_epoch += 1
@@ -650,8 +649,10 @@ class Trainer:
         self.write_reports(result.test, best)
 
     def close_epoch(self) -> float:
-        """Advance the schedule and the counters to the next epoch; the epoch's training loss, over all processes."""
-        self.scheduler.step()
+        """Advance the step schedule and the counters to the next epoch; the epoch's training loss, over all
+        processes."""
+        if self.cfg.schedule == "step":
+            self.scheduler.step()
         self.epoch += 1
         self.step_in_epoch = 0
         loss_sum, loss_count = dist.sum_across(self.running_loss)

@@ -192,6 +192,11 @@ class MSRN(nn.Module):
         sem = self.semantics() if semantics is None else semantics
         return self.classify(self.projected_maps(x), sem.rows(), attention, sem.assign)
 
+    def label_representations(self) -> torch.Tensor:
+        """C x D: the one vector per label the head learns (the local label semantics that guide the
+        attention); how alike they end up is what `msrn compare` reports."""
+        return self.semantics().local
+
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
         """The reference's two groups: backbone and its conv_buffers at lr_backbone, the head at lr."""
         slow = [p for n, p in self.named_parameters() if n.startswith(("backbone.", "conv_buffer"))]
@@ -235,6 +240,10 @@ class PlainClassifier(nn.Module):
     @property
     def labels(self) -> list[str]:
         return self.label_names or [str(i) for i in range(self.fc.out_features)]
+
+    def label_representations(self) -> torch.Tensor:
+        """C x D: the rows of the last linear layer, one classifier per label (as ML-GCN's are)."""
+        return self.fc.weight
 
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
         head = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]

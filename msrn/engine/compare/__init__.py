@@ -1,0 +1,104 @@
+"""`msrn compare`: which head? Every registered head on one backbone, trained alike under each recipe over
+several seeds, with accuracy, slices and cost side by side.
+
+`study` trains and evaluates the runs (resumable: compare.json keeps each finished run), `recipes` holds the
+GCN and transformer families' recipes, `cost` measures weights, FLOPs and time against the bare backbone, and
+`report` writes report.md with its plots. Out folder: compare.json, report.md, map_vs_cost.png, slices.png,
+runs/RECIPE/HEAD_seedS/ (each a `msrn train` run folder), data/ (scenes) and init/ (the shared backbone draws).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from msrn.engine.compare.recipes import RECIPES
+from msrn.engine.compare.report import summarise, write_report
+from msrn.engine.compare.study import Plan, heads_for, run_study
+from msrn.engine.config import PRESETS
+from msrn.errors import MSRNError
+from msrn.io import atomic_write_json
+
+# the study's TrainConfig overrides on the command line: flag -> (type, help)
+TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
+    "epochs": (int, "epochs of every run (default: the preset's; its lr steps scale with it)"),
+    "batch_size": (int, "batch of every run (default: the preset's)"),
+    "image_size": (int, "input side of every run (default: the preset's)"),
+    "pretrained": (str, "backbone weights every head starts from (default: the preset's; none: one seeded draw)"),
+    "workers": (int, "data-loading processes per run"),
+    "device": (str, "torch device: auto, cpu, cuda or cuda:N"),
+    "amp": (str, "mixed precision on GPU: none, bf16 or fp16"),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="scenes", choices=list(PRESETS), help="dataset and its preset (default scenes)")
+    p.add_argument("--data", help="dataset root folder (scenes: generated under --out/data, one per seed)")
+    p.add_argument("--out", default="runs/compare", help="study folder: compare.json, report.md, plots, runs/")
+    p.add_argument("--backbone", default=None, help="the models' backbone suffix: tiny (scenes default), resnet101...")
+    p.add_argument("--heads", nargs="+", help="heads to compare (default: every registered head on --backbone)")
+    p.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["gcn", "transformer"],
+        choices=RECIPES,
+        help="gcn (SGD, soft margin, step schedule: the preset), transformer (AdamW, one-cycle, ASL, EMA), paper "
+        "(each head's own, where known); default gcn transformer",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation split that selects epochs (> 0)")
+    p.add_argument(
+        "--scenes-size",
+        type=int,
+        nargs=3,
+        default=[2000, 600, 128],
+        metavar=("TRAIN", "TEST", "SIDE"),
+        help="scenes: training images, test images and image side (default 2000 600 128, the demo's)",
+    )
+    p.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    for name, (kind, text) in TRAIN_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    if args.dataset != "scenes" and not args.data:
+        raise MSRNError(f"--data is required for --dataset {args.dataset}")
+    if not 0 < args.val_fraction < 1:
+        raise MSRNError(f"--val-fraction must be in (0, 1): epochs are selected on it, not {args.val_fraction}")
+    if args.timing_rounds < 1 or min(args.scenes_size) < 1:
+        raise MSRNError("--timing-rounds and --scenes-size need positive values")
+    backbone = args.backbone or ("tiny" if PRESETS[args.dataset].get("model", "").endswith("_tiny") else "resnet101")
+    heads = args.heads or heads_for(backbone)
+    if not heads:
+        raise MSRNError(f"no registered head on backbone {backbone!r}")
+    train = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    train["val_fraction"] = args.val_fraction
+    return Plan(
+        out=Path(args.out),
+        dataset=args.dataset,
+        backbone=backbone,
+        heads=tuple(dict.fromkeys(heads)),
+        recipes=tuple(dict.fromkeys(args.recipes)),
+        seeds=tuple(dict.fromkeys(args.seeds)),
+        data=args.data,
+        scenes_size=tuple(args.scenes_size),
+        train=train,
+        timing_rounds=args.timing_rounds,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    plan = plan_from_args(args)
+    command = "msrn " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "msrn compare"
+
+    def update(result: dict) -> None:  # after every finished run: summary, JSON and report up to date
+        result["summary"] = summarise(result)
+        atomic_write_json(plan.out / "compare.json", result)
+        write_report(plan.out, result, command)
+
+    run_study(plan, progress=lambda line: print(line, flush=True), on_update=update)
+    print(f"done: {plan.out / 'report.md'}, {plan.out / 'compare.json'}")
+    return 0
