@@ -26,6 +26,7 @@ from PIL import Image
 
 from msrn.data import build_dataset, ensure_scenes
 from msrn.data.scenes import SIZE_BUCKETS, scenes_metrics
+from msrn.engine.compare.cost import label_cosine
 from msrn.engine.config import TrainConfig, preset_config
 from msrn.engine.evaluate import predict_scores
 from msrn.engine.train import train
@@ -34,7 +35,6 @@ from msrn.inference.explain import require_msrn
 from msrn.inference.predictor import load
 from msrn.io import atomic_write_json, atomic_write_text
 from msrn.models.loading import load_checkpoint
-from msrn.models.msrn import MSRN
 from msrn.options import bounded
 from msrn.plots import figure_image, save_image
 
@@ -208,20 +208,14 @@ def score_panel(labels: list[str], truth: np.ndarray, msrn: np.ndarray, base: np
     return figure_image(fig)
 
 
-def semantic_similarity(model: MSRN) -> float:
-    """Mean cosine similarity between an MSRN's label semantic vectors (1: the attention is alike for every label)."""
-    with torch.no_grad():
-        local = torch.nn.functional.normalize(model.semantics().local, dim=1)
-    c = local.shape[0]
-    return float(((local @ local.T).sum() - c) / max(1, c * (c - 1)))
-
-
 def write_explanations(out: Path, summary: dict) -> list[tuple[str, str, str]]:
     """PNG per chosen test image (`pick_images`): MSRN's attention per top label and depth, both models'
     scores beside it; returns (path, labels in the image, caption) per picture."""
     data = build_dataset("scenes", out / "data", "test")
     msrn = load(out / "msrn" / "best.pt")
-    summary["msrn"]["label_similarity"] = round(semantic_similarity(require_msrn(msrn.model)), 4)
+    similarity = label_cosine(require_msrn(msrn.model))  # None with a single label
+    if similarity is not None:
+        summary["msrn"]["label_similarity"] = round(similarity, 4)
     all_msrn = msrn.probabilities(data.images)
     all_base = load(out / "baseline" / "best.pt").probabilities(data.images) if "baseline" in summary else None
     chosen = pick_images(data.targets == 1, all_msrn, all_base)
