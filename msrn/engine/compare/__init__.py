@@ -21,6 +21,7 @@ from msrn.engine.compare.study import Plan, heads_for, run_study
 from msrn.engine.config import PRESETS
 from msrn.errors import MSRNError
 from msrn.io import atomic_write_json
+from msrn.options import AMP_MODES
 
 # the study's TrainConfig overrides on the command line: flag -> (type, help)
 TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
@@ -32,13 +33,18 @@ TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
     "device": (str, "torch device: auto, cpu, cuda or cuda:N"),
     "amp": (str, "mixed precision on GPU: none, bf16 or fp16"),
 }
+CHOICES = {"amp": AMP_MODES}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="scenes", choices=list(PRESETS), help="dataset and its preset (default scenes)")
     p.add_argument("--data", help="dataset root folder (scenes: generated under --out/data, one per seed)")
     p.add_argument("--out", default="runs/compare", help="study folder: compare.json, report.md, plots, runs/")
-    p.add_argument("--backbone", default=None, help="the models' backbone suffix: tiny (scenes default), resnet101...")
+    p.add_argument(
+        "--backbone",
+        help="the backbone, as the registered names end: tiny, resnet18, resnet50, resnet101 (default: the "
+        "preset's, tiny for scenes, resnet101 for the paper's data sets)",
+    )
     p.add_argument("--heads", nargs="+", help="heads to compare (default: every registered head on --backbone)")
     p.add_argument(
         "--recipes",
@@ -60,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
     for name, (kind, text) in TRAIN_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, help=text)
+        p.add_argument("--" + name.replace("_", "-"), type=kind, choices=CHOICES.get(name), help=text)
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
@@ -70,7 +76,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         raise MSRNError(f"--val-fraction must be in (0, 1): epochs are selected on it, not {args.val_fraction}")
     if args.timing_rounds < 1 or min(args.scenes_size) < 1:
         raise MSRNError("--timing-rounds and --scenes-size need positive values")
-    backbone = args.backbone or ("tiny" if PRESETS[args.dataset].get("model", "").endswith("_tiny") else "resnet101")
+    backbone = args.backbone or str(PRESETS[args.dataset]["model"]).split("_", 1)[1]  # msrn_tiny -> tiny
     heads = args.heads or heads_for(backbone)
     if not heads:
         raise MSRNError(f"no registered head on backbone {backbone!r}")
