@@ -7,13 +7,13 @@
 #   tail -f OUT/compare.log                              # one line per finished run, with the time left
 #
 # SIZE=demo gives the demo's data and schedule (2000/600 images, 18 epochs: about 3 h on one free core);
-# the default (1000/300 images, 12 epochs) finishes in about 1.5 h on a loaded 2-core machine.
+# the default (800/300 images, 10 epochs) finishes in about 1.5 h on a loaded 2-core machine.
 set -euo pipefail
 OUT=${1:-runs/compare-scenes}
 if [ "${SIZE:-small}" = demo ]; then
   SIZE_ARGS=(--scenes-size 2000 600 128)
 else
-  SIZE_ARGS=(--scenes-size 1000 300 128 --epochs 12)
+  SIZE_ARGS=(--scenes-size 800 300 128 --epochs 10)
 fi
 mkdir -p "$OUT"
 # one thread: on a shared CPU more threads than free cores make OpenMP spin
