@@ -115,7 +115,7 @@ class TrainConfig:
     schedule: str = option(
         "step",
         "learning-rate schedule: step (the paper's: x --lr-gamma at each epoch of --lr-steps) or onecycle "
-        f"(rise to --lr and --lr-backbone over the first {ONECYCLE_PCT_START:.0%} of the steps, then a cosine "
+        f"(rise to --lr and --lr-backbone over a fraction {ONECYCLE_PCT_START:g} of the steps, then a cosine "
         "decay, stepped every optimiser step, as ASL, ML-Decoder and Query2Label train)",
         choices=SCHEDULES,
     )
