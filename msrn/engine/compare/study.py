@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from msrn import distributed as dist
+from msrn.checkpoint import read_checkpoint
 from msrn.data import DEFAULT_SPLITS, build_dataset, ensure_scenes, reader_options
 from msrn.data.scenes import scenes_metrics
 from msrn.engine.compare.cost import (
@@ -171,7 +172,7 @@ def evaluate(cfg: TrainConfig) -> dict[str, Any]:
     """A finished run's record: the selected epoch's test metrics, validation mAP, slices and label cosine."""
     folder = Path(cfg.out)
     metrics = json.loads((folder / "metrics.json").read_text())
-    state = torch.load(folder / "best.pt", map_location="cpu", weights_only=False)
+    state = read_checkpoint(folder / "best.pt")
     model = load_checkpoint(state, where=str(folder / "best.pt")).model
     record: dict[str, Any] = {k: metrics.get(k) for k in METRICS}
     best = state.get("best") or {}
