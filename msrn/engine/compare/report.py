@@ -91,14 +91,14 @@ def markdown(result: dict[str, Any], command: str) -> str:
         lines += [
             f"## Recipe `{recipe}`: {RECIPE_NOTES.get(recipe, '')}",
             "",
-            "| head | test mAP | mAP per seed | CF1 | OF1 | head weights | head GFLOPs | training x backbone "
+            "| head | test mAP | mAP per seed | CF1 | OF1 | head weights | head MFLOPs | training x backbone "
             "| inference x backbone | label cosine |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for head, e in sorted(heads.items(), key=lambda kv: -kv[1]["mAP"]["mean"]):
             c = costs.get(head)
             cost_cells = (
-                [_count(c["head_params"]), f"{c['head_flops'] / 1e9:.4f}"]
+                [_count(c["head_params"]), f"{c['head_flops'] / 1e6:.3g}"]
                 + [
                     f"{c[m]['x_backbone']:.2f} [{c[m]['range'][0]:.2f}-{c[m]['range'][1]:.2f}]"
                     for m in ("train", "infer")
