@@ -83,6 +83,9 @@ CASES: list[tuple[list[str], str]] = [
     (["demo", "--seed", "-1"], "--seed"),
     (["demo", "--epochs", "0"], "--epochs"),
     (["demo", "--workers", "-1"], "--workers"),
+    (["compare", "--val-fraction", "0"], "--val-fraction"),  # epochs are selected on it: it cannot be empty
+    (["compare", "--seeds", "0", "-1"], "--seeds"),
+    (["compare", "--scenes-size", "24", "0", "64"], "--scenes-size"),
 ]
 
 

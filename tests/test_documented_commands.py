@@ -277,6 +277,27 @@ def test_documented_command_line_parses(doc: Documented) -> None:
 OVERRIDES = {
     "train": ("--epochs", "1"),  # the synthetic and scenes presets train 12 and 18 epochs
     "demo": ("--epochs", "1"),  # 18 epochs of two models; the demo's data are made tiny too (see tiny_demo)
+    # every head, two recipes, three seeds on the demo's data: one head, one recipe, one seed on tiny scenes
+    "compare": (
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--heads",
+        "baseline",
+        "--recipes",
+        "gcn",
+        "--scenes-size",
+        "24",
+        "16",
+        "64",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--timing-rounds",
+        "1",
+    ),  # fmt: skip
 }
 # placeholders of the lines that run, by the option they follow: files of the workspace
 RUN_VALUES = {"--data": "data/scenes", "--checkpoint": "runs/mine/best.pt", "--list": "photos.txt"}

@@ -21,15 +21,15 @@ from msrn.engine.compare.study import Plan, heads_for, run_study
 from msrn.engine.config import PRESETS
 from msrn.errors import MSRNError
 from msrn.io import atomic_write_json
-from msrn.options import AMP_MODES
+from msrn.options import AMP_MODES, bounded
 
 # the study's TrainConfig overrides on the command line: flag -> (type, help)
 TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
-    "epochs": (int, "epochs of every run (default: the preset's; its lr steps scale with it)"),
-    "batch_size": (int, "batch of every run (default: the preset's)"),
-    "image_size": (int, "input side of every run (default: the preset's)"),
+    "epochs": (bounded(int, 1), "epochs of every run (default: the preset's; its lr steps scale with it)"),
+    "batch_size": (bounded(int, 1), "batch of every run (default: the preset's)"),
+    "image_size": (bounded(int, 32), "input side of every run (default: the preset's)"),
     "pretrained": (str, "backbone weights every head starts from (default: the preset's; none: one seeded draw)"),
-    "workers": (int, "data-loading processes per run"),
+    "workers": (bounded(int, 0), "data-loading processes per run"),
     "device": (str, "torch device: auto, cpu, cuda or cuda:N"),
     "amp": (str, "mixed precision on GPU: none, bf16 or fp16"),
 }
@@ -54,17 +54,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="gcn (SGD, soft margin, step schedule: the preset), transformer (AdamW, one-cycle, ASL, EMA), paper "
         "(each head's own, where known); default gcn transformer",
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation split that selects epochs (> 0)")
+    p.add_argument("--seeds", type=bounded(int, 0), nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument(
+        "--val-fraction",
+        type=bounded(float, 0, 1, "()"),
+        default=0.1,
+        help="validation split that selects epochs (> 0)",
+    )
     p.add_argument(
         "--scenes-size",
-        type=int,
+        type=bounded(int, 1),
         nargs=3,
         default=[2000, 600, 128],
         metavar=("TRAIN", "TEST", "SIDE"),
         help="scenes: training images, test images and image side (default 2000 600 128, the demo's)",
     )
-    p.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--timing-rounds", type=bounded(int, 1), default=3, help="interleaved timing rounds (default 3)")
     for name, (kind, text) in TRAIN_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, choices=CHOICES.get(name), help=text)
 
@@ -72,10 +77,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def plan_from_args(args: argparse.Namespace) -> Plan:
     if args.dataset != "scenes" and not args.data:
         raise MSRNError(f"--data is required for --dataset {args.dataset}")
-    if not 0 < args.val_fraction < 1:
-        raise MSRNError(f"--val-fraction must be in (0, 1): epochs are selected on it, not {args.val_fraction}")
-    if args.timing_rounds < 1 or min(args.scenes_size) < 1:
-        raise MSRNError("--timing-rounds and --scenes-size need positive values")
     backbone = args.backbone or str(PRESETS[args.dataset]["model"]).split("_", 1)[1]  # msrn_tiny -> tiny
     heads = args.heads or heads_for(backbone)
     if not heads:
