@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 DENSE_MAX_NODES = 2048
+# the reference's group-loss weight, and the load C x (C/K)^2 of its VOC setting (20 labels in 4 groups of 5): the
+# largest at which its recipe (SGD at lr 0.1 on the label side) trains in float32 (docs/design.md §4)
+GROUP_LOSS_WEIGHT = 1e-4
+REFERENCE_GROUP_LOAD = 20 * 5**2
 
 
 class Edges(NamedTuple):
@@ -108,6 +112,17 @@ class GroupStack(nn.Module):
         return self.layers[0](x, mask)
 
 
-def group_loss(local: torch.Tensor, groups: torch.Tensor, assign: torch.Tensor, weight: float = 1e-4) -> torch.Tensor:
+def group_loss(
+    local: torch.Tensor, groups: torch.Tensor, assign: torch.Tensor, weight: float = GROUP_LOSS_WEIGHT
+) -> torch.Tensor:
     """weight * sum_i || L_i - G_{argmax_k S_ik} ||_2: pulls each label toward its group."""
     return weight * (local - groups[assign.argmax(dim=1)]).norm(dim=1).sum()
+
+
+def group_loss_weight(num_classes: int, num_groups: int, weight: float = GROUP_LOSS_WEIGHT) -> float:
+    """The group loss's weight for C labels in K groups: `weight` up to the load C x (C/K)^2 = REFERENCE_GROUP_LOAD
+    (VOC, Apparel), `weight` x REFERENCE_GROUP_LOAD / (C x (C/K)^2) above it. The loss sums, over C labels, the
+    distance to a group that sums C/K labels' embeddings, and a step on the shared label-side weights moves each
+    group by C/K rows; at lr 0.1 the reference's fixed weight diverges from COCO's 80 labels in 4 groups on."""
+    group_size = num_classes / num_groups
+    return weight * min(1.0, REFERENCE_GROUP_LOAD / (num_classes * group_size**2))

@@ -31,6 +31,7 @@ from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
 from msrn.labels.wordvec import load_word_vectors
+from msrn.models.gat import GROUP_LOSS_WEIGHT
 from msrn.models.msrn import MSRN, Classifier, MSRNConfig, PlainClassifier
 from msrn.models.reference_layout import is_reference, map_reference_state, reference_backbone
 from msrn.models.registry import _build_model
@@ -115,7 +116,10 @@ def _load_reference(
         raise MSRNError(f"{where}: unsupported backbone ({backbone})")
     labels, vectors, adj = _reference_label_inputs(num_classes, where, word_vectors, cooccurrence, labels, dataset)
     mapped, dropped = map_reference_state(state, head)
-    model = _build_model(name, num_classes, labels, vectors, adj, num_groups=num_groups, head=head)
+    # the reference's model and its loss: the group loss at the reference's fixed weight, whatever the label count
+    model = _build_model(
+        name, num_classes, labels, vectors, adj, num_groups=num_groups, head=head, group_loss_weight=GROUP_LOSS_WEIGHT
+    )
     assert isinstance(model, MSRN)  # msrn_resnet101/50 are MSRN configurations
     load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
     if dropped:

@@ -60,7 +60,7 @@ class MSRNConfig:
     label_dims: tuple[int, int] = (256, 300)  # fc_label output, first GAT output
     semantic_dim: int = 512  # D
     hidden_dim: int = 2048  # fc1 output
-    group_loss_weight: float = 1e-4
+    group_loss_weight: float = 1e-4  # the reference's; models built by the registry weight it by label count (gat.py)
     # ablation switches (the paper's model: all on); checkpoints written before them load as the full model
     depths: tuple[int, ...] = DEPTHS  # which of the three depths are read
     group_semantics: bool = True  # off: no group pooling, no group rows in the attention, no group loss

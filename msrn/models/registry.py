@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from msrn.errors import MSRNError
+from msrn.models.gat import group_loss_weight
 from msrn.models.heads import HEADS
 from msrn.models.msrn import MSRN, Classifier, MSRNConfig, PlainClassifier, check_depths
 from msrn.models.timm_backbone import PREFIX
@@ -91,8 +92,13 @@ def _build_model(
     unknown = sorted(set(overrides) - {f.name for f in fields(MSRNConfig)})
     if unknown:
         raise MSRNError(f"{name} has no setting {', '.join(unknown)}")
+    # a fresh model's group loss is weighted for its label count (a reference checkpoint passes the reference's)
+    weight = group_loss_weight(num_classes, groups)
     cfg = MSRNConfig(
-        num_classes=num_classes, num_groups=groups, word_dim=vecs.shape[1], **{**MODEL_CONFIGS[name], **overrides}
+        num_classes=num_classes,
+        num_groups=groups,
+        word_dim=vecs.shape[1],
+        **{"group_loss_weight": weight, **MODEL_CONFIGS[name], **overrides},
     )
     try:
         cfg.depths = check_depths(cfg.depths)
