@@ -3,6 +3,8 @@ model built, trained for a step and exported (small backbone, small D). Times ar
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -240,3 +242,47 @@ def test_group_loss_keeps_the_reference_weight_at_the_reference_sizes():
         for c, k in [(20, 4), (11, 2), (80, 4)]
     }
     assert weights == pytest.approx({(20, 4): 1e-4, (11, 2): 1e-4, (80, 4): 1e-4 * 500 / (80 * 20**2)}, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_a_thousand_labels_train_an_epoch_at_the_csv_defaults(tmp_path):
+    """Issue 32: 1,000 labels in a CSV at the csv preset's defaults (lr 0.1 head / 0.01 backbone, batch 16, no
+    clipping) stopped on an inf loss at step 4. Each image shows 9 consecutive labels of the family vocabulary
+    (drawn in their family's colour), so 112 training images hold all 1,000."""
+    from sklearn.metrics import average_precision_score
+
+    from msrn.data.synthetic import family_vocabulary, render_image
+    from msrn.engine.config import preset_config
+    from msrn.engine.train import train
+
+    c, per, families = 1000, 9, -(-1000 // 12)
+    vocab = family_vocabulary(c)
+    rng = np.random.RandomState(0)
+    starts = {"train": [min(per * i, c - per) for i in range(-(-c // per))], "test": rng.randint(0, c - per, 40)}
+    (tmp_path / "img").mkdir()
+    lines, shown = ["image,labels,split"], {}
+    for split, firsts in starts.items():
+        shown[split] = np.zeros((len(firsts), c), dtype=bool)
+        for i, first in enumerate(firsts):
+            names = vocab[first : first + per]
+            shown[split][i, first : first + per] = True
+            render_image(names, 64, rng, families).save(tmp_path / "img" / f"{split}{i}.png")
+            lines.append(f"img/{split}{i}.png,{'|'.join(names)},{split}")
+    (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
+    cfg = preset_config(
+        "csv", data=str(tmp_path / "data.csv"), out=str(tmp_path / "run"), model="msrn_tiny", head="elementwise",
+        image_size=64, batch_size=16, pretrained="none", workers=0, epochs=1,
+    )  # fmt: skip
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    epoch = [line for line in (tmp_path / "run" / "log.txt").read_text().splitlines() if "| loss " in line]
+    train_loss = float(epoch[-1].split("| loss ")[1].split()[0])  # the epoch's mean training objective
+    # the loss falls: the epoch's mean is below ln 2 (every logit 0), and the test loss after it below that mean
+    assert np.isfinite(train_loss)
+    assert train_loss < np.log(2)
+    assert metrics["loss"] < train_loss
+    # the label-frequency baseline: each test image scored by the labels' training frequencies (all tied)
+    freq = shown["train"].mean(axis=0)
+    test = shown["test"]
+    base = [average_precision_score(test[:, j], np.full(len(test), freq[j])) for j in range(c) if test[:, j].any()]
+    assert metrics["mAP"] > 100 * np.mean(base)
