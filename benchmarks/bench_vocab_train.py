@@ -16,6 +16,10 @@ loss is reported as such.
 
     python benchmarks/bench_vocab_train.py                              # 1,000 and 5,000 labels, seeds 0 1 2
     python benchmarks/bench_vocab_train.py --labels 1000 --seeds 0 --reference-weight
+
+--issue-csv FOLDER writes the data set of issue 32 instead (400 images at 64 px, 320 train and 80 test, 1,000
+labels with 3 to 8 per image, every label in training; label k is a square of its own colour at its own place)
+and prints the command that stopped on `non-finite loss (inf) at epoch 1, step 4` before the fix.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 from sklearn.metrics import average_precision_score
 
 import msrn.models.registry as registry
@@ -39,6 +44,31 @@ from msrn.models.gat import GROUP_LOSS_WEIGHT
 
 MLP_LIMIT = 100_000_000  # fc1 weights above which the mlp head is not run
 IMAGE_SIZE = 64
+
+
+def write_issue_csv(folder: Path, labels: int = 1000, images: int = 400, train_images: int = 320) -> Path:
+    """The data set of issue 32 as FOLDER/data.csv: 3 to 8 labels per image, each training image also taking
+    three labels of a shuffled cycle so every label occurs in training."""
+    rng = np.random.default_rng(0)
+    names = [f"tag{i:04d}" for i in range(labels)]
+    colours = rng.integers(0, 256, size=(labels, 3))
+    cycle = rng.permutation(labels)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = ["image,labels,split"]
+    for i in range(images):
+        present = set(rng.choice(labels, size=int(rng.integers(3, 9)), replace=False).tolist())
+        if i < train_images:
+            present |= {int(cycle[(3 * i + j) % labels]) for j in range(3)}
+        img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(int(v) for v in rng.integers(0, 60, 3)))
+        draw = ImageDraw.Draw(img)
+        for k in present:
+            x, y = (k % 32) * 2, (k // 32) * 2
+            draw.rectangle((x, y, x + 8, y + 8), fill=tuple(int(v) for v in colours[k]))
+        img.save(folder / "img" / f"{i}.png")
+        split = "train" if i < train_images else "test"
+        rows.append(f"img/{i}.png,{'|'.join(names[k] for k in sorted(present))},{split}")
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    return folder / "data.csv"
 
 
 def frequency_baseline_map(train_targets: np.ndarray, test_targets: np.ndarray) -> float:
@@ -92,7 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-images", type=int, default=200)
     p.add_argument("--reference-weight", action="store_true", help="the reference's fixed group-loss weight 1e-4")
     p.add_argument("--root", type=Path, default=None, help="where the data sets are generated (default: a temp folder)")
+    p.add_argument("--issue-csv", type=Path, default=None, metavar="FOLDER", help="write issue 32's data set and stop")
     args = p.parse_args(argv)
+    if args.issue_csv:
+        csv = write_issue_csv(args.issue_csv)
+        base = frequency_baseline_map(read_csv_dataset(csv, "train").targets, read_csv_dataset(csv, "test").targets)
+        print(f"{csv}: label-frequency baseline mAP {base:.2f}; the issue's command:")
+        print(f"msrn train --dataset csv --data {csv} --model msrn_tiny --head elementwise --image-size 64 "
+              "--batch-size 16 --pretrained none --workers 0 --epochs 1")  # fmt: skip
+        return 0
     if args.reference_weight:  # every fresh model gets the reference's weight whatever its label count
         registry.group_loss_weight = lambda num_classes, num_groups: GROUP_LOSS_WEIGHT  # type: ignore[assignment]
     rows = []
