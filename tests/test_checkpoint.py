@@ -197,6 +197,30 @@ def test_reference_checkpoint_takes_the_reference_files(apparel_state: dict, ref
     ]
 
 
+@pytest.mark.filterwarnings("ignore:.*dropped unused reference parameters")
+def test_reference_checkpoint_saved_under_data_parallel_loads(apparel_state: dict, reference_data: Path):
+    """A reference checkpoint saved from a DataParallel/DDP-wrapped model (every key `module.resnet_101...`,
+    as peers' DDP checkpoints carry) loads as the plain one does. It used to be refused as "neither an msrn
+    checkpoint nor a reference MSRN checkpoint" before the mapping's removeprefix("module.") could run;
+    mutation: drop that removeprefix (reference_layout.reference_state), and this load fails again."""
+    wrapped = _wrap({f"module.{k}": v for k, v in apparel_state.items()})
+    model, msgs = _load_reference(wrapped, reference_data, "apparel")
+    assert any("dropped" in m for m in msgs), msgs
+    got = model.state_dict()
+    assert torch.equal(got["backbone.conv1.weight"], apparel_state["resnet_101.conv1.weight"])
+    assert torch.equal(got["conv_buffer1.weight"], apparel_state["resnet_101.conv_buffer1.weight"])
+    assert torch.equal(got["fc2.weight"], apparel_state["fc2.weight"])
+    plain, _ = _load_reference(_wrap(apparel_state), reference_data, "apparel")
+    want = plain.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # the --pretrained / --init path reads the same weights
+    mapped, arch, dropped = checkpoint_weights(wrapped, "ddp.pth.tar")
+    assert arch == "resnet101"
+    assert "resnet_101.conv_buffer0.weight" in dropped
+    assert torch.equal(mapped["backbone.layer4.2.conv3.weight"], apparel_state["resnet_101.layer4.2.conv3.weight"])
+
+
 def test_reference_checkpoint_refuses_another_datasets_labels(apparel_state: dict, reference_mirror):
     with pytest.raises(MSRNError, match="11 labels, voc2007 20"):
         load_checkpoint(_wrap(apparel_state), dataset="voc2007")

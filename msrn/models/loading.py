@@ -33,7 +33,7 @@ from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_fo
 from msrn.labels.wordvec import load_word_vectors
 from msrn.models.gat import GROUP_LOSS_WEIGHT
 from msrn.models.msrn import MSRN, Classifier, MSRNConfig, PlainClassifier
-from msrn.models.reference_layout import is_reference, map_reference_state, reference_backbone
+from msrn.models.reference_layout import map_reference_state, reference_backbone, reference_state
 from msrn.models.registry import _build_model
 from msrn.models.state import load_state_strict
 from msrn.options import UNRECORDED_IMAGE_SIZE
@@ -93,7 +93,7 @@ def _reference_label_inputs(
 
 
 def _load_reference(
-    ckpt: dict,
+    state: dict,
     where: str,
     word_vectors: Any,
     cooccurrence: Any,
@@ -103,8 +103,7 @@ def _load_reference(
 ) -> MSRN:
     """msrn_resnet101 (or 50) from a reference checkpoint: its label inputs read, its keys mapped, then built.
     The checkpoint holds both of the reference's classifiers: `head` picks the one loaded (mlp: fc1/fc2,
-    elementwise: W/B)."""
-    state = ckpt.get("state_dict", ckpt)
+    elementwise: W/B). `state` is the checkpoint's weights as reference_state gives them."""
     try:
         num_classes = state["fc2.weight"].shape[0]
         num_groups = state["group_embed.layers.0.assign_mat.W"].shape[1]
@@ -207,8 +206,8 @@ def load_checkpoint(
             warnings.warn(f"{where} carries its own label vectors and graph; the ones given were ignored", stacklevel=2)
         if labels is not None and list(labels) != model.labels:
             raise MSRNError(f"{where} was trained on labels {model.labels[:5]}..., not the dataset's {labels[:5]}...")
-    elif is_reference(ckpt):
-        model = _load_reference(ckpt, where, word_vectors, cooccurrence, labels, dataset, head)
+    elif (state := reference_state(ckpt)) is not None:
+        model = _load_reference(state, where, word_vectors, cooccurrence, labels, dataset, head)
     else:
         raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
     thresholds = ckpt.get("thresholds")

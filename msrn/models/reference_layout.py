@@ -18,19 +18,27 @@ REFERENCE_UNUSED = ("resnet_101.conv_buffer0.", "W", "B", "ProjectMs.")
 UNUSED_BY_ELEMENTWISE = ("resnet_101.conv_buffer0.", "fc1.", "fc2.", "ProjectMs.")
 
 
-def is_reference(ckpt: dict) -> bool:
-    """Whether a checkpoint dict (or a bare state) has the reference's layout."""
+def reference_state(ckpt: dict) -> dict[str, torch.Tensor] | None:
+    """A checkpoint dict's (or a bare state's) weights under the reference's key names, without the `module.`
+    that a save under DataParallel or DistributedDataParallel puts before every key; None if not that layout."""
     state = ckpt.get("state_dict", ckpt)
-    return isinstance(state, dict) and any(str(k).startswith("resnet_101.") for k in state)
+    if not isinstance(state, dict):
+        return None
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    return state if any(k.startswith("resnet_101.") for k in state) else None
+
+
+def is_reference(ckpt: dict) -> bool:
+    """Whether a checkpoint dict (or a bare state) has the reference's layout, saved wrapped or not."""
+    return reference_state(ckpt) is not None
 
 
 def map_reference_state(state: dict[str, torch.Tensor], head: str = "mlp") -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename reference keys to this project's; return (mapped state, dropped unused keys). The head says
-    which classifier's weights are kept: mlp (fc1, fc2) or elementwise (W, B)."""
+    """Rename reference keys (as reference_state gives them) to this project's; return (mapped state, dropped
+    unused keys). The head says which classifier's weights are kept: mlp (fc1, fc2) or elementwise (W, B)."""
     unused = UNUSED_BY_ELEMENTWISE if head == "elementwise" else REFERENCE_UNUSED
     out, dropped = {}, []
     for key, value in state.items():
-        key = key.removeprefix("module.")
         if key in unused or key.startswith(tuple(p for p in unused if p.endswith("."))):
             dropped.append(key)
         elif key.startswith("resnet_101.conv_buffer"):
@@ -54,8 +62,8 @@ def checkpoint_weights(
             raise MSRNError(f"{where} has no state_dict")
         arch = ckpt.get("model") or {}
         return dict(state), (arch.get("config") or {}).get("backbone") or arch.get("backbone"), []
-    if is_reference(ckpt):
-        state = ckpt.get("state_dict", ckpt)
+    state = reference_state(ckpt)
+    if state is not None:
         mapped, dropped = map_reference_state(state, head)
         return mapped, reference_backbone(state), dropped
     raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
