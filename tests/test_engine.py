@@ -64,9 +64,15 @@ def test_run_folder_holds_everything(run: tuple[Path, Path]) -> None:
 def test_evaluate_reproduces_the_run_metrics(
     run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """`msrn evaluate` on best.pt gives the run's figures, and both are right: mAP, AP per label and CP..OF1
+    by scikit-learn, the reference's tuned figures by the loop restatement in reference_impl, all from the
+    model's logits. Mutation that survived before: any error inside the metrics (e.g. CF1 as the mean of CP
+    and CR), since the expected values came from msrn.metrics itself."""
+    from reference_impl import reference_top_k_matrix, reference_tuned_search
+    from sklearn.metrics import average_precision_score
+
     from msrn.data import build_dataset
     from msrn.engine.evaluate import predict_scores
-    from msrn.metrics import reference_tuned_metrics
 
     csv, out = run
     report = tmp_path / "eval.json"
@@ -99,11 +105,20 @@ def test_evaluate_reproduces_the_run_metrics(
     assert tuned["split"] == "test" and "not a fair number" in tuned["note"]
     test = build_dataset("csv", str(csv), "test")
     loaded = load_checkpoint(out / "best.pt")
-    want = reference_tuned_metrics(
-        predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu")), test.targets
-    )
+    logits = predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    ap = [100 * average_precision_score(test.targets[:, j] == 1, probs[:, j]) for j in range(3)]
+    assert (test.targets == 1).any(axis=0).all()  # every label has a positive: each has an AP
+    want = {"mAP": float(np.mean(ap)), **_six_by_sklearn(probs, test.targets, np.full(3, 0.5))}
     for key, value in want.items():
-        assert tuned[key] == (value if value is None else pytest.approx(value, abs=1e-9)), key
+        assert ours[key] == pytest.approx(value, abs=1e-6), key
+    assert ours["ap_per_label"] == pytest.approx(ap, abs=1e-6)
+    scores32 = torch.from_numpy(logits.astype(np.float32))
+    for suffix, scores in (("", logits), ("_top3", reference_top_k_matrix(scores32, 3))):
+        threshold, six = reference_tuned_search(scores, test.targets)
+        assert tuned[f"threshold{suffix}"] == threshold
+        for key, value in six.items():
+            assert tuned[f"{key}{suffix}"] == pytest.approx(100.0 * value, abs=1e-9), key
     assert "tuned_on_test_set" not in run_m
     fast = tmp_path / "fast.json"
     assert (
@@ -147,7 +162,32 @@ def test_schedule_and_parameter_groups(run: tuple[Path, Path]) -> None:
     assert ckpt["epoch"] == 2 and ckpt["step_in_epoch"] == 0 and ckpt["global_step"] == 2 * 5
 
 
+def _six_by_sklearn(probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
+    """CP, CR, CF1, OP, OR, OF1 (percent) at per-label thresholds, by scikit-learn: macro and micro precision and
+    recall (an undefined ratio counts 0), CF1 the F1 of CP and CR."""
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    truth, predicted = targets == 1, probs >= thresholds[None, :]
+    cp = 100 * precision_score(truth, predicted, average="macro", zero_division=0)
+    cr = 100 * recall_score(truth, predicted, average="macro", zero_division=0)
+    return {
+        "CP": cp,
+        "CR": cr,
+        "CF1": 2 * cp * cr / (cp + cr) if cp + cr else 0.0,
+        "OP": 100 * precision_score(truth, predicted, average="micro", zero_division=0),
+        "OR": 100 * recall_score(truth, predicted, average="micro", zero_division=0),
+        "OF1": 100 * f1_score(truth, predicted, average="micro", zero_division=0),
+    }
+
+
 def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
+    """The run reports its test figures at 0.5 and, beside them, at the thresholds tuned on validation (both
+    recomputed here by scikit-learn from best.pt's probabilities). Mutation that survived before:
+    Trainer.evaluate passing None instead of the tuned thresholds to score_metrics for the test split (the
+    tuned figures then vanish)."""
+    from msrn.data import build_dataset
+    from msrn.engine.evaluate import predict_scores
+
     csv = make_csv(tmp_path / "data", seed=1)
     out = tmp_path / "run"
     args = train_args(csv, out, "--val-fraction", "0.25", "--tune-thresholds", "--epochs", "1")
@@ -158,6 +198,34 @@ def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
     loaded = load_checkpoint(out / "best.pt")
     assert loaded.thresholds.shape == (3,)
     assert np.allclose(loaded.thresholds, [m["thresholds_by_label"][k] for k in LABELS])
+    test = build_dataset("csv", str(csv), "test")
+    logits = predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    tuned = _six_by_sklearn(probs, test.targets, loaded.thresholds.astype(np.float64))
+    at_half = _six_by_sklearn(probs, test.targets, np.full(3, 0.5))
+    assert tuned != pytest.approx(at_half, abs=1e-3)  # else this run could not tell the two apart
+    for key in tuned:  # the fixed-threshold figures, and beside them those at the tuned thresholds
+        assert m[key] == pytest.approx(at_half[key], abs=1e-6), key
+        assert m["per_label_thresholds"][key] == pytest.approx(tuned[key], abs=1e-6), key
+
+
+def test_a_resumed_run_keeps_the_best_epoch_from_before_the_resume(tmp_path: Path) -> None:
+    """A resume restores which epoch best.pt holds, so a later epoch replaces it only by scoring at least as
+    well. Epoch 1's recorded score is set out of reach (101, above any mAP) before resuming for epoch 2: best.pt
+    must stay epoch 1. Mutation that survived before: `self.best = None` in Trainer._restore (the resumed run
+    then counted its first epoch as an improvement and overwrote best.pt)."""
+    csv = make_csv(tmp_path / "data", seed=2)
+    out = tmp_path / "run"
+    assert cli(train_args(csv, out, "--val-fraction", "0.25", "--epochs", "1")) == 0
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["best"]["epoch"] == 1
+    last["best"]["score"] = 101.0
+    torch.save(last, out / "last.pt")
+    assert cli(train_args(csv, out, "--val-fraction", "0.25", "--epochs", "2", "--resume")) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2  # epoch 2 did run
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 1
+    assert json.loads((out / "metrics.json").read_text())["epoch"] == 1
+    assert torch.load(out / "last.pt", weights_only=True)["best"]["score"] == 101.0
 
 
 def test_presets_carry_the_paper_recipe() -> None:

@@ -138,7 +138,10 @@ def test_reference_checkpoint_w_and_b_load_into_the_elementwise_head(reference_d
     dropped = [str(w.message) for w in caught if "dropped" in str(w.message)]
     assert len(dropped) == 1 and "fc1.weight" in dropped[0] and "W," not in dropped[0]
     assert model.cfg.head == "elementwise"
-    torch.testing.assert_close(model.W, sd["W"]) and torch.testing.assert_close(model.B, sd["B"])
+    # two statements: assert_close returns None, so `assert_close(W) and assert_close(B)` never checked B
+    # (mutation: B left at its initialisation after the load passed that line)
+    torch.testing.assert_close(model.W, sd["W"])
+    torch.testing.assert_close(model.B, sd["B"])
 
     adj = load_numpy_pickle(adj_path)
     wv = np.asarray(load_numpy_pickle(wv_path), dtype=np.float32)

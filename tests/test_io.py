@@ -114,3 +114,53 @@ def test_check_writable_rejects_read_only_folder(tmp_path: Path) -> None:
             io.check_writable(folder)
     finally:
         folder.chmod(0o700)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the folder fsync is POSIX only")
+def test_write_syncs_the_whole_temp_file_before_the_rename_then_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss after the rename must find the new content on disk and the new name in the folder.
+    Mutations that survived before: the temp file's handle.flush() and os.fsync() removed from
+    _atomic_write (then no fsync of a full temp file), and _fsync_folder(folder) removed (no folder fsync)."""
+    target = tmp_path / "metrics.json"
+    real_fsync = os.fsync
+    synced: list[tuple[bool, int, int, bool]] = []  # (is a folder, inode, size, target exists yet)
+
+    def spy(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((stat.S_ISDIR(st.st_mode), st.st_ino, st.st_size, target.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    text = '{"mAP": 61.5}\n'  # small: it sits in the write buffer until flushed
+    io.atomic_write_text(target, text)
+    assert target.read_text() == text
+    file_entry = (False, target.stat().st_ino, len(text.encode()), False)  # the full temp file, before the rename
+    assert file_entry in synced, synced
+    assert synced[-1] == (True, tmp_path.stat().st_ino, synced[-1][2], True), synced  # then its folder
+
+
+def test_remove_stale_temps_deletes_only_what_interrupted_writes_leave(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write killed before its rename leaves `.NAME.<32 hex>.tmp`; a resume removes exactly those. The name is
+    the one a real write uses (caught at its os.replace), so a change to either the name or the pattern fails."""
+    real_replace, temps = os.replace, []
+
+    def spy(src: str, dst: str) -> None:
+        temps.append(os.path.basename(src))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    io.atomic_save_torch({"epoch": 1}, tmp_path / "last.pt")
+    monkeypatch.undo()
+    assert len(temps) == 1
+    (tmp_path / temps[0]).write_bytes(b"half a checkpoint")  # what a kill before the rename leaves
+    hex32 = "0123456789abcdef" * 2
+    stale = {temps[0], f".best.pt.{hex32}.tmp", f".metrics.json.{hex32}.tmp"}
+    kept = {"last.pt", ".last.pt.tmp", f".last.pt.{hex32[:31]}.tmp", f"last.pt.{hex32}.tmp", f".x.{hex32}.tmp.pt"}
+    for name in (stale | kept) - {temps[0], "last.pt"}:
+        (tmp_path / name).write_bytes(b"")
+    assert sorted(io.remove_stale_temps(tmp_path)) == sorted(stale)
+    assert {p.name for p in tmp_path.iterdir()} == kept

@@ -420,24 +420,41 @@ def test_format_metrics_is_readable() -> None:
 
 
 def test_subset_metrics_keep_some_positives_against_every_negative() -> None:
+    """mAP, CF1 and OF1 over the kept positives and every negative, checked against scikit-learn on exactly those
+    entries (scores on a coarse grid, so tie groups matter). Mutation that survived before: any error inside
+    average_precision (e.g. each positive's precision at its own rank instead of its tie group's end), since
+    the expected values were computed with average_precision and multilabel_metrics themselves."""
+    from sklearn.metrics import f1_score
+
     rng = np.random.default_rng(3)
-    scores = rng.random((40, 4))
+    scores = np.round(rng.random((40, 4)), 1)  # few distinct values: many ties
     targets = (rng.random((40, 4)) < 0.4).astype(np.int8)
     targets[0] = 1  # every label has a positive
-    whole, full = subset_metrics(scores, targets, targets == 1), multilabel_metrics(scores, targets)
-    for key in ("mAP", "CF1", "OF1"):
-        assert whole[key] == pytest.approx(full[key])
     keep = (targets == 1) & (np.arange(40)[:, None] < 20)  # the positives of the first 20 images only
-    part = subset_metrics(scores, targets, keep)
-    masked = np.where((targets == 1) & ~keep, -1, targets)  # the others leave the ranking, as difficult ones do
-    assert part["mAP"] == pytest.approx(100 * np.nanmean(average_precision(scores, masked)))
-    predicted = (scores >= 0.5) & ((targets == 0) | keep)
-    tp, n_pred, n_true = (predicted & keep).sum(), predicted.sum(), keep.sum()
-    op, orec = tp / n_pred, tp / n_true
-    assert part["OF1"] == pytest.approx(100 * 2 * op * orec / (op + orec))  # dropped positives are no misses
-    assert part["positives"] == int(keep.sum()) and part["labels"] == 4
+
+    def by_sklearn(kept: np.ndarray) -> tuple[float, float, float]:
+        counted = kept | (targets == 0)  # the other positives take no part at all
+        aps, labels = [], np.flatnonzero(kept.any(axis=0))
+        for j in labels:
+            rows = counted[:, j]
+            aps.append(average_precision_score(kept[rows, j], scores[rows, j]))
+        truth, predicted = kept[:, labels], ((scores >= 0.5) & counted)[:, labels]
+        cp = precision_score(truth, predicted, average="macro", zero_division=0)
+        cr = recall_score(truth, predicted, average="macro", zero_division=0)
+        of1 = f1_score(truth, predicted, average="micro", zero_division=0)
+        return 100 * float(np.mean(aps)), 100 * 2 * cp * cr / (cp + cr), 100 * of1
+
+    for kept in (targets == 1, keep):
+        got, want = subset_metrics(scores, targets, kept), by_sklearn(kept)
+        assert got["mAP"] == pytest.approx(want[0])
+        assert got["CF1"] == pytest.approx(want[1])
+        assert got["OF1"] == pytest.approx(want[2])
+        assert got["positives"] == int(kept.sum())
+        assert got["labels"] == 4
     none = subset_metrics(scores, targets, np.zeros_like(keep))
-    assert none["mAP"] is None and none["CF1"] is None and none["positives"] == 0
+    assert none["mAP"] is None
+    assert none["CF1"] is None
+    assert none["positives"] == 0
 
 
 def test_map_text_keeps_a_real_zero() -> None:

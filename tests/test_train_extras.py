@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from data_helpers import LABELS, make_csv
-from test_engine import train_args
+from sklearn.metrics import average_precision_score
+from test_engine import _six_by_sklearn, train_args
 
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
 from msrn.data import build_dataset
 from msrn.errors import MSRNError
-from msrn.metrics import multilabel_metrics
 
 MODERN = ("--ema", "0.5", "--loss", "asl", "--tta", "flip")
 
@@ -77,6 +77,9 @@ def test_flip_tta_reproduces_the_run_and_averages_mirrored_logits(run: tuple[Pat
 
 def test_evaluate_writes_every_images_probabilities(run: tuple[Path, Path], tmp_path: Path) -> None:
     csv_path, out = run
+    """The --scores file holds every test image's probabilities, from which scikit-learn gets the report's
+    figures. Mutation that survived before: an error inside msrn.metrics (e.g. CF1 as the mean of CP and CR),
+    since the file's figures were recomputed with msrn.metrics itself."""
     scores, report = tmp_path / "new" / "scores.csv", tmp_path / "eval.json"
     assert (
         cli(
@@ -104,11 +107,15 @@ def test_evaluate_writes_every_images_probabilities(run: tuple[Path, Path], tmp_
     assert rows[0] == ["image", *LABELS]
     assert [r[0] for r in rows[1:]] == [p.relative_to(data.root).as_posix() for p in data.images]
     probs = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
-    assert probs.shape == (len(data), len(LABELS)) and ((probs >= 0) & (probs <= 1)).all()
+    assert probs.shape == (len(data), len(LABELS))
+    assert ((probs >= 0) & (probs <= 1)).all()
     m = json.loads(report.read_text())
-    again = multilabel_metrics(probs, data.targets)  # a user's own metrics from the file agree with msrn's
-    for key in ("mAP", "CF1", "OF1"):
-        assert again[key] == pytest.approx(m[key], abs=1e-5), key
+    # a user's own metrics from the file (scikit-learn here) agree with msrn's report
+    ap = [average_precision_score(data.targets[:, j] == 1, probs[:, j]) for j in range(len(LABELS))]
+    assert m["mAP"] == pytest.approx(100 * np.mean(ap), abs=1e-5)
+    six = _six_by_sklearn(probs, data.targets, np.full(len(LABELS), 0.5))
+    for key in ("CF1", "OF1"):
+        assert m[key] == pytest.approx(six[key], abs=1e-5), key
     assert not list(scores.parent.glob(".*.tmp"))
 
 
@@ -202,19 +209,56 @@ def test_checkpoints_from_before_these_options_still_load_and_resume(run: tuple[
 
 
 def test_training_with_unknown_entries_uses_only_known_ones(tmp_path: Path) -> None:
+    """The loss sees the dataset's own encoding: every unknown entry of the CSV arrives as -2 (left out of the
+    loss), none turned into a negative. The expected matrix is built here from the rows written. Mutation that
+    survived before: the Trainer clamping the targets to min=0 before the loss (unknown and difficult entries
+    then trained as negatives)."""
+    from msrn.engine.config import preset_config
+    from msrn.engine.train import Trainer
+    from msrn.targets import UNKNOWN
+
     csv_path = make_csv(tmp_path / "data")
     lines = csv_path.read_text().splitlines()
     # hide "red" in every other training image: present or not, it becomes unknown there
-    rows = [lines[0] + ",unknown"]
+    rows, want = [lines[0] + ",unknown"], []
     for i, line in enumerate(lines[1:]):
         image, labels, split = line.split(",")
         hidden = split == "train" and i % 2 == 0
         kept = [x for x in labels.split("|") if x and not (hidden and x == "red")]
         rows.append(f"{image},{'|'.join(kept)},{split},{'red' if hidden else ''}")
+        if split == "train":  # the row the loss must see: 1 present, 0 absent, -2 unknown
+            want.append([-2 if hidden and x == "red" else int(x in kept) for x in sorted(LABELS)])
     partial = tmp_path / "data" / "partial.csv"
     partial.write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
-    assert cli(train_args(partial, out, "--epochs", "1")) == 0
+    cfg = preset_config(
+        "csv",
+        data=str(partial),
+        out=str(out),
+        model="msrn_tiny",
+        pretrained="none",
+        image_size=64,
+        batch_size=8,
+        epochs=1,
+        workers=0,
+        val_fraction=0.0,
+    )
+    trainer = Trainer(cfg)
+    assert trainer.labelset.labels == sorted(LABELS)
+    criterion, seen = trainer.criterion, []
+
+    def recording(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.requires_grad:  # a training step, not an evaluation
+            seen.append(targets.detach().cpu().numpy().copy())
+        return criterion(logits, targets)
+
+    trainer.criterion = recording
+    trainer.fit()
+    got = np.concatenate(seen)
+    hidden = sum(row.count(-2) for row in want)
+    assert hidden > 0
+    assert int((got == UNKNOWN).sum()) == hidden
+    assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, want))  # each image once, as encoded
     ckpt = read_checkpoint(out / "best.pt")
     blue, red = LABELS.index("blue"), LABELS.index("red")
     assert ckpt["labelset"]["known"][blue, red] < ckpt["labelset"]["nums"][blue]  # P(red|blue) over known red
