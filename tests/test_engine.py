@@ -214,7 +214,7 @@ def test_a_resumed_run_keeps_the_best_epoch_from_before_the_resume(tmp_path: Pat
     well. Epoch 1's recorded score is set out of reach (101, above any mAP) before resuming for epoch 2: best.pt
     must stay epoch 1. Mutation that survived before: `self.best = None` in Trainer._restore (the resumed run
     then counted its first epoch as an improvement and overwrote best.pt)."""
-    csv = make_csv(tmp_path / "data", seed=2)
+    csv = make_csv(tmp_path / "data", n_train=16, n_test=6, seed=2)
     out = tmp_path / "run"
     assert cli(train_args(csv, out, "--val-fraction", "0.25", "--epochs", "1")) == 0
     last = torch.load(out / "last.pt", weights_only=True)

@@ -136,7 +136,9 @@ def test_reference_checkpoint_w_and_b_load_into_the_elementwise_head(reference_d
         warnings.simplefilter("always")
         model = load_checkpoint(path, word_vectors=wv_path, cooccurrence=adj_path, head="elementwise").model
     dropped = [str(w.message) for w in caught if "dropped" in str(w.message)]
-    assert len(dropped) == 1 and "fc1.weight" in dropped[0] and "W," not in dropped[0]
+    assert len(dropped) == 1
+    assert "fc1.weight" in dropped[0]
+    assert "W," not in dropped[0]
     assert model.cfg.head == "elementwise"
     # two statements: assert_close returns None, so `assert_close(W) and assert_close(B)` never checked B
     # (mutation: B left at its initialisation after the load passed that line)
