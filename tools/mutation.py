@@ -101,7 +101,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/models/attention.py",
         "F.scaled_dot_product_attention(q, kv, kv, scale=1.0)",
         "F.scaled_dot_product_attention(q, kv, kv)",
-        ("tests/test_attention.py",),
+        ("tests/test_attention.py::test_fused_matches_naive_float64", "tests/test_attention.py::test_fused_gradcheck"),
         "the fused form scales the scores by 1/sqrt(head dim)",
     ),
     Mutation(
@@ -109,7 +109,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/models/attention.py",
         "return (vc.view(b, d, m) + mu).permute(0, 2, 1)",
         "return vc.view(b, d, m).permute(0, 2, 1)",
-        ("tests/test_attention.py",),
+        ("tests/test_attention.py::test_matches_naive_float32",),
         "the tiled form returns the centred output",
     ),
     Mutation(
@@ -117,7 +117,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/models/attention.py",
         "grad_sem = (g * var).view(b, d, m).sum(0).t()",
         "grad_sem = (g * vc).view(b, d, m).sum(0).t()",
-        ("tests/test_attention.py",),
+        ("tests/test_attention.py::test_matches_naive_float64_gradcheck",),
         "the tiled form's closed-form gradient of the semantics is wrong",
     ),
     Mutation(
@@ -125,7 +125,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/metrics.py",
         "neg = (t == 0).astype(np.float64)",
         "neg = ((t == 0) | (t == UNKNOWN)).astype(np.float64)",
-        ("tests/test_metrics.py", "tests/test_partial_labels.py"),
+        ("tests/test_partial_labels.py",),
         "unknown entries enter the AP ranking as negatives",
     ),
     Mutation(
@@ -141,7 +141,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/models/reference_layout.py",
         'UNUSED_BY_ELEMENTWISE = ("resnet_101.conv_buffer0.", "fc1.", "fc2.", "ProjectMs.")',
         'UNUSED_BY_ELEMENTWISE = ("resnet_101.conv_buffer0.", "ProjectMs.")',
-        ("tests/test_heads.py",),
+        ("tests/test_heads.py::test_reference_checkpoint_w_and_b_load_into_the_elementwise_head",),
         "a reference checkpoint no longer loads into the element-wise head",
     ),
     Mutation(
@@ -165,7 +165,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/safe_pickle.py",
         "if (module, name) in _ALLOWED:",
         'if (module, name) in _ALLOWED or module == "builtins":',
-        ("tests/test_safe_pickle.py",),
+        ("tests/test_safe_pickle.py::test_code_carrying_pickles_are_refused",),
         "a reference .pkl may call eval/exec while it loads",
     ),
     Mutation(
@@ -173,7 +173,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/hub.py",
         "            file_sha256(path) == sha256,\n",
         "            True,\n",
-        ("tests/test_hub.py",),
+        ("tests/test_hub.py::test_altered_weights_are_refused",),
         "altered or swapped model.safetensors load",
     ),
     # ---- the weak tests of issue 33, each run on the bug it used to miss
@@ -210,7 +210,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/metrics.py",
         "predicted = (_probabilities(scores, scores_are_logits) >= threshold) & known\n",
         "predicted = _probabilities(scores, scores_are_logits) >= threshold\n",
-        ("tests/test_metrics.py", "tests/test_partial_labels.py"),
+        ("tests/test_partial_labels.py",),
         "an unknown entry scored high counts as a false positive",
     ),
     Mutation(
@@ -218,7 +218,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/metrics.py",
         "distance = np.where(best, np.abs(grid_arr - 0.5)[:, None], np.inf)",
         "distance = np.where(best, grid_arr[:, None], np.inf)",
-        ("tests/test_metrics.py",),
+        ("tests/test_metrics.py::test_per_label_thresholds",),
         "among equally good thresholds the lowest wins, not the one nearest 0.5",
     ),
     Mutation(
@@ -226,7 +226,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/engine/losses.py",
         "known = targets != UNKNOWN\n",
         "known = torch.ones_like(targets, dtype=torch.bool)\n",
-        ("tests/test_losses.py",),
+        ("tests/test_losses.py::test_unknown_entries_are_left_out_and_difficult_counts_positive",),
         "unknown entries enter the loss",
     ),
     Mutation(
@@ -234,7 +234,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/engine/losses.py",
         "positive = (known & (targets != NEGATIVE)).float()",
         "positive = (targets > NEGATIVE).float()",
-        ("tests/test_losses.py",),
+        ("tests/test_losses.py::test_unknown_entries_are_left_out_and_difficult_counts_positive",),
         "difficult entries train as negatives, not positives as in the reference",
     ),
     Mutation(
@@ -250,7 +250,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/checkpoint.py",
         'torch.load(path, map_location="cpu", weights_only=True)',
         'torch.load(path, map_location="cpu", weights_only=False)',
-        ("tests/test_security.py",),
+        ("tests/test_security.py::test_load_model_refuses_code_carrying_checkpoint",),
         "a checkpoint may run code while it loads",
     ),
     Mutation(
@@ -274,7 +274,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/models/heads.py",
         "return (self.W * torch.tanh(labels)).sum(-1) + self.B",
         "return (self.W * torch.tanh(labels)).sum(-1)",
-        ("tests/test_heads.py",),
+        ("tests/test_heads.py::test_elementwise_head_matches_the_reference_block_forward_and_gradients",),
         "the element-wise head ignores its per-label bias B",
     ),
     Mutation(
@@ -282,7 +282,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "msrn/models/heads.py",
         "F.leaky_relu(linear(self.fc1, h), 0.01)",
         "F.relu(linear(self.fc1, h))",
-        ("tests/test_heads.py",),
+        ("tests/test_heads.py::test_mlp_head_matches_the_independent_mlp_forward_and_gradients",),
         "the MLP head's activation differs from the reference's LeakyReLU(0.01)",
     ),
 )
