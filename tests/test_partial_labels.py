@@ -24,7 +24,7 @@ from msrn.data import build_dataset
 from msrn.errors import MSRNError
 from msrn.labels.graph import conditional, count_cooccurrence
 from msrn.labels.labelset import LabelSet, build_label_set
-from msrn.metrics import multilabel_metrics, per_label_thresholds, reference_tuned_metrics
+from msrn.metrics import average_precision, multilabel_metrics, per_label_thresholds, reference_tuned_metrics
 from msrn.targets import UNKNOWN
 
 SIX = ("CP", "CR", "CF1", "OP", "OR", "OF1")
@@ -131,6 +131,15 @@ def test_metrics_with_unknown_entries_match_sklearn_on_the_known_subset(
         "ranking_loss",
     ):
         assert ours[key] == pytest.approx(theirs[key], abs=1e-9), key
+
+
+def test_ap_leaves_unknown_entries_out_of_the_ranking() -> None:
+    """By hand: the known entries rank +, +, -, + (the unknown 0.8 takes no place), so the precisions at the
+    positives are 1, 1 and 3/4. Mutation: unknown entries ranked as negatives in average_precision; only the
+    hypothesis test above caught it, after minutes of shrinking."""
+    scores = np.array([[0.9], [0.8], [0.7], [0.4], [0.2]])
+    targets = np.array([[1], [UNKNOWN], [1], [0], [1]])
+    assert average_precision(scores, targets)[0] == pytest.approx((1 + 1 + 3 / 4) / 3)
 
 
 def test_unknown_is_not_a_false_positive_but_difficult_is() -> None:
