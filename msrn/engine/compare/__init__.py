@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from msrn.engine.compare.recipes import RECIPES
-from msrn.engine.compare.report import summarise, write_report
+from msrn.engine.compare.report import summarise, write_study_report
 from msrn.engine.compare.study import Plan, heads_for, run_study
 from msrn.engine.config import PRESETS
 from msrn.errors import MSRNError
@@ -104,7 +104,7 @@ def main(args: argparse.Namespace) -> int:
     def update(result: dict) -> None:  # after every finished run: summary, JSON and report up to date
         result["summary"] = summarise(result)
         atomic_write_json(plan.out / "compare.json", result)
-        write_report(plan.out, result, command)
+        write_study_report(plan.out, result, command)
 
     run_study(plan, progress=lambda line: print(line, flush=True), on_update=update)
     print(f"done: {plan.out / 'report.md'}, {plan.out / 'compare.json'}")

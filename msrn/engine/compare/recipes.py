@@ -4,7 +4,7 @@ No head is judged only on its rivals' recipe: each runs under the GCN family's (
 momentum, soft margin, i.e. binary cross-entropy, the rate dropped at fixed epochs: the dataset preset, which
 is MSRN's) and under the transformer family's (Query2Label, ML-Decoder, ASL: AdamW, one-cycle, Asymmetric
 Loss, an exponential moving average of the weights). `paper` runs each head on its own paper's recipe, where
-PAPER names one. Every recipe keeps the study's epochs, batch, image size and validation split, so only the
+PAPER_RECIPES names one. Every recipe keeps the study's epochs, batch, image size and validation split, so only the
 optimisation differs.
 """
 
@@ -31,14 +31,14 @@ FROM_SCRATCH: dict[str, Any] = dict(lr=1e-3, lr_backbone=1e-3, ema=0.99)
 BUILT_IN = ("scenes", "synthetic")
 # head -> the recipe of its own paper (a recipe name, or overrides on the preset); heads without an entry get
 # no `paper` column. MSRN's paper recipe is the dataset preset.
-PAPER: dict[str, str | dict[str, Any]] = {"msrn": "gcn"}
+PAPER_RECIPES: dict[str, str | dict[str, Any]] = {"msrn": "gcn"}
 
 
 def recipe_overrides(recipe: str, head: str, dataset: str) -> dict[str, Any] | None:
     """The TrainConfig overrides of `recipe` for `head` on `dataset`; None where the head has no such recipe
     (a `paper` recipe its paper does not give)."""
     if recipe == "paper":
-        own = PAPER.get(head)
+        own = PAPER_RECIPES.get(head)
         if own is None:
             return None
         return recipe_overrides(own, head, dataset) if isinstance(own, str) else dict(GCN, **own)

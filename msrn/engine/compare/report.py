@@ -164,7 +164,7 @@ def plot_slices(result: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_report(out: Path, result: dict[str, Any], command: str) -> None:
+def write_study_report(out: Path, result: dict[str, Any], command: str) -> None:
     """report.md and its plots in `out` (result["summary"] must be filled)."""
     if not result["summary"]:
         return
