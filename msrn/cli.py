@@ -1,4 +1,5 @@
-"""The `msrn` command line: one subcommand per module, each with `add_arguments` and `main`.
+"""The `msrn` command line: one subcommand per module, each with `add_arguments` (its options, declared as
+fields: msrn.options) and `main`.
 
 Every subcommand lives in its own module and is imported only when used, so `msrn inspect`
 does not pay for matplotlib or onnx. User errors (`MSRNError`) become one line on stderr.
@@ -16,6 +17,7 @@ from typing import NoReturn
 
 from msrn import __version__
 from msrn.errors import MSRNError
+from msrn.options import add_version_option
 
 # under a launcher, a process still alive this long after its command returned is stuck (bound_exit)
 EXIT_BOUND_S = 60
@@ -50,7 +52,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser listing every subcommand from COMMANDS; only `command`'s module is imported, for its options."""
     parser = Parser(prog="msrn", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"msrn {__version__}")
+    add_version_option(parser, f"msrn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in COMMANDS.items():

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -35,7 +36,7 @@ from msrn.inference.explain import require_msrn
 from msrn.inference.predictor import load
 from msrn.io import atomic_write_json, atomic_write_text
 from msrn.models.loading import load_checkpoint
-from msrn.options import bounded
+from msrn.options import Options, add_options, device_option, option
 from msrn.plots import figure_image, save_image
 
 # MSRN's and the baseline's per-seed results from the last `benchmarks/ablation.py --record` run
@@ -50,13 +51,21 @@ def compute_threads(workers: int) -> int:
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers))
 
 
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions(Options):
+    """Options of `msrn demo`."""
+
+    out: str = option("runs/demo", "folder for the data, both runs and summary.md (default runs/demo)")
+    seed: int = option(0, "seeds the data and the training (default 0)", low=0)
+    epochs: int | None = option(None, "override the scenes preset's epoch count", low=1)
+    workers: int | None = option(None, "data-loading processes (default: the preset's)", low=0, metavar="N")
+    device: str = device_option("auto")
+    no_baseline: bool = option(False, "skip the baseline run")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="folder for the data, both runs and summary.md")
-    p.add_argument("--seed", type=bounded(int, low=0), default=0, help="seeds the data and the training")
-    p.add_argument("--epochs", type=bounded(int, low=1), help="override the scenes preset's epoch count")
-    p.add_argument("--workers", type=bounded(int, low=0), help="data-loading processes (default: the preset's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-baseline", action="store_true", help="skip the baseline run")
+    """Options of `msrn demo`."""
+    add_options(p, DemoOptions)
 
 
 def evaluate_run(folder: Path, cfg: TrainConfig, workers: int | None = None) -> dict:
@@ -315,7 +324,9 @@ def write_summary(out: Path, summary: dict, explained: list[tuple[str, str, str]
     return text
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace | DemoOptions) -> int:
+    """Run `msrn demo`: both trainings, the explanations and the summary."""
+    args = DemoOptions.from_args(args)
     out = Path(args.out)
     t0 = time.time()
     summary = run_demo(out, args.seed, args.epochs, args.workers, args.device, baseline=not args.no_baseline)

@@ -1,22 +1,90 @@
-"""Command-line options shared by the commands that run a trained model (evaluate, predict, serve, export):
-each runtime flag declared once here, for training and tagging alike, with the choices both accept.
+"""One option system for every command: each option is a typed field of the command's frozen dataclass,
+declared once with `option(default, help, low=..., high=..., choices=...)`; its flag, its parsing and its
+checks follow from that declaration (`add_options` is the only code that makes flags).
 
-Kept at the base, below msrn.engine and msrn.inference, so that either may import it.
+The options several commands share (the checkpoint, the device, the decoding of images...) are declared
+here once, as functions that return a fresh field, so that each command can give its own default.
+Kept at the base, below msrn.data, msrn.engine and msrn.inference, so that every layer may import it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+import types
+import typing
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from msrn.errors import MSRNError
+from msrn.images import DEFAULT_MAX_PIXELS
 
 # the values both `msrn train --amp` and the runtime flag accept, and those of --tta
 AMP_MODES = ("none", "bf16", "fp16")
 TTA_MODES = ("none", "flip")
 # checkpoints that record no input size (the reference's) were trained and evaluated at 448 x 448
 UNRECORDED_IMAGE_SIZE = 448
+MIN_IMAGE_SIZE = 32
+RETIRED_FAST = "it never changed anything (the folded model is the default); drop it from the command line"
+
+_O = TypeVar("_O", bound="Options")
+
+
+def option(
+    default: Any = None,
+    help: str | None = None,
+    *,
+    choices: Sequence[Any] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    bounds: str = "[]",
+    metavar: str | tuple[str, ...] | None = None,
+    count: int | None = None,
+    factory: Any = None,
+    required: bool = False,
+    flag: str | None = None,
+    aliases: Sequence[str] = (),
+    positional: bool = False,
+    repeat: bool = False,
+    const: Any = None,
+    retired: dict[str, str] | None = None,
+) -> Any:
+    """A field with its command-line option declared on it.
+
+    help: the flag's help; choices: the allowed values (of each element of a tuple); low, high: the bounds,
+    `bounds` "[]", "[)", "(]" or "()" saying which ends are included; required: the flag must be given;
+    flag: its spelling when not the field's name (aliases: other spellings); positional: the command's
+    positional arguments; count: how many values a tuple field takes (default: one or more); repeat: the flag
+    may be given several times (a tuple field); const: the value of
+    the flag given with no value; retired: flags that once meant this and now only warn (flag -> why).
+    """
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "low": low,
+        "high": high,
+        "bounds": bounds,
+        "metavar": metavar,
+        "count": count,
+        "required": required,
+        "flag": flag,
+        "aliases": tuple(aliases),
+        "positional": positional,
+        "repeat": repeat,
+        "const": const,
+        "retired": dict(retired or {}),
+    }
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The flag a field is given by on the command line."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def out_of_bounds(value: float, low: float | None, high: float | None, bounds: str = "[]") -> str | None:
@@ -38,92 +106,67 @@ def out_of_bounds(value: float, low: float | None, high: float | None, bounds: s
     return allowed if too_low or too_high else None
 
 
-def bounded(
-    kind: Callable[[str], Any], low: float | None = None, high: float | None = None, bounds: str = "[]"
-) -> Callable[[str], Any]:
-    """An argparse `type` that parses with `kind` (int, float) and refuses a value out of its bounds, so that
-    `--port -1` is one usage line naming the flag and the allowed range (see out_of_bounds)."""
-
-    def parse(text: str) -> Any:
-        value = kind(text)
-        allowed = out_of_bounds(value, low, high, bounds)
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """One line unless every value of the field (each element of a tuple) is among its choices and in its bounds."""
+    meta = f.metadata
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is None:
+            continue
+        if meta.get("choices") is not None and v not in meta["choices"]:
+            raise MSRNError(f"{flag_of(f)} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}")
+        low, high = meta.get("low"), meta.get("high")
+        allowed = None if low is None and high is None else out_of_bounds(v, low, high, meta.get("bounds", "[]"))
         if allowed is not None:
-            raise argparse.ArgumentTypeError(f"must be {allowed}, not {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
-    return parse
+            shown = list(value) if isinstance(value, tuple) else value
+            raise MSRNError(f"{flag_of(f)} must be {allowed}, not {shown}")
 
 
-# flag name -> argparse settings; "{default}" in a help text is the command's default
-RUNTIME_FLAGS: dict[str, dict[str, Any]] = {
-    "device": dict(metavar="DEVICE", help="torch device: auto, cpu, cuda or cuda:N (default {default})"),
-    "batch_size": dict(type=bounded(int, low=1), metavar="B", help="images per forward pass (default {default})"),
-    "workers": dict(type=bounded(int, low=0), metavar="N", help="data-loading processes (default {default})"),
-    "amp": dict(
-        choices=AMP_MODES,
-        help="mixed precision on GPU: none (default, exact fp32), bf16 or fp16, an "
-        "explicit trade of accuracy for speed",
-    ),
-    "tta": dict(
-        choices=TTA_MODES,
-        help="test-time augmentation: none (default), or flip, the average of the logits "
-        "of each image and its mirror (to reproduce a run trained with --tta flip)",
-    ),
-}
+def check_fields(values: Any) -> None:
+    """Check every field of a dataclass instance against its declaration: required, choices, bounds."""
+    for f in dataclasses.fields(values):
+        value = getattr(values, f.name)
+        if f.metadata.get("required") and value is None:
+            raise MSRNError(f"{flag_of(f)} is required")
+        check_field(f, value)
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser, required: bool = True, labels: bool = True) -> None:
-    """--checkpoint, a reference checkpoint's companion files and --image-size; --labels names the outputs of a
-    reference checkpoint where no --dataset does."""
-    parser.add_argument(
-        "--checkpoint",
-        required=required,
-        metavar="SOURCE",
-        help="a project checkpoint (best.pt, last.pt), a reference MSRN checkpoint "
-        "(*_checkpoint.pth.tar), a model folder (msrn export --format hub) or a Hub model "
-        "hf://OWNER/NAME[@REVISION]",
-    )
-    parser.add_argument(
-        "--word-vectors",
-        metavar="FILE",
-        help="reference checkpoints: a word-vector pickle; default 'reference', the reference's own "
-        "for the checkpoint's dataset (--dataset, else the one with its label count; fetched "
-        "once, SHA-256 checked)",
-    )
-    parser.add_argument(
-        "--cooccurrence",
-        metavar="FILE",
-        help="reference checkpoints: a co-occurrence pickle {'adj','nums'}; default 'reference', as for --word-vectors",
-    )
-    if labels:
-        parser.add_argument(
-            "--labels",
-            metavar="FILE",
-            help="label names, one per line, in output order (reference checkpoints store none; "
-            "default: the names of the reference dataset with their count, in the reference's "
-            "order)",
-        )
-    parser.add_argument(
-        "--image-size",
-        type=bounded(int, low=32),
-        metavar="S",
-        help=f"input side in pixels (default: the checkpoint's; {UNRECORDED_IMAGE_SIZE} for reference checkpoints)",
-    )
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """The base of each command's options: made from keywords (the Python API) or parsed flags (the CLI),
+    and checked when made, field by field and then by the command's own `check`."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.check()
+
+    def check(self) -> None:
+        """The command's checks that involve several options (none by default)."""
+
+    @classmethod
+    def from_args(cls: type[_O], args: argparse.Namespace | _O) -> _O:
+        """The options of parsed arguments (given options are returned as they are)."""
+        if isinstance(args, cls):
+            return args
+        return cls(**field_values(cls, args))
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
-    """The RUNTIME_FLAGS named, each with the command's default (e.g. device="cpu", batch_size=8)."""
-    unknown = sorted(set(defaults) - set(RUNTIME_FLAGS))
-    if unknown:
-        raise ValueError(f"no runtime flag {', '.join(unknown)}")
-    for name, default in defaults.items():
-        spec = dict(RUNTIME_FLAGS[name])
-        spec["help"] = spec["help"].format(default=default)
-        parser.add_argument("--" + name.replace("_", "-"), default=default, **spec)
+def field_values(cls: type, args: Any) -> dict[str, Any]:
+    """The values of `cls`'s fields that `args` holds, lists made tuples (as the fields declare)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
-class _Deprecated(argparse.Action):
+def _flag_type(hint: Any) -> tuple[Any, bool]:
+    """The element type a flag parses and whether it takes several values, from a field's resolved type
+    (`int`, `float | None`, `tuple[int, ...]`, ...)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):  # X | None: the flag parses X
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+class _Retired(argparse.Action):
     """A flag that changes nothing any more: accepted, with a warning that says so."""
 
     def __call__(
@@ -136,29 +179,190 @@ class _Deprecated(argparse.Action):
         warnings.warn(f"{option_string} is deprecated and does nothing: {self.help}", FutureWarning, stacklevel=2)
 
 
-def add_deprecated_fast(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup) -> None:
-    """--fast, once the option for the folded model: accepted with a warning that it is deprecated and does
-    nothing (the folded model is the default; export writes the network as written either way)."""
-    parser.add_argument(
-        "--fast",
-        action=_Deprecated,
-        nargs=0,
-        dest=argparse.SUPPRESS,
-        help="it never changed anything (the folded model is the default); drop it from the command line",
-    )
+def add_options(parser: argparse.ArgumentParser, cls: type, overlay: bool = False, skip: Sequence[str] = ()) -> None:
+    """One command-line option per field of the dataclass `cls` (but those in `skip`), made from the field's
+    type and declaration: the only place where flags are made.
 
-
-def add_fast_argument(parser: argparse.ArgumentParser) -> None:
-    """--exact: the network as written instead of the default folded model.
-
-    --fast, once the option for the folded model, warns that it is deprecated: the folded model is the default.
+    overlay: every flag left out parses as None (booleans get --no-X too), so that values from below
+    (a preset, a config file) show through; otherwise a flag left out gives the field's default.
     """
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--exact",
-        action="store_true",
-        help="run the network as written (batch norm apart, default memory layout) instead of the "
-        "default batch-norm-folded, channels-last copy: the same scores to float32 rounding, "
-        "slower on CPU (see BENCHMARKS.md)",
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        kind, several = _flag_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING and not overlay:
+            default = f.default_factory()
+        kw: dict[str, Any] = {"help": meta["help"], "default": None if overlay else default}
+        if meta["metavar"]:
+            kw["metavar"] = meta["metavar"]
+        if meta["choices"] is not None:
+            kw["choices"] = list(meta["choices"])
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction if overlay or default else "store_true"
+        elif kind in (int, float):
+            kw["type"] = kind
+        if meta["const"] is not None:
+            kw.update(nargs="?", const=meta["const"])
+        if several:
+            if meta["repeat"]:
+                kw.update(action="append", default=None if overlay else [])
+            else:
+                kw["nargs"] = meta["count"] or ("*" if meta["positional"] else "+")
+        if meta["positional"]:
+            if several:
+                del kw["default"]  # nargs="*" gives []
+            parser.add_argument(f.name, **kw)
+            continue
+        if meta["required"] and not overlay:
+            kw["required"] = True
+        names = [flag_of(f), *meta["aliases"]]
+        if names[0] in meta["retired"]:  # the field is only a retired flag: it warns and sets nothing
+            parser.add_argument(names[0], action=_Retired, nargs=0, dest=argparse.SUPPRESS, help=meta["help"])
+            continue
+        if not meta["retired"]:
+            parser.add_argument(*names, dest=f.name, **kw)
+            continue
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(*names, dest=f.name, **kw)
+        for old, why in meta["retired"].items():
+            group.add_argument(old, action=_Retired, nargs=0, dest=argparse.SUPPRESS, help=why)
+
+
+def add_version_option(parser: argparse.ArgumentParser, version: str) -> None:
+    """--version: print `version` and exit (the `msrn` command's only option of its own)."""
+    parser.add_argument("--version", action="version", version=version)
+
+
+# ----------------------------------------------------------- options that several commands declare
+
+
+def checkpoint_option(required: bool = True) -> Any:
+    """--checkpoint: the model to load, in any of the forms msrn reads."""
+    return option(
+        None,
+        "a project checkpoint (best.pt, last.pt), a reference MSRN checkpoint (*_checkpoint.pth.tar), a model "
+        "folder (msrn export --format hub) or a Hub model hf://OWNER/NAME[@REVISION]",
+        metavar="SOURCE",
+        required=required,
     )
-    add_deprecated_fast(group)
+
+
+def reference_word_vectors_option() -> Any:
+    """--word-vectors of a command that loads a checkpoint."""
+    return option(
+        None,
+        "reference checkpoints: a word-vector pickle; default 'reference', the reference's own for the "
+        "checkpoint's dataset (--dataset, else the one with its label count; fetched once, SHA-256 checked)",
+        metavar="FILE",
+    )
+
+
+def reference_cooccurrence_option() -> Any:
+    """--cooccurrence of a command that loads a checkpoint."""
+    return option(
+        None,
+        "reference checkpoints: a co-occurrence pickle {'adj','nums'}; default 'reference', as for --word-vectors",
+        metavar="FILE",
+    )
+
+
+def label_names_option() -> Any:
+    """--labels: the output names of a reference checkpoint."""
+    return option(
+        None,
+        "label names, one per line, in output order (reference checkpoints store none; default: the names of "
+        "the reference dataset with their count, in the reference's order)",
+        metavar="FILE",
+    )
+
+
+def image_size_option() -> Any:
+    """--image-size of a command that loads a checkpoint (default: the checkpoint's)."""
+    return option(
+        None,
+        f"input side in pixels (default: the checkpoint's; {UNRECORDED_IMAGE_SIZE} for reference checkpoints)",
+        low=MIN_IMAGE_SIZE,
+        metavar="S",
+    )
+
+
+def device_option(default: str) -> Any:
+    """--device."""
+    return option(default, f"torch device: auto, cpu, cuda or cuda:N (default {default})", metavar="DEVICE")
+
+
+def batch_size_option(default: int, help: str = "images per forward pass") -> Any:
+    """--batch-size of a command that runs a model."""
+    return option(default, f"{help} (default {default})", low=1, metavar="B")
+
+
+def workers_option(default: int) -> Any:
+    """--workers: data-loading processes."""
+    return option(default, f"data-loading processes (default {default})", low=0, metavar="N")
+
+
+def amp_option() -> Any:
+    """--amp."""
+    return option(
+        "none",
+        "mixed precision on GPU: none (default, exact fp32), bf16 or fp16, an explicit trade of accuracy for speed",
+        choices=AMP_MODES,
+    )
+
+
+def tta_option(help: str | None = None) -> Any:
+    """--tta."""
+    return option(
+        "none",
+        help
+        or "test-time augmentation: none (default), or flip, the average of the logits of each image and its "
+        "mirror (to reproduce a run trained with --tta flip)",
+        choices=TTA_MODES,
+    )
+
+
+def exact_option() -> Any:
+    """--exact: the network as written instead of the default folded model (--fast, the old spelling of the
+    folded model, only warns)."""
+    return option(
+        False,
+        "run the network as written (batch norm apart, default memory layout) instead of the default "
+        "batch-norm-folded, channels-last copy: the same scores to float32 rounding, slower on CPU "
+        "(see BENCHMARKS.md)",
+        retired={"--fast": RETIRED_FAST},
+    )
+
+
+def retired_fast_option() -> Any:
+    """--fast on a command without --exact (export): accepted with a warning, and nothing else."""
+    return option(False, RETIRED_FAST, retired={"--fast": RETIRED_FAST}, flag="--fast")
+
+
+def threshold_option(help: str) -> Any:
+    """--threshold: one probability for every label."""
+    return option(None, help, low=0, high=1, metavar="T")
+
+
+def exif_orientation_option() -> Any:
+    """--exif-orientation: how image files are decoded."""
+    return option(
+        None,
+        "turn photos upright by their EXIF orientation tag (default: as the checkpoint's training did; on for "
+        "reference and older checkpoints)",
+        choices=("on", "off"),
+    )
+
+
+def max_megapixels_option() -> Any:
+    """--max-megapixels: the largest image decoded."""
+    return option(
+        DEFAULT_MAX_PIXELS / 1e6,
+        "refuse images larger than MP megapixels, read from the file's header before decoding "
+        f"(default {DEFAULT_MAX_PIXELS / 1e6:g})",
+        low=0,
+        bounds="(]",
+        metavar="MP",
+    )

@@ -170,3 +170,25 @@ def test_load_time_imports_form_no_circle() -> None:
     graph = {m: {t for _, t in imports(m, True) if t in MODULES and t != m} for m in MODULES}
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+MAX_LINES = 500
+
+
+def test_no_module_passes_500_lines() -> None:
+    """A file holds one job: the 785-line serve.py and 783-line train.py each held several."""
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
+def test_flags_are_made_only_by_the_option_translator() -> None:
+    """Every command declares its options as fields (msrn.options.option); only msrn.options turns fields into
+    flags, so no command parses, bounds or documents a flag of its own."""
+    found = [
+        f"{m} line {node.lineno}"
+        for m, path in MODULES.items()
+        if m != "msrn.options"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr in ("add_argument", "add_argument_group")
+    ]
+    assert found == []

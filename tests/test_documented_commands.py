@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import re
 import shlex
 import shutil
@@ -32,7 +33,7 @@ from msrn.cli import COMMANDS, build_parser
 from msrn.cli import main as cli
 from msrn.data import GENERATED, ensure_scenes, ensure_synthetic
 from msrn.data.generated import default_root
-from msrn.engine.config import config_from_args
+from msrn.engine.config import config_from_args, preset_config
 from msrn.errors import MSRNError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,19 +254,26 @@ def test_placeholders_become_values_their_option_takes() -> None:
 def test_a_refused_line_fails_with_the_parsers_message() -> None:
     with pytest.raises(ParseError, match="--no-such-flag"):
         parse(Documented("x:1", ("train", "--dataset", "synthetic", "--no-such-flag"), False, False, "msrn"))
-    with pytest.raises(ParseError, match="required: --dataset"):  # a block line is a whole command
-        parse(Documented("x:1", ("train", "--epochs", "2"), False, False, "msrn"))
+    with pytest.raises(ParseError, match="required: --data"):  # a block line is a whole command
+        parse(Documented("x:1", ("evaluate", "--dataset", "csv", "--checkpoint", "m.pt"), False, False, "msrn"))
 
 
 @pytest.mark.parametrize("doc", COMMAND_LINES, ids=str)
-def test_documented_command_line_parses(doc: Documented) -> None:
+def test_documented_command_line_parses(doc: Documented, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The parser takes the line; a whole `msrn train` line's values also pass the training configuration's checks
-    (bounds, choices, options that exclude each other), still without touching a file."""
+    (bounds, choices, options that exclude each other), still without touching a file but the --config file the
+    line names, written here as a run writes its config.json."""
     try:
         args, whole = parse(doc)
     except ParseError as e:
         pytest.fail(f"{doc}\n{e}")
+    if doc.argv[0] == "train" and args.dataset is None and args.config is None:
+        whole = False  # a mention of some train options (--dataset is required, or --config)
     if whole and doc.argv[0] == "train":
+        if args.config is not None:
+            monkeypatch.chdir(tmp_path)
+            Path(args.config).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.config).write_text(json.dumps(preset_config("scenes").to_dict()))
         try:
             config_from_args(args)
         except MSRNError as e:
@@ -300,7 +308,14 @@ OVERRIDES = {
     ),  # fmt: skip
 }
 # placeholders of the lines that run, by the option they follow: files of the workspace
-RUN_VALUES = {"--data": "data/scenes", "--checkpoint": "runs/mine/best.pt", "--list": "photos.txt"}
+# the bounds of an option are checked on the command's options (msrn.options), after parsing: S is a size the
+# workspace's checkpoint takes
+RUN_VALUES = {
+    "--data": "data/scenes",
+    "--checkpoint": "runs/mine/best.pt",
+    "--list": "photos.txt",
+    "--image-size": "64",
+}
 CHECKPOINTS = {"runs/mine/best.pt", "runs/my/best.pt", "best.pt"}
 
 

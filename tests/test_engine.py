@@ -293,7 +293,7 @@ def test_validate_is_pure_and_every_option_is_declared_on_its_field() -> None:
     import argparse
     import dataclasses
 
-    from msrn.engine.config import add_config_arguments
+    from msrn.options import add_options
 
     given = TrainConfig(dataset="csv", pretrained="none", ema=0.0, depths=(3, 1))
     settled = given.validate()
@@ -302,7 +302,7 @@ def test_validate_is_pure_and_every_option_is_declared_on_its_field() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         given.epochs = 3
     parser = argparse.ArgumentParser()
-    add_config_arguments(parser)
+    add_options(parser, TrainConfig, overlay=True)
     actions = {a.dest: a for a in parser._actions}
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata["help"], f.name
@@ -374,7 +374,8 @@ def relabelled_csv(csv: Path, folder: Path) -> Path:
 
 def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, Path], tmp_path: Path) -> None:
     from msrn.checkpoint import read_checkpoint
-    from msrn.engine.train import Trainer, train
+    from msrn.engine.train import train
+    from msrn.engine.trainer import Trainer
 
     csv, out = run
     source = read_checkpoint(out / "best.pt")["state_dict"]

@@ -176,7 +176,7 @@ def _reference_layout(seed: int) -> dict[str, torch.Tensor]:
 def test_init_from_a_reference_checkpoint_keeps_the_models_classifier(
     head: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
-    from msrn.engine import train
+    from msrn.engine import run_start as train
 
     sd = _reference_layout(seed=3)
     path = tmp_path / "ref.pth.tar"

@@ -275,7 +275,7 @@ def test_hub_id_on_the_command_line(run: Path, folder: Path, offline_hub: Path, 
 
 
 def test_init_and_pretrained_take_a_folder(folder: Path, run: Path):
-    from msrn.engine.train import init_from_checkpoint
+    from msrn.engine.run_start import init_from_checkpoint
     from msrn.models.pretrained import load_pretrained_backbone
 
     fresh = create_model("msrn_tiny", labels=list("abcdefg"))

@@ -14,7 +14,7 @@ import torch
 from data_helpers import make_csv, tiny_train_args
 from PIL import Image
 
-import msrn.engine.train
+import msrn.engine.run_start
 import msrn.labels.encoder
 from msrn.cli import main as cli_main
 from msrn.data import MultiLabelData, build_dataset
@@ -367,7 +367,7 @@ def test_training_builds_the_model_from_its_label_set(tmp_path: Path, monkeypatc
         built.append(dataclasses.replace(build_label_set(*args, **kwargs), reweight=0.9))
         return built[-1]
 
-    monkeypatch.setattr(msrn.engine.train, "build_label_set", reweighted)
+    monkeypatch.setattr(msrn.engine.run_start, "build_label_set", reweighted)
     csv = make_csv(tmp_path / "data", n_train=16, n_test=6)
     assert (
         cli_main(tiny_train_args(csv, tmp_path / "run", "--val-fraction", "0", "--tau", "0.05", batch_size=8, epochs=1))

@@ -16,7 +16,7 @@ from data_helpers import noise_csv, tiny_train_args
 
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
-from msrn.engine import train as train_module
+from msrn.engine import trainer as train_module
 from msrn.engine.preemption import REQUEUE_STATUS, parse_signal
 from msrn.errors import MSRNError
 

@@ -3,7 +3,6 @@ end to end in headless chromium."""
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import io
@@ -35,8 +34,12 @@ from msrn.models.loading import model_state
 
 pytest.importorskip("flask", reason="flask not installed (pip install 'msrn[serve]')")
 
-import msrn.inference.serve as serve  # noqa: E402  (needs flask)
-from msrn.inference.serve import Batcher, GracefulStop, create_app, make_server, serve_token  # noqa: E402
+import msrn.inference.serving.lifecycle as lifecycle  # noqa: E402  (needs flask)
+import msrn.inference.serving.routes as routes  # noqa: E402
+from msrn.inference.serve import ServeOptions, serve_token  # noqa: E402
+from msrn.inference.serving.batching import Batcher  # noqa: E402
+from msrn.inference.serving.lifecycle import GracefulStop, make_server  # noqa: E402
+from msrn.inference.serving.routes import ServeLimits, create_app  # noqa: E402
 
 LABELS = ["cat", "dog", "car", "tree", "sky"]
 CHROMIUM = os.environ.get("MSRN_CHROMIUM", "/usr/bin/chromium")
@@ -77,7 +80,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def client(checkpoints: dict):
     """Flask test client of the app over the tiny MSRN."""
-    return create_app(load(checkpoints["msrn"]), explain_k=3, max_upload_mb=1).test_client()
+    return create_app(load(checkpoints["msrn"]), ServeLimits(explain_labels=3, max_upload_mb=1)).test_client()
 
 
 def _post(client, data: bytes, name: str = "scene.png", explain: bool = False):
@@ -224,7 +227,7 @@ def test_concurrent_mixed_uploads_get_their_status_and_predicts_scores(checkpoin
     }
     jobs = [(n, d, 200, "") for n, d in good.items()] * 2 + [(n, *v) for n, v in bad.items()] * 2
     predictor = load(checkpoints["msrn"], max_pixels=4_000_000)
-    app = create_app(predictor, max_upload_mb=1, queue=32, batch_size=4, batch_wait_ms=50)
+    app = create_app(predictor, ServeLimits(max_upload_mb=1, queue=32, batch_size=4, batch_wait_ms=50))
     with _serving(app) as url, ThreadPoolExecutor(len(jobs)) as pool:
         answers = list(pool.map(lambda job: _upload(url, job[1], job[0], explain="1" if "1" in job[0] else "0"), jobs))
         health = json.loads(urllib.request.urlopen(url + "healthz", timeout=10).read())
@@ -252,7 +255,7 @@ def test_full_queue_answers_503_at_once(checkpoints: dict, monkeypatch: pytest.M
         return run(*args, **kwargs)
 
     monkeypatch.setattr(predictor, "run", held_run)
-    app = create_app(predictor, queue=2)
+    app = create_app(predictor, ServeLimits(queue=2))
     with _serving(app) as url, ThreadPoolExecutor(2) as pool:
         first = [pool.submit(_upload, url, _png(), f"held{i}.png") for i in range(2)]
         assert started.wait(30)
@@ -307,8 +310,8 @@ def _metric(app, name: str, **labels: str) -> float | None:
 
 def test_token_guards_every_route_but_the_page_and_healthz(checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     compared = []
-    real = serve.hmac.compare_digest
-    monkeypatch.setattr(serve.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
+    real = routes.hmac.compare_digest
+    monkeypatch.setattr(routes.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
     client = create_app(load(checkpoints["msrn"]), token="s3cret-token").test_client()
     good = {"Authorization": "Bearer s3cret-token"}
     for headers in (
@@ -355,7 +358,7 @@ def test_non_loopback_without_token_is_refused_unless_insecure(
     monkeypatch.delenv("MSRN_SERVE_TOKEN", raising=False)
     if env:
         monkeypatch.setenv("MSRN_SERVE_TOKEN", env)
-    args = argparse.Namespace(host=host, port=8000, token=None, insecure_no_token=insecure)
+    args = ServeOptions(checkpoint="best.pt", host=host, insecure_no_token=insecure)
     if outcome == "refused":
         with pytest.raises(MSRNError, match="--insecure-no-token"):
             serve_token(args)
@@ -366,7 +369,7 @@ def test_non_loopback_without_token_is_refused_unless_insecure(
 
 def test_metrics_count_known_traffic(checkpoints: dict) -> None:
     """Two tagged images, one unreadable upload, one info request, one 503 while draining: each counted."""
-    app = create_app(load(checkpoints["msrn"]), max_upload_mb=1, batch_size=4)
+    app = create_app(load(checkpoints["msrn"]), ServeLimits(max_upload_mb=1, batch_size=4))
     client = app.test_client()
     assert _post(client, _png()).status_code == 200
     assert _post(client, _png((64, 64))).status_code == 200
@@ -421,8 +424,8 @@ def test_access_log_line_and_request_id(client, caplog: pytest.LogCaptureFixture
 
 def test_shutdown_without_waitress_trigger(checkpoints: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """The public fallbacks of Server (no waitress trigger, no dispatcher): requests are answered, serving ends."""
-    monkeypatch.setattr(serve, "_loop_caller", lambda server: None)
-    monkeypatch.setattr(serve, "_stop_worker_threads", lambda server: None)
+    monkeypatch.setattr(lifecycle, "_loop_caller", lambda server: None)
+    monkeypatch.setattr(lifecycle, "_stop_worker_threads", lambda server: None)
     with _serving(create_app(load(checkpoints["msrn"]))) as url:  # _serving asserts the thread ended
         assert _upload(url, _png(), "a.png")[0] == 200
         assert json.loads(urllib.request.urlopen(url + "healthz", timeout=10).read())["status"] == "ok"
@@ -442,7 +445,7 @@ def test_sigterm_drains_16_requests_in_flight(checkpoints: dict, monkeypatch: py
     sizes = [(120, 90), (64, 64), (90, 160), (200, 120)] * 4
     expected = predictor.probabilities([Image.open(io.BytesIO(_png(s))) for s in sizes])
     monkeypatch.setattr(predictor, "run", held_run)
-    app = create_app(predictor, queue=16, batch_size=4)
+    app = create_app(predictor, ServeLimits(queue=16, batch_size=4))
     server = make_server(app, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.port}/"
     results: dict = {}

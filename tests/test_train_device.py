@@ -11,7 +11,7 @@ import torch
 from data_helpers import noise_csv, tiny_train_args
 
 import msrn.engine.losses as losses_module
-import msrn.engine.train as train_module
+import msrn.engine.trainer as train_module
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
 from msrn.data.loader import default_workers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from inspect import signature
 from pathlib import Path
@@ -18,10 +17,12 @@ from msrn.data.scenes import ensure_scenes, read_scenes
 from msrn.data.synthetic import ensure_synthetic, read_synthetic
 from msrn.data.voc import read_voc2007
 from msrn.errors import MSRNError
+from msrn.options import option
 
 __all__ = [
-    "DATASETS", "DEFAULT_SPLITS", "READER_OPTIONS", "ImageDataset", "MultiLabelData", "add_reader_arguments",
-    "build_dataset", "ensure_scenes", "ensure_synthetic", "open_image", "reader_options",
+    "DATASETS", "DEFAULT_SPLITS", "READER_OPTIONS", "ImageDataset", "MultiLabelData", "apparel_labels_option",
+    "build_dataset", "data_option", "dataset_option", "ensure_scenes", "ensure_synthetic",
+    "keep_unannotated_option", "open_image", "reader_options",
 ]  # fmt: skip
 
 DATASETS: tuple[str, ...] = ("voc2007", "coco2014", "nuswide", "apparel", "csv", "synthetic", "scenes")
@@ -70,11 +71,25 @@ def reader_options(source: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None and value is not False}
 
 
-def add_reader_arguments(parser: argparse.ArgumentParser) -> None:
-    """The reader options as command-line flags (TrainConfig carries the same ones for `msrn train`)."""
-    parser.add_argument("--keep-unannotated", action="store_true",
-                        help="coco2014: keep images without annotations (all-zero targets); the reference leaves "
-                             "them out")  # fmt: skip
-    parser.add_argument("--apparel-labels", metavar="FILE",
-                        help="apparel: the reference's image_label.pkl, for its split and labels (default: "
-                             "image_label.pkl in the data folder or its apparel/ folder, when there)")  # fmt: skip
+def dataset_option(required: bool = True) -> Any:
+    """--dataset: the reader to use."""
+    return option(None, "dataset kind", choices=DATASETS, required=required)
+
+
+def data_option(required: bool = True) -> Any:
+    """--data: where the dataset is."""
+    return option("" if not required else None, "dataset root folder (the CSV file for --dataset csv)",
+                  required=required)  # fmt: skip
+
+
+def keep_unannotated_option() -> Any:
+    """--keep-unannotated (coco2014's reader)."""
+    return option(False, "coco2014: keep images without annotations (all-zero targets); the reference leaves "
+                         "them out")  # fmt: skip
+
+
+def apparel_labels_option() -> Any:
+    """--apparel-labels (apparel's reader)."""
+    return option(None, "apparel: the reference's image_label.pkl, for its split and labels (default: "
+                        "image_label.pkl in the data folder or its apparel/ folder, when there)",
+                  metavar="FILE")  # fmt: skip

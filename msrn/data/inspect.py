@@ -6,25 +6,44 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from msrn.data import DATASETS, DEFAULT_SPLITS, MultiLabelData, add_reader_arguments, build_dataset, reader_options
+from msrn.data import (
+    DEFAULT_SPLITS,
+    MultiLabelData,
+    apparel_labels_option,
+    build_dataset,
+    data_option,
+    dataset_option,
+    keep_unannotated_option,
+    reader_options,
+)
 from msrn.errors import MSRNError
+from msrn.options import Options, add_options, option
 from msrn.targets import UNKNOWN
+
+
+@dataclass(frozen=True, kw_only=True)
+class InspectOptions(Options):
+    """Options of `msrn inspect`."""
+
+    dataset: str = dataset_option()
+    data: str = data_option()
+    split: str | None = option(None, "split to read (default: the dataset's train split)")
+    json: bool = option(False, "print one JSON object instead of a table")
+    images: bool = option(False, "with --json: also list every image (path relative to the data root, label names)")
+    keep_unannotated: bool = keep_unannotated_option()
+    apparel_labels: str | None = apparel_labels_option()
+
+    def check(self) -> None:
+        if self.images and not self.json:
+            raise MSRNError("--images lists every image in the JSON summary: add --json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn inspect`."""
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset kind")
-    parser.add_argument("--data", required=True, help="dataset folder (for csv: the CSV file)")
-    parser.add_argument("--split", default=None, help="split to read (default: the dataset's train split)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument(
-        "--images",
-        action="store_true",
-        help="with --json: also list every image (path relative to the data root, label names)",
-    )
-    add_reader_arguments(parser)
+    add_options(parser, InspectOptions)
 
 
 def relative_path(path: Path, root: Path) -> str:
@@ -51,10 +70,9 @@ def image_entries(data: MultiLabelData) -> list[dict]:
     return entries
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace | InspectOptions) -> int:
     """Read the split and print its summary as a table or as one JSON object."""
-    if args.images and not args.json:
-        raise MSRNError("--images lists every image in the JSON summary: add --json")
+    args = InspectOptions.from_args(args)
     split = args.split or DEFAULT_SPLITS[args.dataset][0]
     data = build_dataset(args.dataset, args.data, split, **reader_options(args))
     counts = data.label_counts()

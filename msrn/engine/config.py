@@ -1,58 +1,36 @@
 """One typed configuration for training and evaluation, shared by the CLI and the Python API.
 
 Dataset presets carry the paper's hyper-parameters (docs/design.md §7), so a user names the
-dataset and the data path and nothing else. Every field can be overridden from the CLI: a new option is
-one field, declared with `option(default, help, choices=..., low=..., high=...)`; its flag and its checks
-follow from that declaration.
+dataset and the data path and nothing else. Every field can be overridden from the CLI, or from a --config
+file (a run's config.json reruns it): a new option is one field, declared with `option(default, help,
+choices=..., low=..., high=...)` (msrn.options); its flag and its checks follow from that declaration.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import types
-import typing
-from collections.abc import Sequence
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from msrn.data import GENERATED
+from msrn.data import (
+    DATASETS,
+    GENERATED,
+    apparel_labels_option,
+    data_option,
+    keep_unannotated_option,
+)
 from msrn.data.loader import default_workers
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.engine.optim import ONECYCLE_PCT_START, OPTIMIZERS, SCHEDULES
 from msrn.errors import MSRNError
+from msrn.labels.options import cooccurrence_option, name_map_option, tau_option, word_vectors_option
 from msrn.labels.reference_files import default_sources
 from msrn.models.heads import HEADS
-from msrn.options import AMP_MODES, RUNTIME_FLAGS, TTA_MODES, out_of_bounds
-
-
-def option(
-    default: Any = None,
-    help: str | None = None,
-    *,
-    choices: Sequence[Any] | None = None,
-    low: float | None = None,
-    high: float | None = None,
-    bounds: str = "[]",
-    metavar: str | None = None,
-    factory: Any = None,
-) -> Any:
-    """A TrainConfig field with its command-line option declared on it: help text, allowed values
-    (`choices`, for each element of a tuple) and bounds (`low`, `high`; `bounds` "[]", "[)", "(]" or "()"
-    says which ends are included). `validate` checks them; `add_config_arguments` makes the flag."""
-    meta = {
-        "help": help,
-        "choices": tuple(choices) if choices is not None else None,
-        "low": low,
-        "high": high,
-        "bounds": bounds,
-        "metavar": metavar,
-    }
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+from msrn.options import amp_option, check_field, device_option, field_values, option, tta_option
 
 
 @dataclass(frozen=True)
@@ -60,8 +38,10 @@ class TrainConfig:
     """Everything a training run depends on; written to the run folder as config.json. Each field carries its
     option's help, choices and bounds, so an option is declared in one place."""
 
-    dataset: str = option("synthetic", "dataset kind; its preset carries the paper's hyper-parameters")
-    data: str = option("", "dataset root folder (the CSV file for --dataset csv)")
+    dataset: str = option(
+        "synthetic", "dataset kind; its preset carries the paper's hyper-parameters", choices=DATASETS, required=True
+    )
+    data: str = data_option(required=False)
     out: str = option(
         "",
         "run folder: last.pt, best.pt, metrics.json, config.json, log.txt, plots (default runs/DATASET-MODEL, "
@@ -148,30 +128,14 @@ class TrainConfig:
         "elementwise (the reference code's per-label head, weights linear in the labels: for thousands of labels)",
         choices=HEADS,
     )
-    word_vectors: str | None = option(
-        None,
-        "label vectors: 'reference' (the reference's GloVe pickle for the dataset, fetched and checked; the "
-        "default for voc2007, coco2014, nuswide, apparel), 'ngram' (built-in; the default otherwise), 'encoder', "
-        "a GloVe/fastText text file, or a .pkl",
-    )
-    name_map: str | None = option(None, "file of 'label=words' lines for names missing from a vector file")
-    cooccurrence: str | None = option(
-        None,
-        "label co-occurrence: 'reference' (the reference's {'adj','nums'} pickle for the dataset, fetched "
-        "and checked; the default for voc2007, coco2014, nuswide, apparel), 'train' (count the training split; "
-        "the default otherwise), or such a pickle file",
-    )
-    tau: float = option(0.4, "edge threshold on P(j|i) of the label graph", low=0, high=1)
+    word_vectors: str | None = word_vectors_option()
+    name_map: str | None = name_map_option()
+    cooccurrence: str | None = cooccurrence_option()
+    tau: float = tau_option()
     train_split: str | None = option(None, "training split (default: the dataset's)")
     test_split: str | None = option(None, "test split (default: the dataset's)")
-    keep_unannotated: bool = option(
-        False, "coco2014: keep images without annotations (all-zero targets); the reference leaves them out"
-    )
-    apparel_labels: str | None = option(
-        None,
-        "apparel: the reference's image_label.pkl, for its split and labels (default: image_label.pkl in "
-        "the data folder or its apparel/ folder, when there)",
-    )
+    keep_unannotated: bool = keep_unannotated_option()
+    apparel_labels: str | None = apparel_labels_option()
     val_fraction: float = option(
         0.0,
         "carve this fraction of training images as a validation split; best.pt is chosen on it",
@@ -195,8 +159,8 @@ class TrainConfig:
         "decode every image once before training and keep it in memory, so no file is read again and no "
         "loading process is needed (small data sets; the scenes preset's default); up to 4 GiB decoded",
     )
-    device: str = option("auto", "torch device: auto, cpu, cuda or cuda:N")
-    amp: str = option("none", RUNTIME_FLAGS["amp"]["help"], choices=AMP_MODES)
+    device: str = device_option("auto")
+    amp: str = amp_option()
     compile: bool = option(
         False,
         "run the training steps through torch.compile (opt-in: the first steps compile for minutes on a "
@@ -247,14 +211,15 @@ class TrainConfig:
     ema_warmup: int = option(
         0, "EMA warm-up in optimiser steps: step n uses decay x (1 - exp(-n / STEPS)); default 0 (none)", low=0
     )
-    tta: str = option(
-        "none",
-        "test-time augmentation of every epoch's evaluation: none (default) or flip (the "
-        "average of the image's and its mirror's logits); evaluate and predict take --tta too",
-        choices=TTA_MODES,
+    tta: str = tta_option(
+        "test-time augmentation of every epoch's evaluation: none (default) or flip (the average of the image's "
+        "and its mirror's logits); evaluate and predict take --tta too"
     )
     resume: str | None = option(
-        None, "resume from a checkpoint; with no file, from last.pt in the run folder", metavar="CHECKPOINT"
+        None,
+        "resume from a checkpoint; with no file, from last.pt in the run folder",
+        metavar="CHECKPOINT",
+        const="auto",
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -303,7 +268,7 @@ class TrainConfig:
             changes["out"] = default_run_folder(self.dataset, self.model)
         cfg = dataclasses.replace(self, **changes)
         for f in dataclasses.fields(cfg):
-            _check_field(f, getattr(cfg, f.name))
+            check_field(f, getattr(cfg, f.name))
         if cfg.model.startswith("msrn") and cfg.image_size < 64:  # stride-32 features, then a 2x2 pool
             raise MSRNError(f"--model {cfg.model} needs --image-size >= 64, not {cfg.image_size}")
         if not cfg.crop_scales:
@@ -333,25 +298,6 @@ class TrainConfig:
 def default_run_folder(dataset: str, model: str) -> str:
     """The run folder of a run given no --out: runs/DATASET-MODEL."""
     return f"runs/{dataset}-{model}"
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_field(f: dataclasses.Field, value: Any) -> None:
-    """One line unless every value of the field (each element of a tuple) is among its choices and in its bounds."""
-    meta = f.metadata
-    for v in value if isinstance(value, tuple) else (value,):
-        if v is None:
-            continue
-        if meta.get("choices") is not None and v not in meta["choices"]:
-            raise MSRNError(f"{_flag(f.name)} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}")
-        low, high = meta.get("low"), meta.get("high")
-        allowed = None if low is None and high is None else out_of_bounds(v, low, high, meta.get("bounds", "[]"))
-        if allowed is not None:
-            shown = list(value) if isinstance(value, tuple) else value
-            raise MSRNError(f"{_flag(f.name)} must be {allowed}, not {shown}")
 
 
 _FULL_MODEL = {"depths": (1, 2, 3), "group_semantics": True, "label_graph": True, "head": "mlp"}
@@ -407,45 +353,46 @@ def preset_config(dataset: str, **overrides: Any) -> TrainConfig:
 __all__ = ["TrainConfig", "PRESETS", "preset_config"]
 
 
-def _flag_type(hint: Any) -> tuple[Any, bool]:
-    """The element type a flag parses and whether it takes several values, from a field's resolved type
-    (`int`, `float | None`, `tuple[int, ...]`, ...)."""
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):  # X | None: the flag parses X
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is tuple:
-        return typing.get_args(hint)[0], True
-    return hint, False
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, made from the field's type and metadata; unset options keep the
-    dataset preset's value."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        flag, meta = _flag(f.name), f.metadata
-        if f.name == "dataset":  # the presets are its choices
-            parser.add_argument(flag, required=True, choices=list(PRESETS), help=meta["help"])
-            continue
-        kw: dict[str, Any] = {"default": None, "help": meta["help"]}
-        if meta["metavar"]:
-            kw["metavar"] = meta["metavar"]
-        if f.name == "resume":  # a bare --resume: the run folder's last.pt
-            kw.update(nargs="?", const="auto")
-        kind, several = _flag_type(hints[f.name])
-        if kind is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif kind in (int, float):
-            kw["type"] = kind
-        if several:
-            kw["nargs"] = "+"
-        if meta["choices"] is not None:
-            kw["choices"] = list(meta["choices"])
-        parser.add_argument(flag, **kw)
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The options a --config file holds: a run's config.json, or any JSON or YAML mapping of option names
+    (as in config.json: lr_backbone, not --lr-backbone) to values."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MSRNError(f"--config: cannot read {path}: {e}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml  # optional: only YAML files need PyYAML
+        except ImportError:
+            raise MSRNError(
+                f"--config {path}: reading YAML needs PyYAML (pip install pyyaml); JSON needs nothing"
+            ) from None
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise MSRNError(f"--config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MSRNError(f"--config {path} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise MSRNError(f"--config {path} must hold a mapping of option names to values")
+    return values
 
 
 def config_from_args(args: Any) -> TrainConfig:
-    """The preset of args.dataset with every option the user gave on top."""
-    values: dict[str, Any] = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(TrainConfig)}
-    if values["dataset"] not in GENERATED and not values["data"]:  # generated data sets go to msrn's cache
-        raise MSRNError(f"--data is required for --dataset {values['dataset']}")
-    return preset_config(values.pop("dataset"), **values)
+    """The config a `msrn train` command line describes: the dataset's preset, under the values of the --config
+    file (a run's config.json gives every value, so the run is reproduced), under the flags given."""
+    given = {k: v for k, v in field_values(TrainConfig, args).items() if v is not None}
+    from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    dataset = given.get("dataset", from_file.get("dataset"))
+    if dataset is None:
+        raise MSRNError("--dataset is required (or --config FILE with a dataset)")
+    if dataset not in PRESETS:
+        raise MSRNError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**PRESETS[dataset], **from_file, **given, "dataset": dataset}
+    if dataset not in GENERATED and not values.get("data"):  # generated data sets go to msrn's cache
+        raise MSRNError(f"--data is required for --dataset {dataset}")
+    return TrainConfig.from_dict(values).validate()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,14 @@ from tqdm import tqdm
 
 from msrn import distributed as dist
 from msrn.data import (
-    DATASETS,
     DEFAULT_SPLITS,
     ImageDataset,
     MultiLabelData,
-    add_reader_arguments,
+    apparel_labels_option,
     build_dataset,
+    data_option,
+    dataset_option,
+    keep_unannotated_option,
     reader_options,
 )
 from msrn.data.loader import build_loader
@@ -37,7 +40,21 @@ from msrn.metrics import format_metrics, multilabel_metrics, reference_order_ave
 from msrn.models.fuse import optimize_for_inference
 from msrn.models.loading import load_checkpoint
 from msrn.models.tta import with_tta
-from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments
+from msrn.options import (
+    Options,
+    add_options,
+    amp_option,
+    batch_size_option,
+    checkpoint_option,
+    device_option,
+    exact_option,
+    image_size_option,
+    option,
+    reference_cooccurrence_option,
+    reference_word_vectors_option,
+    tta_option,
+    workers_option,
+)
 
 log = logging.getLogger("msrn")
 
@@ -129,24 +146,42 @@ def format_tuned(tuned: dict) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--data", required=True, help="dataset root folder (the CSV file for --dataset csv)")
-    p.add_argument("--split", help="split to evaluate (default: the dataset's test split)")
-    p.add_argument("--json", metavar="FILE", help="also write the metrics to this JSON file")
-    p.add_argument(
-        "--scores",
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions(Options):
+    """Options of `msrn evaluate`."""
+
+    dataset: str = dataset_option()
+    data: str = data_option()
+    split: str | None = option(None, "split to evaluate (default: the dataset's test split)")
+    json: str | None = option(None, "also write the metrics to this JSON file", metavar="FILE")
+    scores: str | None = option(
+        None,
+        "also write every image's label probabilities to this CSV: a header (image, then the labels in order), "
+        "then per image its path and one probability per label",
         metavar="FILE",
-        help="also write every image's label probabilities to this CSV: a header (image, then the labels "
-        "in order), then per image its path and one probability per label",
     )
-    add_checkpoint_arguments(p, labels=False)
-    add_runtime_arguments(p, batch_size=16, workers=2, device="auto", amp="none", tta="none")
-    add_fast_argument(p)
-    add_reader_arguments(p)
+    checkpoint: str = checkpoint_option()
+    word_vectors: str | None = reference_word_vectors_option()
+    cooccurrence: str | None = reference_cooccurrence_option()
+    image_size: int | None = image_size_option()
+    batch_size: int = batch_size_option(16)
+    workers: int = workers_option(2)
+    device: str = device_option("auto")
+    amp: str = amp_option()
+    tta: str = tta_option()
+    exact: bool = exact_option()
+    keep_unannotated: bool = keep_unannotated_option()
+    apparel_labels: str | None = apparel_labels_option()
 
 
-def main(args: argparse.Namespace) -> int:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `msrn evaluate`."""
+    add_options(p, EvaluateOptions)
+
+
+def main(args: argparse.Namespace | EvaluateOptions) -> int:
+    """Run `msrn evaluate`: score the split with the checkpoint, print (and write) its metrics."""
+    args = EvaluateOptions.from_args(args)
     device = dist.setup(args.device)
     if args.scores and dist.is_main():
         check_writable(Path(args.scores).absolute().parent)  # before the long evaluation, not after it
@@ -162,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
         )
         net = loaded.model.to(device)
     image_size = args.image_size or loaded.image_size
-    group_loss = model_group_loss(net)  # before --fast, whose eval-only copy keeps no group loss
+    group_loss = model_group_loss(net)  # before folding, whose eval-only copy keeps no group loss
     # without --exact: batch norm folded, channels-last: the same logits to float32 rounding, faster
     model: nn.Module = net if args.exact else optimize_for_inference(net)
     model = with_tta(model, args.tta)

@@ -1,9 +1,8 @@
-"""Options of the tagging commands: how predict and serve decode images, and the Predictor that the checkpoint
-options (msrn.options, shared with evaluate) describe."""
+"""What the tagging commands' options mean: how predict and serve decode images, and the Predictor that the
+checkpoint options (msrn.options, shared with evaluate) describe."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 from PIL import Image
 
 from msrn.errors import MSRNError, setting_up
-from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.inference.predictor import Predictor, load
 
 
@@ -27,32 +25,12 @@ def read_label_names(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    """--exif-orientation and --max-megapixels (predict, serve): how image files are decoded."""
-    parser.add_argument(
-        "--exif-orientation",
-        choices=("on", "off"),
-        help="turn photos upright by their EXIF orientation tag (default: as the checkpoint's "
-        "training did; on for reference and older checkpoints)",
-    )
-    parser.add_argument(
-        "--max-megapixels",
-        type=float,
-        default=DEFAULT_MAX_PIXELS / 1e6,
-        metavar="MP",
-        help="refuse images larger than MP megapixels, read from the file's header before "
-        f"decoding (default {DEFAULT_MAX_PIXELS / 1e6:g})",
-    )
-
-
-def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The Predictor options that add_decoding_arguments' flags set.
+def decoding_options(args: Any) -> dict[str, Any]:
+    """The Predictor options that a command's --exif-orientation and --max-megapixels set.
 
     Pillow's own decompression-bomb limit is raised to --max-megapixels when that is higher: the
     command owns its process, and the limit checked is then ours.
     """
-    if not args.max_megapixels > 0:
-        raise MSRNError("--max-megapixels must be positive")
     max_pixels = int(args.max_megapixels * 1e6)
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
@@ -62,9 +40,9 @@ def decoding_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def load_from_args(args: argparse.Namespace, **options: Any) -> Predictor:
-    """The Predictor that the shared checkpoint options describe."""
-    labels = read_label_names(args.labels) if args.labels else None
+def load_from_args(args: Any, **options: Any) -> Predictor:
+    """The Predictor that a command's checkpoint options (msrn.options) describe."""
+    labels = read_label_names(args.labels) if getattr(args, "labels", None) else None
     with setting_up():  # a value torch refuses while the model is built and moved: one line, no traceback
         return load(
             args.checkpoint, args.word_vectors, args.cooccurrence, labels, image_size=args.image_size, **options

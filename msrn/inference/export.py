@@ -20,6 +20,7 @@ import sys
 import uuid
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,29 @@ from torch import nn
 from msrn.errors import MSRNError
 from msrn.hub import CARD, CONFIG, WEIGHTS
 from msrn.inference.args import load_from_args
-from msrn.inference.push import INPUT, NORMALIZATION, add_card_arguments, export_folder, export_options
+from msrn.inference.push import (
+    INPUT,
+    NORMALIZATION,
+    card_dataset_option,
+    card_license_option,
+    card_metrics_option,
+    export_folder,
+    export_options,
+)
 from msrn.io import atomic_write_bytes
 from msrn.models.msrn import MSRN, Classifier
-from msrn.options import UNRECORDED_IMAGE_SIZE, add_checkpoint_arguments, add_deprecated_fast, bounded
+from msrn.options import (
+    UNRECORDED_IMAGE_SIZE,
+    Options,
+    add_options,
+    checkpoint_option,
+    image_size_option,
+    label_names_option,
+    option,
+    reference_cooccurrence_option,
+    reference_word_vectors_option,
+    retired_fast_option,
+)
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the logits, relative to max(1, max |logit|)
@@ -159,31 +179,55 @@ def export_onnx(
     return diff
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions(Options):
+    """Options of `msrn export`."""
+
+    checkpoint: str = checkpoint_option()
+    word_vectors: str | None = reference_word_vectors_option()
+    cooccurrence: str | None = reference_cooccurrence_option()
+    labels: str | None = label_names_option()
+    image_size: int | None = image_size_option()
+    format: str = option(
+        "onnx",
+        "onnx: one ONNX file; hub: a model folder (model.safetensors, config.json, README.md card) that "
+        "msrn.load and the Hugging Face Hub take (default onnx)",
+        choices=("onnx", "hub"),
+    )
+    out: str = option(
+        None,
+        "where to write the model: a file for onnx (model.onnx), a folder for hub",
+        metavar="PATH",
+        required=True,
+    )
+    metrics: str | None = card_metrics_option()
+    license_id: str | None = card_license_option()
+    dataset: str | None = card_dataset_option()
+    opset: int = option(OPSET, f"ONNX opset, {OPSET} or newer (default {OPSET})", low=OPSET, metavar="N")
+    fast: bool = retired_fast_option()
+
+    def check(self) -> None:
+        given = [
+            flag
+            for flag, value in (
+                ("--metrics", self.metrics),
+                ("--license", self.license_id),
+                ("--dataset", self.dataset),
+            )
+            if value is not None
+        ]
+        if self.format != "hub" and given:
+            raise MSRNError(f"{', '.join(given)}: for --format hub only")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn export`."""
-    add_checkpoint_arguments(parser)
-    parser.add_argument(
-        "--format",
-        choices=("onnx", "hub"),
-        default="onnx",
-        help="onnx: one ONNX file; hub: a model folder (model.safetensors, config.json, README.md "
-        "card) that msrn.load and the Hugging Face Hub take (default onnx)",
-    )
-    parser.add_argument(
-        "--out",
-        required=True,
-        metavar="PATH",
-        help="where to write the model: a file for onnx (model.onnx), a folder for hub",
-    )
-    add_card_arguments(parser)
-    add_deprecated_fast(parser)
-    parser.add_argument(
-        "--opset", type=bounded(int, low=17), default=OPSET, help=f"ONNX opset, 17 or newer (default {OPSET})"
-    )
+    add_options(parser, ExportOptions)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace | ExportOptions) -> int:
     """Run `msrn export`: load, export, verify with onnxruntime, report; or write a model folder."""
+    args = ExportOptions.from_args(args)
     if args.format == "hub":
         config, note = export_folder(args.checkpoint, args.out, **export_options(args))
         print(
@@ -192,13 +236,6 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    given = [
-        flag
-        for flag, value in (("--metrics", args.metrics), ("--license", args.license_id), ("--dataset", args.dataset))
-        if value is not None
-    ]
-    if given:
-        raise MSRNError(f"{', '.join(given)}: for --format hub only")
     _require_onnx()
     predictor = load_from_args(args, fast=False)  # the network as written; onnxruntime does its own folding
     model = predictor.model

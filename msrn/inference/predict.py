@@ -12,81 +12,128 @@ import io
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from msrn.errors import MSRNError
-from msrn.inference.args import add_decoding_arguments, decoding_options, load_from_args
+from msrn.inference.args import decoding_options, load_from_args
 from msrn.inference.draw import save_explanation
 from msrn.inference.explain import require_msrn
 from msrn.inference.onnx_predict import OnnxPredictor
 from msrn.inference.tagging import expand_inputs, read_path_list
 from msrn.io import atomic_write_text, check_writable
-from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments
+from msrn.options import (
+    Options,
+    add_options,
+    batch_size_option,
+    checkpoint_option,
+    device_option,
+    exact_option,
+    exif_orientation_option,
+    image_size_option,
+    label_names_option,
+    max_megapixels_option,
+    option,
+    reference_cooccurrence_option,
+    reference_word_vectors_option,
+    threshold_option,
+    tta_option,
+)
+
+EPILOG = (
+    "Label selection: a label is reported when its probability >= its threshold; then --top-k\n"
+    "keeps the K best of those. Both apply. `--threshold 0 --top-k 5` gives the 5 best labels\n"
+    "whatever their scores; `--threshold 0` alone lists every label (models of more than 100\n"
+    "labels keep the 20 best unless --top-k says otherwise).\n"
+    'Output: json is a list with one record per image, {"image", "labels": [{"label", "score"}]},\n'
+    "labels by descending score; csv has columns image,label,score,error with one row per label\n"
+    "(one row with an empty label for an image with none). With --explain each JSON record also\n"
+    'names its picture ("explanation"). An unreadable image gets an error record and the rest\n'
+    "go on; the exit status is then 1."
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictOptions(Options):
+    """Options of `msrn predict` (EPILOG says how labels are selected and what is written)."""
+
+    checkpoint: str | None = checkpoint_option(required=False)
+    word_vectors: str | None = reference_word_vectors_option()
+    cooccurrence: str | None = reference_cooccurrence_option()
+    labels: str | None = label_names_option()
+    image_size: int | None = image_size_option()
+    onnx: str | None = option(
+        None,
+        "tag with a model exported by `msrn export` instead of a checkpoint (onnxruntime; labels, thresholds "
+        "and input size come from the file)",
+        metavar="FILE",
+    )
+    inputs: tuple[str, ...] = option(
+        (), "image files and/or folders (walked)", metavar="IMAGE_OR_FOLDER", positional=True
+    )
+    list: tuple[str, ...] = option(
+        (),
+        "a text file listing image paths, one a line ('-' reads standard input); repeatable",
+        metavar="FILE",
+        repeat=True,
+    )
+    format: str = option("json", "output format (default json)", choices=("json", "csv"))
+    out: str | None = option(None, "write the output here (atomically) instead of stdout", metavar="FILE")
+    threshold: float | None = threshold_option(
+        "report labels with probability >= T (default: the checkpoint's per-label thresholds if it has them, else 0.5)"
+    )
+    top_k: int | None = option(
+        None,
+        "report at most the K best labels passing the threshold (default: all; 20 for models of more than 100 labels)",
+        low=1,
+        metavar="K",
+    )
+    explain: str | None = option(
+        None, "write one PNG per image to DIR: attention of its top labels at each depth read", metavar="DIR"
+    )
+    explain_labels: int = option(
+        3, "how many top-scoring labels --explain shows per image (default 3)", low=1, metavar="N"
+    )
+    batch_size: int = batch_size_option(8)
+    device: str = device_option("cpu")
+    tta: str = tta_option()
+    exact: bool = exact_option()
+    exif_orientation: str | None = exif_orientation_option()
+    max_megapixels: float = max_megapixels_option()
+
+    def check(self) -> None:
+        if self.explain and self.tta != "none":
+            raise MSRNError("--explain draws one forward pass of the image as given; it does not combine with --tta")
+        if (self.checkpoint is None) == (self.onnx is None):
+            raise MSRNError("give either --checkpoint or --onnx")
+        given = [
+            flag
+            for flag, value in (
+                ("--word-vectors", self.word_vectors),
+                ("--cooccurrence", self.cooccurrence),
+                ("--labels", self.labels),
+                ("--image-size", self.image_size),
+                ("--explain", self.explain),
+                ("--exact", self.exact),
+                ("--tta", self.tta != "none"),
+            )
+            if value
+        ]
+        if self.onnx is not None and given:
+            raise MSRNError(
+                f"{', '.join(given)} cannot be used with --onnx: the file fixes its labels, input size "
+                "and computation, and holds no attention maps"
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn predict`."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = (
-        "Label selection: a label is reported when its probability >= its threshold; then --top-k\n"
-        "keeps the K best of those. Both apply. `--threshold 0 --top-k 5` gives the 5 best labels\n"
-        "whatever their scores; `--threshold 0` alone lists every label (models of more than 100\n"
-        "labels keep the 20 best unless --top-k says otherwise).\n"
-        'Output: json is a list with one record per image, {"image", "labels": [{"label", "score"}]},\n'
-        "labels by descending score; csv has columns image,label,score,error with one row per label\n"
-        "(one row with an empty label for an image with none). With --explain each JSON record also\n"
-        'names its picture ("explanation"). An unreadable image gets an error record and the rest\n'
-        "go on; the exit status is then 1."
-    )
-    add_checkpoint_arguments(parser, required=False)
-    parser.add_argument(
-        "--onnx",
-        metavar="FILE",
-        help="tag with a model exported by `msrn export` instead of a checkpoint (onnxruntime; "
-        "labels, thresholds and input size come from the file)",
-    )
-    parser.add_argument("inputs", nargs="*", metavar="IMAGE_OR_FOLDER", help="image files and/or folders (walked)")
-    parser.add_argument(
-        "--list",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a text file listing image paths, one a line ('-' reads standard input); repeatable",
-    )
-    parser.add_argument("--format", choices=("json", "csv"), default="json", help="output format (default json)")
-    parser.add_argument("--out", metavar="FILE", help="write the output here (atomically) instead of stdout")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        metavar="T",
-        help="report labels with probability >= T (default: the checkpoint's per-label "
-        "thresholds if it has them, else 0.5)",
-    )
-    parser.add_argument(
-        "--top-k",
-        type=int,
-        metavar="K",
-        help="report at most the K best labels passing the threshold (default: all; 20 for models "
-        "of more than 100 labels)",
-    )
-    parser.add_argument(
-        "--explain",
-        metavar="DIR",
-        help="write one PNG per image to DIR: attention of its top labels at each depth read",
-    )
-    parser.add_argument(
-        "--explain-labels",
-        type=int,
-        default=3,
-        metavar="N",
-        help="how many top-scoring labels --explain shows per image (default 3)",
-    )
-    add_runtime_arguments(parser, batch_size=8, device="cpu", tta="none")
-    add_fast_argument(parser)
-    add_decoding_arguments(parser)
+    parser.epilog = EPILOG
+    add_options(parser, PredictOptions)
 
 
 PROGRESS_FROM = 32  # inputs from which a progress bar is shown (on a terminal)
@@ -136,52 +183,25 @@ def _unique_png(folder: Path, name: str | None, index: int, used: set[str]) -> P
     return folder / f"{candidate}.png"
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: PredictOptions) -> Any:
     """The Predictor of --checkpoint, or the OnnxPredictor of --onnx (exactly one of them)."""
     options = dict(threshold=args.threshold, top_k=args.top_k, batch_size=args.batch_size, **decoding_options(args))
-    if (args.checkpoint is None) == (args.onnx is None):
-        raise MSRNError("give either --checkpoint or --onnx")
-    if args.checkpoint is not None:
-        return load_from_args(args, device=args.device, fast=not args.exact, tta=args.tta, **options)
-    given = [
-        flag
-        for flag, value in (
-            ("--word-vectors", args.word_vectors),
-            ("--cooccurrence", args.cooccurrence),
-            ("--labels", args.labels),
-            ("--image-size", args.image_size),
-            ("--explain", args.explain),
-            ("--exact", args.exact),
-            ("--tta", args.tta != "none"),
-        )
-        if value
-    ]
-    if given:
-        raise MSRNError(
-            f"{', '.join(given)} cannot be used with --onnx: the file fixes its labels, input size "
-            "and computation, and holds no attention maps"
-        )
-    return OnnxPredictor(args.onnx, **options)
+    if args.onnx is not None:
+        return OnnxPredictor(args.onnx, **options)
+    return load_from_args(args, device=args.device, fast=not args.exact, tta=args.tta, **options)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace | PredictOptions) -> int:
     """Run `msrn predict`: load, tag every input, write records (and attention pictures)."""
-    if args.top_k is not None and args.top_k < 1:
-        raise MSRNError("--top-k must be at least 1")
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise MSRNError("--threshold must lie in [0, 1]")
-    if args.explain_labels < 1:
-        raise MSRNError("--explain-labels must be at least 1")
-    if args.explain and args.tta != "none":
-        raise MSRNError("--explain draws one forward pass of the image as given; it does not combine with --tta")
+    args = PredictOptions.from_args(args)
     inputs = [*args.inputs, *(path for listed in args.list for path in read_path_list(listed))]
     if not inputs:
         raise MSRNError("no images given: name image files or folders, or --list FILE")
     predictor = _load(args)
-    explain_k = 0
+    explain_k, folder = 0, Path(args.explain or ".")
     if args.explain:
-        require_msrn(predictor.model, args.checkpoint)
-        check_writable(args.explain)
+        require_msrn(predictor.model, str(args.checkpoint))  # --explain goes with --checkpoint only (check)
+        check_writable(folder)
         explain_k = args.explain_labels
     items = expand_inputs(inputs)  # an empty folder fails before any output starts
     output = _Output(args.format, args.out)
@@ -201,7 +221,7 @@ def main(args: argparse.Namespace) -> int:
                 failed += 1
                 bar.write(f"msrn predict: {record['image']}: {record['error']}", file=sys.stderr)
             if expl is not None:
-                path = _unique_png(Path(args.explain), record["image"], index, used)
+                path = _unique_png(folder, record["image"], index, used)
                 save_explanation(expl, path)
                 record["explanation"] = os.fspath(path)
             output.write(record)

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,16 @@ from msrn.inference.args import read_label_names
 from msrn.inference.card import render
 from msrn.io import atomic_write_text
 from msrn.models.loading import load_checkpoint, model_state
-from msrn.options import add_checkpoint_arguments
+from msrn.options import (
+    Options,
+    add_options,
+    checkpoint_option,
+    image_size_option,
+    label_names_option,
+    option,
+    reference_cooccurrence_option,
+    reference_word_vectors_option,
+)
 
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # how pixels become the network's input (TestTransform), for consumers other than msrn (config.json, ONNX metadata)
@@ -166,46 +176,63 @@ def push(
     return str(url)
 
 
+def card_metrics_option() -> Any:
+    """--metrics: the figures of the card (export --format hub, push)."""
+    return option(
+        None,
+        "the run's metrics.json for the card's figures (default: the one beside the checkpoint file, if it is "
+        "that checkpoint's)",
+        metavar="FILE",
+    )
+
+
+def card_license_option() -> Any:
+    """--license: the card's license id."""
+    return option(
+        None,
+        "the card's license id (e.g. apache-2.0; default: a placeholder to replace)",
+        metavar="ID",
+        flag="--license",
+    )
+
+
+def card_dataset_option() -> Any:
+    """--dataset: whose label files and names a reference checkpoint takes."""
+    return option(
+        None,
+        "reference checkpoints: the dataset whose label files and names to take (default: the one with the "
+        "checkpoint's label count)",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PushOptions(Options):
+    """Options of `msrn push`."""
+
+    checkpoint: str = checkpoint_option()
+    word_vectors: str | None = reference_word_vectors_option()
+    cooccurrence: str | None = reference_cooccurrence_option()
+    labels: str | None = label_names_option()
+    image_size: int | None = image_size_option()
+    metrics: str | None = card_metrics_option()
+    license_id: str | None = card_license_option()
+    dataset: str | None = card_dataset_option()
+    repo: str = option(None, "the Hub repository (created if absent)", metavar="OWNER/NAME", required=True)
+    out: str | None = option(None, "also keep the uploaded folder here (default: a temporary one)", metavar="DIR")
+    force: bool = option(
+        False, "replace the repository's card even if it belongs to another model or to another library"
+    )
+    private: bool = option(False, "create the repository private (if it is created)")
+    message: str | None = option(None, "the commit message")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn push`."""
-    add_checkpoint_arguments(parser)
-    add_card_arguments(parser)
-    parser.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the Hub repository (created if absent)")
-    parser.add_argument("--out", metavar="DIR", help="also keep the uploaded folder here (default: a temporary one)")
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace the repository's card even if it belongs to another model or to another library",
-    )
-    parser.add_argument("--private", action="store_true", help="create the repository private (if it is created)")
-    parser.add_argument("--message", help="the commit message")
+    add_options(parser, PushOptions)
 
 
-def add_card_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options that shape the card (shared with `msrn export --format hub`)."""
-    parser.add_argument(
-        "--metrics",
-        metavar="FILE",
-        help="the run's metrics.json for the card's figures (default: the one beside the checkpoint "
-        "file, if it is that checkpoint's)",
-    )
-    parser.add_argument(
-        "--license",
-        dest="license_id",
-        metavar="ID",
-        help="the card's license id (e.g. apache-2.0; default: a placeholder to replace)",
-    )
-    parser.add_argument(
-        "--dataset",
-        help="reference checkpoints: the dataset whose label files and names to take "
-        "(default: the one with the checkpoint's label count)",
-    )
-
-
-def export_options(args: argparse.Namespace) -> dict[str, Any]:
+def export_options(args: Any) -> dict[str, Any]:
     """export_folder's keyword arguments from the checkpoint and card options."""
-    if args.image_size is not None and args.image_size < 32:
-        raise MSRNError("--image-size must be at least 32")
     return {
         "metrics": args.metrics,
         "license_id": args.license_id,
@@ -217,8 +244,9 @@ def export_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace | PushOptions) -> int:
     """Run `msrn push`: export, check the repository's card, upload, print the URL."""
+    args = PushOptions.from_args(args)
     url = push(args.checkpoint, args.repo, args.out, args.force, args.private, args.message, **export_options(args))
     print(url)
     return 0

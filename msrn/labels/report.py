@@ -8,18 +8,27 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from msrn.data import DATASETS, DEFAULT_SPLITS, add_reader_arguments, build_dataset, reader_options
+from msrn.data import (
+    DEFAULT_SPLITS,
+    apparel_labels_option,
+    build_dataset,
+    data_option,
+    dataset_option,
+    keep_unannotated_option,
+    reader_options,
+)
 from msrn.io import atomic_write_text, check_writable
-from msrn.labels.graph import REWEIGHT, TAU
 from msrn.labels.labelset import COUNTED, LabelSet, build_label_set
+from msrn.labels.options import cooccurrence_option, name_map_option, reweight_option, tau_option, word_vectors_option
 from msrn.labels.reference_files import REFERENCE, default_sources
-from msrn.options import bounded
+from msrn.options import Options, add_options, option
 from msrn.plots import save_figure
 from msrn.targets import UNKNOWN
 
@@ -33,18 +42,6 @@ SHOWN_EDGES = 200
 KNOWN_ONLY = (
     "partial labels: co-occurrence counted over known entries only, P(j|i) = images with i and j / "
     "images with i where j is known (not / all images with i)"
-)
-VECTORS_HELP = (
-    "label vector source: 'reference' (the reference's GloVe pickle for the dataset, fetched once and "
-    "checked; the default for voc2007, coco2014, nuswide and apparel), 'ngram' (the default otherwise; "
-    "hashed character n-grams, offline, spelling similarity only), 'ngram:DIM', 'encoder' or "
-    "'encoder:MODEL' (sentence encoder, needs msrn[text]), or a file: GloVe/fastText text (.txt/.vec), "
-    "a word-vector pickle (.pkl) or a C x dim .npy"
-)
-COOCCURRENCE_HELP = (
-    "label co-occurrence: 'reference' (the reference's {'adj','nums'} pickle for the dataset, fetched once "
-    "and checked; the default for voc2007, coco2014, nuswide and apparel), 'train' (count the training "
-    "split; the default otherwise) or such a pickle file"
 )
 
 
@@ -266,24 +263,28 @@ def write_report(ls: LabelSet, folder: str | Path) -> list[Path]:
 # ------------------------------------------------------------------------------------ CLI
 
 
+@dataclass(frozen=True, kw_only=True)
+class LabelsOptions(Options):
+    """Options of `msrn labels`."""
+
+    dataset: str = dataset_option()
+    data: str = data_option()
+    split: str | None = option(None, "split to count on (default: the dataset's training split)")
+    out: str = option("labels.pt", "label set file to write (default: labels.pt)")
+    word_vectors: str | None = word_vectors_option()
+    name_map: str | None = name_map_option()
+    tau: float = tau_option()
+    reweight: float = reweight_option()
+    cooccurrence: str | None = cooccurrence_option()
+    report: str | None = option(None, "folder for the report and drawings (default: the folder of --out)")
+    json: bool = option(False, "print a JSON summary instead of text")
+    keep_unannotated: bool = keep_unannotated_option()
+    apparel_labels: str | None = apparel_labels_option()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `msrn labels`."""
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="dataset kind")
-    parser.add_argument("--data", required=True, help="dataset folder (or CSV file for --dataset csv)")
-    parser.add_argument("--split", help="split to count on (default: the dataset's training split)")
-    parser.add_argument("--out", default="labels.pt", help="label set file to write (default: labels.pt)")
-    parser.add_argument("--word-vectors", "--vectors", dest="vectors", help=VECTORS_HELP)
-    parser.add_argument("--name-map", help="file of 'label=words' lines for odd names, e.g. diningtable=dining table")
-    parser.add_argument(
-        "--tau", type=bounded(float, 0, 1), default=TAU, help=f"edge threshold on P(j|i) (default {TAU})"
-    )
-    parser.add_argument(
-        "--reweight", type=bounded(float, 0, 1), default=REWEIGHT, help=f"neighbour weight p (default {REWEIGHT})"
-    )
-    parser.add_argument("--cooccurrence", help=COOCCURRENCE_HELP)
-    parser.add_argument("--report", help="folder for the report and drawings (default: the folder of --out)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
-    add_reader_arguments(parser)
+    add_options(parser, LabelsOptions)
 
 
 def summary(ls: LabelSet) -> dict[str, Any]:
@@ -302,8 +303,9 @@ def summary(ls: LabelSet) -> dict[str, Any]:
     }
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace | LabelsOptions) -> int:
     """Build, save and report the label set of a dataset's training split."""
+    args = LabelsOptions.from_args(args)
     train_split, test_split = DEFAULT_SPLITS[args.dataset]
     split = args.split or train_split
     if split == test_split:
@@ -311,7 +313,7 @@ def main(args: argparse.Namespace) -> int:
               "training data only", file=sys.stderr)  # fmt: skip
     data = build_dataset(args.dataset, args.data, split, **reader_options(args))  # the images `msrn train` reads
     preset = default_sources(args.dataset)  # the sources `msrn train` would use
-    vectors = args.vectors or preset.get("word_vectors")
+    vectors = args.word_vectors or preset.get("word_vectors")
     cooccurrence = args.cooccurrence or preset.get("cooccurrence") or COUNTED
     ls = build_label_set(data, vectors, args.name_map, args.tau, args.reweight, cooccurrence)
     out = Path(args.out)

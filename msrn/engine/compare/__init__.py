@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from msrn.engine.compare.recipes import RECIPES
 from msrn.engine.compare.report import summarise, write_study_report
@@ -21,62 +21,63 @@ from msrn.engine.compare.study import Plan, heads_for, run_study
 from msrn.engine.config import PRESETS
 from msrn.errors import MSRNError
 from msrn.io import atomic_write_json
-from msrn.options import AMP_MODES, bounded
+from msrn.options import AMP_MODES, MIN_IMAGE_SIZE, Options, add_options, option
 
-# the study's TrainConfig overrides on the command line: flag -> (type, help)
-TRAIN_FLAGS: dict[str, tuple[Any, str]] = {
-    "epochs": (bounded(int, 1), "epochs of every run (default: the preset's; its lr steps scale with it)"),
-    "batch_size": (bounded(int, 1), "batch of every run (default: the preset's)"),
-    "image_size": (bounded(int, 32), "input side of every run (default: the preset's)"),
-    "pretrained": (str, "backbone weights every head starts from (default: the preset's; none: one seeded draw)"),
-    "workers": (bounded(int, 0), "data-loading processes per run"),
-    "device": (str, "torch device: auto, cpu, cuda or cuda:N"),
-    "amp": (str, "mixed precision on GPU: none, bf16 or fp16"),
-}
-CHOICES = {"amp": AMP_MODES}
+# the study's TrainConfig overrides: CompareOptions fields given to every run when set
+TRAIN_FLAGS = ("epochs", "batch_size", "image_size", "pretrained", "workers", "device", "amp")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareOptions(Options):
+    """Options of `msrn compare`."""
+
+    dataset: str = option("scenes", "dataset and its preset (default scenes)", choices=tuple(PRESETS))
+    data: str | None = option(None, "dataset root folder (scenes: generated under --out/data, one per seed)")
+    out: str = option("runs/compare", "study folder: compare.json, report.md, plots, runs/")
+    backbone: str | None = option(
+        None,
+        "the backbone, as the registered names end: tiny, resnet18, resnet50, resnet101 (default: the preset's, "
+        "tiny for scenes, resnet101 for the paper's data sets)",
+    )
+    heads: tuple[str, ...] | None = option(None, "heads to compare (default: every registered head on --backbone)")
+    recipes: tuple[str, ...] = option(
+        ("gcn", "transformer"),
+        "gcn (SGD, soft margin, step schedule: the preset), transformer (AdamW, one-cycle, ASL, EMA), paper "
+        "(each head's own, where known); default gcn transformer",
+        choices=tuple(RECIPES),
+    )
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds (default 0 1 2)", low=0)
+    val_fraction: float = option(0.1, "validation split that selects epochs (> 0)", low=0, high=1, bounds="()")
+    scenes_size: tuple[int, ...] = option(
+        (2000, 600, 128),
+        "scenes: training images, test images and image side (default 2000 600 128, the demo's)",
+        low=1,
+        count=3,
+        metavar=("TRAIN", "TEST", "SIDE"),
+    )
+    timing_rounds: int = option(3, "interleaved timing rounds (default 3)", low=1)
+    epochs: int | None = option(None, "epochs of every run (default: the preset's; its lr steps scale with it)", low=1)
+    batch_size: int | None = option(None, "batch of every run (default: the preset's)", low=1)
+    image_size: int | None = option(None, "input side of every run (default: the preset's)", low=MIN_IMAGE_SIZE)
+    pretrained: str | None = option(
+        None, "backbone weights every head starts from (default: the preset's; none: one seeded draw)"
+    )
+    workers: int | None = option(None, "data-loading processes per run", low=0)
+    device: str | None = option(None, "torch device: auto, cpu, cuda or cuda:N")
+    amp: str | None = option(None, "mixed precision on GPU: none, bf16 or fp16", choices=AMP_MODES)
+
+    def check(self) -> None:
+        if self.dataset != "scenes" and not self.data:
+            raise MSRNError(f"--data is required for --dataset {self.dataset}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="scenes", choices=list(PRESETS), help="dataset and its preset (default scenes)")
-    p.add_argument("--data", help="dataset root folder (scenes: generated under --out/data, one per seed)")
-    p.add_argument("--out", default="runs/compare", help="study folder: compare.json, report.md, plots, runs/")
-    p.add_argument(
-        "--backbone",
-        help="the backbone, as the registered names end: tiny, resnet18, resnet50, resnet101 (default: the "
-        "preset's, tiny for scenes, resnet101 for the paper's data sets)",
-    )
-    p.add_argument("--heads", nargs="+", help="heads to compare (default: every registered head on --backbone)")
-    p.add_argument(
-        "--recipes",
-        nargs="+",
-        default=["gcn", "transformer"],
-        choices=RECIPES,
-        help="gcn (SGD, soft margin, step schedule: the preset), transformer (AdamW, one-cycle, ASL, EMA), paper "
-        "(each head's own, where known); default gcn transformer",
-    )
-    p.add_argument("--seeds", type=bounded(int, 0), nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    p.add_argument(
-        "--val-fraction",
-        type=bounded(float, 0, 1, "()"),
-        default=0.1,
-        help="validation split that selects epochs (> 0)",
-    )
-    p.add_argument(
-        "--scenes-size",
-        type=bounded(int, 1),
-        nargs=3,
-        default=[2000, 600, 128],
-        metavar=("TRAIN", "TEST", "SIDE"),
-        help="scenes: training images, test images and image side (default 2000 600 128, the demo's)",
-    )
-    p.add_argument("--timing-rounds", type=bounded(int, 1), default=3, help="interleaved timing rounds (default 3)")
-    for name, (kind, text) in TRAIN_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, choices=CHOICES.get(name), help=text)
+    """Options of `msrn compare`."""
+    add_options(p, CompareOptions)
 
 
-def plan_from_args(args: argparse.Namespace) -> Plan:
-    if args.dataset != "scenes" and not args.data:
-        raise MSRNError(f"--data is required for --dataset {args.dataset}")
+def plan_from_args(args: CompareOptions) -> Plan:
+    """The study the options describe."""
     backbone = args.backbone or str(PRESETS[args.dataset]["model"]).split("_", 1)[1]  # msrn_tiny -> tiny
     heads = args.heads or heads_for(backbone)
     if not heads:
@@ -91,14 +92,15 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         recipes=tuple(dict.fromkeys(args.recipes)),
         seeds=tuple(dict.fromkeys(args.seeds)),
         data=args.data,
-        scenes_size=tuple(args.scenes_size),
+        scenes_size=(args.scenes_size[0], args.scenes_size[1], args.scenes_size[2]),  # three, as declared
         train=train,
         timing_rounds=args.timing_rounds,
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    plan = plan_from_args(args)
+def main(args: argparse.Namespace | CompareOptions) -> int:
+    """Run `msrn compare`: every run of the study, then its summary, compare.json and report.md."""
+    plan = plan_from_args(CompareOptions.from_args(args))
     command = "msrn " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "msrn compare"
 
     def update(result: dict) -> None:  # after every finished run: summary, JSON and report up to date
