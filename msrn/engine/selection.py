@@ -90,7 +90,7 @@ def weights_text(results: dict[str, Evaluation]) -> str:
     return " | mAP " + ", ".join(parts)
 
 
-def evaluate(
+def evaluate_splits(
     module: nn.Module,
     cfg: TrainConfig,
     val_data: MultiLabelData | None,

@@ -41,7 +41,7 @@ from msrn.engine.selection import (
     Evaluation,
     Selected,
     epoch_text,
-    evaluate,
+    evaluate_splits,
     history_entry,
     select_weights,
     selected_epoch,
@@ -435,7 +435,7 @@ class Trainer:
         for which in ("live", "ema") if self.ema is not None else ("live",):
             dist.broadcast_buffers(self.weights(which))  # rank 0's BatchNorm statistics: the ones best.pt gets
             module = self.weights(which)
-            results[which] = evaluate(
+            results[which] = evaluate_splits(
                 module, self.cfg, self.val_data, self.test_data, self.rank_batch, self.device, self.criterion
             )
         return results
