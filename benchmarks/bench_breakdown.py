@@ -11,7 +11,7 @@ Stages, in forward order (COCO configuration by default: 80 labels, 4 groups, 44
 Each stage runs on the previous stage's saved output; rounds interleave the stages, and the table
 gives the best and the median of each with its share of the backbone's best time. Three more rows
 time conv_buffer, project and the classifier as the plain nn.Conv2d, nn.MaxPool2d and nn.Linear
-modules (msrn.models.ops replaces their calls in inference), for comparison.
+modules (msrn.models._ops replaces their calls in inference), for comparison.
 
     python benchmarks/bench_breakdown.py --batch 4 --rounds 5
 """
@@ -25,8 +25,8 @@ import time
 import torch
 
 from msrn.models import create_model
+from msrn.models._ops import conv1x1
 from msrn.models.attention import label_attention
-from msrn.models.ops import conv1x1
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="msrn_resnet101")
     p.add_argument("--classes", type=int, default=80)
     p.add_argument("--groups", type=int, default=4)
-    p.add_argument("--optimized", action="store_true", help="use msrn.models.fuse.optimize_for_inference")
+    p.add_argument("--optimized", action="store_true", help="use msrn.models.optimize_for_inference")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (explicit opt-in)")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     model = create_model(args.model, num_classes=args.classes, num_groups=args.groups).to(device).eval()
     if args.optimized:
-        from msrn.models.fuse import optimize_for_inference
+        from msrn.models import optimize_for_inference
 
         model = optimize_for_inference(model)
     print(

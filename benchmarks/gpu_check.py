@@ -59,9 +59,12 @@ from reference_impl import random_reference_state, reference_forward  # noqa: E4
 from msrn.data.synthetic import ensure_synthetic  # noqa: E402
 from msrn.engine.evaluate import autocast  # noqa: E402
 from msrn.engine.losses import soft_margin_loss as training_loss  # noqa: E402
-from msrn.models import create_model, placeholder_vectors  # noqa: E402
+from msrn.models import (  # noqa: E402
+    create_model,
+    load_checkpoint,  # noqa: E402
+    placeholder_vectors,
+)
 from msrn.models.attention import attend, label_attention_naive  # noqa: E402
-from msrn.models.loading import load_checkpoint  # noqa: E402
 
 STEPS = ("cuda_tests", "parity", "attention", "train", "evaluate", "distributed", "throughput", "loader")
 PARITY_TOL = 1e-4  # max |difference| over max |logit|, as tests/test_checkpoint.py allows

@@ -111,7 +111,7 @@ def write_folder(
 ) -> dict:
     """Write a project checkpoint's model part as model.safetensors and config.json in `folder`; return the config.
 
-    ckpt is what msrn.models.loading.model_state returns, optionally with `thresholds` and the training
+    ckpt is what msrn.models.model_state returns, optionally with `thresholds` and the training
     `config`; normalization says how pixels become the network's input (mean, std, and in words), msrn_version
     which msrn wrote it (both come from the caller: this module sits below the data layer and the package).
     """
@@ -257,7 +257,7 @@ def _check_fit(config: dict, tensors: dict[str, torch.Tensor], folder: Path) -> 
 
 
 def read_folder(folder: str | os.PathLike) -> dict:
-    """A model folder as a project checkpoint dict (what msrn.models.loading builds models from)."""
+    """A model folder as a project checkpoint dict (what msrn.models._loading builds models from)."""
     folder = Path(folder)
     if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLED and p.is_file())

@@ -20,12 +20,11 @@ from reference_impl import random_reference_state, reference_forward
 from msrn.checkpoint import read_checkpoint
 from msrn.data.apparel import APPAREL_LABELS
 from msrn.errors import MSRNError
-from msrn.models import create_model
-from msrn.models.loading import load_checkpoint, model_state
-from msrn.models.pretrained import load_pretrained_backbone
-from msrn.models.reference_layout import checkpoint_weights, map_reference_state
+from msrn.models import create_model, load_checkpoint, model_state
+from msrn.models._pretrained import load_pretrained_backbone
+from msrn.models._reference_layout import checkpoint_weights, map_reference_state
+from msrn.models._state import match_init_state
 from msrn.models.resnet import ResNet
-from msrn.models.state import match_init_state
 from msrn.safe_pickle import load_numpy_pickle
 
 DATASETS = ["voc", "coco", "nuswide", "apparel"]

@@ -29,7 +29,7 @@ from msrn.engine.evaluate import predict_scores, score_metrics
 from msrn.engine.losses import model_group_loss
 from msrn.engine.sampling import EpochSampler
 from msrn.engine.train import train
-from msrn.models.loading import load_checkpoint
+from msrn.models import load_checkpoint
 
 pytestmark = pytest.mark.slow  # every test here launches torchrun
 

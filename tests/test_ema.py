@@ -15,7 +15,7 @@ from torch import nn
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
 from msrn.engine.ema import WeightEMA, ema_decay
-from msrn.models.loading import load_checkpoint
+from msrn.models import load_checkpoint
 
 
 def _net() -> nn.Module:

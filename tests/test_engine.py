@@ -15,7 +15,7 @@ from PIL import Image
 from msrn.cli import main as cli
 from msrn.engine.config import PRESETS, TrainConfig, preset_config
 from msrn.errors import MSRNError
-from msrn.models.loading import load_checkpoint
+from msrn.models import load_checkpoint
 
 METRIC_KEYS = (
     "mAP",

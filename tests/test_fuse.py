@@ -10,7 +10,7 @@ from model_helpers import randomise_batchnorms
 from torch import nn
 
 from msrn.models import attention, create_model
-from msrn.models.fuse import fold_batchnorms, optimize_for_inference
+from msrn.models._fuse import fold_batchnorms, optimize_for_inference
 from msrn.models.resnet import ResNet
 
 

@@ -16,8 +16,7 @@ from reference_impl import elementwise_logits, random_reference_state, reference
 
 from msrn.engine.config import preset_config
 from msrn.errors import MSRNError
-from msrn.models import create_model
-from msrn.models.loading import load_checkpoint, model_state
+from msrn.models import create_model, load_checkpoint, model_state
 from msrn.safe_pickle import load_numpy_pickle
 
 

@@ -28,8 +28,7 @@ from msrn.hub import CONFIG, WEIGHTS, read_folder, read_source, write_folder
 from msrn.inference.card import SHOWN_ROWS, render, snippet_of
 from msrn.inference.predictor import Predictor
 from msrn.inference.push import NORMALIZATION, export_folder
-from msrn.models import create_model
-from msrn.models.loading import load_checkpoint, model_state
+from msrn.models import create_model, load_checkpoint, model_state
 
 # hf:// ids, the card's YAML and push need the `hub` extra (huggingface_hub, which brings PyYAML); folders do not
 needs_hub = pytest.mark.skipif(
@@ -276,7 +275,7 @@ def test_hub_id_on_the_command_line(run: Path, folder: Path, offline_hub: Path, 
 
 def test_init_and_pretrained_take_a_folder(folder: Path, run: Path):
     from msrn.engine.train import init_from_checkpoint
-    from msrn.models.pretrained import load_pretrained_backbone
+    from msrn.models._pretrained import load_pretrained_backbone
 
     fresh = create_model("msrn_tiny", labels=list("abcdefg"))
     init_from_checkpoint(fresh, str(folder))

@@ -15,7 +15,7 @@ from reference_impl import gat_layer, label_guided_attention, label_semantics, r
 
 import msrn.models.attention as attention_mod
 from msrn.errors import MSRNError
-from msrn.models import MODEL_CONFIGS, create_model, list_models
+from msrn.models import create_model, list_models
 from msrn.models.attention import label_attention, label_attention_naive
 from msrn.models.gat import GraphAttention, GroupPooling, group_loss
 from msrn.models.msrn import MSRN, MSRNConfig
@@ -64,7 +64,7 @@ def test_head_sizes(name: str, num_classes: int, pool_ratio: float, num_groups, 
 def test_small_configs_follow_their_widths():
     with torch.device("meta"):
         m18 = create_model("msrn_resnet18", num_classes=6)
-    assert m18.fc1.in_features == (6 + 1) * 3 * MODEL_CONFIGS["msrn_resnet18"]["semantic_dim"]
+    assert m18.fc1.in_features == (6 + 1) * 3 * 256
     assert [m.in_channels for m in m18.ProjectM] == [128, 256, 512]
     tiny = create_model("msrn_tiny", num_classes=10)
     assert tiny.fc1.in_features == (10 + 2) * 3 * 64 and tiny.fc1.out_features == 256
@@ -392,7 +392,7 @@ ABLATIONS = [
 
 @pytest.mark.parametrize("switches", ABLATIONS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_every_switch_builds_trains_a_step_and_reloads(switches: dict, tmp_path: Path):
-    from msrn.models.loading import load_checkpoint, model_state
+    from msrn.models import load_checkpoint, model_state
 
     model = _tiny_model(**switches).train()
     cfg = model.cfg
@@ -456,7 +456,7 @@ def test_bad_switches_are_one_line_errors():
 
 
 def test_checkpoints_without_switches_load_as_the_full_model(tmp_path: Path):
-    from msrn.models.loading import load_checkpoint, model_state
+    from msrn.models import load_checkpoint, model_state
 
     model = _tiny_model().eval()
     ckpt = model_state(model, image_size=64)
@@ -470,7 +470,7 @@ def test_checkpoints_without_switches_load_as_the_full_model(tmp_path: Path):
 
 def test_checkpoints_with_labels_and_attention_in_the_config_still_load(tmp_path: Path):
     """Before the config held the architecture only, it also held the label names and the attention form."""
-    from msrn.models.loading import load_checkpoint, model_state
+    from msrn.models import load_checkpoint, model_state
 
     model = create_model("msrn_tiny", labels=["cat", "dog", "person"]).eval()
     ckpt = model_state(model, image_size=64)
@@ -485,7 +485,7 @@ def test_checkpoints_with_labels_and_attention_in_the_config_still_load(tmp_path
 
 
 def test_mlp_baseline_has_about_msrns_head_size(tmp_path: Path):
-    from msrn.models.loading import load_checkpoint, model_state
+    from msrn.models import load_checkpoint, model_state
 
     def head(m: torch.nn.Module) -> int:
         return sum(p.numel() for n, p in m.named_parameters() if not n.startswith("backbone."))

@@ -21,8 +21,7 @@ from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.inference.predictor import Predictor, load
 from msrn.inference.tagging import array_to_image
-from msrn.models import create_model
-from msrn.models.loading import model_state
+from msrn.models import create_model, model_state
 
 LABELS = ["cat", "dog", "car", "tree", "sky"]
 

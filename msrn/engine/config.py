@@ -24,7 +24,7 @@ from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALP
 from msrn.engine.optim import ONECYCLE_PCT_START, OPTIMIZERS, SCHEDULES
 from msrn.errors import MSRNError
 from msrn.labels.reference_files import default_sources
-from msrn.models.heads import HEADS
+from msrn.models import list_heads
 from msrn.options import AMP_MODES, RUNTIME_FLAGS, TTA_MODES, out_of_bounds
 
 
@@ -146,7 +146,7 @@ class TrainConfig:
         "mlp",
         "the MSRN classifier: mlp (the paper's, default; its fc1 grows with labels x (labels + groups)) or "
         "elementwise (the reference code's per-label head, weights linear in the labels: for thousands of labels)",
-        choices=HEADS,
+        choices=list_heads(),
     )
     word_vectors: str | None = option(
         None,

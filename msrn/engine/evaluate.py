@@ -34,9 +34,7 @@ from msrn.engine.scores import write_scores
 from msrn.errors import setting_up
 from msrn.io import atomic_write_json, check_writable
 from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
-from msrn.models.fuse import optimize_for_inference
-from msrn.models.loading import load_checkpoint
-from msrn.models.tta import with_tta
+from msrn.models import load_checkpoint, optimize_for_inference, with_tta
 from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments
 
 log = logging.getLogger("msrn")

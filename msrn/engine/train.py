@@ -45,12 +45,16 @@ from msrn.hub import read_source
 from msrn.io import FileLock, atomic_save_torch, atomic_write_json, check_writable, lock_run_folder, remove_stale_temps
 from msrn.labels.labelset import LabelSet, build_label_set
 from msrn.metrics import map_text, per_label_thresholds, sigmoid
-from msrn.models import create_model
-from msrn.models.loading import load_checkpoint, model_state
-from msrn.models.msrn import MSRN
-from msrn.models.reference_layout import checkpoint_weights
-from msrn.models.state import match_init_state, require_backbone
-from msrn.models.tta import with_tta
+from msrn.models import (
+    MSRN,
+    checkpoint_weights,
+    create_model,
+    load_checkpoint,
+    match_init_state,
+    model_state,
+    require_backbone,
+    with_tta,
+)
 from msrn.plots import plot_ap_per_label, plot_history
 
 log = logging.getLogger("msrn")

@@ -32,7 +32,7 @@ from msrn.hub import CARD, CONFIG, WEIGHTS
 from msrn.inference.args import load_from_args
 from msrn.inference.push import INPUT, NORMALIZATION, add_card_arguments, export_folder, export_options
 from msrn.io import atomic_write_bytes
-from msrn.models.msrn import MSRN, Classifier
+from msrn.models import MSRN, Network
 from msrn.options import UNRECORDED_IMAGE_SIZE, add_checkpoint_arguments, add_deprecated_fast, bounded
 
 OPSET = 17
@@ -71,7 +71,7 @@ def _require_onnx() -> tuple[Any, Any]:
 
 
 def metadata(
-    model: Classifier, image_size: int, thresholds: Sequence[float] | None = None, exif_orientation: bool = True
+    model: Network, image_size: int, thresholds: Sequence[float] | None = None, exif_orientation: bool = True
 ) -> dict[str, str]:
     """What a consumer of the ONNX file needs besides the graph: labels, their thresholds (default 0.5),
     input size, decoding and normalisation (msrn.inference.onnx_predict tags images from these alone)."""
@@ -90,7 +90,7 @@ def metadata(
     }
 
 
-def verify(path: str | os.PathLike, model: Classifier, image_size: int, batch: int = 3, seed: int = 0) -> float:
+def verify(path: str | os.PathLike, model: Network, image_size: int, batch: int = 3, seed: int = 0) -> float:
     """Run the ONNX file and the PyTorch model on one random batch; return the logits' max abs difference.
 
     Raises MSRNError when the difference exceeds TOLERANCE x max(1, max |logit|).
@@ -110,7 +110,7 @@ def verify(path: str | os.PathLike, model: Classifier, image_size: int, batch: i
 
 
 def export_onnx(
-    model: Classifier,
+    model: Network,
     path: str | os.PathLike,
     image_size: int = UNRECORDED_IMAGE_SIZE,
     opset: int = OPSET,

@@ -22,10 +22,7 @@ from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.inference.explain import Explanation, explained_forward, require_msrn
 from msrn.inference.tagging import ImageInput, Tagger, threshold_vector
-from msrn.models.fuse import optimize_for_inference
-from msrn.models.loading import load_checkpoint
-from msrn.models.msrn import Classifier
-from msrn.models.tta import with_tta
+from msrn.models import Network, load_checkpoint, optimize_for_inference, with_tta
 from msrn.options import UNRECORDED_IMAGE_SIZE
 
 
@@ -38,7 +35,7 @@ class Predictor(Tagger):
 
     def __init__(
         self,
-        model: Classifier,
+        model: Network,
         image_size: int | None = None,
         threshold: float | Sequence[float] | None = None,
         top_k: int | None = None,
@@ -52,7 +49,7 @@ class Predictor(Tagger):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self._infer: nn.Module = self.model  # what plain (unexplained) batches run through
-        if fast:  # batch norm folded, channels-last: the same logits to float32 rounding (msrn.models.fuse); faster
+        if fast:  # batch norm folded, channels-last: the same logits to float32 rounding (msrn.models._fuse); faster
             folded = optimize_for_inference(self.model)
             self._infer, self.model = folded, folded.model  # the folded network itself, still an MSRN, for explanations
         self._infer, self.tta = with_tta(self._infer, tta), tta  # "flip": scores average the image and its mirror

@@ -55,7 +55,7 @@ from msrn.inference.args import add_decoding_arguments, decoding_options, load_f
 from msrn.inference.draw import panel_size, panels
 from msrn.inference.explain import concentration
 from msrn.inference.predictor import Predictor
-from msrn.models.msrn import MSRN
+from msrn.models import MSRN
 from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments, bounded
 from msrn.plots import image_png
 

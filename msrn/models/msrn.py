@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import NamedTuple, TypeAlias, cast
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msrn.models._ops import conv1x1, max_pool2x2
+from msrn.models._registry import head_class, register_model
 from msrn.models.attention import attend
-from msrn.models.gat import GATStack, GroupStack, group_loss
-from msrn.models.heads import build_head
-from msrn.models.ops import conv1x1, max_pool2x2
-from msrn.models.resnet import ResNet
-from msrn.models.timm_backbone import build_backbone
+from msrn.models.gat import GATStack, GroupStack, group_loss, group_loss_weight
+from msrn.models.timm_backbone import PREFIX, build_backbone
 
 DEPTHS = (1, 2, 3)  # after layer2, layer3, layer4
+# the mlp head's fc1 sees (C + K) x 3 x D inputs; above this many weights (4 GiB in fp32) building is refused
+MAX_FC1_WEIGHTS = 2**30
 
 
 class Semantics(NamedTuple):
@@ -67,11 +69,28 @@ class MSRNConfig:
     label_graph: bool = True  # off: the same GAT layers see an identity adjacency (each label on its own)
     head: str = "mlp"  # the classifier: "mlp" (the paper's) or "elementwise" (weights linear in the labels)
 
+    def __post_init__(self) -> None:
+        self.label_dims = cast(tuple[int, int], tuple(self.label_dims))  # JSON and checkpoints hold lists
+        self.depths = tuple(self.depths)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["label_dims"] = list(self.label_dims)
         d["depths"] = list(self.depths)
         return d
+
+    def check(self) -> None:
+        """ValueError naming what is wrong, before any weight is allocated: depths, head, fc1's size."""
+        self.depths = check_depths(self.depths)
+        head_class(self.head)
+        rows = self.num_classes + (self.num_groups if self.group_semantics else 0)
+        fc1 = rows * len(self.depths) * self.semantic_dim * self.hidden_dim
+        if self.head == "mlp" and fc1 > MAX_FC1_WEIGHTS:  # 5000 labels would ask for tens of GB
+            raise ValueError(
+                f"{self.num_classes} labels and {self.num_groups} groups need {fc1 / 1e9:.1f} billion weights in "
+                f"fc1 (limit {MAX_FC1_WEIGHTS / 1e9:.1f}); use --head elementwise (weights linear in the labels), "
+                "fewer labels, a smaller --pool-ratio or msrn_tiny"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> MSRNConfig:
@@ -91,6 +110,7 @@ def check_depths(depths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
 
 
 class MSRN(nn.Module):
+    model_name = ""  # the registered name it was built under (set by the registry; checkpoints record it)
     # buffers and the head set in __init__ outside nn.Module's attribute typing (register_buffer, __dict__)
     word_vectors: torch.Tensor
     adjacency: torch.Tensor
@@ -102,7 +122,7 @@ class MSRN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.label_names = list(labels or [])
-        cfg.depths = check_depths(cfg.depths)
+        cfg.check()
         c, d = cfg.num_classes, cfg.semantic_dim
         k = cfg.num_groups if cfg.group_semantics else 0  # group rows the attention and classifier see
         self.backbone = build_backbone(cfg.backbone)  # a ResNet, or a timm model for "timm:NAME"
@@ -120,7 +140,9 @@ class MSRN(nn.Module):
         self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
         self.label_embed = GATStack((*cfg.label_dims, d))
         self.group_embed = GroupStack(d, cfg.num_groups) if cfg.group_semantics else None
-        head = build_head(cfg.head, c, c + k, len(cfg.depths) * d, cfg.hidden_dim, cfg.group_semantics)
+        head = head_class(cfg.head)(
+            num_classes=c, rows=c + k, width=len(cfg.depths) * d, hidden=cfg.hidden_dim, groups=cfg.group_semantics
+        )
         for name, part in [*head.named_children(), *head.named_parameters(recurse=False)]:
             setattr(self, name, part)  # under the reference checkpoints' top-level names: fc1, fc2 or W, B
         self.__dict__["classifier"] = head  # the same parameters, so not registered a second time
@@ -210,48 +232,70 @@ class MSRN(nn.Module):
         return self.label_names or [str(i) for i in range(self.cfg.num_classes)]
 
 
-class PlainClassifier(nn.Module):
-    """The backbone alone with global average pooling and a linear layer: the demo's baseline.
-
-    With `hidden` > 0 the head is an MLP instead (Linear, LeakyReLU 0.01 as in MSRN's classifier,
-    Linear), a baseline with about MSRN's head capacity but none of its structure.
-    """
-
-    def __init__(self, backbone: str, num_classes: int, labels: list[str] | None = None, hidden: int = 0):
-        super().__init__()
-        self.backbone = ResNet(backbone)
-        width = self.backbone.channels[-1]
-        self.fc_hidden = nn.Linear(width, hidden) if hidden else None
-        self.fc = nn.Linear(hidden or width, num_classes)
-        self.label_names = list(labels or [])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: B x 3 x H x W -> logits B x C."""
-        h = self.backbone(x)
-        if self.fc_hidden is not None:
-            h = F.leaky_relu(self.fc_hidden(h), 0.01)
-        return self.fc(h)
-
-    @property
-    def hidden(self) -> int:
-        """Width of the MLP head's hidden layer (0: a linear head)."""
-        return 0 if self.fc_hidden is None else self.fc_hidden.out_features
-
-    @property
-    def labels(self) -> list[str]:
-        return self.label_names or [str(i) for i in range(self.fc.out_features)]
-
-    def label_representations(self) -> torch.Tensor:
-        """C x D: the rows of the last linear layer, one classifier per label (as ML-GCN's are)."""
-        return self.fc.weight
-
-    def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
-        head = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
-        return [
-            {"params": list(self.backbone.parameters()), "lr": lr_backbone, "name": "backbone"},
-            {"params": head, "lr": lr, "name": "head"},
-        ]
+def _create_msrn(
+    num_classes: int,
+    labels: list[str] | None = None,
+    word_vectors: Any = None,
+    adjacency: Any = None,
+    pool_ratio: float = 0.2,
+    num_groups: int | None = None,
+    defaults: dict[str, Any] | None = None,
+    **settings: Any,
+) -> MSRN:
+    """An MSRN for `num_classes` labels: label vectors (C x dim; fixed random ones without them), the adjacency
+    A_hat (C x C, used as given; no edges without it), K = num_groups or int(pool_ratio x C) groups, and
+    MSRNConfig fields (`settings` over the entrypoint's `defaults`)."""
+    vecs = placeholder_vectors(num_classes) if word_vectors is None else np.asarray(word_vectors, dtype=np.float32)
+    adj = np.eye(num_classes, dtype=np.float32) if adjacency is None else np.asarray(adjacency, dtype=np.float32)
+    if vecs.ndim != 2 or vecs.shape[0] != num_classes or adj.shape != (num_classes, num_classes):
+        raise ValueError(f"label vectors {vecs.shape} and adjacency {adj.shape} do not fit {num_classes} labels")
+    known = {f.name for f in fields(MSRNConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"no setting {', '.join(unknown)} (settings: {', '.join(sorted(known))})")
+    groups = num_groups or max(1, int(pool_ratio * num_classes))
+    # a fresh model's group loss is weighted for its label count (a reference checkpoint passes the reference's)
+    weight = group_loss_weight(num_classes, groups)
+    given = {"group_loss_weight": weight, **(defaults or {}), **settings, "num_classes": num_classes}
+    given.update(num_groups=groups, word_dim=vecs.shape[1])
+    cfg = MSRNConfig(**given)
+    cfg.check()
+    return MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj), labels)
 
 
-# the networks msrn builds and loads (what load_checkpoint, Predictor and the exports take)
-Classifier: TypeAlias = "MSRN | PlainClassifier"
+def placeholder_vectors(num_classes: int, dim: int = 300, seed: int = 0) -> np.ndarray:
+    """Fixed random label vectors for models built without real ones (tests, quick experiments)."""
+    return np.random.default_rng(seed).standard_normal((num_classes, dim)).astype(np.float32)
+
+
+@register_model(label_graph=True)
+def msrn_resnet101(**kwargs: Any) -> MSRN:
+    """The paper's model: MSRN on ResNet-101."""
+    return _create_msrn(**kwargs, defaults=dict(backbone="resnet101"))
+
+
+@register_model(label_graph=True)
+def msrn_resnet50(**kwargs: Any) -> MSRN:
+    """MSRN on ResNet-50."""
+    return _create_msrn(**kwargs, defaults=dict(backbone="resnet50"))
+
+
+@register_model(label_graph=True)
+def msrn_resnet18(**kwargs: Any) -> MSRN:
+    """MSRN on ResNet-18 with narrower label semantics (D = 256) and fc1 (1024)."""
+    return _create_msrn(**kwargs, defaults=dict(backbone="resnet18", semantic_dim=256, hidden_dim=1024))
+
+
+@register_model(label_graph=True)
+def msrn_tiny(**kwargs: Any) -> MSRN:
+    """MSRN on a tiny ResNet with narrow label layers: CPU tests, demos and the scenes benchmark."""
+    tiny = dict(backbone="resnet_tiny", label_dims=(64, 64), semantic_dim=64, hidden_dim=256)
+    return _create_msrn(**kwargs, defaults=tiny)
+
+
+@register_model(label_graph=True)
+def msrn_timm(backbone: str | None = None, **kwargs: Any) -> MSRN:
+    """The paper's head on a timm backbone: `backbone=NAME` (or `timm:NAME`), e.g. convnext_tiny."""
+    if not backbone or backbone == PREFIX:
+        raise ValueError("needs a timm model name: --backbone NAME (e.g. convnext_tiny)")
+    return _create_msrn(**kwargs, backbone=backbone if backbone.startswith(PREFIX) else PREFIX + backbone)

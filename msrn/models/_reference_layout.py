@@ -2,7 +2,8 @@
 mapped to this project's key names: the backbone is `backbone.*` here, the reference's
 `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}`, and only the unused `conv_buffer0` and `ProjectMs`
 and the classifier the model does not have (the MLP's `fc1`/`fc2` or the element-wise `W`/`B`) may be
-dropped. A load reads the file (msrn.checkpoint), maps it here, then builds the model.
+dropped. A load reads the file (msrn.checkpoint), maps it here, then builds the model. The names of models described
+by older msrn checkpoints (`legacy_name`) are told here too.
 """
 
 from __future__ import annotations
@@ -73,3 +74,27 @@ def reference_backbone(state: dict[str, torch.Tensor]) -> str:
     """The torchvision name of a reference state's backbone, told by its number of layer3 blocks."""
     blocks = {k.split(".")[2] for k in state if k.startswith("resnet_101.layer3.")}
     return {23: "resnet101", 6: "resnet50"}.get(len(blocks), f"resnet with {len(blocks)} layer3 blocks")
+
+
+# the registered name of a model described by a checkpoint written before names were recorded (version 1)
+LEGACY_MSRN_NAMES = {"resnet101": "msrn_resnet101", "resnet50": "msrn_resnet50", "resnet18": "msrn_resnet18"}
+LEGACY_BASELINE_NAMES = {
+    ("resnet101", 0): "baseline_resnet101",
+    ("resnet50", 0): "baseline_resnet50",
+    ("resnet18", 0): "baseline_resnet18",
+    ("resnet_tiny", 0): "baseline_tiny",
+    ("resnet_tiny", 6912): "baseline_mlp_tiny",
+}
+
+
+def legacy_name(arch: dict) -> str:
+    """The registered name that rebuilds a model description without one (an MSRN's whole config is given too)."""
+    if arch["kind"] == "msrn":
+        backbone = arch["config"].get("backbone", "resnet101")
+        if backbone.startswith("timm:"):
+            return "msrn_timm"
+        return LEGACY_MSRN_NAMES.get(backbone, "msrn_tiny")  # every config field is given: only the name is chosen
+    key = (arch["backbone"], int(arch.get("hidden", 0)))
+    if key not in LEGACY_BASELINE_NAMES:
+        raise ValueError(f"no baseline has a {key[0]} backbone with {key[1]} hidden units")
+    return LEGACY_BASELINE_NAMES[key]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 from torch import nn
@@ -31,12 +31,16 @@ from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
 from msrn.labels.wordvec import load_word_vectors
+from msrn.models._reference_layout import legacy_name, map_reference_state, reference_backbone, reference_state
+from msrn.models._registry import build_model
+from msrn.models._state import load_state_strict
+from msrn.models.baseline import PlainClassifier
 from msrn.models.gat import GROUP_LOSS_WEIGHT
-from msrn.models.msrn import MSRN, Classifier, MSRNConfig, PlainClassifier
-from msrn.models.reference_layout import map_reference_state, reference_backbone, reference_state
-from msrn.models.registry import _build_model
-from msrn.models.state import load_state_strict
+from msrn.models.msrn import MSRN, MSRNConfig
 from msrn.options import UNRECORDED_IMAGE_SIZE
+
+# the networks msrn builds and loads (what load_checkpoint, Predictor and the exports take)
+Network: TypeAlias = MSRN | PlainClassifier
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Loaded:
     """A model from a checkpoint (eval mode, CPU) and how it is meant to be used: input side in pixels,
     per-label thresholds (None: the checkpoint tuned none) and whether photos are turned upright by EXIF."""
 
-    model: Classifier
+    model: Network
     image_size: int = UNRECORDED_IMAGE_SIZE
     thresholds: np.ndarray | None = None
     exif_orientation: bool = True
@@ -116,8 +120,15 @@ def _load_reference(
     labels, vectors, adj = _reference_label_inputs(num_classes, where, word_vectors, cooccurrence, labels, dataset)
     mapped, dropped = map_reference_state(state, head)
     # the reference's model and its loss: the group loss at the reference's fixed weight, whatever the label count
-    model = _build_model(
-        name, num_classes, labels, vectors, adj, num_groups=num_groups, head=head, group_loss_weight=GROUP_LOSS_WEIGHT
+    model = build_model(
+        name,
+        num_classes,
+        labels,
+        word_vectors=vectors,
+        adjacency=adj,
+        num_groups=num_groups,
+        head=head,
+        group_loss_weight=GROUP_LOSS_WEIGHT,
     )
     assert isinstance(model, MSRN)  # msrn_resnet101/50 are MSRN configurations
     load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
@@ -156,24 +167,30 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
     }
 
 
-def _build_from_state(ckpt: dict, where: str) -> Classifier:
+def _build_from_state(ckpt: dict, where: str) -> Network:
     """Rebuild the network described by a project checkpoint and load its weights strictly."""
     arch = ckpt.get("model") or {}
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
         raise MSRNError(f"{where} has no state_dict")
-    model: Classifier
+    if arch.get("kind") not in ("msrn", "baseline"):
+        raise MSRNError(f"{where}: unknown model kind {arch.get('kind')!r}")
     try:
-        if arch.get("kind") == "msrn":
+        name = arch.get("name") or legacy_name(arch)
+        if arch["kind"] == "msrn":
             # older checkpoints keep the label names inside the config
-            labels = arch.get("labels", arch["config"].get("labels"))
-            model = MSRN(MSRNConfig.from_dict(arch["config"]), state["word_vectors"], state["adjacency"], labels)
-        elif arch.get("kind") == "baseline":
-            model = PlainClassifier(arch["backbone"], arch["num_classes"], arch.get("labels"), arch.get("hidden", 0))
+            labels = arch.get("labels", arch["config"].get("labels")) or None
+            settings = MSRNConfig.from_dict(arch["config"]).to_dict()
+            n = settings.pop("num_classes")
+            vectors, adjacency = state["word_vectors"], state["adjacency"]
+            model = build_model(name, n, labels, word_vectors=vectors, adjacency=adjacency, **settings)
         else:
-            raise MSRNError(f"{where}: unknown model kind {arch.get('kind')!r}")
+            model = build_model(name, arch["num_classes"], arch.get("labels") or None)
     except (KeyError, TypeError, ValueError) as e:
         raise MSRNError(f"{where}: malformed model description ({type(e).__name__}: {e})") from None
+    except MSRNError as e:
+        raise MSRNError(f"{where}: {e}") from None
+    assert isinstance(model, (MSRN, PlainClassifier))  # what the registered entrypoints build
     load_state_strict(model, state, where)
     return model
 

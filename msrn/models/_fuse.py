@@ -12,7 +12,8 @@ import copy
 import torch
 from torch import nn
 
-from msrn.models.msrn import MSRN, Classifier
+from msrn.models._loading import Network
+from msrn.models.msrn import MSRN
 
 
 def _pair(t: tuple[int, ...]) -> tuple[int, int]:
@@ -77,7 +78,7 @@ class InferenceModel(nn.Module):
     rows: torch.Tensor  # buffers registered for MSRN only
     assign: torch.Tensor | None
 
-    def __init__(self, model: Classifier, channels_last: bool) -> None:
+    def __init__(self, model: Network, channels_last: bool) -> None:
         super().__init__()
         self.model = model
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -107,7 +108,7 @@ class InferenceModel(nn.Module):
 
 
 def optimize_for_inference(
-    model: Classifier, channels_last: bool = True, fold_bn: bool = True, compile: bool = False
+    model: Network, channels_last: bool = True, fold_bn: bool = True, compile: bool = False
 ) -> InferenceModel:
     """A copy of `model` for eval-only inference: BN folded, channels-last, semantics precomputed.
 
