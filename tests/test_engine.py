@@ -157,7 +157,7 @@ def test_schedule_and_parameter_groups(run: tuple[Path, Path]) -> None:
     assert groups["head"]["lr"] == pytest.approx(0.1 * 0.1)
     assert groups["backbone"]["momentum"] == 0.9 and groups["head"]["weight_decay"] == 1e-4
     names = [k for k in ckpt["state_dict"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    slow = [k for k in names if k.startswith(("backbone.", "conv_buffer"))]
+    slow = [k for k in names if k.startswith(("backbone.", "depth_conv"))]
     assert len(groups["backbone"]["params"]) == len(slow)
     assert ckpt["epoch"] == 2 and ckpt["step_in_epoch"] == 0 and ckpt["global_step"] == 2 * 5
 
@@ -394,7 +394,7 @@ def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, P
     trainer = Trainer(cfg)
     assert trainer.labelset.labels == [*sorted(LABELS), "yellow"]
     for key, value in trainer.model.state_dict().items():
-        if key.startswith(("fc1.", "fc2.")):  # C + K changed: fc1's input and fc2's output
+        if key.startswith(("head.fc1.", "head.fc2.")):  # C + K changed: fc1's input and fc2's output
             assert value.shape != source[key].shape or not torch.equal(value, source[key]), key
         elif key in ("word_vectors", "adjacency"):
             assert value.shape[0] == 4, key
@@ -402,7 +402,7 @@ def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, P
             assert torch.equal(value, source[key]), key
     assert torch.equal(trainer.model.word_vectors, torch.from_numpy(trainer.labelset.word_vectors))
     lines = [line for line in (tmp_path / "ft" / "log.txt").read_text().splitlines() if "--init" in line]
-    assert len(lines) == 1 and "started afresh: fc1, fc2;" in lines[0], lines
+    assert len(lines) == 1 and "started afresh: head.fc1, head.fc2;" in lines[0], lines
     trainer.fit()
     tuned = load_checkpoint(tmp_path / "ft" / "best.pt").model
     assert tuned.labels == trainer.labelset.labels

@@ -34,7 +34,7 @@ from msrn.data.loader import build_loader
 from msrn.data.transforms import TrainTransform
 from msrn.engine.config import TrainConfig, add_config_arguments, config_from_args
 from msrn.engine.ema import WeightEMA
-from msrn.engine.evaluate import autocast, predict_scores, score_metrics
+from msrn.engine.evaluate import autocast, predict_logits, score_metrics
 from msrn.engine.losses import build_loss, model_group_loss, objective
 from msrn.engine.optim import make_optimizer, make_scheduler
 from msrn.engine.preemption import Stopped, StopSignals, parse_signal, shield_workers
@@ -53,6 +53,7 @@ from msrn.models import (
     match_init_state,
     model_state,
     require_backbone,
+    use_fast_paths,
     with_tta,
 )
 from msrn.plots import plot_ap_per_label, plot_history
@@ -166,15 +167,9 @@ class Evaluation:
     test: dict  # metrics on the test split, at those thresholds
 
     @property
-    def val_score(self) -> float | None:
+    def val_map(self) -> float | None:
         """The validation mAP that selects epochs; None without a validation split or a positive in it."""
         return None if self.validation is None else self.validation["mAP"]
-
-    @property
-    def val_map(self) -> float:
-        """The validation mAP to compare, -1 where there is none (no split, or no positive in it)."""
-        score = self.val_score
-        return -1.0 if score is None else score
 
 
 @dataclass
@@ -205,7 +200,7 @@ def history_entry(epoch: int, train_loss: float, seconds: float, results: dict[s
     for which, r in results.items():
         prefix = "" if which == "live" else "ema_"
         if r.validation is not None:
-            entry[prefix + "val_mAP"] = r.val_score
+            entry[prefix + "val_mAP"] = r.val_map
         entry.update({prefix + "test_loss": r.test["loss"], prefix + "mAP": r.test["mAP"]})
     return entry
 
@@ -216,7 +211,8 @@ def weights_text(results: dict[str, Evaluation]) -> str:
         return ""
     parts = []
     for which, r in results.items():
-        val = f"val {r.val_map:.2f} " if r.validation is not None else ""
+        val_map = float("nan") if r.val_map is None else r.val_map  # a split without a positive has no mAP
+        val = f"val {val_map:.2f} " if r.validation is not None else ""
         parts.append(f"{which} {val}test {r.test['mAP'] or float('nan'):.2f}")
     return " | mAP " + ", ".join(parts)
 
@@ -316,7 +312,7 @@ class Trainer:
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         # torch's stubs omit Module.to's memory_format, which it takes (and which returns the module itself)
         model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
-        self.model = model
+        self.model = use_fast_paths(model)  # the same numbers; fc1's gradient memory reused between steps
 
     def distribute_model(self) -> None:
         """self.net, what the training steps run: the model itself, or under torchrun its DistributedDataParallel
@@ -614,7 +610,7 @@ class Trainer:
                 self.test_data.split,
             )
         which = self.select_weights(results)
-        score = results[which].val_score
+        score = results[which].val_map
         best = None if self.best is None else self.best.score
         improved = score is None or best is None or score >= best
         val_txt = f" val mAP {score:.2f} |" if score is not None else ""
@@ -641,7 +637,7 @@ class Trainer:
 
     def keep_best(self, which: str, result: Evaluation) -> None:
         """Record this epoch as the selected one and write best.pt from `which` weights, metrics.json and plots."""
-        score = result.val_score
+        score = result.val_map
         self.best = best = Selected(
             epoch=self.epoch,
             score=score if score is not None else result.test["mAP"],
@@ -679,13 +675,13 @@ class Trainer:
         group_loss = model_group_loss(module)  # the reported losses are the training objective's
         module = with_tta(module, cfg.tta)
         if self.val_data is not None:
-            vlogits = predict_scores(
+            vlogits = predict_logits(
                 module, self.val_data, cfg.image_size, self.rank_batch, cfg.workers, self.device, cfg.amp, desc="val"
             )
             vm = score_metrics(vlogits, self.val_data.targets, group_loss=group_loss, loss=self.criterion)
             if cfg.tune_thresholds:
                 thresholds = per_label_thresholds(sigmoid(vlogits.astype(np.float64)), self.val_data.targets)
-        tlogits = predict_scores(
+        tlogits = predict_logits(
             module, self.test_data, cfg.image_size, self.rank_batch, cfg.workers, self.device, cfg.amp, desc="test"
         )
         return Evaluation(
@@ -696,7 +692,8 @@ class Trainer:
         """Which weights this epoch offers as best.pt: the better on validation (live on a tie); without a
         validation split nothing is picked on the test split, so the EMA weights when the run keeps them."""
         if self.val_data is not None:
-            return max(results, key=lambda k: results[k].val_map)
+            # an evaluation without a validation mAP ranks below any with one
+            return max(results, key=lambda k: (results[k].val_map is not None, results[k].val_map or 0.0))
         return "ema" if self.ema is not None else "live"
 
     def write_history_plot(self) -> None:

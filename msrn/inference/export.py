@@ -29,8 +29,9 @@ from torch import nn
 
 from msrn.errors import MSRNError
 from msrn.hub import CARD, CONFIG, WEIGHTS
-from msrn.inference.args import load_from_args
+from msrn.inference.predictor import loaded_from_args
 from msrn.inference.push import INPUT, NORMALIZATION, add_card_arguments, export_folder, export_options
+from msrn.inference.tagging import threshold_vector
 from msrn.io import atomic_write_bytes
 from msrn.models import MSRN, Network
 from msrn.options import UNRECORDED_IMAGE_SIZE, add_checkpoint_arguments, add_deprecated_fast, bounded
@@ -200,13 +201,12 @@ def main(args: argparse.Namespace) -> int:
     if given:
         raise MSRNError(f"{', '.join(given)}: for --format hub only")
     _require_onnx()
-    predictor = load_from_args(args, fast=False)  # the network as written; onnxruntime does its own folding
-    model = predictor.model
-    diff = export_onnx(
-        model, args.out, predictor.image_size, args.opset, predictor.thresholds.tolist(), predictor.exif_orientation
-    )
+    loaded = loaded_from_args(args)  # the network as written; onnxruntime does its own folding
+    model, image_size = loaded.model, args.image_size or loaded.image_size
+    thresholds = threshold_vector(0.5 if loaded.thresholds is None else loaded.thresholds, len(model.labels))
+    diff = export_onnx(model, args.out, image_size, args.opset, thresholds.tolist(), loaded.exif_orientation)
     print(
-        f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {predictor.image_size}px, "
+        f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {image_size}px, "
         f"dynamic batch); onnxruntime logits match PyTorch's within {diff:.2g}",
         file=sys.stderr,
     )

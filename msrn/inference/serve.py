@@ -51,10 +51,10 @@ from PIL import Image
 
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, open_image
-from msrn.inference.args import add_decoding_arguments, decoding_options, load_from_args
+from msrn.inference.args import add_decoding_arguments, decoding_options
 from msrn.inference.draw import panel_size, panels
 from msrn.inference.explain import concentration
-from msrn.inference.predictor import Predictor
+from msrn.inference.predictor import Predictor, load_from_args
 from msrn.models import MSRN
 from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments, bounded
 from msrn.plots import image_png

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from msrn.models import baseline, heads, msrn  # noqa: F401  (importing the architecture files registers them)
 from msrn.models._factory import create_model
-from msrn.models._fuse import optimize_for_inference
+from msrn.models._fuse import optimize_for_inference, use_fast_paths
 from msrn.models._loading import Loaded, Network, load_checkpoint, model_state
 from msrn.models._reference_layout import checkpoint_weights
 from msrn.models._registry import build_model, list_heads, list_models, register_head, register_model
@@ -56,5 +56,6 @@ __all__ = [
     "register_head",
     "register_model",
     "require_backbone",
+    "use_fast_paths",
     "with_tta",
 ]

@@ -15,8 +15,9 @@ from msrn.checkpoint import FORMAT
 from msrn.download import fetch
 from msrn.errors import MSRNError
 from msrn.hub import read_source
+from msrn.models._loading import load_state_strict
 from msrn.models._reference_layout import checkpoint_weights, is_reference
-from msrn.models._state import BACKBONE_EXTRAS, backbone_weights, load_state_strict, require_backbone
+from msrn.models._state import backbone_weights, require_backbone
 from msrn.models.resnet import ResNet
 from msrn.models.timm_backbone import PREFIX, TimmBackbone
 
@@ -38,17 +39,18 @@ def load_imagenet_state(model: ResNet, state: dict[str, torch.Tensor], where: st
 
 def load_checkpoint_backbone(model: nn.Module, ckpt: dict, where: str) -> str:
     """Load the backbone of a reference or msrn checkpoint into `model` (a ResNet or a network with
-    `.backbone`), strictly, with conv_buffer1/2 where both sides have them; returns what was taken."""
+    `.backbone`), strictly, with the added 1x1 convolutions (the reference's conv_buffer1/2) where both sides
+    have them; returns what was taken."""
     state, arch, _ = checkpoint_weights(ckpt, where)
     require_backbone(arch, model, where)
     resnet = getattr(model, "backbone", model)
     weights, extras = backbone_weights(state)
     load_state_strict(resnet, weights, f"the backbone of {where}")
-    own_extras = {name: getattr(model, name) for name in BACKBONE_EXTRAS if hasattr(model, name)}
-    if own_extras and extras:
-        load_state_strict(nn.ModuleDict(own_extras), extras, f"conv_buffer1/2 of {where}")
+    own = getattr(model, "depth_conv", None)
+    if own is not None and extras:
+        load_state_strict(own, extras, f"conv_buffer1/2 of {where}")
         taken = " and conv_buffer1/2"
-    elif own_extras:
+    elif own is not None:
         taken = " (conv_buffer1/2 start afresh: the checkpoint has none)"
     else:
         taken = " (its conv_buffer1/2 are not used: the model has none)" if extras else ""

@@ -6,9 +6,8 @@ commented out beside it (with its parameters W and B): each label's group featur
 mixed by the assignment S (C x K), it is joined to the label's own feature, tanh, and one weight vector per
 label scores it: logit_c = <W_c, x_c> + B_c. Its weights grow linearly with C.
 
-The parameters keep the reference checkpoints' top-level names (`fc1`, `fc2`, `W`, `B`), so each head
-module is registered on MSRN under its own parameters' names: MLPHead holds fc1 and fc2 as children,
-ElementwiseHead holds W and B.
+A head is MSRN's `head` (keys `head.fc1.*` or `head.W`, `head.B`); the reference's top-level names are mapped
+when its files load (_reference_layout.py).
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msrn.models._linear import ReusedGradLinear
-from msrn.models._ops import linear
 from msrn.models._registry import register_head
 
 # Every head takes (num_classes=C, rows=C+K, width=S x D, hidden, groups) and maps B x (C+K) x SD attended semantics
@@ -33,13 +30,13 @@ class MLPHead(nn.Module):
 
     def __init__(self, num_classes: int, rows: int, width: int, hidden: int, groups: bool = True):
         super().__init__()
-        self.fc1 = ReusedGradLinear(rows * width, hidden)  # nn.Linear that keeps its gradient's memory
+        self.fc1 = nn.Linear(rows * width, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, attended: torch.Tensor, assign: torch.Tensor | None = None) -> torch.Tensor:
         # attended: B x (C+K) x SD -> B x C
         h = torch.tanh(attended).flatten(1)
-        return self.fc2(F.leaky_relu(linear(self.fc1, h), 0.01))
+        return self.fc2(F.leaky_relu(self.fc1(h), 0.01))
 
 
 @register_head("elementwise")

@@ -1,10 +1,9 @@
-"""The MSRN module (docs/design.md §1-6): backbone at three depths, label graph, group pooling,
-label-guided attention at every depth, and the classifier (the paper's MLP or the reference's element-wise
-head, msrn.models.heads).
+"""MSRN (docs/design.md §1-6): a backbone read at three depths, the label graph, group pooling, label-guided
+attention at every depth, and the head (the paper's MLP or the reference's element-wise one, heads.py).
 
-Parameter names follow the reference checkpoints (`ProjectM`, `fc_label`, `label_embed`,
-`group_embed`, `fc1`, `fc2`, `W`, `B`); the backbone is `backbone.*` here and `resnet_101.*` there,
-and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see reference_layout.py).
+Modules are named for what they are in the paper; the reference's checkpoint names (`conv_buffer1/2`,
+`ProjectM`, `fc_label`, `label_embed`, `group_embed`, top-level `fc1`/`fc2`/`W`/`B`) are mapped when a file is
+loaded (_reference_layout.py). The CPU fast paths are applied by the callers that want them (_fuse.py).
 """
 
 from __future__ import annotations
@@ -19,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msrn.models._ops import conv1x1, max_pool2x2
 from msrn.models._registry import head_class, register_model
 from msrn.models.attention import attend
-from msrn.models.gat import GATStack, GroupStack, group_loss, group_loss_weight
+from msrn.models.gat import GATStack, GroupPooling, group_loss, group_loss_weight
 from msrn.models.timm_backbone import PREFIX, build_backbone
 
 DEPTHS = (1, 2, 3)  # after layer2, layer3, layer4
@@ -110,42 +108,43 @@ def check_depths(depths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
 
 
 class MSRN(nn.Module):
+    """The network of docs/design.md §1-6: an image's maps at three depths attended by label and group semantics
+    computed from the label graph, then the head."""
+
     model_name = ""  # the registered name it was built under (set by the registry; checkpoints record it)
-    # buffers and the head set in __init__ outside nn.Module's attribute typing (register_buffer, __dict__)
-    word_vectors: torch.Tensor
+    word_vectors: torch.Tensor  # buffers (register_buffer), typed here
     adjacency: torch.Tensor
-    classifier: nn.Module
 
     def __init__(
         self, cfg: MSRNConfig, word_vectors: torch.Tensor, adjacency: torch.Tensor, labels: list[str] | None = None
     ):
         super().__init__()
+        cfg.check()
         self.cfg = cfg
         self.label_names = list(labels or [])
-        cfg.check()
         c, d = cfg.num_classes, cfg.semantic_dim
-        k = cfg.num_groups if cfg.group_semantics else 0  # group rows the attention and classifier see
+        k = cfg.num_groups if cfg.group_semantics else 0  # group rows the attention and the head see
+        # §1: the image side. Layers of depths not read are Identity (no weights), so nothing sits unused.
         self.backbone = build_backbone(cfg.backbone)  # a ResNet, or a timm model for "timm:NAME"
-        c2, c3, c4 = self.backbone.channels
-        # layers of depths not read are not built (None / Identity: no weights), so nothing sits unused
-        self.conv_buffer1 = nn.Conv2d(c2, c2, 1) if 1 in cfg.depths else None
-        self.conv_buffer2 = nn.Conv2d(c3, c3, 1) if 2 in cfg.depths else None
-        for conv in (self.conv_buffer1, self.conv_buffer2):  # drawn as the reference's ResNet init loop draws them
-            if conv is not None:
-                kh, kw = conv.kernel_size
-                nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (kh * kw * conv.out_channels)))
-        self.ProjectM = nn.ModuleList(
-            nn.Conv2d(ch, d, 1) if s in cfg.depths else nn.Identity() for s, ch in zip(DEPTHS, (c2, c3, c4))
+        widths = self.backbone.channels  # after layer2, layer3, layer4
+        self.depth_conv = nn.ModuleList(  # the 1x1 convolutions added after layer2 and layer3
+            nn.Conv2d(ch, ch, 1) if s in cfg.depths and s < 3 else nn.Identity() for s, ch in zip(DEPTHS, widths)
         )
-        self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
-        self.label_embed = GATStack((*cfg.label_dims, d))
-        self.group_embed = GroupStack(d, cfg.num_groups) if cfg.group_semantics else None
-        head = head_class(cfg.head)(
+        for conv in self.depth_conv:  # drawn as the reference's ResNet init loop draws them
+            if isinstance(conv, nn.Conv2d):
+                nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / conv.out_channels))  # 1x1 kernel
+        self.pool = nn.MaxPool2d(2, 2)
+        self.project = nn.ModuleList(  # each depth to D channels
+            nn.Conv2d(ch, d, 1) if s in cfg.depths else nn.Identity() for s, ch in zip(DEPTHS, widths)
+        )
+        # §2-4: the label side
+        self.word_proj = nn.Linear(cfg.word_dim, cfg.label_dims[0])
+        self.label_gat = GATStack((*cfg.label_dims, d))  # local label semantics L
+        self.group_pool = GroupPooling(d, cfg.num_groups) if cfg.group_semantics else None  # group semantics G
+        # §6: the head over the attended semantics
+        self.head = head_class(cfg.head)(
             num_classes=c, rows=c + k, width=len(cfg.depths) * d, hidden=cfg.hidden_dim, groups=cfg.group_semantics
         )
-        for name, part in [*head.named_children(), *head.named_parameters(recurse=False)]:
-            setattr(self, name, part)  # under the reference checkpoints' top-level names: fc1, fc2 or W, B
-        self.__dict__["classifier"] = head  # the same parameters, so not registered a second time
         # label inputs travel with the weights, so a checkpoint can never meet the wrong vectors
         self.register_buffer("word_vectors", torch.as_tensor(word_vectors, dtype=torch.float32).clone())
         self.register_buffer("adjacency", torch.as_tensor(adjacency, dtype=torch.float32).clone())
@@ -156,39 +155,27 @@ class MSRN(nn.Module):
             )
 
     def semantics(self) -> Semantics:
-        """Local label semantics L, group semantics G, the labels' group assignment and the group loss."""
+        """Local label semantics L, group semantics G, the labels' group assignment and the group loss (§3-4)."""
         if self.cfg.label_graph:
             mask = self.adjacency > 0
         else:
             mask = torch.eye(self.cfg.num_classes, dtype=torch.bool, device=self.adjacency.device)
-        local = self.label_embed(self.fc_label(self.word_vectors), mask)  # C x D
-        if self.group_embed is None:
+        local = self.label_gat(self.word_proj(self.word_vectors), mask)  # C x D
+        if self.group_pool is None:
             return Semantics(local, local.new_zeros(0, local.shape[1]), None, local.new_zeros(()))
-        groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
+        groups, assign = self.group_pool(F.relu(local), mask)  # K x D, C x K
         return Semantics(local, groups, assign, group_loss(local, groups, assign, self.cfg.group_loss_weight))
 
     def pooled_maps(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """layer2/3/4 outputs -> conv_buffer1/2 (depths 1, 2) and the 2x2 max-pool, each B x C_s x H_s x W_s,
-        for the depths read."""
-        convs = (self.conv_buffer1, self.conv_buffer2, None)
-        return [
-            max_pool2x2(f if conv is None else conv1x1(conv, f))
-            for s, f, conv in zip(DEPTHS, feats, convs) if s in self.cfg.depths
-        ]  # fmt: skip
+        """layer2/3/4 outputs -> the added 1x1 convolution (depths 1, 2) and the 2x2 max-pool, for the depths read:
+        each B x C_s x H_s x W_s."""
+        return [self.pool(self.depth_conv[s - 1](feats[s - 1])) for s in self.cfg.depths]
 
     def projected_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: B x 3 x H x W -> the pooled maps of the depths read, projected by ProjectM to D channels,
-        each B x D x H_s x W_s: what the attention reads (and the explanations' grid)."""
+        """x: B x 3 x H x W -> F_s, the pooled maps projected to D channels, each B x D x H_s x W_s: what the
+        attention reads (and the explanations' grid)."""
         pooled = self.pooled_maps(self.backbone.forward_features(x, max(self.cfg.depths)))
-        # the depths read hold a Conv2d in ProjectM (the others an Identity, never read)
-        return [conv1x1(cast(nn.Conv2d, self.ProjectM[s - 1]), m) for s, m in zip(self.cfg.depths, pooled)]
-
-    def head(self, attended: torch.Tensor, assign: torch.Tensor | None = None) -> torch.Tensor:
-        """(B x (C+K) x SD) attended semantics, S depths read -> B x C logits. The element-wise head also
-        reads the label-to-group assignment (C x K), computed here when not given."""
-        if self.cfg.head == "elementwise" and assign is None and self.group_embed is not None:
-            assign = self.semantics().assign
-        return self.classifier(attended, assign)
+        return [self.project[s - 1](m) for s, m in zip(self.cfg.depths, pooled)]
 
     def classify(
         self,
@@ -198,13 +185,14 @@ class MSRN(nn.Module):
         assign: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Projected maps (each B x D x H_s x W_s) and semantic rows ((C+K) x D, labels then groups) -> B x C
-        logits: attention at each depth (in the form named; None: chosen by device), concatenated, then the head
-        (given the assignment C x K, or computing it when the head needs it).
-
-        The one path from features to logits: forward, explanations, the folded model and export use it.
+        logits: label-guided attention at each depth (§5; in the form named, None: chosen by device),
+        concatenated, then the head (§6; the element-wise head reads the assignment C x K, computed when not
+        given). The one path from features to logits: forward, explanations, the folded model and export use it.
         """
-        attended = [attend(m.flatten(2), rows, attention) for m in maps]  # each B x (C+K) x D
-        return self.head(torch.cat(attended, -1), assign)  # B x (C+K) x SD
+        attended = torch.cat([attend(m.flatten(2), rows, attention) for m in maps], -1)  # B x (C+K) x SD
+        if self.cfg.head == "elementwise" and assign is None and self.group_pool is not None:
+            assign = self.semantics().assign
+        return self.head(attended, assign)
 
     def forward(
         self, x: torch.Tensor, semantics: Semantics | None = None, attention: str | None = None
@@ -220,8 +208,8 @@ class MSRN(nn.Module):
         return self.semantics().local
 
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
-        """The reference's two groups: backbone and its conv_buffers at lr_backbone, the head at lr."""
-        slow = [p for n, p in self.named_parameters() if n.startswith(("backbone.", "conv_buffer"))]
+        """The reference's two groups: the backbone and its added 1x1 convolutions at lr_backbone, the rest at lr."""
+        slow = [p for n, p in self.named_parameters() if n.startswith(("backbone.", "depth_conv."))]
         ids = {id(p) for p in slow}
         fast = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": slow, "lr": lr_backbone, "name": "backbone"}, {"params": fast, "lr": lr, "name": "head"}]
