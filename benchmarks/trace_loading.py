@@ -2,11 +2,12 @@
 
     python benchmarks/trace_loading.py
 
-Traces (sys.settrace) `msrn predict --checkpoint`, `msrn.load` and `msrn.models.load_checkpoint` on a tiny
-checkpoint, from the entry call until the model's `load_state_dict` runs. The path is the chain of msrn files
-on the call stack at that moment (what a reader follows); a hop is a call from one file into another along the
-whole trace; a climb is a call from a lower layer (base < data < labels < models < engine < inference) into a
-higher one. Prints one line per entry.
+Traces (sys.settrace) `msrn predict --checkpoint`, `msrn export`, `msrn.load` and `msrn.load_checkpoint` on a
+tiny checkpoint. The path is what a reader follows: the msrn files on the call stack when torch.load reads the
+file, then those on the stack when load_state_dict puts the weights in. A hop is a step from one file to the next
+along it; a climb, a step from a lower layer (base < data < labels < models < engine < inference) into a higher
+one; a back-up, a file the read returns from before the weights go in. Prints one line per entry. For another
+checkout: `cd /tmp && PYTHONPATH=/path/to/checkout python /path/to/benchmarks/trace_loading.py`.
 """
 
 from __future__ import annotations
@@ -37,51 +38,52 @@ LAYERS = ("data", "labels", "models", "engine", "inference")
 
 def layer(file: str) -> int:
     """0 for the base modules (msrn/*.py), then data, labels, models, engine, inference."""
-    parts = Path(file).relative_to(ROOT).parts
+    parts = Path(file).parts
     return (
         LAYERS.index(parts[0]) + 1 if len(parts) > 1 and parts[0] in LAYERS else (6 if parts[0] in ("cli.py",) else 0)
     )
 
 
-def trace(entry: Callable[[], Any]) -> tuple[list[str], int, int]:
-    """(files on the stack when load_state_dict starts, hops between files, climbs to a higher layer)."""
-    path: list[str] = []
-    hops = climbs = 0
-    done = False
+def _msrn_stack(frame: FrameType | None) -> list[str]:
+    """The msrn files on the call stack above `frame`, outermost first, repeats in a row merged."""
+    stack: list[str] = []
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(str(ROOT)):
+            name = str(Path(frame.f_code.co_filename).relative_to(ROOT))
+            if not stack or stack[-1] != name:
+                stack.append(name)
+        frame = frame.f_back
+    return stack[::-1]
+
+
+def trace(entry: Callable[[], Any]) -> tuple[list[str], int, int, int]:
+    """(the path's files, its hops, its calls up a layer, its files left behind to come back down) from the entry
+    to weights in a model.
+
+    The path is what a reader follows: the msrn files on the stack when torch.load reads the file, then those
+    on the stack when load_state_dict puts the weights in (past their common start). A hop is a step from one
+    file to the next along it; a climb, a step from a lower layer into a higher one."""
+    stacks: list[list[str]] = []
 
     def tracer(frame: FrameType, event: str, arg: Any) -> None:
-        nonlocal hops, climbs, done
-        if done or event != "call":
-            return None
         code = frame.f_code
-        if code.co_name == "load_state_dict" and "torch" in code.co_filename:
-            stack: list[str] = []
-            f = frame.f_back
-            while f is not None:
-                if f.f_code.co_filename.startswith(str(ROOT)):
-                    name = str(Path(f.f_code.co_filename).relative_to(ROOT))
-                    if not stack or stack[-1] != name:
-                        stack.append(name)
-                f = f.f_back
-            path.extend(reversed(stack))
-            done = True
-            return None
-        caller = frame.f_back
-        here = code.co_filename
-        if caller is None or not here.startswith(str(ROOT)) or not caller.f_code.co_filename.startswith(str(ROOT)):
-            return None
-        if caller.f_code.co_filename != here and not code.co_name.startswith("<"):
-            hops += 1
-            climbs += layer(here) > layer(caller.f_code.co_filename)
+        if event == "call" and "torch" in code.co_filename and len(stacks) < 2:
+            if (code.co_name == "load" and code.co_filename.endswith("serialization.py") and not stacks) or (
+                code.co_name == "load_state_dict" and len(stacks) == 1
+            ):
+                stacks.append(_msrn_stack(frame.f_back))
         return None
 
-    sys.setprofile(None)
     sys.settrace(tracer)
     try:
         entry()
     finally:
         sys.settrace(None)
-    return path, hops, climbs
+    read, weights = (stacks + [[], []])[:2]
+    common = next((i for i, (a, b) in enumerate(zip(read, weights)) if a != b), min(len(read), len(weights)))
+    steps = list(zip(read, read[1:])) + list(zip(weights[common - 1 : -1], weights[common:]))
+    path = read + weights[common:]
+    return path, len(steps), sum(layer(b) > layer(a) for a, b in steps), len(read) - common
 
 
 def main() -> None:
@@ -96,12 +98,16 @@ def main() -> None:
             "msrn predict --checkpoint": lambda: cli_main(
                 ["predict", "--checkpoint", str(ckpt), str(image), "--out", str(Path(tmp) / "out.json")]
             ),
+            "msrn export": lambda: cli_main(["export", "--checkpoint", str(ckpt), "--out", str(Path(tmp) / "m.onnx")]),
             "msrn.load": lambda: msrn.load(ckpt),
             "msrn.models.load_checkpoint": lambda: msrn.load_checkpoint(ckpt),
         }
         for what, entry in entries.items():
-            path, hops, climbs = trace(entry)
-            print(f"{what}: {len(set(path))} files on the path, {hops} hops, {climbs} climbs: {' -> '.join(path)}")
+            path, hops, climbs, backups = trace(entry)
+            print(
+                f"{what}: {len(set(path))} files, {hops} hops, {climbs} calls up a layer, {backups} back-ups: "
+                + " -> ".join(path)
+            )
 
 
 if __name__ == "__main__":
