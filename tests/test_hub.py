@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from model_helpers import randomise_batchnorms
+from model_helpers import randomise_batchnorms, reference_names
 from PIL import Image
 
 import msrn
@@ -734,3 +734,18 @@ def test_a_demo_model_becomes_a_folder_whose_card_shows_its_figures(tmp_path: Pa
     assert np.array_equal(
         Predictor.from_checkpoint(out).run(x)[0], Predictor.from_checkpoint(run_folder / "best.pt").run(x)[0]
     )
+
+
+def test_a_version_1_folder_with_the_references_module_names_still_loads(folder: Path, tmp_path: Path):
+    """Folders written before the model's modules got the paper's names (format_version 1) keep loading."""
+    from safetensors.torch import load_file
+
+    old = _rewrite(folder, tmp_path / "v1", lambda t: t.update(reference_names({k: t.pop(k) for k in list(t)})))
+    config = json.loads((old / CONFIG).read_text())
+    config["format_version"] = 1
+    config["architecture"].pop("name", None)
+    (old / CONFIG).write_text(json.dumps(config))
+    assert {"fc1.weight", "ProjectM.0.weight"} <= set(load_file(old / WEIGHTS))  # the old names, as written then
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(old).model(x), load_checkpoint(folder).model(x), rtol=0, atol=0)
