@@ -72,7 +72,7 @@ def test_evaluate_reproduces_the_run_metrics(
     from sklearn.metrics import average_precision_score
 
     from msrn.data import build_dataset
-    from msrn.engine.evaluate import predict_scores
+    from msrn.engine.evaluate import predict_logits
 
     csv, out = run
     report = tmp_path / "eval.json"
@@ -105,7 +105,7 @@ def test_evaluate_reproduces_the_run_metrics(
     assert tuned["split"] == "test" and "not a fair number" in tuned["note"]
     test = build_dataset("csv", str(csv), "test")
     loaded = load_checkpoint(out / "best.pt")
-    logits = predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
+    logits = predict_logits(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
     probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
     ap = [100 * average_precision_score(test.targets[:, j] == 1, probs[:, j]) for j in range(3)]
     assert (test.targets == 1).any(axis=0).all()  # every label has a positive: each has an AP
