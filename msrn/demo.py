@@ -34,8 +34,7 @@ from msrn.inference.draw import figure
 from msrn.inference.explain import require_msrn
 from msrn.inference.predictor import load
 from msrn.io import atomic_write_json, atomic_write_text
-from msrn.metrics import subset_metrics
-from msrn.models import MSRN, load_checkpoint
+from msrn.models import load_checkpoint
 from msrn.options import bounded
 from msrn.plots import figure_image, save_image
 
