@@ -214,8 +214,8 @@ def test_reference_checkpoint_saved_under_data_parallel_loads(apparel_state: dic
     assert any("dropped" in m for m in msgs), msgs
     got = model.state_dict()
     assert torch.equal(got["backbone.conv1.weight"], apparel_state["resnet_101.conv1.weight"])
-    assert torch.equal(got["conv_buffer1.weight"], apparel_state["resnet_101.conv_buffer1.weight"])
-    assert torch.equal(got["fc2.weight"], apparel_state["fc2.weight"])
+    assert torch.equal(got["depth_conv.0.weight"], apparel_state["resnet_101.conv_buffer1.weight"])
+    assert torch.equal(got["head.fc2.weight"], apparel_state["fc2.weight"])
     plain, _ = _load_reference(_wrap(apparel_state), reference_data, "apparel")
     want = plain.state_dict()
     assert got.keys() == want.keys()

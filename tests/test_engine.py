@@ -186,7 +186,7 @@ def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
     Trainer.evaluate passing None instead of the tuned thresholds to score_metrics for the test split (the
     tuned figures then vanish)."""
     from msrn.data import build_dataset
-    from msrn.engine.evaluate import predict_scores
+    from msrn.engine.evaluate import predict_logits
 
     csv = make_csv(tmp_path / "data", seed=1)
     out = tmp_path / "run"
@@ -199,7 +199,7 @@ def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
     assert loaded.thresholds.shape == (3,)
     assert np.allclose(loaded.thresholds, [m["thresholds_by_label"][k] for k in LABELS])
     test = build_dataset("csv", str(csv), "test")
-    logits = predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
+    logits = predict_logits(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
     probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
     tuned = _six_by_sklearn(probs, test.targets, loaded.thresholds.astype(np.float64))
     at_half = _six_by_sklearn(probs, test.targets, np.full(3, 0.5))

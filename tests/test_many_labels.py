@@ -220,7 +220,7 @@ def test_group_loss_alone_descends_at_the_head_learning_rate(labels: int, pool_r
     torch.manual_seed(0)
     model = create_model("msrn_tiny", num_classes=labels, pool_ratio=pool_ratio, head="elementwise")
     model.adjacency.copy_(torch.from_numpy(graph.adjacency(count_cooccurrence(t))))
-    side = [p for n, p in model.named_parameters() if n.startswith(("fc_label", "label_embed", "group_embed"))]
+    side = [p for n, p in model.named_parameters() if n.startswith(("word_proj", "label_gat", "group_pool"))]
     opt = torch.optim.SGD(side, lr=0.1, momentum=0.9, weight_decay=1e-4)
     losses = []
     for _ in range(12):
