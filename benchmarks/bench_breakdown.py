@@ -4,14 +4,14 @@ Stages, in forward order (COCO configuration by default: 80 labels, 4 groups, 44
   backbone     ResNet-101 forward_features (layer2, layer3, layer4 outputs)
   conv_buffer  conv_buffer1 on layer2 and conv_buffer2 on layer3, then the three 2x2 max-pools
                (MSRN.pooled_maps)
-  project      the three ProjectM 1x1 convolutions to D (MSRN.project)
+  project      the three 1x1 convolutions to D (MSRN.project, the reference's ProjectM)
   semantics    fc_label, the label GAT and the group pooling (weights only, no image)
   attention    the label-guided attention at the three depths
   classifier   tanh, fc1 (264M weights for COCO), LeakyReLU, fc2
 Each stage runs on the previous stage's saved output; rounds interleave the stages, and the table
 gives the best and the median of each with its share of the backbone's best time. Three more rows
 time conv_buffer, project and the classifier as the plain nn.Conv2d, nn.MaxPool2d and nn.Linear
-modules (msrn.models.ops replaces their calls in inference), for comparison.
+modules (msrn.models._ops replaces their calls in inference), for comparison.
 
     python benchmarks/bench_breakdown.py --batch 4 --rounds 5
 """
@@ -19,14 +19,15 @@ modules (msrn.models.ops replaces their calls in inference), for comparison.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
 import torch
 
-from msrn.models import create_model
+from msrn.models import create_model, use_fast_paths
+from msrn.models._ops import conv1x1
 from msrn.models.attention import label_attention
-from msrn.models.ops import conv1x1
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = create_model(f"msrn_{args.arch}", num_classes=args.classes, num_groups=args.groups).eval()
+    fast = use_fast_paths(copy.deepcopy(model))  # the same weights in the fast forms (inference, training)
     x = torch.randn(args.batch, 3, args.size, args.size)
     pool = torch.nn.MaxPool2d(2, 2)
     saved: dict[str, object] = {}
@@ -50,17 +52,17 @@ def main(argv: list[str] | None = None) -> None:
         saved["c"] = model.backbone.forward_features(x)
 
     def conv_buffer() -> None:
-        saved["m"] = model.pooled_maps(saved["c"])
+        saved["m"] = fast.pooled_maps(saved["c"])
 
     def project() -> None:
-        saved["f"] = [conv1x1(proj, m).flatten(2) for proj, m in zip(model.ProjectM, saved["m"])]
+        saved["f"] = [conv1x1(proj, m).flatten(2) for proj, m in zip(model.project, saved["m"])]
 
     def conv_buffer_modules() -> None:
         c2, c3, c4 = saved["c"]
-        saved["mm"] = [pool(m) for m in (model.conv_buffer1(c2), model.conv_buffer2(c3), c4)]
+        saved["mm"] = [pool(m) for m in (model.depth_conv[0](c2), model.depth_conv[1](c3), c4)]
 
     def project_modules() -> None:
-        saved["fm"] = [proj(m).flatten(2) for proj, m in zip(model.ProjectM, saved["mm"])]
+        saved["fm"] = [proj(m).flatten(2) for proj, m in zip(model.project, saved["mm"])]
 
     def semantics() -> None:
         saved["s"] = model.semantics().rows()
@@ -69,10 +71,10 @@ def main(argv: list[str] | None = None) -> None:
         saved["a"] = torch.cat([label_attention(f, saved["s"]) for f in saved["f"]], -1)
 
     def classifier() -> None:
-        model.head(saved["a"])
+        fast.head(saved["a"])
 
     def classifier_modules() -> None:
-        model.fc2(torch.nn.functional.leaky_relu(model.fc1(torch.tanh(saved["a"]).flatten(1)), 0.01))
+        model.head(saved["a"])
 
     stages = [
         backbone,

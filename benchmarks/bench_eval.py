@@ -2,7 +2,7 @@
 resize, normalise, batch, model) against the data pipeline alone and the model alone.
 
 Shows whether decoding and transforms keep up with the model, for DataLoader workers 0/1/2.
-The pipeline is the project's: msrn.engine.evaluate.predict_scores over an ImageDataset with
+The pipeline is the project's: msrn.engine.evaluate.predict_logits over an ImageDataset with
 TestTransform and build_loader, on a folder of generated JPEGs (COCO-like 640x480 by default).
 
     python benchmarks/bench_eval.py            # 24 images, msrn_resnet101, batch 4, 2 threads
@@ -24,7 +24,7 @@ from PIL import Image
 from msrn.data.base import ImageDataset, MultiLabelData
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
-from msrn.engine.evaluate import autocast, predict_scores
+from msrn.engine.evaluate import autocast, predict_logits
 from msrn.models import create_model
 
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="msrn_resnet101")
     p.add_argument("--classes", type=int, default=80)
     p.add_argument("--groups", type=int, default=4)
-    p.add_argument("--optimized", action="store_true", help="use msrn.models.fuse.optimize_for_inference")
+    p.add_argument("--optimized", action="store_true", help="use msrn.models.optimize_for_inference")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--amp", default="none", choices=("none", "bf16"), help="bf16 autocast (explicit opt-in)")
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     model = create_model(args.model, num_classes=args.classes, num_groups=args.groups).to(device).eval()
     if args.optimized:
-        from msrn.models.fuse import optimize_for_inference
+        from msrn.models import optimize_for_inference
 
         model = optimize_for_inference(model)
     print(
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         for w in args.workers:
             data_rate = data_only(data, args.size, args.batch, w)
             t0 = time.perf_counter()
-            scores = predict_scores(model, data, args.size, args.batch, w, device, args.amp, desc="bench")
+            scores = predict_logits(model, data, args.size, args.batch, w, device, args.amp, desc="bench")
             whole = len(paths) / (time.perf_counter() - t0)
             assert scores.shape == (len(paths), args.classes)
             print(f"| {w} | {data_rate:.1f} | {whole:.2f} | {whole / alone:.2f} |", flush=True)

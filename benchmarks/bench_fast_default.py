@@ -25,8 +25,7 @@ import torch
 from torch import nn
 
 from msrn.inference.predictor import Predictor
-from msrn.models import create_model
-from msrn.models.fuse import optimize_for_inference
+from msrn.models import create_model, optimize_for_inference
 
 
 def calibrated_model(name: str, x: torch.Tensor, labels: int, seed: int) -> nn.Module:

@@ -40,7 +40,7 @@ import time
 import torch
 
 from msrn.models import create_model
-from msrn.models.heads import build_head
+from msrn.models._registry import head_class
 
 SIZES = (20, 80, 300, 1000, 5000)
 METRICS_BOUND_S = 60.0  # seconds each step of --metrics may take at 5,000 labels on one CPU core
@@ -116,7 +116,12 @@ def run_isolated(row: str, c: int, model: str, image_size: int, batch: int, repe
 def classifier_weights(head: str, c: int, groups: int, width: int, hidden: int) -> int:
     """Weights of the classifier alone (fc1 + fc2, or W + B), counted on the meta device."""
     with torch.device("meta"):
-        return sum(p.numel() for p in build_head(head, c, c + groups, width, hidden, True).parameters())
+        return sum(
+            p.numel()
+            for p in head_class(head)(
+                num_classes=c, rows=c + groups, width=width, hidden=hidden, groups=True
+            ).parameters()
+        )
 
 
 def sweep(args: argparse.Namespace) -> list[dict]:

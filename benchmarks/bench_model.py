@@ -3,8 +3,9 @@
 Variants (COCO configuration by default: 80 labels, 4 groups, 448x448, float32):
   backbone   ResNet-101 forward_features + the three 2x2 max-pools (what MSRN reads)
   naive      MSRN with the spec's materialising attention (the reference's cost)
-  msrn       the project's MSRN (its default attention: the fused kernels, the tiles for CPU training)
-  optimized  msrn through msrn.models.fuse.optimize_for_inference (inference only)
+  msrn       the project's MSRN with the fast paths msrn train switches on (its default attention: the fused
+             kernels, the tiles for CPU training)
+  optimized  msrn through msrn.models.optimize_for_inference (inference only)
   compiled   optimized, also through torch.compile (inference only; needs a C++ compiler on CPU, and
              its first call compiles: about 1.5 min on 2 cores, seconds once inductor's cache is warm)
 Modes: infer (eval, inference_mode) and train (forward, loss, backward, SGD step with momentum).
@@ -46,13 +47,13 @@ MODES = ("infer", "train")
 class BareBackbone(nn.Module):
     """ResNet forward_features followed by the 2x2 max-pools MSRN applies at the three depths.
 
-    The pools are MSRN's own (msrn.models.ops.max_pool2x2, faster than nn.MaxPool2d in inference),
+    The pools are MSRN's own (msrn.models._ops.max_pool2x2, faster than nn.MaxPool2d in inference),
     so that the ratios measure what MSRN adds to the backbone and nothing else.
     """
 
     def __init__(self, arch: str) -> None:
         super().__init__()
-        from msrn.models.ops import max_pool2x2
+        from msrn.models._ops import max_pool2x2
         from msrn.models.resnet import ResNet
 
         self.backbone = ResNet(arch)
@@ -75,13 +76,14 @@ def _reset_peak() -> None:
 
 
 def _build(args: argparse.Namespace) -> nn.Module:
-    from msrn.models import create_model
+    from msrn.models import create_model, use_fast_paths
 
     if args.variant == "backbone":
         return BareBackbone(args.arch)
-    model = create_model(f"msrn_{args.arch}", num_classes=args.classes, num_groups=args.groups)
+    # with the fast paths the training loop switches on (and optimize_for_inference too)
+    model = use_fast_paths(create_model(f"msrn_{args.arch}", num_classes=args.classes, num_groups=args.groups))
     if args.variant in INFER_ONLY:
-        from msrn.models.fuse import optimize_for_inference
+        from msrn.models import optimize_for_inference
 
         model = optimize_for_inference(model.to(args.device), compile=args.variant == "compiled")
     return model

@@ -49,8 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from msrn.models import create_model
-from msrn.models.loading import model_state
+from msrn.models import create_model, model_state
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300  # per request: an answer must come within this

@@ -30,11 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import msrn.models.registry as registry
 import numpy as np
 from PIL import Image, ImageDraw
 from sklearn.metrics import average_precision_score
 
-import msrn.models.registry as registry
 from msrn.data.csvfile import read_csv_dataset
 from msrn.data.synthetic import ensure_synthetic
 from msrn.engine.config import preset_config

@@ -59,9 +59,13 @@ from reference_impl import random_reference_state, reference_forward  # noqa: E4
 from msrn.data.synthetic import ensure_synthetic  # noqa: E402
 from msrn.engine.evaluate import autocast  # noqa: E402
 from msrn.engine.losses import soft_margin_loss as training_loss  # noqa: E402
-from msrn.models import create_model, placeholder_vectors  # noqa: E402
+from msrn.models import (  # noqa: E402
+    create_model,
+    load_checkpoint,  # noqa: E402
+    placeholder_vectors,
+)
+from msrn.models._reference_layout import RENAMED  # noqa: E402
 from msrn.models.attention import attend, label_attention_naive  # noqa: E402
-from msrn.models.loading import load_checkpoint  # noqa: E402
 
 STEPS = ("cuda_tests", "parity", "attention", "train", "evaluate", "distributed", "throughput", "loader")
 PARITY_TOL = 1e-4  # max |difference| over max |logit|, as tests/test_checkpoint.py allows
@@ -199,15 +203,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def reference_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
-    """The model's state-dict shapes under the reference's key names (msrn.checkpoint's mapping, reversed)."""
+    """The model's state-dict shapes under the reference's key names (msrn.models._reference_layout's, reversed)."""
     shapes = {}
     for key, value in model.state_dict().items():
         if key in ("word_vectors", "adjacency"):
             continue
-        if key.startswith("backbone."):
+        for old, new in RENAMED:  # the model's module names back to the reference's
+            if key == new or (new.endswith(".") and key.startswith(new)):
+                key = old + key[len(new) :]
+                break
+        if key.startswith(("backbone.", "conv_buffer")):
             key = "resnet_101." + key.removeprefix("backbone.")
-        elif key.startswith("conv_buffer"):
-            key = "resnet_101." + key
         shapes[key] = list(value.shape)
     return shapes
 

@@ -1,6 +1,6 @@
 """Checkpoint files, read without model knowledge: `read_checkpoint` loads any dict that torch.save wrote,
 with `weights_only=True`, so a file cannot run code. What the keys mean (this project's layout or the
-reference's) is msrn.models' concern: models.reference_layout maps, models.loading builds.
+reference's) is msrn.models' concern: models._reference_layout maps, models._loading builds.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch
 
 from msrn.errors import MSRNError
 
-# what a project checkpoint says it is: {"format": FORMAT, "version": VERSION, ...}
+# what a project checkpoint says it is: {"format": FORMAT, "version": VERSION, ...}; version 1 kept the
+# reference's module names (msrn.models._reference_layout maps them)
 FORMAT = "msrn"
-VERSION = 1
+VERSION = 2
 
 
 def _refusal_reason(message: str) -> str:

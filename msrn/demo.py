@@ -29,13 +29,13 @@ from msrn.data import build_dataset, ensure_scenes
 from msrn.data.scenes import SIZE_BUCKETS, scenes_metrics
 from msrn.engine.compare.cost import label_cosine
 from msrn.engine.config import TrainConfig, preset_config
-from msrn.engine.evaluate import predict_scores
+from msrn.engine.evaluate import predict_logits
 from msrn.engine.train import train
 from msrn.inference.draw import figure
 from msrn.inference.explain import require_msrn
 from msrn.inference.predictor import load
 from msrn.io import atomic_write_json, atomic_write_text
-from msrn.models.loading import load_checkpoint
+from msrn.models import load_checkpoint
 from msrn.options import Options, add_options, device_option, option
 from msrn.plots import figure_image, save_image
 
@@ -72,7 +72,7 @@ def evaluate_run(folder: Path, cfg: TrainConfig, workers: int | None = None) -> 
     """A run's test metrics (metrics.json) plus its scenes splits, from best.pt."""
     m = json.loads((folder / "metrics.json").read_text())
     data = build_dataset("scenes", cfg.data, cfg.test_split or "test")
-    logits = predict_scores(
+    logits = predict_logits(
         load_checkpoint(folder / "best.pt").model,
         data,
         cfg.image_size,

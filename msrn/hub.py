@@ -31,7 +31,7 @@ from msrn.io import atomic_write_bytes, atomic_write_json
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 CARD = "README.md"
-FOLDER_VERSION = 1  # config.json's format_version; a newer one is refused
+FOLDER_VERSION = 2  # config.json's format_version; a newer one is refused (1: the checkpoint layout of version 1)
 HUB_PREFIX = "hf://"
 # a Hub repo id (OWNER/NAME, the Hub's own character rules) and an optional @revision (branch, tag or commit)
 _HUB_ID = re.compile(r"hf://([A-Za-z0-9][\w.-]*/[\w.-]+)(?:@([^\s@]+))?")
@@ -111,7 +111,7 @@ def write_folder(
 ) -> dict:
     """Write a project checkpoint's model part as model.safetensors and config.json in `folder`; return the config.
 
-    ckpt is what msrn.models.loading.model_state returns, optionally with `thresholds` and the training
+    ckpt is what msrn.models.model_state returns, optionally with `thresholds` and the training
     `config`; normalization says how pixels become the network's input (mean, std, and in words), msrn_version
     which msrn wrote it (both come from the caller: this module sits below the data layer and the package).
     """
@@ -239,7 +239,7 @@ def _check_fit(config: dict, tensors: dict[str, torch.Tensor], folder: Path) -> 
     n = len(config["labels"])
     arch = config["architecture"]
     if arch["kind"] == "msrn":
-        expected = {"word_vectors": None, "adjacency": (n, n), "fc2.weight": None}
+        expected = {"word_vectors": None, "adjacency": (n, n)}
         declared = arch["config"].get("num_classes", n)
         _require(declared == n, folder / CONFIG, f"declares {declared} classes but names {n} labels")
     else:
@@ -257,7 +257,7 @@ def _check_fit(config: dict, tensors: dict[str, torch.Tensor], folder: Path) -> 
 
 
 def read_folder(folder: str | os.PathLike) -> dict:
-    """A model folder as a project checkpoint dict (what msrn.models.loading builds models from)."""
+    """A model folder as a project checkpoint dict (what msrn.models._loading builds models from)."""
     folder = Path(folder)
     if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLED and p.is_file())
@@ -279,7 +279,7 @@ def read_folder(folder: str | os.PathLike) -> dict:
     thresholds = config.get("thresholds")
     return {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSION if config["format_version"] >= 2 else 1,  # a folder's keys are its checkpoint's
         "model": arch,
         "state_dict": tensors,
         "image_size": config["image_size"],

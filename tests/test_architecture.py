@@ -192,3 +192,65 @@ def test_flags_are_made_only_by_the_option_translator() -> None:
         if isinstance(node, ast.Attribute) and node.attr in ("add_argument", "add_argument_group")
     ]
     assert found == []
+
+
+# msrn.models as timm lays it out: architecture files (no leading _) and infrastructure (_registry, _loading, ...)
+MODEL_FILES = sorted(m for m in MODULES if m.startswith("msrn.models.") and not m.rsplit(".", 1)[1].startswith("_"))
+REGISTRY = "msrn.models._registry"
+# the network classes: built only by their own files' registered entrypoints
+NETWORK_CLASSES = {"MSRN": "msrn.models.msrn", "PlainClassifier": "msrn.models.baseline"}
+
+
+def test_model_files_are_known() -> None:
+    """The walk below sees the architecture files (a rename that empties the list would pass it silently)."""
+    assert {"msrn.models.msrn", "msrn.models.baseline", "msrn.models.heads"} <= set(MODEL_FILES)
+
+
+@pytest.mark.parametrize("module", MODEL_FILES)
+def test_model_files_import_no_infrastructure_but_the_registry(module: str) -> None:
+    found = [
+        f"line {line}: {t}" for line, t in imports(module, False) if t.startswith("msrn.models._") and t != REGISTRY
+    ]
+    assert not found, f"{module} imports model infrastructure: {'; '.join(found)}"
+
+
+def test_only_the_models_package_reads_its_infrastructure() -> None:
+    """Other layers use msrn.models' public names, so the `_` files can move without touching them."""
+    found = [
+        f"{m} line {line}: {t}"
+        for m in MODULES
+        if not m.startswith("msrn.models")
+        for line, t in imports(m, False)
+        if t.startswith("msrn.models._")
+    ]
+    assert not found, "infrastructure imported from outside msrn.models: " + "; ".join(found)
+
+
+def _calls(module: str) -> list[tuple[int, str]]:
+    """(line, name) of every call of a bare name or attribute in a module."""
+    tree = ast.parse(MODULES[module].read_text(), str(MODULES[module]))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if name is not None:
+                out.append((node.lineno, name))
+    return out
+
+
+def test_builds_go_through_the_registry() -> None:
+    """A network is constructed only in its own file (by the entrypoints the registry calls), and a registered
+    entrypoint is called only by the registry's build_model."""
+    import msrn.models
+    from msrn.models import list_models
+
+    entrypoints = set(list_models())
+    assert entrypoints and {"msrn_tiny", "baseline_tiny"} <= entrypoints, msrn.models
+    found = [
+        f"{m} line {line}: {name}()"
+        for m in MODULES
+        for line, name in _calls(m)
+        if (name in NETWORK_CLASSES and NETWORK_CLASSES[name] != m) or (name in entrypoints and m != REGISTRY)
+    ]
+    assert not found, "built around the registry: " + "; ".join(found)

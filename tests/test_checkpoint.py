@@ -13,19 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_helpers import randomise_batchnorms
+from model_helpers import randomise_batchnorms, reference_names
 from reference_fakes import pin_generated_files
 from reference_impl import random_reference_state, reference_forward
 
 from msrn.checkpoint import read_checkpoint
 from msrn.data.apparel import APPAREL_LABELS
 from msrn.errors import MSRNError
-from msrn.models import create_model
-from msrn.models.loading import load_checkpoint, model_state
-from msrn.models.pretrained import load_pretrained_backbone
-from msrn.models.reference_layout import checkpoint_weights, map_reference_state
+from msrn.models import create_model, load_checkpoint, model_state
+from msrn.models._pretrained import load_pretrained_backbone
+from msrn.models._reference_layout import checkpoint_weights, map_reference_state
+from msrn.models._state import match_init_state
 from msrn.models.resnet import ResNet
-from msrn.models.state import match_init_state
 from msrn.safe_pickle import load_numpy_pickle
 
 DATASETS = ["voc", "coco", "nuswide", "apparel"]
@@ -130,22 +129,29 @@ def test_reference_checkpoint_matches_independent_forward(
 
 
 @pytest.mark.parametrize(
-    "key",
-    ["resnet_101.layer3.5.conv2.weight", "label_embed.layers.1.a", "fc2.weight"],
+    "key, named",  # the key in the reference's file, and as the message names it (the model's name)
+    [
+        ("resnet_101.layer3.5.conv2.weight", "backbone.layer3.5.conv2.weight"),
+        ("label_embed.layers.1.a", "label_gat.layers.1.a"),
+        ("fc2.weight", "fc2.weight"),  # what tells the label count: read before mapping
+    ],
 )
-def test_reference_missing_key_is_an_error(key: str, apparel_state: dict, reference_data: Path):
+def test_reference_missing_key_is_an_error(key: str, named: str, apparel_state: dict, reference_data: Path):
     sd = {k: v for k, v in apparel_state.items() if k != key}
     with pytest.raises(MSRNError) as err:
         _load_reference(_wrap(sd), reference_data, "apparel")
-    assert key.removeprefix("resnet_101.") in str(err.value)
+    assert named in str(err.value)
 
 
-@pytest.mark.parametrize("key", ["resnet_101.conv_buffer3.weight", "label_embed.layers.2.W"])
-def test_reference_unknown_key_is_an_error(key: str, apparel_state: dict, reference_data: Path):
+@pytest.mark.parametrize(
+    "key, named",
+    [("resnet_101.conv_buffer3.weight", "conv_buffer3.weight"), ("label_embed.layers.2.W", "label_gat.layers.2.W")],
+)
+def test_reference_unknown_key_is_an_error(key: str, named: str, apparel_state: dict, reference_data: Path):
     sd = {**apparel_state, key: torch.zeros(4, 4)}
     with pytest.raises(MSRNError) as err:
         _load_reference(_wrap(sd), reference_data, "apparel")
-    assert key.removeprefix("resnet_101.") in str(err.value)
+    assert named in str(err.value)
     assert "unexpected" in str(err.value)
 
 
@@ -208,8 +214,8 @@ def test_reference_checkpoint_saved_under_data_parallel_loads(apparel_state: dic
     assert any("dropped" in m for m in msgs), msgs
     got = model.state_dict()
     assert torch.equal(got["backbone.conv1.weight"], apparel_state["resnet_101.conv1.weight"])
-    assert torch.equal(got["conv_buffer1.weight"], apparel_state["resnet_101.conv_buffer1.weight"])
-    assert torch.equal(got["fc2.weight"], apparel_state["fc2.weight"])
+    assert torch.equal(got["depth_conv.0.weight"], apparel_state["resnet_101.conv_buffer1.weight"])
+    assert torch.equal(got["head.fc2.weight"], apparel_state["fc2.weight"])
     plain, _ = _load_reference(_wrap(apparel_state), reference_data, "apparel")
     want = plain.state_dict()
     assert got.keys() == want.keys()
@@ -363,9 +369,9 @@ def test_baseline_checkpoint_refuses_other_label_names(tmp_path: Path):
 
 def test_project_checkpoint_with_a_missing_weight_is_an_error(tmp_path: Path):
     ckpt = model_state(_tiny(), image_size=64)
-    del ckpt["state_dict"]["fc_label.bias"]
+    del ckpt["state_dict"]["word_proj.bias"]
     torch.save(ckpt, tmp_path / "c.pt")
-    with pytest.raises(MSRNError, match="fc_label.bias"):
+    with pytest.raises(MSRNError, match="word_proj.bias"):
         load_checkpoint(tmp_path / "c.pt")
 
 
@@ -522,16 +528,16 @@ def test_pretrained_takes_the_backbone_of_a_reference_checkpoint(key_spec: dict,
     torch.save(ckpt, path)
     sd = ckpt["state_dict"]
     model = create_model("msrn_resnet101", num_classes=3)
-    fresh = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("backbone.", "conv_buffer"))}
+    fresh = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("backbone.", "depth_conv"))}
     taken = load_pretrained_backbone(model, path)
     assert "resnet101 backbone (624 tensors) and conv_buffer1/2 of the reference MSRN" in taken
-    for key, value in model.state_dict().items():
+    for key, value in reference_names(model.state_dict()).items():
         if key.startswith("backbone."):
             assert torch.equal(value, sd["resnet_101." + key.removeprefix("backbone.")]), key
         elif key.startswith("conv_buffer"):
             assert torch.equal(value, sd["resnet_101." + key]), key
         else:  # the label layers and projections are not taken
-            assert torch.equal(value, fresh[key]), key
+            assert torch.equal(value, reference_names(fresh)[key]), key
     with pytest.raises(MSRNError, match="resnet101 backbone but the model's is resnet_tiny"):
         create_model("msrn_tiny", num_classes=3, pretrained=path)
 
@@ -544,9 +550,9 @@ def test_pretrained_takes_the_backbone_of_an_msrn_checkpoint(tmp_path: Path):
     model = create_model("msrn_tiny", num_classes=3, pretrained=path)
     own, src = model.state_dict(), source.state_dict()
     for key in own:
-        if key.startswith(("backbone.", "conv_buffer")):
+        if key.startswith(("backbone.", "depth_conv")):
             assert torch.equal(own[key], src[key]), key
-    assert not torch.equal(own["ProjectM.0.weight"], src["ProjectM.0.weight"])  # only the backbone is taken
+    assert not torch.equal(own["project.0.weight"], src["project.0.weight"])  # only the backbone is taken
 
     baseline = create_model("baseline_tiny", num_classes=2)
     assert "not used: the model has none" in load_pretrained_backbone(baseline, path)
@@ -567,13 +573,13 @@ def test_pretrained_takes_the_backbone_of_an_msrn_checkpoint(tmp_path: Path):
 
 
 def test_init_state_keeps_what_fits_and_starts_label_layers_afresh():
-    """10 labels (2 groups) onto 5 labels (1 group) with 50-wide vectors: fc_label, fc1, fc2 and the group
+    """10 labels (2 groups) onto 5 labels (1 group) with 50-wide vectors: word_proj, fc1, fc2 and the group
     assignment start afresh, the label inputs stay the new model's, every other weight is the checkpoint's."""
     given = _tiny(num_classes=10, seed=1).state_dict()
     model = create_model("msrn_tiny", labels=list("abcde"), word_vectors=np.ones((5, 50), np.float32))
     own = model.state_dict()
     state, fresh = match_init_state(own, given, "--init x")
-    assert fresh == ["fc1", "fc2", "fc_label", "group_embed.layers.0.assign_mat"]
+    assert fresh == ["group_pool.assign", "head.fc1", "head.fc2", "word_proj"]
     for key, value in state.items():
         layer = key.rsplit(".", 1)[0]
         expected = own[key] if layer in fresh or key in ("word_vectors", "adjacency") else given[key]
@@ -589,11 +595,11 @@ def test_init_state_refuses_what_does_not_belong():
     own = _tiny(num_classes=3, seed=2).state_dict()
     with pytest.raises(MSRNError, match="1 unexpected: extra.weight"):
         match_init_state(own, {**given, "extra.weight": torch.zeros(1)}, "--init x")
-    with pytest.raises(MSRNError, match=r"1 missing: label_embed\.layers\.0\.a"):
-        match_init_state(own, {k: v for k, v in given.items() if k != "label_embed.layers.0.a"}, "--init x")
+    with pytest.raises(MSRNError, match=r"1 missing: label_gat\.layers\.0\.a"):
+        match_init_state(own, {k: v for k, v in given.items() if k != "label_gat.layers.0.a"}, "--init x")
     # a shape that does not follow the label set means another architecture: an error, not a fresh layer
-    with pytest.raises(MSRNError, match=r"wrong shape: ProjectM\.1\.weight"):
-        match_init_state(own, {**given, "ProjectM.1.weight": torch.zeros(64, 1, 1, 1)}, "--init x")
+    with pytest.raises(MSRNError, match=r"wrong shape: project\.1\.weight"):
+        match_init_state(own, {**given, "project.1.weight": torch.zeros(64, 1, 1, 1)}, "--init x")
     with pytest.raises(MSRNError, match="missing: fc.weight"):
         match_init_state(create_model("baseline_tiny", num_classes=3).state_dict(), given, "--init x")
 
@@ -608,7 +614,7 @@ def test_init_state_from_a_reference_layout(labels: int, head: str, key_spec: di
     given, arch, dropped = checkpoint_weights(
         _wrap({k: torch.empty(v, device="meta") for k, v in spec["keys"].items()}), "voc.pth.tar", head
     )
-    classifier = ["B", "W"] if head == "elementwise" else ["fc1", "fc2"]
+    classifier = ["head"] if head == "elementwise" else ["head.fc1", "head.fc2"]  # W, B are the head's own
     other = ("fc1.", "fc2.") if head == "elementwise" else ("B", "W")
     conv_buffer0 = [k for k in UNUSED if k not in ("B", "W")]
     assert arch == "resnet101"
@@ -616,4 +622,43 @@ def test_init_state_from_a_reference_layout(labels: int, head: str, key_spec: di
     with torch.device("meta"):
         model = create_model("msrn_resnet101", num_classes=labels, pool_ratio=spec["pool_ratio"], head=head)
     _, fresh = match_init_state(model.state_dict(), given, "--init voc.pth.tar")
-    assert fresh == ([] if labels == 20 else [*classifier, "group_embed.layers.0.assign_mat"])
+    assert fresh == ([] if labels == 20 else ["group_pool.assign", *classifier])
+
+
+# an msrn_tiny version-1 state's keys outside the backbone, as that format wrote them (mlp head)
+VERSION_1_TINY_KEYS = [
+    "word_vectors", "adjacency", "conv_buffer1.weight", "conv_buffer1.bias", "conv_buffer2.weight",
+    "conv_buffer2.bias", "ProjectM.0.weight", "ProjectM.0.bias", "ProjectM.1.weight", "ProjectM.1.bias",
+    "ProjectM.2.weight", "ProjectM.2.bias", "fc_label.weight", "fc_label.bias", "label_embed.layers.0.W",
+    "label_embed.layers.0.a", "label_embed.layers.1.W", "label_embed.layers.1.a", "group_embed.layers.0.embed.W",
+    "group_embed.layers.0.embed.a", "group_embed.layers.0.assign_mat.W", "group_embed.layers.0.assign_mat.a",
+    "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
+]  # fmt: skip
+
+
+def _as_version_1(ckpt: dict) -> dict:
+    """A current checkpoint dict rewritten as version 1 wrote it: the old key names, no model name."""
+    arch = {k: v for k, v in ckpt["model"].items() if k != "name"}
+    state = reference_names(ckpt["state_dict"])
+    return {**ckpt, "version": 1, "model": arch, "state_dict": state}
+
+
+@pytest.mark.parametrize("head", ["mlp", "elementwise"])
+def test_version_1_checkpoints_load_into_the_new_layout_with_identical_logits(tmp_path: Path, head: str) -> None:
+    torch.manual_seed(0)
+    model = create_model("msrn_tiny", labels=["cat", "dog", "person"], head=head).eval()
+    randomise_batchnorms(model)
+    old = _as_version_1(model_state(model, image_size=64))
+    if head == "mlp":
+        assert [k for k in old["state_dict"] if not k.startswith("backbone.")] == VERSION_1_TINY_KEYS
+    torch.save(old, tmp_path / "v1.pt")
+    loaded = load_checkpoint(tmp_path / "v1.pt").model
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.model_name == "msrn_tiny"
+
+
+def test_checkpoints_are_written_as_version_2_with_the_model_name() -> None:
+    ckpt = model_state(create_model("baseline_tiny", num_classes=2), image_size=64)
+    assert (ckpt["version"], ckpt["model"]["name"]) == (2, "baseline_tiny")

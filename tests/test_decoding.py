@@ -18,8 +18,7 @@ from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError
 from msrn.images import open_image
 from msrn.inference.predictor import load
-from msrn.models import create_model
-from msrn.models.loading import model_state
+from msrn.models import create_model, model_state
 
 datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn not installed (its sample photo is used)")
 

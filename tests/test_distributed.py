@@ -25,11 +25,11 @@ from msrn import distributed
 from msrn.checkpoint import read_checkpoint
 from msrn.data import build_dataset
 from msrn.engine.config import TrainConfig
-from msrn.engine.evaluate import predict_scores, score_metrics
+from msrn.engine.evaluate import predict_logits, score_metrics
 from msrn.engine.losses import model_group_loss
 from msrn.engine.sampling import EpochSampler
 from msrn.engine.train import train
-from msrn.models.loading import load_checkpoint
+from msrn.models import load_checkpoint
 
 pytestmark = pytest.mark.slow  # every test here launches torchrun
 
@@ -106,7 +106,7 @@ def evaluate_single_process(checkpoint: Path, data: Path) -> dict:
     """`msrn evaluate`'s metrics for a checkpoint, computed in this (single) process."""
     loaded = load_checkpoint(checkpoint, labels=build_dataset("csv", data, "test").labels)
     test = build_dataset("csv", data, "test")
-    logits = predict_scores(loaded.model, test, loaded.image_size, 5, 0, torch.device("cpu"))
+    logits = predict_logits(loaded.model, test, loaded.image_size, 5, 0, torch.device("cpu"))
     return score_metrics(logits, test.targets, loaded.thresholds, model_group_loss(loaded.model))
 
 
@@ -233,7 +233,7 @@ def _gather_worker(rank: int, world: int, port: int, data: str, out: str) -> Non
     torch.set_num_threads(1)
     distributed.setup("cpu")
     test = build_dataset("csv", data, "test")
-    logits = predict_scores(MeanColour(len(test.labels)), test, 64, 2, 0, torch.device("cpu"))
+    logits = predict_logits(MeanColour(len(test.labels)), test, 64, 2, 0, torch.device("cpu"))
     n = len(test.images)
     try:
         distributed.gather_rows(np.array([0, 1]), np.zeros((2, 1), np.float32), 2)  # both ranks send 0 and 1
@@ -256,7 +256,7 @@ def test_odd_number_of_test_images_counted_exactly_once(csv_data: Path, tmp_path
     test = build_dataset("csv", csv_data, "test")
     n = len(test.images)
     assert n == 11
-    expected = predict_scores(MeanColour(len(test.labels)), test, 64, 4, 0, torch.device("cpu"))
+    expected = predict_logits(MeanColour(len(test.labels)), test, 64, 4, 0, torch.device("cpu"))
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
     shards = [r["shard"] for r in ranks]
     assert sorted(np.concatenate(shards).tolist()) == list(range(n)) and [len(s) for s in shards] == [6, 5]

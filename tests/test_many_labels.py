@@ -101,7 +101,7 @@ def test_five_thousand_label_model_trains_a_step_and_exports(tmp_path):
         semantic_dim=16,
     )
     model.adjacency.copy_(torch.from_numpy(adjacency))
-    assert sum(p.numel() for p in (model.W, model.B)) == c * (2 * 3 * 16 + 1)
+    assert sum(p.numel() for p in (model.head.W, model.head.B)) == c * (2 * 3 * 16 + 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(2, 3, 64, 64)
     y = torch.from_numpy((t[:2] == 1).astype(np.float32))
@@ -111,10 +111,10 @@ def test_five_thousand_label_model_trains_a_step_and_exports(tmp_path):
     assert logits.shape == (2, c)
     loss = torch.nn.functional.multilabel_soft_margin_loss(logits, y) + sem.group_loss
     loss.backward()
-    assert model.W.grad.abs().sum() > 0 and model.label_embed.layers[0].W.grad.abs().sum() > 0
-    before = model.W.detach().clone()
+    assert model.head.W.grad.abs().sum() > 0 and model.label_gat.layers[0].W.grad.abs().sum() > 0
+    before = model.head.W.detach().clone()
     opt.step()
-    assert not torch.equal(before, model.W)
+    assert not torch.equal(before, model.head.W)
     model.eval()
     assert export_onnx(model, tmp_path / "big.onnx", image_size=64) <= 1e-3
 
@@ -220,7 +220,7 @@ def test_group_loss_alone_descends_at_the_head_learning_rate(labels: int, pool_r
     torch.manual_seed(0)
     model = create_model("msrn_tiny", num_classes=labels, pool_ratio=pool_ratio, head="elementwise")
     model.adjacency.copy_(torch.from_numpy(graph.adjacency(count_cooccurrence(t))))
-    side = [p for n, p in model.named_parameters() if n.startswith(("fc_label", "label_embed", "group_embed"))]
+    side = [p for n, p in model.named_parameters() if n.startswith(("word_proj", "label_gat", "group_pool"))]
     opt = torch.optim.SGD(side, lr=0.1, momentum=0.9, weight_decay=1e-4)
     losses = []
     for _ in range(12):

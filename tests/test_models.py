@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import reference_names
 from reference_impl import gat_layer, label_guided_attention, label_semantics, reference_group_loss
 
 import msrn.models.attention as attention_mod
 from msrn.errors import MSRNError
-from msrn.models import MODEL_CONFIGS, create_model, list_models
+from msrn.models import create_model, list_models
 from msrn.models.attention import label_attention, label_attention_naive
 from msrn.models.gat import GraphAttention, GroupPooling, group_loss
 from msrn.models.msrn import MSRN, MSRNConfig
@@ -50,24 +51,24 @@ def test_head_sizes(name: str, num_classes: int, pool_ratio: float, num_groups, 
         model = create_model(name, num_classes=num_classes, pool_ratio=pool_ratio, num_groups=num_groups)
     d = 512
     assert model.cfg.num_groups == k
-    assert model.fc1.in_features == (num_classes + k) * 3 * d
-    assert model.fc1.out_features == 2048 and model.fc2.out_features == num_classes
-    assert tuple(model.group_embed.layers[0].assign_mat.W.shape) == (d, k)
-    assert [m.in_channels for m in model.ProjectM] == [512, 1024, 2048]
-    assert [m.out_channels for m in model.ProjectM] == [d, d, d]
-    assert model.conv_buffer1.in_channels == 512 and model.conv_buffer2.in_channels == 1024
-    assert tuple(model.fc_label.weight.shape) == (256, 300)
-    assert [tuple(layer.W.shape) for layer in model.label_embed.layers] == [(256, 300), (300, 512)]
+    assert model.head.fc1.in_features == (num_classes + k) * 3 * d
+    assert model.head.fc1.out_features == 2048 and model.head.fc2.out_features == num_classes
+    assert tuple(model.group_pool.assign.W.shape) == (d, k)
+    assert [m.in_channels for m in model.project] == [512, 1024, 2048]
+    assert [m.out_channels for m in model.project] == [d, d, d]
+    assert model.depth_conv[0].in_channels == 512 and model.depth_conv[1].in_channels == 1024
+    assert tuple(model.word_proj.weight.shape) == (256, 300)
+    assert [tuple(layer.W.shape) for layer in model.label_gat.layers] == [(256, 300), (300, 512)]
     assert len(model.backbone.layer3) == {"msrn_resnet101": 23, "msrn_resnet50": 6}[name]
 
 
 def test_small_configs_follow_their_widths():
     with torch.device("meta"):
         m18 = create_model("msrn_resnet18", num_classes=6)
-    assert m18.fc1.in_features == (6 + 1) * 3 * MODEL_CONFIGS["msrn_resnet18"]["semantic_dim"]
-    assert [m.in_channels for m in m18.ProjectM] == [128, 256, 512]
+    assert m18.head.fc1.in_features == (6 + 1) * 3 * 256
+    assert [m.in_channels for m in m18.project] == [128, 256, 512]
     tiny = create_model("msrn_tiny", num_classes=10)
-    assert tiny.fc1.in_features == (10 + 2) * 3 * 64 and tiny.fc1.out_features == 256
+    assert tiny.head.fc1.in_features == (10 + 2) * 3 * 64 and tiny.head.fc1.out_features == 256
     assert isinstance(tiny, MSRN)
 
 
@@ -194,7 +195,7 @@ def test_group_pooling():
     with torch.no_grad():
         groups, assign = pool(x, mask)
         z = gat_layer(x, pool.embed.W, pool.embed.a, mask)
-        s = torch.softmax(gat_layer(x, pool.assign_mat.W, pool.assign_mat.a, mask), dim=1)
+        s = torch.softmax(gat_layer(x, pool.assign.W, pool.assign.a, mask), dim=1)
     assert groups.shape == (3, 8) and assign.shape == (5, 3)
     assert torch.allclose(assign.sum(1), torch.ones(5, dtype=torch.float64))
     assert torch.allclose(assign, s, atol=1e-12)
@@ -207,7 +208,9 @@ def test_model_semantics_match_reference():
     assert (mask & ~torch.eye(5, dtype=torch.bool)).any()  # the test graph has edges
     with torch.no_grad():
         local, groups, _, gloss = model.semantics()
-        ref_local, ref_groups, ref_assign = label_semantics(model.state_dict(), model.word_vectors, mask)
+        ref_local, ref_groups, ref_assign = label_semantics(
+            reference_names(model.state_dict()), model.word_vectors, mask
+        )
     assert local.shape == (5, 64) and groups.shape == (2, 64)
     assert torch.allclose(local, ref_local, atol=1e-5)
     assert torch.allclose(groups, ref_groups, atol=1e-5)
@@ -328,14 +331,14 @@ def test_param_groups_split_backbone_and_head():
     model = _tiny_model()
     groups = model.param_groups(lr=0.1, lr_backbone=0.01)
     assert [g["lr"] for g in groups] == [0.01, 0.1]
-    slow_roots = ("backbone", "conv_buffer1", "conv_buffer2")
+    slow_roots = ("backbone", "depth_conv")
     slow_names = {n for n, _ in model.named_parameters() if n.split(".")[0] in slow_roots}
     names = {id(p): n for n, p in model.named_parameters()}
     slow = [names[id(p)] for p in groups[0]["params"]]
     fast = [names[id(p)] for p in groups[1]["params"]]
     assert set(slow) == slow_names
-    assert "conv_buffer1.weight" in slow and "conv_buffer2.bias" in slow and "backbone.conv1.weight" in slow
-    assert "ProjectM.0.weight" in fast and "fc1.weight" in fast and "label_embed.layers.0.W" in fast
+    assert "depth_conv.0.weight" in slow and "depth_conv.1.bias" in slow and "backbone.conv1.weight" in slow
+    assert "project.0.weight" in fast and "head.fc1.weight" in fast and "label_gat.layers.0.W" in fast
     assert len(slow) + len(fast) == len(names) and set(slow) | set(fast) == set(names.values())
     torch.optim.SGD(groups, lr=0.1, momentum=0.9)  # accepted: no parameter appears twice
 
@@ -363,7 +366,7 @@ def test_conv_buffers_start_as_the_reference_draws_them():
     """normal(0, sqrt(2 / n)), n = kh * kw * out channels: std 0.0625 and 0.0442 for ResNet-101's 512 and 1024."""
     torch.manual_seed(0)
     model = create_model("msrn_resnet101", num_classes=4)
-    for conv, out in ((model.conv_buffer1, 512), (model.conv_buffer2, 1024)):
+    for conv, out in ((model.depth_conv[0], 512), (model.depth_conv[1], 1024)):
         w = conv.weight.detach().double()
         expected = math.sqrt(2.0 / out)
         assert abs(float(w.mean())) < 0.01 * expected
@@ -392,15 +395,16 @@ ABLATIONS = [
 
 @pytest.mark.parametrize("switches", ABLATIONS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
 def test_every_switch_builds_trains_a_step_and_reloads(switches: dict, tmp_path: Path):
-    from msrn.models.loading import load_checkpoint, model_state
+    from msrn.models import load_checkpoint, model_state
 
     model = _tiny_model(**switches).train()
     cfg = model.cfg
     depths = switches.get("depths", (1, 2, 3))
     rows = 5 + (2 if cfg.group_semantics else 0)
-    assert cfg.depths == depths and model.fc1.in_features == rows * len(depths) * 64
-    assert (model.conv_buffer1 is not None) == (1 in depths) and (model.conv_buffer2 is not None) == (2 in depths)
-    assert (model.group_embed is not None) == cfg.group_semantics
+    assert cfg.depths == depths and model.head.fc1.in_features == rows * len(depths) * 64
+    convs = [s + 1 for s, conv in enumerate(model.depth_conv) if isinstance(conv, torch.nn.Conv2d)]
+    assert convs == [s for s in depths if s < 3]
+    assert (model.group_pool is not None) == cfg.group_semantics
     x = torch.randn(2, 3, 64, 64)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -442,7 +446,7 @@ def test_no_group_semantics_drops_the_groups():
     model = _tiny_model(group_semantics=False)
     local, groups, _, gloss = model.semantics()
     assert local.shape == (5, 64) and groups.shape == (0, 64) and float(gloss) == 0.0
-    assert not any(k.startswith("group_embed") for k in model.state_dict())
+    assert not any(k.startswith("group_pool") for k in model.state_dict())
 
 
 def test_bad_switches_are_one_line_errors():
@@ -456,7 +460,7 @@ def test_bad_switches_are_one_line_errors():
 
 
 def test_checkpoints_without_switches_load_as_the_full_model(tmp_path: Path):
-    from msrn.models.loading import load_checkpoint, model_state
+    from msrn.models import load_checkpoint, model_state
 
     model = _tiny_model().eval()
     ckpt = model_state(model, image_size=64)
@@ -465,12 +469,12 @@ def test_checkpoints_without_switches_load_as_the_full_model(tmp_path: Path):
     torch.save(ckpt, tmp_path / "old.pt")
     loaded = load_checkpoint(tmp_path / "old.pt").model
     assert loaded.cfg.depths == (1, 2, 3) and loaded.cfg.group_semantics and loaded.cfg.label_graph
-    assert loaded.fc1.in_features == (5 + 2) * 3 * 64
+    assert loaded.head.fc1.in_features == (5 + 2) * 3 * 64
 
 
 def test_checkpoints_with_labels_and_attention_in_the_config_still_load(tmp_path: Path):
     """Before the config held the architecture only, it also held the label names and the attention form."""
-    from msrn.models.loading import load_checkpoint, model_state
+    from msrn.models import load_checkpoint, model_state
 
     model = create_model("msrn_tiny", labels=["cat", "dog", "person"]).eval()
     ckpt = model_state(model, image_size=64)
@@ -485,7 +489,7 @@ def test_checkpoints_with_labels_and_attention_in_the_config_still_load(tmp_path
 
 
 def test_mlp_baseline_has_about_msrns_head_size(tmp_path: Path):
-    from msrn.models.loading import load_checkpoint, model_state
+    from msrn.models import load_checkpoint, model_state
 
     def head(m: torch.nn.Module) -> int:
         return sum(p.numel() for n, p in m.named_parameters() if not n.startswith("backbone."))

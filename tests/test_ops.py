@@ -1,4 +1,4 @@
-"""msrn.models.ops: the faster 1x1 convolution, 2x2 max-pool and linear give the plain modules' values."""
+"""msrn.models._ops: the faster 1x1 convolution, 2x2 max-pool and linear give the plain modules' values."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msrn.models import ops
-from msrn.models.ops import conv1x1, linear, max_pool2x2
+from msrn.models import _ops as ops
+from msrn.models._ops import conv1x1, linear, max_pool2x2
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 import msrn
-from msrn.models import create_model
-from msrn.models.loading import Loaded, model_state
+from msrn.models import Loaded, create_model, model_state
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LABELS = ["cat", "dog", "person"]

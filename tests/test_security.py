@@ -14,7 +14,7 @@ from data_helpers import tiny_train_args
 
 from msrn.cli import main as cli
 from msrn.errors import MSRNError
-from msrn.models.loading import load_checkpoint
+from msrn.models import load_checkpoint
 
 
 class Touch:

@@ -29,8 +29,7 @@ from PIL import Image
 
 from msrn.errors import MSRNError
 from msrn.inference.predictor import load
-from msrn.models import create_model
-from msrn.models.loading import model_state
+from msrn.models import create_model, model_state
 
 pytest.importorskip("flask", reason="flask not installed (pip install 'msrn[serve]')")
 

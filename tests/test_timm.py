@@ -55,7 +55,7 @@ def test_channels_last_maps_are_turned_to_channels_first() -> None:
 
 def test_checkpoint_round_trip_and_timm_weight_file(tmp_path: Path) -> None:
     timm = _timm_or_skip()
-    from msrn.models.loading import load_checkpoint, model_state
+    from msrn.models import load_checkpoint, model_state
     from msrn.models.timm_backbone import load_timm_pretrained
 
     torch.manual_seed(0)

@@ -262,4 +262,4 @@ def test_training_with_unknown_entries_uses_only_known_ones(tmp_path: Path) -> N
     ckpt = read_checkpoint(out / "best.pt")
     blue, red = LABELS.index("blue"), LABELS.index("red")
     assert ckpt["labelset"]["known"][blue, red] < ckpt["labelset"]["nums"][blue]  # P(red|blue) over known red
-    assert torch.isfinite(ckpt["state_dict"]["fc2.weight"]).all()
+    assert torch.isfinite(ckpt["state_dict"]["head.fc2.weight"]).all()

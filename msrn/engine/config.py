@@ -29,7 +29,7 @@ from msrn.engine.optim import ONECYCLE_PCT_START, OPTIMIZERS, SCHEDULES
 from msrn.errors import MSRNError
 from msrn.labels.options import cooccurrence_option, name_map_option, tau_option, word_vectors_option
 from msrn.labels.reference_files import default_sources
-from msrn.models.heads import HEADS
+from msrn.models import list_heads
 from msrn.options import amp_option, check_field, device_option, field_values, option, tta_option
 
 
@@ -126,7 +126,7 @@ class TrainConfig:
         "mlp",
         "the MSRN classifier: mlp (the paper's, default; its fc1 grows with labels x (labels + groups)) or "
         "elementwise (the reference code's per-label head, weights linear in the labels: for thousands of labels)",
-        choices=HEADS,
+        choices=list_heads(),
     )
     word_vectors: str | None = word_vectors_option()
     name_map: str | None = name_map_option()

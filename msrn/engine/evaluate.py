@@ -37,9 +37,7 @@ from msrn.engine.scores import write_scores
 from msrn.errors import setting_up
 from msrn.io import atomic_write_json, check_writable
 from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
-from msrn.models.fuse import optimize_for_inference
-from msrn.models.loading import load_checkpoint
-from msrn.models.tta import with_tta
+from msrn.models import load_checkpoint, optimize_for_inference, with_tta
 from msrn.options import (
     Options,
     add_options,
@@ -67,7 +65,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 
 @torch.no_grad()
-def predict_scores(
+def predict_logits(
     model: nn.Module,
     data: MultiLabelData,
     image_size: int,
@@ -197,11 +195,11 @@ def main(args: argparse.Namespace | EvaluateOptions) -> int:
         )
         net = loaded.model.to(device)
     image_size = args.image_size or loaded.image_size
-    group_loss = model_group_loss(net)  # before folding, whose eval-only copy keeps no group loss
+    group_loss = model_group_loss(net)  # before folding: the folded eval-only copy keeps no group loss
     # without --exact: batch norm folded, channels-last: the same logits to float32 rounding, faster
     model: nn.Module = net if args.exact else optimize_for_inference(net)
     model = with_tta(model, args.tta)
-    logits = predict_scores(model, data, image_size, args.batch_size, args.workers, device, args.amp)
+    logits = predict_logits(model, data, image_size, args.batch_size, args.workers, device, args.amp)
     m = score_metrics(logits, data.targets, loaded.thresholds, group_loss)
     # the reference code's figures, threshold tuned on the evaluated split itself: reported here only, labelled
     m["tuned_on_test_set"] = reference_tuned_figures(logits, data.targets, split)

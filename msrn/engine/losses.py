@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msrn.models.msrn import MSRN
+from msrn.models import MSRN
 from msrn.targets import NEGATIVE, UNKNOWN
 
 LOSSES = ("softmargin", "asl", "focal")

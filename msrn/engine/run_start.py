@@ -23,11 +23,15 @@ from msrn.errors import MSRNError
 from msrn.hub import read_source
 from msrn.io import FileLock, check_writable, lock_run_folder, remove_stale_temps
 from msrn.labels.labelset import LabelSet, build_label_set
-from msrn.models import create_model
-from msrn.models.loading import load_checkpoint
-from msrn.models.msrn import MSRN, Classifier
-from msrn.models.reference_layout import checkpoint_weights
-from msrn.models.state import match_init_state, require_backbone
+from msrn.models import (
+    MSRN,
+    Network,
+    checkpoint_weights,
+    create_model,
+    load_checkpoint,
+    match_init_state,
+    require_backbone,
+)
 
 log = logging.getLogger("msrn")
 
@@ -165,7 +169,7 @@ def read_splits(cfg: TrainConfig) -> tuple[MultiLabelData, MultiLabelData | None
 
 def labels_and_model(
     cfg: TrainConfig, state: dict | None, resume: Path | None, train_data: MultiLabelData
-) -> tuple[LabelSet, Classifier]:
+) -> tuple[LabelSet, Network]:
     """The label set and the model (on the CPU): a resumed run's own, else built from the training labels
     (with --init, then given a checkpoint's weights)."""
     if state is not None:

@@ -18,11 +18,11 @@ from torch import nn
 
 from msrn.data import MultiLabelData
 from msrn.engine.config import TrainConfig
-from msrn.engine.evaluate import predict_scores, score_metrics
+from msrn.engine.evaluate import predict_logits, score_metrics
 from msrn.engine.losses import LossFn, model_group_loss
 from msrn.io import atomic_write_json
 from msrn.metrics import map_text, per_label_thresholds, sigmoid
-from msrn.models.tta import with_tta
+from msrn.models import with_tta
 from msrn.plots import plot_ap_per_label
 
 
@@ -35,15 +35,9 @@ class Evaluation:
     test: dict  # metrics on the test split, at those thresholds
 
     @property
-    def val_score(self) -> float | None:
+    def val_map(self) -> float | None:
         """The validation mAP that selects epochs; None without a validation split or a positive in it."""
         return None if self.validation is None else self.validation["mAP"]
-
-    @property
-    def val_map(self) -> float:
-        """The validation mAP to compare, -1 where there is none (no split, or no positive in it)."""
-        score = self.val_score
-        return -1.0 if score is None else score
 
 
 @dataclass
@@ -74,7 +68,7 @@ def history_entry(epoch: int, train_loss: float, seconds: float, results: dict[s
     for which, r in results.items():
         prefix = "" if which == "live" else "ema_"
         if r.validation is not None:
-            entry[prefix + "val_mAP"] = r.val_score
+            entry[prefix + "val_mAP"] = r.val_map
         entry.update({prefix + "test_loss": r.test["loss"], prefix + "mAP": r.test["mAP"]})
     return entry
 
@@ -85,7 +79,8 @@ def weights_text(results: dict[str, Evaluation]) -> str:
         return ""
     parts = []
     for which, r in results.items():
-        val = f"val {r.val_map:.2f} " if r.validation is not None else ""
+        val_map = float("nan") if r.val_map is None else r.val_map  # a split without a positive has no mAP
+        val = f"val {val_map:.2f} " if r.validation is not None else ""
         parts.append(f"{which} {val}test {r.test['mAP'] or float('nan'):.2f}")
     return " | mAP " + ", ".join(parts)
 
@@ -105,11 +100,11 @@ def evaluate_splits(
     group_loss = model_group_loss(module)  # the reported losses are the training objective's
     module = with_tta(module, cfg.tta)
     if val_data is not None:
-        vlogits = predict_scores(module, val_data, cfg.image_size, batch_size, cfg.workers, device, cfg.amp, desc="val")
+        vlogits = predict_logits(module, val_data, cfg.image_size, batch_size, cfg.workers, device, cfg.amp, desc="val")
         vm = score_metrics(vlogits, val_data.targets, group_loss=group_loss, loss=criterion)
         if cfg.tune_thresholds:
             thresholds = per_label_thresholds(sigmoid(vlogits.astype(np.float64)), val_data.targets)
-    tlogits = predict_scores(module, test_data, cfg.image_size, batch_size, cfg.workers, device, cfg.amp, desc="test")
+    tlogits = predict_logits(module, test_data, cfg.image_size, batch_size, cfg.workers, device, cfg.amp, desc="test")
     return Evaluation(vm, thresholds, score_metrics(tlogits, test_data.targets, thresholds, group_loss, criterion))
 
 
@@ -117,13 +112,14 @@ def select_weights(results: dict[str, Evaluation], validated: bool, keeps_ema: b
     """Which weights an epoch offers as best.pt: the better on validation (live on a tie); without a
     validation split nothing is picked on the test split, so the EMA weights when the run keeps them."""
     if validated:
-        return max(results, key=lambda k: results[k].val_map)
+        # an evaluation without a validation mAP ranks below any with one
+        return max(results, key=lambda k: (results[k].val_map is not None, results[k].val_map or 0.0))
     return "ema" if keeps_ema else "live"
 
 
 def selected_epoch(epoch: int, which: str, result: Evaluation, keeps_ema: bool) -> Selected:
     """The record of an epoch selected for best.pt with `which` weights."""
-    score = result.val_score
+    score = result.val_map
     return Selected(
         epoch=epoch,
         score=score if score is not None else result.test["mAP"],
@@ -137,7 +133,7 @@ def epoch_text(
     epoch: int, epochs: int, train_loss: float, results: dict[str, Evaluation], which: str, seconds: float, kept: bool
 ) -> str:
     """The log line of an epoch's end: its loss, the selected weights' figures, and * when best.pt takes it."""
-    score, tm = results[which].val_score, results[which].test
+    score, tm = results[which].val_map, results[which].test
     val_txt = f" val mAP {score:.2f} |" if score is not None else ""
     return (
         f"epoch {epoch}/{epochs} | loss {train_loss:.4f} |{val_txt} test mAP {map_text(tm)} CF1 {tm['CF1']:.2f} "

@@ -50,8 +50,7 @@ from msrn.engine.selection import (
 from msrn.engine.tensorboard import open_board
 from msrn.errors import MSRNError
 from msrn.io import atomic_save_torch, atomic_write_json
-from msrn.models.loading import model_state
-from msrn.models.msrn import MSRN
+from msrn.models import MSRN, model_state, use_fast_paths
 from msrn.plots import plot_history
 
 # optimiser steps between reads of the training losses to the host: each read waits for the device to
@@ -100,7 +99,7 @@ class Trainer:
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         # torch's stubs omit Module.to's memory_format, which it takes (and which returns the module itself)
         model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]
-        self.model = model
+        self.model = use_fast_paths(model)  # the same numbers; fc1's gradient memory reused between steps
 
     def distribute_model(self) -> None:
         """self.net, what the training steps run: the model itself, or under torchrun its DistributedDataParallel
@@ -399,7 +398,7 @@ class Trainer:
                 self.test_data.split,
             )
         which = select_weights(results, self.val_data is not None, self.ema is not None)
-        score = results[which].val_score
+        score = results[which].val_map
         best = None if self.best is None else self.best.score
         improved = score is None or best is None or score >= best
         log.info("%s", epoch_text(self.epoch, self.cfg.epochs, train_loss, results, which, seconds, improved))

@@ -1,5 +1,4 @@
-"""What the tagging commands' options mean: how predict and serve decode images, and the Predictor that the
-checkpoint options (msrn.options, shared with evaluate) describe."""
+"""Options of the tagging commands: how predict and serve decode images, and label names read from a file."""
 
 from __future__ import annotations
 
@@ -9,8 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from msrn.errors import MSRNError, setting_up
-from msrn.inference.predictor import Predictor, load
+from msrn.errors import MSRNError
 
 
 def read_label_names(path: str | os.PathLike) -> list[str]:
@@ -38,12 +36,3 @@ def decoding_options(args: Any) -> dict[str, Any]:
         "exif_orientation": None if args.exif_orientation is None else args.exif_orientation == "on",
         "max_pixels": max_pixels,
     }
-
-
-def load_from_args(args: Any, **options: Any) -> Predictor:
-    """The Predictor that a command's checkpoint options (msrn.options) describe."""
-    labels = read_label_names(args.labels) if getattr(args, "labels", None) else None
-    with setting_up():  # a value torch refuses while the model is built and moved: one line, no traceback
-        return load(
-            args.checkpoint, args.word_vectors, args.cooccurrence, labels, image_size=args.image_size, **options
-        )

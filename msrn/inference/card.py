@@ -275,9 +275,3 @@ def render(
         *limits_section(config, metrics),
     ]
     return front_matter(config, metrics, name, license_id) + "\n" + "\n".join(lines)
-
-
-def snippet_of(card: str) -> str:
-    """The Python code block of a card's usage section (what a reader would copy)."""
-    start = card.index("```python\n") + len("```python\n")
-    return card[start : card.index("```", start)]

@@ -33,7 +33,7 @@ from PIL import Image
 from torch import nn
 
 from msrn.errors import MSRNError
-from msrn.models.msrn import MSRN
+from msrn.models import MSRN
 
 DEPTH_NAMES = ("fine", "middle", "coarse")
 ALIKE = 0.05  # labels' maps this close (share of attention that differs) are called alike on the pictures

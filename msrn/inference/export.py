@@ -30,7 +30,7 @@ from torch import nn
 
 from msrn.errors import MSRNError
 from msrn.hub import CARD, CONFIG, WEIGHTS
-from msrn.inference.args import load_from_args
+from msrn.inference.predictor import loaded_from_args
 from msrn.inference.push import (
     INPUT,
     NORMALIZATION,
@@ -40,8 +40,9 @@ from msrn.inference.push import (
     export_folder,
     export_options,
 )
+from msrn.inference.tagging import threshold_vector
 from msrn.io import atomic_write_bytes
-from msrn.models.msrn import MSRN, Classifier
+from msrn.models import MSRN, Network
 from msrn.options import (
     UNRECORDED_IMAGE_SIZE,
     Options,
@@ -91,7 +92,7 @@ def _require_onnx() -> tuple[Any, Any]:
 
 
 def metadata(
-    model: Classifier, image_size: int, thresholds: Sequence[float] | None = None, exif_orientation: bool = True
+    model: Network, image_size: int, thresholds: Sequence[float] | None = None, exif_orientation: bool = True
 ) -> dict[str, str]:
     """What a consumer of the ONNX file needs besides the graph: labels, their thresholds (default 0.5),
     input size, decoding and normalisation (msrn.inference.onnx_predict tags images from these alone)."""
@@ -110,7 +111,7 @@ def metadata(
     }
 
 
-def verify(path: str | os.PathLike, model: Classifier, image_size: int, batch: int = 3, seed: int = 0) -> float:
+def verify(path: str | os.PathLike, model: Network, image_size: int, batch: int = 3, seed: int = 0) -> float:
     """Run the ONNX file and the PyTorch model on one random batch; return the logits' max abs difference.
 
     Raises MSRNError when the difference exceeds TOLERANCE x max(1, max |logit|).
@@ -130,7 +131,7 @@ def verify(path: str | os.PathLike, model: Classifier, image_size: int, batch: i
 
 
 def export_onnx(
-    model: Classifier,
+    model: Network,
     path: str | os.PathLike,
     image_size: int = UNRECORDED_IMAGE_SIZE,
     opset: int = OPSET,
@@ -237,13 +238,12 @@ def main(args: argparse.Namespace | ExportOptions) -> int:
         )
         return 0
     _require_onnx()
-    predictor = load_from_args(args, fast=False)  # the network as written; onnxruntime does its own folding
-    model = predictor.model
-    diff = export_onnx(
-        model, args.out, predictor.image_size, args.opset, predictor.thresholds.tolist(), predictor.exif_orientation
-    )
+    loaded = loaded_from_args(args)  # the network as written; onnxruntime does its own folding
+    model, image_size = loaded.model, args.image_size or loaded.image_size
+    thresholds = threshold_vector(0.5 if loaded.thresholds is None else loaded.thresholds, len(model.labels))
+    diff = export_onnx(model, args.out, image_size, args.opset, thresholds.tolist(), loaded.exif_orientation)
     print(
-        f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {predictor.image_size}px, "
+        f"msrn export: wrote {args.out} ({len(model.labels)} labels, input {image_size}px, "
         f"dynamic batch); onnxruntime logits match PyTorch's within {diff:.2g}",
         file=sys.stderr,
     )

@@ -19,10 +19,11 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from msrn.errors import MSRNError
-from msrn.inference.args import decoding_options, load_from_args
+from msrn.inference.args import decoding_options
 from msrn.inference.draw import save_explanation
 from msrn.inference.explain import require_msrn
 from msrn.inference.onnx_predict import OnnxPredictor
+from msrn.inference.predictor import load_from_args
 from msrn.inference.tagging import expand_inputs, read_path_list
 from msrn.io import atomic_write_text, check_writable
 from msrn.options import (
@@ -206,7 +207,7 @@ def main(args: argparse.Namespace | PredictOptions) -> int:
     items = expand_inputs(inputs)  # an empty folder fails before any output starts
     output = _Output(args.format, args.out)
     failed, used = 0, set[str]()
-    results = predictor.iter_results(items, explain_k=explain_k) if explain_k else predictor.iter_results(items)
+    results = predictor.iter_results(items, explain_k=explain_k)
     with tqdm(
         total=len(items),
         desc="predict",

@@ -18,14 +18,12 @@ from PIL import Image
 from torch import nn
 
 from msrn.data.transforms import TestTransform
-from msrn.errors import MSRNError
+from msrn.errors import MSRNError, setting_up
 from msrn.images import DEFAULT_MAX_PIXELS
+from msrn.inference.args import read_label_names
 from msrn.inference.explain import Explanation, explained_forward, require_msrn
 from msrn.inference.tagging import ImageInput, Tagger, threshold_vector
-from msrn.models.fuse import optimize_for_inference
-from msrn.models.loading import load_checkpoint
-from msrn.models.msrn import Classifier
-from msrn.models.tta import with_tta
+from msrn.models import Loaded, Network, load_checkpoint, optimize_for_inference, with_tta
 from msrn.options import UNRECORDED_IMAGE_SIZE
 
 
@@ -38,7 +36,7 @@ class Predictor(Tagger):
 
     def __init__(
         self,
-        model: Classifier,
+        model: Network,
         image_size: int | None = None,
         threshold: float | Sequence[float] | None = None,
         top_k: int | None = None,
@@ -52,7 +50,7 @@ class Predictor(Tagger):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self._infer: nn.Module = self.model  # what plain (unexplained) batches run through
-        if fast:  # batch norm folded, channels-last: the same logits to float32 rounding (msrn.models.fuse); faster
+        if fast:  # batch norm folded, channels-last: the same logits to float32 rounding (msrn.models._fuse); faster
             folded = optimize_for_inference(self.model)
             self._infer, self.model = folded, folded.model  # the folded network itself, still an MSRN, for explanations
         self._infer, self.tta = with_tta(self._infer, tta), tta  # "flip": scores average the image and its mirror
@@ -74,15 +72,23 @@ class Predictor(Tagger):
         labels: Sequence[str] | None = None,
         **options: Any,
     ) -> Predictor:
-        """Load a project or reference checkpoint (the latter with its word vectors and co-occurrence,
-        by default the reference's own files for the dataset with its number of labels).
+        """`msrn.load("best.pt")`: a Predictor for a project or reference checkpoint (the latter with its word
+        vectors and co-occurrence, by default the reference's own files for the dataset with its number of labels).
 
-        labels name a reference checkpoint's outputs (it stores none; by default that dataset's names);
-        a project checkpoint's own names must match them. image_size, threshold and exif_orientation
-        not given (or None) are the checkpoint's: training's input size, tuned thresholds and decoding.
+        labels name a reference checkpoint's outputs (it stores none; by default that dataset's names); a project
+        checkpoint's own names must match them. options: image_size, threshold, top_k, batch_size, device, fast,
+        tta ("none" or "flip"), exif_orientation, max_pixels (see `Predictor`); image_size, threshold and
+        exif_orientation not given (or None) are the checkpoint's: training's input size, tuned thresholds and
+        decoding.
         """
         labels = list(labels) if labels is not None else None
         loaded = load_checkpoint(path, word_vectors=word_vectors, cooccurrence=cooccurrence, labels=labels)
+        return cls.from_loaded(loaded, **options)
+
+    @classmethod
+    def from_loaded(cls, loaded: Loaded, **options: Any) -> Predictor:
+        """A Predictor for a loaded checkpoint; image_size, threshold and exif_orientation not given (or None)
+        are the checkpoint's."""
         stored = {
             "image_size": loaded.image_size,
             "threshold": loaded.thresholds,
@@ -146,16 +152,17 @@ class Predictor(Tagger):
         return out
 
 
-def load(
-    checkpoint: str | os.PathLike,
-    word_vectors: Any = None,
-    cooccurrence: Any = None,
-    labels: Sequence[str] | None = None,
-    **options: Any,
-) -> Predictor:
-    """`msrn.load("best.pt")`: a Predictor for a project checkpoint or a reference one (`voc_checkpoint.pth.tar`).
+# msrn.load: the same function, so that loading is one call from the API to the checkpoint reader
+load = Predictor.from_checkpoint
 
-    options: image_size, threshold, top_k, batch_size, device, fast, tta ("none" or "flip"), exif_orientation,
-    max_pixels (see `Predictor`).
-    """
-    return Predictor.from_checkpoint(checkpoint, word_vectors, cooccurrence, labels, **options)
+
+def loaded_from_args(args: Any) -> Loaded:
+    """The checkpoint that the shared checkpoint options (msrn.options) name, loaded."""
+    labels = read_label_names(args.labels) if args.labels else None
+    return load_checkpoint(args.checkpoint, args.word_vectors, args.cooccurrence, labels)
+
+
+def load_from_args(args: Any, **options: Any) -> Predictor:
+    """The Predictor that the shared checkpoint options describe (predict, serve)."""
+    with setting_up():  # a value torch refuses while the model is built and moved: one line, no traceback
+        return Predictor.from_loaded(loaded_from_args(args), image_size=args.image_size, **options)

@@ -25,7 +25,7 @@ from msrn.hub import CARD, CONFIG, WEIGHTS, is_hub_id, read_source, write_folder
 from msrn.inference.args import read_label_names
 from msrn.inference.card import render
 from msrn.io import atomic_write_text
-from msrn.models.loading import load_checkpoint, model_state
+from msrn.models import load_checkpoint, model_state
 from msrn.options import (
     Options,
     add_options,

@@ -29,7 +29,8 @@ import sys
 from dataclasses import dataclass
 
 from msrn.errors import MSRNError
-from msrn.inference.args import decoding_options, load_from_args
+from msrn.inference.args import decoding_options
+from msrn.inference.predictor import load_from_args
 from msrn.inference.serving.lifecycle import GRACE_S, GracefulStop, make_server, return_freed_memory
 from msrn.inference.serving.routes import TOKEN_ENV, ServeLimits, access_log, create_app
 from msrn.options import (

@@ -1,31 +1,61 @@
-"""The networks: MSRN and its baselines, built by name, and loaded from checkpoints.
+"""The networks: MSRN and its baselines, built by name through the registry, and loaded from checkpoints.
 
-`registry` names the configurations and builds them from arrays; `create` is its one front
-(`create_model`: label files, arrays or a LabelSet; pretrained backbones);
-`msrn` is the module (backbone, label graph, label-guided attention at three depths, head); `resnet`
-(or `timm_backbone`), `gat`, `attention`, `ops` and `linear` are its parts; `fuse` the folded inference
-form, `tta` flip averaging; `loading` (`load_checkpoint` -> `Loaded`, the one loader, for project and
-reference checkpoints, whose key layout `reference_layout` maps) and `pretrained` read weights into them.
+Laid out as timm lays out its models. Architecture files stand alone and read as the maths: `msrn.py` (the
+paper's network and its registered names), `baseline.py`, `heads.py`, `gat.py`, `attention.py`, `resnet.py`,
+`timm_backbone.py`. They import nothing from the infrastructure but the registry. The infrastructure files
+start with `_`:
+
+- `_registry.py`: `register_model`, `register_head`, `build_model` (every build passes its checks);
+- `_factory.py`: `create_model`, from label files, arrays or a LabelSet, with pretrained backbones;
+- `_loading.py`: `load_checkpoint` -> `Loaded`, `model_state` (the checkpoint's model part);
+- `_reference_layout.py`: the one mapping of the reference's and older msrn checkpoints' layouts;
+- `_state.py`, `_pretrained.py`: strict state loading, `--init`, backbone weights;
+- `_fuse.py`, `_ops.py`, `_linear.py`: the CPU fast paths; `_tta.py`: flip averaging.
+
+How to add a model: write its `nn.Module` in its own file here, and below it a function per name,
+decorated with `@register_model`, taking `num_classes`, `labels` and the model's settings as keywords and
+returning the module (`@register_model(label_graph=True)` if it also takes `word_vectors`, `adjacency`,
+`pool_ratio` and `num_groups`); raise ValueError
+for a setting that does not fit (the registry turns it into one line). Import the file below. A head
+for MSRN's attended semantics: a class in heads.py decorated with `@register_head("name")`, taking
+(num_classes, rows, width, hidden, groups).
 """
 
 from __future__ import annotations
 
-from msrn.models.create import create_model
-from msrn.models.loading import Loaded, load_checkpoint
-from msrn.models.msrn import MSRN, MSRNConfig, PlainClassifier, Semantics
-from msrn.models.registry import MODEL_CONFIGS, list_models, placeholder_vectors
+from msrn.models import baseline, heads, msrn  # noqa: F401  (importing the architecture files registers them)
+from msrn.models._factory import create_model
+from msrn.models._fuse import optimize_for_inference, use_fast_paths
+from msrn.models._loading import Loaded, Network, load_checkpoint, model_state
+from msrn.models._reference_layout import checkpoint_weights
+from msrn.models._registry import build_model, list_heads, list_models, register_head, register_model
+from msrn.models._state import match_init_state, require_backbone
+from msrn.models._tta import with_tta
+from msrn.models.baseline import PlainClassifier
+from msrn.models.msrn import MSRN, MSRNConfig, Semantics, placeholder_vectors
 from msrn.models.resnet import ResNet
 
 __all__ = [
     "MSRN",
     "MSRNConfig",
+    "Network",
     "PlainClassifier",
     "ResNet",
-    "create_model",
-    "list_models",
-    "MODEL_CONFIGS",
-    "placeholder_vectors",
     "Loaded",
-    "load_checkpoint",
     "Semantics",
+    "build_model",
+    "checkpoint_weights",
+    "create_model",
+    "list_heads",
+    "list_models",
+    "load_checkpoint",
+    "match_init_state",
+    "model_state",
+    "optimize_for_inference",
+    "placeholder_vectors",
+    "register_head",
+    "register_model",
+    "require_backbone",
+    "use_fast_paths",
+    "with_tta",
 ]

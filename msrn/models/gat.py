@@ -73,7 +73,7 @@ class GraphAttention(nn.Module):
 
 
 class GATStack(nn.Module):
-    """GAT layers applied in sequence (`label_embed.layers.{0,1}` in reference checkpoints)."""
+    """GAT layers applied in sequence: word features -> local label semantics (C x D)."""
 
     def __init__(self, dims: tuple[int, ...]):
         super().__init__()
@@ -92,24 +92,13 @@ class GroupPooling(nn.Module):
     def __init__(self, dim: int, num_groups: int):
         super().__init__()
         self.embed = GraphAttention(dim, dim)
-        self.assign_mat = GraphAttention(dim, num_groups)
+        self.assign = GraphAttention(dim, num_groups)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | Edges) -> tuple[torch.Tensor, torch.Tensor]:
         graph = as_graph(mask)
         z = self.embed(x, graph)  # C x D
-        s = torch.softmax(self.assign_mat(x, graph), dim=1)  # C x K
+        s = torch.softmax(self.assign(x, graph), dim=1)  # C x K
         return s.T @ z, s  # K x D, C x K
-
-
-class GroupStack(nn.Module):
-    """Holds the one pooling layer under the reference's key path `group_embed.layers.0`."""
-
-    def __init__(self, dim: int, num_groups: int):
-        super().__init__()
-        self.layers = nn.ModuleList([GroupPooling(dim, num_groups)])
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | Edges) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layers[0](x, mask)
 
 
 def group_loss(

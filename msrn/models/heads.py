@@ -6,9 +6,8 @@ commented out beside it (with its parameters W and B): each label's group featur
 mixed by the assignment S (C x K), it is joined to the label's own feature, tanh, and one weight vector per
 label scores it: logit_c = <W_c, x_c> + B_c. Its weights grow linearly with C.
 
-The parameters keep the reference checkpoints' top-level names (`fc1`, `fc2`, `W`, `B`), so each head
-module is registered on MSRN under its own parameters' names: MLPHead holds fc1 and fc2 as children,
-ElementwiseHead holds W and B.
+A head is MSRN's `head` (keys `head.fc1.*` or `head.W`, `head.B`); the reference's top-level names are mapped
+when its files load (_reference_layout.py).
 """
 
 from __future__ import annotations
@@ -19,30 +18,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from msrn.models.linear import ReusedGradLinear
-from msrn.models.ops import linear
+from msrn.models._registry import register_head
 
-HEADS = ("mlp", "elementwise")
+# Every head takes (num_classes=C, rows=C+K, width=S x D, hidden, groups) and maps B x (C+K) x SD attended semantics
+# (and the C x K assignment, None without groups) to B x C logits.
 
 
+@register_head("mlp")
 class MLPHead(nn.Module):
     """The paper's classifier: fc2(LeakyReLU_0.01(fc1(tanh(features flattened))))."""
 
-    def __init__(self, rows: int, width: int, hidden: int, num_classes: int):
+    def __init__(self, num_classes: int, rows: int, width: int, hidden: int, groups: bool = True):
         super().__init__()
-        self.fc1 = ReusedGradLinear(rows * width, hidden)  # nn.Linear that keeps its gradient's memory
+        self.fc1 = nn.Linear(rows * width, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, attended: torch.Tensor, assign: torch.Tensor | None = None) -> torch.Tensor:
         # attended: B x (C+K) x SD -> B x C
         h = torch.tanh(attended).flatten(1)
-        return self.fc2(F.leaky_relu(linear(self.fc1, h), 0.01))
+        return self.fc2(F.leaky_relu(self.fc1(h), 0.01))
 
 
+@register_head("elementwise")
 class ElementwiseHead(nn.Module):
     """The reference's element-wise classifier: x_c = tanh([V_c ; sum_k S_ck G_k]), logit_c = <W_c, x_c> + B_c."""
 
-    def __init__(self, num_classes: int, width: int, groups: bool):
+    def __init__(self, num_classes: int, rows: int, width: int, hidden: int = 0, groups: bool = True):
         super().__init__()
         self.num_classes = num_classes
         self.W = nn.Parameter(torch.empty(num_classes, width * (2 if groups else 1)))
@@ -62,12 +63,3 @@ class ElementwiseHead(nn.Module):
             groups = torch.matmul(assign, attended[:, self.num_classes :])  # (C x K) @ (B x K x SD) -> B x C x SD
             labels = torch.cat([labels, groups], -1)  # B x C x 2SD
         return (self.W * torch.tanh(labels)).sum(-1) + self.B
-
-
-def build_head(head: str, num_classes: int, rows: int, width: int, hidden: int, groups: bool) -> nn.Module:
-    """The head named: `rows` = C + K semantic vectors of `width` = S x D features each."""
-    if head == "mlp":
-        return MLPHead(rows, width, hidden, num_classes)
-    if head == "elementwise":
-        return ElementwiseHead(num_classes, width, groups)
-    raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")

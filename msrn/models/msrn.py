@@ -1,31 +1,31 @@
-"""The MSRN module (docs/design.md §1-6): backbone at three depths, label graph, group pooling,
-label-guided attention at every depth, and the classifier (the paper's MLP or the reference's element-wise
-head, msrn.models.heads).
+"""MSRN (docs/design.md §1-6): a backbone read at three depths, the label graph, group pooling, label-guided
+attention at every depth, and the head (the paper's MLP or the reference's element-wise one, heads.py).
 
-Parameter names follow the reference checkpoints (`ProjectM`, `fc_label`, `label_embed`,
-`group_embed`, `fc1`, `fc2`, `W`, `B`); the backbone is `backbone.*` here and `resnet_101.*` there,
-and the reference's `resnet_101.conv_buffer{1,2}` are `conv_buffer{1,2}` (see reference_layout.py).
+Modules are named for what they are in the paper; the reference's checkpoint names (`conv_buffer1/2`,
+`ProjectM`, `fc_label`, `label_embed`, `group_embed`, top-level `fc1`/`fc2`/`W`/`B`) are mapped when a file is
+loaded (_reference_layout.py). The CPU fast paths are applied by the callers that want them (_fuse.py).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import NamedTuple, TypeAlias, cast
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msrn.models._registry import head_class, register_model
 from msrn.models.attention import attend
-from msrn.models.gat import GATStack, GroupStack, group_loss
-from msrn.models.heads import build_head
-from msrn.models.ops import conv1x1, max_pool2x2
-from msrn.models.resnet import ResNet
-from msrn.models.timm_backbone import build_backbone
+from msrn.models.gat import GATStack, GroupPooling, group_loss, group_loss_weight
+from msrn.models.timm_backbone import PREFIX, build_backbone
 
 DEPTHS = (1, 2, 3)  # after layer2, layer3, layer4
+# the mlp head's fc1 sees (C + K) x 3 x D inputs; above this many weights (4 GiB in fp32) building is refused
+MAX_FC1_WEIGHTS = 2**30
 
 
 class Semantics(NamedTuple):
@@ -67,11 +67,28 @@ class MSRNConfig:
     label_graph: bool = True  # off: the same GAT layers see an identity adjacency (each label on its own)
     head: str = "mlp"  # the classifier: "mlp" (the paper's) or "elementwise" (weights linear in the labels)
 
+    def __post_init__(self) -> None:
+        self.label_dims = cast(tuple[int, int], tuple(self.label_dims))  # JSON and checkpoints hold lists
+        self.depths = tuple(self.depths)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["label_dims"] = list(self.label_dims)
         d["depths"] = list(self.depths)
         return d
+
+    def check(self) -> None:
+        """ValueError naming what is wrong, before any weight is allocated: depths, head, fc1's size."""
+        self.depths = check_depths(self.depths)
+        head_class(self.head)
+        rows = self.num_classes + (self.num_groups if self.group_semantics else 0)
+        fc1 = rows * len(self.depths) * self.semantic_dim * self.hidden_dim
+        if self.head == "mlp" and fc1 > MAX_FC1_WEIGHTS:  # 5000 labels would ask for tens of GB
+            raise ValueError(
+                f"{self.num_classes} labels and {self.num_groups} groups need {fc1 / 1e9:.1f} billion weights in "
+                f"fc1 (limit {MAX_FC1_WEIGHTS / 1e9:.1f}); use --head elementwise (weights linear in the labels), "
+                "fewer labels, a smaller --pool-ratio or msrn_tiny"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> MSRNConfig:
@@ -91,39 +108,43 @@ def check_depths(depths: tuple[int, ...] | list[int]) -> tuple[int, ...]:
 
 
 class MSRN(nn.Module):
-    # buffers and the head set in __init__ outside nn.Module's attribute typing (register_buffer, __dict__)
-    word_vectors: torch.Tensor
+    """The network of docs/design.md §1-6: an image's maps at three depths attended by label and group semantics
+    computed from the label graph, then the head."""
+
+    model_name = ""  # the registered name it was built under (set by the registry; checkpoints record it)
+    word_vectors: torch.Tensor  # buffers (register_buffer), typed here
     adjacency: torch.Tensor
-    classifier: nn.Module
 
     def __init__(
         self, cfg: MSRNConfig, word_vectors: torch.Tensor, adjacency: torch.Tensor, labels: list[str] | None = None
     ):
         super().__init__()
+        cfg.check()
         self.cfg = cfg
         self.label_names = list(labels or [])
-        cfg.depths = check_depths(cfg.depths)
         c, d = cfg.num_classes, cfg.semantic_dim
-        k = cfg.num_groups if cfg.group_semantics else 0  # group rows the attention and classifier see
+        k = cfg.num_groups if cfg.group_semantics else 0  # group rows the attention and the head see
+        # §1: the image side. Layers of depths not read are Identity (no weights), so nothing sits unused.
         self.backbone = build_backbone(cfg.backbone)  # a ResNet, or a timm model for "timm:NAME"
-        c2, c3, c4 = self.backbone.channels
-        # layers of depths not read are not built (None / Identity: no weights), so nothing sits unused
-        self.conv_buffer1 = nn.Conv2d(c2, c2, 1) if 1 in cfg.depths else None
-        self.conv_buffer2 = nn.Conv2d(c3, c3, 1) if 2 in cfg.depths else None
-        for conv in (self.conv_buffer1, self.conv_buffer2):  # drawn as the reference's ResNet init loop draws them
-            if conv is not None:
-                kh, kw = conv.kernel_size
-                nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (kh * kw * conv.out_channels)))
-        self.ProjectM = nn.ModuleList(
-            nn.Conv2d(ch, d, 1) if s in cfg.depths else nn.Identity() for s, ch in zip(DEPTHS, (c2, c3, c4))
+        widths = self.backbone.channels  # after layer2, layer3, layer4
+        self.depth_conv = nn.ModuleList(  # the 1x1 convolutions added after layer2 and layer3
+            nn.Conv2d(ch, ch, 1) if s in cfg.depths and s < 3 else nn.Identity() for s, ch in zip(DEPTHS, widths)
         )
-        self.fc_label = nn.Linear(cfg.word_dim, cfg.label_dims[0])
-        self.label_embed = GATStack((*cfg.label_dims, d))
-        self.group_embed = GroupStack(d, cfg.num_groups) if cfg.group_semantics else None
-        head = build_head(cfg.head, c, c + k, len(cfg.depths) * d, cfg.hidden_dim, cfg.group_semantics)
-        for name, part in [*head.named_children(), *head.named_parameters(recurse=False)]:
-            setattr(self, name, part)  # under the reference checkpoints' top-level names: fc1, fc2 or W, B
-        self.__dict__["classifier"] = head  # the same parameters, so not registered a second time
+        for conv in self.depth_conv:  # drawn as the reference's ResNet init loop draws them
+            if isinstance(conv, nn.Conv2d):
+                nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / conv.out_channels))  # 1x1 kernel
+        self.pool = nn.MaxPool2d(2, 2)
+        self.project = nn.ModuleList(  # each depth to D channels
+            nn.Conv2d(ch, d, 1) if s in cfg.depths else nn.Identity() for s, ch in zip(DEPTHS, widths)
+        )
+        # §2-4: the label side
+        self.word_proj = nn.Linear(cfg.word_dim, cfg.label_dims[0])
+        self.label_gat = GATStack((*cfg.label_dims, d))  # local label semantics L
+        self.group_pool = GroupPooling(d, cfg.num_groups) if cfg.group_semantics else None  # group semantics G
+        # §6: the head over the attended semantics
+        self.head = head_class(cfg.head)(
+            num_classes=c, rows=c + k, width=len(cfg.depths) * d, hidden=cfg.hidden_dim, groups=cfg.group_semantics
+        )
         # label inputs travel with the weights, so a checkpoint can never meet the wrong vectors
         self.register_buffer("word_vectors", torch.as_tensor(word_vectors, dtype=torch.float32).clone())
         self.register_buffer("adjacency", torch.as_tensor(adjacency, dtype=torch.float32).clone())
@@ -134,39 +155,27 @@ class MSRN(nn.Module):
             )
 
     def semantics(self) -> Semantics:
-        """Local label semantics L, group semantics G, the labels' group assignment and the group loss."""
+        """Local label semantics L, group semantics G, the labels' group assignment and the group loss (§3-4)."""
         if self.cfg.label_graph:
             mask = self.adjacency > 0
         else:
             mask = torch.eye(self.cfg.num_classes, dtype=torch.bool, device=self.adjacency.device)
-        local = self.label_embed(self.fc_label(self.word_vectors), mask)  # C x D
-        if self.group_embed is None:
+        local = self.label_gat(self.word_proj(self.word_vectors), mask)  # C x D
+        if self.group_pool is None:
             return Semantics(local, local.new_zeros(0, local.shape[1]), None, local.new_zeros(()))
-        groups, assign = self.group_embed(F.relu(local), mask)  # K x D, C x K
+        groups, assign = self.group_pool(F.relu(local), mask)  # K x D, C x K
         return Semantics(local, groups, assign, group_loss(local, groups, assign, self.cfg.group_loss_weight))
 
     def pooled_maps(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """layer2/3/4 outputs -> conv_buffer1/2 (depths 1, 2) and the 2x2 max-pool, each B x C_s x H_s x W_s,
-        for the depths read."""
-        convs = (self.conv_buffer1, self.conv_buffer2, None)
-        return [
-            max_pool2x2(f if conv is None else conv1x1(conv, f))
-            for s, f, conv in zip(DEPTHS, feats, convs) if s in self.cfg.depths
-        ]  # fmt: skip
+        """layer2/3/4 outputs -> the added 1x1 convolution (depths 1, 2) and the 2x2 max-pool, for the depths read:
+        each B x C_s x H_s x W_s."""
+        return [self.pool(self.depth_conv[s - 1](feats[s - 1])) for s in self.cfg.depths]
 
     def projected_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: B x 3 x H x W -> the pooled maps of the depths read, projected by ProjectM to D channels,
-        each B x D x H_s x W_s: what the attention reads (and the explanations' grid)."""
+        """x: B x 3 x H x W -> F_s, the pooled maps projected to D channels, each B x D x H_s x W_s: what the
+        attention reads (and the explanations' grid)."""
         pooled = self.pooled_maps(self.backbone.forward_features(x, max(self.cfg.depths)))
-        # the depths read hold a Conv2d in ProjectM (the others an Identity, never read)
-        return [conv1x1(cast(nn.Conv2d, self.ProjectM[s - 1]), m) for s, m in zip(self.cfg.depths, pooled)]
-
-    def head(self, attended: torch.Tensor, assign: torch.Tensor | None = None) -> torch.Tensor:
-        """(B x (C+K) x SD) attended semantics, S depths read -> B x C logits. The element-wise head also
-        reads the label-to-group assignment (C x K), computed here when not given."""
-        if self.cfg.head == "elementwise" and assign is None and self.group_embed is not None:
-            assign = self.semantics().assign
-        return self.classifier(attended, assign)
+        return [self.project[s - 1](m) for s, m in zip(self.cfg.depths, pooled)]
 
     def classify(
         self,
@@ -176,13 +185,14 @@ class MSRN(nn.Module):
         assign: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Projected maps (each B x D x H_s x W_s) and semantic rows ((C+K) x D, labels then groups) -> B x C
-        logits: attention at each depth (in the form named; None: chosen by device), concatenated, then the head
-        (given the assignment C x K, or computing it when the head needs it).
-
-        The one path from features to logits: forward, explanations, the folded model and export use it.
+        logits: label-guided attention at each depth (§5; in the form named, None: chosen by device),
+        concatenated, then the head (§6; the element-wise head reads the assignment C x K, computed when not
+        given). The one path from features to logits: forward, explanations, the folded model and export use it.
         """
-        attended = [attend(m.flatten(2), rows, attention) for m in maps]  # each B x (C+K) x D
-        return self.head(torch.cat(attended, -1), assign)  # B x (C+K) x SD
+        attended = torch.cat([attend(m.flatten(2), rows, attention) for m in maps], -1)  # B x (C+K) x SD
+        if self.cfg.head == "elementwise" and assign is None and self.group_pool is not None:
+            assign = self.semantics().assign
+        return self.head(attended, assign)
 
     def forward(
         self, x: torch.Tensor, semantics: Semantics | None = None, attention: str | None = None
@@ -198,8 +208,8 @@ class MSRN(nn.Module):
         return self.semantics().local
 
     def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
-        """The reference's two groups: backbone and its conv_buffers at lr_backbone, the head at lr."""
-        slow = [p for n, p in self.named_parameters() if n.startswith(("backbone.", "conv_buffer"))]
+        """The reference's two groups: the backbone and its added 1x1 convolutions at lr_backbone, the rest at lr."""
+        slow = [p for n, p in self.named_parameters() if n.startswith(("backbone.", "depth_conv."))]
         ids = {id(p) for p in slow}
         fast = [p for p in self.parameters() if id(p) not in ids]
         return [{"params": slow, "lr": lr_backbone, "name": "backbone"}, {"params": fast, "lr": lr, "name": "head"}]
@@ -210,48 +220,70 @@ class MSRN(nn.Module):
         return self.label_names or [str(i) for i in range(self.cfg.num_classes)]
 
 
-class PlainClassifier(nn.Module):
-    """The backbone alone with global average pooling and a linear layer: the demo's baseline.
-
-    With `hidden` > 0 the head is an MLP instead (Linear, LeakyReLU 0.01 as in MSRN's classifier,
-    Linear), a baseline with about MSRN's head capacity but none of its structure.
-    """
-
-    def __init__(self, backbone: str, num_classes: int, labels: list[str] | None = None, hidden: int = 0):
-        super().__init__()
-        self.backbone = ResNet(backbone)
-        width = self.backbone.channels[-1]
-        self.fc_hidden = nn.Linear(width, hidden) if hidden else None
-        self.fc = nn.Linear(hidden or width, num_classes)
-        self.label_names = list(labels or [])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: B x 3 x H x W -> logits B x C."""
-        h = self.backbone(x)
-        if self.fc_hidden is not None:
-            h = F.leaky_relu(self.fc_hidden(h), 0.01)
-        return self.fc(h)
-
-    @property
-    def hidden(self) -> int:
-        """Width of the MLP head's hidden layer (0: a linear head)."""
-        return 0 if self.fc_hidden is None else self.fc_hidden.out_features
-
-    @property
-    def labels(self) -> list[str]:
-        return self.label_names or [str(i) for i in range(self.fc.out_features)]
-
-    def label_representations(self) -> torch.Tensor:
-        """C x D: the rows of the last linear layer, one classifier per label (as ML-GCN's are)."""
-        return self.fc.weight
-
-    def param_groups(self, lr: float, lr_backbone: float) -> list[dict]:
-        head = [p for n, p in self.named_parameters() if not n.startswith("backbone.")]
-        return [
-            {"params": list(self.backbone.parameters()), "lr": lr_backbone, "name": "backbone"},
-            {"params": head, "lr": lr, "name": "head"},
-        ]
+def _create_msrn(
+    num_classes: int,
+    labels: list[str] | None = None,
+    word_vectors: Any = None,
+    adjacency: Any = None,
+    pool_ratio: float = 0.2,
+    num_groups: int | None = None,
+    defaults: dict[str, Any] | None = None,
+    **settings: Any,
+) -> MSRN:
+    """An MSRN for `num_classes` labels: label vectors (C x dim; fixed random ones without them), the adjacency
+    A_hat (C x C, used as given; no edges without it), K = num_groups or int(pool_ratio x C) groups, and
+    MSRNConfig fields (`settings` over the entrypoint's `defaults`)."""
+    vecs = placeholder_vectors(num_classes) if word_vectors is None else np.asarray(word_vectors, dtype=np.float32)
+    adj = np.eye(num_classes, dtype=np.float32) if adjacency is None else np.asarray(adjacency, dtype=np.float32)
+    if vecs.ndim != 2 or vecs.shape[0] != num_classes or adj.shape != (num_classes, num_classes):
+        raise ValueError(f"label vectors {vecs.shape} and adjacency {adj.shape} do not fit {num_classes} labels")
+    known = {f.name for f in fields(MSRNConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"no setting {', '.join(unknown)} (settings: {', '.join(sorted(known))})")
+    groups = num_groups or max(1, int(pool_ratio * num_classes))
+    # a fresh model's group loss is weighted for its label count (a reference checkpoint passes the reference's)
+    weight = group_loss_weight(num_classes, groups)
+    given = {"group_loss_weight": weight, **(defaults or {}), **settings, "num_classes": num_classes}
+    given.update(num_groups=groups, word_dim=vecs.shape[1])
+    cfg = MSRNConfig(**given)
+    cfg.check()
+    return MSRN(cfg, torch.from_numpy(vecs), torch.from_numpy(adj), labels)
 
 
-# the networks msrn builds and loads (what load_checkpoint, Predictor and the exports take)
-Classifier: TypeAlias = "MSRN | PlainClassifier"
+def placeholder_vectors(num_classes: int, dim: int = 300, seed: int = 0) -> np.ndarray:
+    """Fixed random label vectors for models built without real ones (tests, quick experiments)."""
+    return np.random.default_rng(seed).standard_normal((num_classes, dim)).astype(np.float32)
+
+
+@register_model(label_graph=True)
+def msrn_resnet101(**kwargs: Any) -> MSRN:
+    """The paper's model: MSRN on ResNet-101."""
+    return _create_msrn(**kwargs, defaults=dict(backbone="resnet101"))
+
+
+@register_model(label_graph=True)
+def msrn_resnet50(**kwargs: Any) -> MSRN:
+    """MSRN on ResNet-50."""
+    return _create_msrn(**kwargs, defaults=dict(backbone="resnet50"))
+
+
+@register_model(label_graph=True)
+def msrn_resnet18(**kwargs: Any) -> MSRN:
+    """MSRN on ResNet-18 with narrower label semantics (D = 256) and fc1 (1024)."""
+    return _create_msrn(**kwargs, defaults=dict(backbone="resnet18", semantic_dim=256, hidden_dim=1024))
+
+
+@register_model(label_graph=True)
+def msrn_tiny(**kwargs: Any) -> MSRN:
+    """MSRN on a tiny ResNet with narrow label layers: CPU tests, demos and the scenes benchmark."""
+    tiny = dict(backbone="resnet_tiny", label_dims=(64, 64), semantic_dim=64, hidden_dim=256)
+    return _create_msrn(**kwargs, defaults=tiny)
+
+
+@register_model(label_graph=True)
+def msrn_timm(backbone: str | None = None, **kwargs: Any) -> MSRN:
+    """The paper's head on a timm backbone: `backbone=NAME` (or `timm:NAME`), e.g. convnext_tiny."""
+    if not backbone or backbone == PREFIX:
+        raise ValueError("needs a timm model name: --backbone NAME (e.g. convnext_tiny)")
+    return _create_msrn(**kwargs, backbone=backbone if backbone.startswith(PREFIX) else PREFIX + backbone)

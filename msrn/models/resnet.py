@@ -9,8 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from msrn.models.state import load_state_strict
-
 
 class BasicBlock(nn.Module):
     expansion = 1
@@ -117,9 +115,3 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Globally pooled last-stage features, B x channels[-1]."""
         return self.forward_features(x)[2].mean((2, 3))
-
-
-def load_imagenet_state(model: ResNet, state: dict[str, torch.Tensor], where: str | None = None) -> None:
-    """Load an ImageNet classification state dict; fc.* is dropped, any other mismatch is an error."""
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
-    load_state_strict(model, state, where or "ImageNet weights")

@@ -69,16 +69,3 @@ def build_backbone(arch: str) -> ResNet | TimmBackbone:
     if arch.startswith(PREFIX):
         return TimmBackbone(arch.removeprefix(PREFIX))
     return ResNet(arch)
-
-
-def load_timm_pretrained(backbone: TimmBackbone, source: str | Path) -> None:
-    """ImageNet weights through timm's own mechanism: "imagenet" (timm's hub) or a local timm weight file."""
-    name = backbone.arch.removeprefix(PREFIX)
-    file = None if str(source) == "imagenet" else Path(source)
-    if file is not None and not file.is_file():
-        raise MSRNError(f"--pretrained {file}: file not found (or give 'imagenet' for timm's own weights)")
-    try:
-        source_net = TimmBackbone(name, pretrained=file is None, file=file)
-    except (OSError, RuntimeError) as e:  # no network for the hub, or a file of another model
-        raise MSRNError(f"cannot load timm weights for {name!r} from {source}: {e}") from None
-    backbone.body.load_state_dict(source_net.body.state_dict(), strict=True)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from msrn.models.resnet import ResNet
+from msrn.models import ResNet
 
 
 class BareBackbone(nn.Module):

@@ -33,12 +33,11 @@ from msrn.engine.compare.cost import (
 )
 from msrn.engine.compare.recipes import recipe_overrides
 from msrn.engine.config import PRESETS, TrainConfig, preset_config
-from msrn.engine.evaluate import predict_scores
+from msrn.engine.evaluate import predict_logits
 from msrn.engine.train import train
 from msrn.errors import MSRNError
 from msrn.io import atomic_save_torch, atomic_write_json
-from msrn.models import create_model, list_models, load_checkpoint
-from msrn.models.resnet import ResNet
+from msrn.models import ResNet, create_model, list_models, load_checkpoint
 
 VERSION = 1
 RESULT = "compare.json"
@@ -186,7 +185,7 @@ def evaluate(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.dataset == "scenes":
         test = build_dataset("scenes", cfg.data, cfg.test_split or DEFAULT_SPLITS["scenes"][1], **reader_options(cfg))
         device = dist.setup(cfg.device)
-        logits = predict_scores(model.to(device), test, cfg.image_size, cfg.batch_size, cfg.workers, device, cfg.amp)
+        logits = predict_logits(model.to(device), test, cfg.image_size, cfg.batch_size, cfg.workers, device, cfg.amp)
         record["slices"] = scenes_metrics(logits, test)
     return record
 

@@ -27,7 +27,7 @@ from msrn.inference.explain import concentration
 from msrn.inference.predictor import Predictor
 from msrn.inference.serving.batching import Admission, Batcher, PixelBudget, declared_pixels
 from msrn.inference.serving.lifecycle import InFlight
-from msrn.models.msrn import MSRN
+from msrn.models import MSRN
 from msrn.options import Options, batch_size_option, option
 from msrn.plots import image_png
 

@@ -1,18 +1,74 @@
-"""An explicit, eval-only fast path for inference: batch-norm folded into convolutions, channels-last
-memory, label semantics computed once, optionally torch.compile.
+"""The fast paths, applied to a model written plainly.
 
-The default model is untouched; `optimize_for_inference` returns a new module whose logits equal
-the original's (eval mode) to float32 rounding, checked in tests/test_fuse.py.
+`use_fast_paths` switches, in place, the plain modules outside the backbone to the faster forms of the same
+values (_ops.py, _linear.py): 1x1 convolutions and 2x2 max-pools for CPU inference, the head's linear layers
+through oneDNN in inference and with their weight gradient's memory reused in training. The training loop
+applies it; so does `optimize_for_inference`, the explicit eval-only path: batch-norm folded into
+convolutions, channels-last memory, label semantics computed once, optionally torch.compile. That returns
+a new module whose logits equal the original's (eval mode) to float32 rounding (tests/test_fuse.py).
 """
 
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-from msrn.models.msrn import MSRN, Classifier
+from msrn.models._linear import ReusedGradLinear
+from msrn.models._loading import Network
+from msrn.models._ops import conv1x1, max_pool2x2, onednn_linear
+from msrn.models.msrn import MSRN
+
+M = TypeVar("M", bound=nn.Module)
+
+
+class FastConv1x1(nn.Conv2d):
+    """nn.Conv2d (1x1, stride 1) whose inference on contiguous CPU maps is one matrix product per image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv1x1(self, x)
+
+
+class FastMaxPool2x2(nn.MaxPool2d):
+    """nn.MaxPool2d(2, 2) whose inference is the maximum of the map's four strided quarters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool2x2(x)
+
+
+class FastLinear(ReusedGradLinear):
+    """nn.Linear through oneDNN for large CPU inference batches, reusing its weight gradient's memory in training."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = onednn_linear(self, x)
+        return super().forward(x) if out is None else out
+
+
+def _fast_form(name: str, module: nn.Module) -> type[nn.Module] | None:
+    """The faster class for a plain module outside the backbone, or None to keep it."""
+    if type(module) is nn.Conv2d:
+        plain = module.kernel_size == module.stride == (1, 1) and module.padding == (0, 0) and module.groups == 1
+        return FastConv1x1 if plain else None
+    if type(module) is nn.MaxPool2d:
+        two = module.kernel_size in (2, (2, 2)) and module.stride in (2, (2, 2)) and module.padding in (0, (0, 0))
+        return FastMaxPool2x2 if two and module.dilation in (1, (1, 1)) and not module.ceil_mode else None
+    if type(module) is nn.Linear and name.startswith("head."):
+        return FastLinear
+    return None
+
+
+def use_fast_paths(model: M) -> M:
+    """Switch, in place, the model's plain 1x1 convolutions and 2x2 max-pools outside the backbone, and its
+    head's linear layers, to their fast forms (the same parameters and state_dict); returns the model."""
+    for name, module in model.named_modules():
+        fast = None if name.split(".")[0] == "backbone" else _fast_form(name, module)
+        if fast is not None:
+            module.__class__ = fast
+            if isinstance(module, ReusedGradLinear):
+                module._grad_storage = None
+    return model
 
 
 def _pair(t: tuple[int, ...]) -> tuple[int, int]:
@@ -77,7 +133,7 @@ class InferenceModel(nn.Module):
     rows: torch.Tensor  # buffers registered for MSRN only
     assign: torch.Tensor | None
 
-    def __init__(self, model: Classifier, channels_last: bool) -> None:
+    def __init__(self, model: Network, channels_last: bool) -> None:
         super().__init__()
         self.model = model
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -107,14 +163,14 @@ class InferenceModel(nn.Module):
 
 
 def optimize_for_inference(
-    model: Classifier, channels_last: bool = True, fold_bn: bool = True, compile: bool = False
+    model: Network, channels_last: bool = True, fold_bn: bool = True, compile: bool = False
 ) -> InferenceModel:
     """A copy of `model` for eval-only inference: BN folded, channels-last, semantics precomputed.
 
     `compile=True` also wraps the forward in torch.compile (needs a C++ compiler on CPU; the
     first call compiles for minutes). The original model is left as it was.
     """
-    model = copy.deepcopy(model).eval()
+    model = use_fast_paths(copy.deepcopy(model).eval())
     if fold_bn:
         fold_batchnorms(model)
     if channels_last:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from msrn.models.ops import autocast_on
+from msrn.models._ops import autocast_on
 
 
 def checked_use_count(fn: Callable[[int], int] | None) -> Callable[[int], int] | None:

@@ -1,5 +1,5 @@
 """Backbone weights: ImageNet weights (a local file or a URL fetched once into a cache with a SHA-256
-check), or the backbone of a reference or msrn checkpoint."""
+check), the backbone of a reference or msrn checkpoint, or a timm backbone's weights through timm."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ import re
 from pathlib import Path
 from typing import cast
 
+import torch
 from torch import nn
 
 from msrn.checkpoint import FORMAT
 from msrn.download import fetch
 from msrn.errors import MSRNError
 from msrn.hub import read_source
-from msrn.models.reference_layout import checkpoint_weights, is_reference
-from msrn.models.resnet import ResNet, load_imagenet_state
-from msrn.models.state import BACKBONE_EXTRAS, backbone_weights, load_state_strict, require_backbone
+from msrn.models._loading import load_state_strict
+from msrn.models._reference_layout import checkpoint_weights, is_reference
+from msrn.models._state import backbone_weights, require_backbone
+from msrn.models.resnet import ResNet
+from msrn.models.timm_backbone import PREFIX, TimmBackbone
 
 log = logging.getLogger(__name__)
 
@@ -28,19 +31,26 @@ IMAGENET_URLS = {
 }
 
 
+def load_imagenet_state(model: ResNet, state: dict[str, torch.Tensor], where: str | None = None) -> None:
+    """Load an ImageNet classification state dict; fc.* is dropped, any other mismatch is an error."""
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    load_state_strict(model, state, where or "ImageNet weights")
+
+
 def load_checkpoint_backbone(model: nn.Module, ckpt: dict, where: str) -> str:
     """Load the backbone of a reference or msrn checkpoint into `model` (a ResNet or a network with
-    `.backbone`), strictly, with conv_buffer1/2 where both sides have them; returns what was taken."""
+    `.backbone`), strictly, with the added 1x1 convolutions (the reference's conv_buffer1/2) where both sides
+    have them; returns what was taken."""
     state, arch, _ = checkpoint_weights(ckpt, where)
     require_backbone(arch, model, where)
     resnet = getattr(model, "backbone", model)
     weights, extras = backbone_weights(state)
     load_state_strict(resnet, weights, f"the backbone of {where}")
-    own_extras = {name: getattr(model, name) for name in BACKBONE_EXTRAS if hasattr(model, name)}
-    if own_extras and extras:
-        load_state_strict(nn.ModuleDict(own_extras), extras, f"conv_buffer1/2 of {where}")
+    own = getattr(model, "depth_conv", None)
+    if own is not None and extras:
+        load_state_strict(own, extras, f"conv_buffer1/2 of {where}")
         taken = " and conv_buffer1/2"
-    elif own_extras:
+    elif own is not None:
         taken = " (conv_buffer1/2 start afresh: the checkpoint has none)"
     else:
         taken = " (its conv_buffer1/2 are not used: the model has none)" if extras else ""
@@ -74,3 +84,16 @@ def load_pretrained_backbone(model: nn.Module, source: str | Path) -> str:
         taken = f"the {resnet.arch} backbone of the ImageNet weights {path} (fc dropped)"
     log.info("--pretrained: %s", taken)
     return taken
+
+
+def load_timm_pretrained(backbone: TimmBackbone, source: str | Path) -> None:
+    """ImageNet weights through timm's own mechanism: "imagenet" (timm's hub) or a local timm weight file."""
+    name = backbone.arch.removeprefix(PREFIX)
+    file = None if str(source) == "imagenet" else Path(source)
+    if file is not None and not file.is_file():
+        raise MSRNError(f"--pretrained {file}: file not found (or give 'imagenet' for timm's own weights)")
+    try:
+        source_net = TimmBackbone(name, pretrained=file is None, file=file)
+    except (OSError, RuntimeError) as e:  # no network for the hub, or a file of another model
+        raise MSRNError(f"cannot load timm weights for {name!r} from {source}: {e}") from None
+    backbone.body.load_state_dict(source_net.body.state_dict(), strict=True)

@@ -13,7 +13,8 @@ same values faster in inference on CPU:
 All three run only without autograd. Training keeps nn.Conv2d, max_pool2d and nn.Linear, so its
 gradients stay the reference's: max_pool2d sends a tie's gradient to one element, torch.maximum
 would share it. benchmarks/bench_breakdown.py times all three against the plain modules; the
-figures are in BENCHMARKS.md.
+figures are in BENCHMARKS.md. The model is written with the plain modules; `use_fast_paths` (_fuse.py)
+switches them to these forms.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) for a 1x1, stride-1 convolution: B x C x H x W -> B x O x H x W."""
     plain = conv.kernel_size == conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
     if not plain or not x.is_contiguous() or _autograd(x, *conv.parameters()):
-        return conv(x)  # other shapes, training, and channels-last input (where the convolution is fast)
+        return nn.Conv2d.forward(conv, x)  # other shapes, training, and channels-last input (fast as it is)
     b, c, h, w = x.shape
     weight = conv.weight.view(1, conv.out_channels, c).expand(b, -1, -1)  # B x O x C, no copy
     if conv.bias is None:
@@ -93,12 +94,18 @@ def _onednn_linear_ok(layer: nn.Linear, x: torch.Tensor) -> bool:
     )
 
 
-def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """layer(x) for B x in -> B x out; large float32 CPU batches without autograd go through oneDNN."""
+def onednn_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor | None:
+    """layer(x) through oneDNN for large float32 CPU batches without autograd (B x in -> B x out), else None."""
     if _onednn_linear is None or not _onednn_linear_ok(layer, x):
-        return layer(x)
+        return None
     # mkldnn_linear takes the dense weight and bias as views (no copy); only the B x in input is converted
     return _onednn_linear(x.contiguous().to_mkldnn(), layer.weight, layer.bias).to_dense()
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """layer(x) for B x in -> B x out; large float32 CPU batches without autograd go through oneDNN."""
+    out = onednn_linear(layer, x)
+    return layer(x) if out is None else out
 
 
 def max_pool2x2(x: torch.Tensor) -> torch.Tensor:

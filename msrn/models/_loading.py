@@ -1,17 +1,13 @@
-"""Models from checkpoints (`load_checkpoint` -> `Loaded`): a project checkpoint rebuilt from its own
-description, a reference checkpoint built from its label files, and the model part of a project
-checkpoint (model_state). A load reads the file (msrn.checkpoint), maps a reference layout
-(reference_layout), then builds (registry).
+"""Models from checkpoints (`load_checkpoint` -> `Loaded`) and the model part of a checkpoint (`model_state`).
 
-Project checkpoints are dicts with `format: "msrn"`: the model config with the label names beside it,
-the weights (word vectors and adjacency are buffers, so they travel inside), the co-occurrence
-counts the graph came from, optional per-label thresholds and, for `last.pt`, the training state.
-Reference checkpoints (`{'epoch','arch','state_dict','best_score'}`, keys `resnet_101.*`) load
-into the same module with their keys mapped (models.reference_layout); only the unused `conv_buffer0`,
-`W`, `B` and `ProjectMs` may be dropped, and the loader says so.
+A load reads the file or folder (msrn.hub, msrn.checkpoint), maps older layouts to the model's key names
+(_reference_layout), builds through the registry (_registry) and loads the weights strictly.
 
-`load_checkpoint` returns a `Loaded`: the model with what the checkpoint says about using it (input size,
-per-label thresholds, image decoding).
+Project checkpoints are dicts with `format: "msrn"`: the model's registered name, config and label names,
+the weights (word vectors and adjacency are buffers, so they travel inside), optional per-label thresholds and,
+for `last.pt`, the training state. Reference checkpoints (`{'epoch','arch','state_dict','best_score'}`) hold
+no label inputs: they are built from the label files, and the reference keys the chosen head does not use
+are dropped with a notice (_reference_layout.UNUSED_BY_HEAD).
 """
 
 from __future__ import annotations
@@ -19,9 +15,10 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+import torch
 from torch import nn
 
 from msrn.checkpoint import FORMAT, VERSION
@@ -31,12 +28,21 @@ from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
 from msrn.labels.wordvec import load_word_vectors
+from msrn.models._reference_layout import (
+    legacy_name,
+    map_reference_state,
+    project_state,
+    reference_backbone,
+    reference_state,
+)
+from msrn.models._registry import build_model
+from msrn.models.baseline import PlainClassifier
 from msrn.models.gat import GROUP_LOSS_WEIGHT
-from msrn.models.msrn import MSRN, Classifier, MSRNConfig, PlainClassifier
-from msrn.models.reference_layout import map_reference_state, reference_backbone, reference_state
-from msrn.models.registry import _build_model
-from msrn.models.state import load_state_strict
+from msrn.models.msrn import MSRN, MSRNConfig
 from msrn.options import UNRECORDED_IMAGE_SIZE
+
+# the networks msrn builds and loads (what load_checkpoint, Predictor and the exports take)
+Network: TypeAlias = MSRN | PlainClassifier
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,38 @@ class Loaded:
     """A model from a checkpoint (eval mode, CPU) and how it is meant to be used: input side in pixels,
     per-label thresholds (None: the checkpoint tuned none) and whether photos are turned upright by EXIF."""
 
-    model: Classifier
+    model: Network
     image_size: int = UNRECORDED_IMAGE_SIZE
     thresholds: np.ndarray | None = None
     exif_orientation: bool = True
+
+
+def misfit(where: str, missing: list[str], unexpected: list[str], shapes: list[str], hint: str = "") -> None:
+    """Raise one line naming the missing, unexpected and mis-shaped keys, if there are any."""
+    problems = []
+    for title, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if keys:
+            shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+            problems.append(f"{len(keys)} {title}: {shown}")
+    if problems:
+        raise MSRNError(f"{where} does not fit the model: " + "; ".join(problems) + hint)
+
+
+def shape_misfits(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], keys: list[str]) -> list[str]:
+    return [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in keys
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """load_state_dict that fails with one line naming missing, unexpected and mis-shaped keys."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misfit(where, missing, unexpected, shape_misfits(own, state, [k for k in own if k in state]))
+    module.load_state_dict(state, strict=True)
 
 
 def _reference_label_inputs(
@@ -116,8 +150,15 @@ def _load_reference(
     labels, vectors, adj = _reference_label_inputs(num_classes, where, word_vectors, cooccurrence, labels, dataset)
     mapped, dropped = map_reference_state(state, head)
     # the reference's model and its loss: the group loss at the reference's fixed weight, whatever the label count
-    model = _build_model(
-        name, num_classes, labels, vectors, adj, num_groups=num_groups, head=head, group_loss_weight=GROUP_LOSS_WEIGHT
+    model = build_model(
+        name,
+        num_classes,
+        labels,
+        word_vectors=vectors,
+        adjacency=adj,
+        num_groups=num_groups,
+        head=head,
+        group_loss_weight=GROUP_LOSS_WEIGHT,
     )
     assert isinstance(model, MSRN)  # msrn_resnet101/50 are MSRN configurations
     load_state_strict(model, {**mapped, "word_vectors": model.word_vectors, "adjacency": model.adjacency}, where)
@@ -146,6 +187,7 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
         }
     else:
         raise TypeError(f"a checkpoint describes an MSRN or a PlainClassifier, not a {type(net).__name__}")
+    arch["name"] = net.model_name or legacy_name(arch)  # a network built without the registry: told by its config
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -156,24 +198,28 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
     }
 
 
-def _build_from_state(ckpt: dict, where: str) -> Classifier:
+def _build_from_state(ckpt: dict, where: str) -> Network:
     """Rebuild the network described by a project checkpoint and load its weights strictly."""
     arch = ckpt.get("model") or {}
-    state = ckpt.get("state_dict")
-    if not isinstance(state, dict):
-        raise MSRNError(f"{where} has no state_dict")
-    model: Classifier
+    state = project_state(ckpt, where)  # older versions' keys renamed
+    if arch.get("kind") not in ("msrn", "baseline"):
+        raise MSRNError(f"{where}: unknown model kind {arch.get('kind')!r}")
     try:
-        if arch.get("kind") == "msrn":
+        name = arch.get("name") or legacy_name(arch)
+        if arch["kind"] == "msrn":
             # older checkpoints keep the label names inside the config
-            labels = arch.get("labels", arch["config"].get("labels"))
-            model = MSRN(MSRNConfig.from_dict(arch["config"]), state["word_vectors"], state["adjacency"], labels)
-        elif arch.get("kind") == "baseline":
-            model = PlainClassifier(arch["backbone"], arch["num_classes"], arch.get("labels"), arch.get("hidden", 0))
+            labels = arch.get("labels", arch["config"].get("labels")) or None
+            settings = MSRNConfig.from_dict(arch["config"]).to_dict()
+            n = settings.pop("num_classes")
+            vectors, adjacency = state["word_vectors"], state["adjacency"]
+            model = build_model(name, n, labels, word_vectors=vectors, adjacency=adjacency, **settings)
         else:
-            raise MSRNError(f"{where}: unknown model kind {arch.get('kind')!r}")
+            model = build_model(name, arch["num_classes"], arch.get("labels") or None)
     except (KeyError, TypeError, ValueError) as e:
         raise MSRNError(f"{where}: malformed model description ({type(e).__name__}: {e})") from None
+    except MSRNError as e:
+        raise MSRNError(f"{where}: {e}") from None
+    assert isinstance(model, (MSRN, PlainClassifier))  # what the registered entrypoints build
     load_state_strict(model, state, where)
     return model
 

@@ -1,5 +1,5 @@
-"""`create_model`, the one builder's front: a registered model from label files, arrays or a `LabelSet`, with
-pretrained backbone weights. A trained model comes from msrn.models.loading.load_checkpoint."""
+"""`create_model`, the front of the registry's `build_model`: a registered model from label files, arrays or a
+`LabelSet`, with pretrained backbone weights. A trained model comes from `load_checkpoint` (_loading.py)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from msrn.errors import MSRNError
 from msrn.labels.graph import TAU, Cooccurrence, adjacency_from
 from msrn.labels.labelset import LabelSet
 from msrn.labels.wordvec import load_word_vectors
-from msrn.models.msrn import Classifier
-from msrn.models.pretrained import load_pretrained_backbone
-from msrn.models.registry import MODEL_CONFIGS, _build_model, label_count
-from msrn.models.timm_backbone import TimmBackbone, load_timm_pretrained
+from msrn.models._pretrained import load_pretrained_backbone, load_timm_pretrained
+from msrn.models._registry import build_model, label_count, takes_label_inputs
+from msrn.models.baseline import PlainClassifier
+from msrn.models.msrn import MSRN
+from msrn.models.timm_backbone import TimmBackbone
 
 
 def create_model(
@@ -30,7 +31,7 @@ def create_model(
     pretrained: str | Path | None = None,
     label_set: LabelSet | None = None,
     **overrides: Any,
-) -> Classifier:
+) -> MSRN | PlainClassifier:
     """A registered model with fresh head weights (the one way to build one; load a trained one with
     `load_checkpoint`).
 
@@ -47,14 +48,17 @@ def create_model(
         if labels is not None or word_vectors is not None or cooccurrence is not None or tau != TAU:
             raise MSRNError("give a label set or labels, word vectors, co-occurrence and tau, not both")
         labels, vectors, adj = label_set.labels, label_set.word_vectors, label_set.adjacency()
-    elif name in MODEL_CONFIGS:  # baselines take no label inputs: their files are not read
+    elif takes_label_inputs(name):  # baselines take no label inputs: their files are not read
         num_classes, labels = label_count(num_classes, labels)
         names = labels or [str(i) for i in range(num_classes)]
         vectors = None if word_vectors is None else load_word_vectors(word_vectors, names)
         adj = adjacency_from(cooccurrence, num_classes, tau)
     else:
         vectors = adj = None
-    model = _build_model(name, num_classes, labels, vectors, adj, pool_ratio, num_groups, **overrides)
+    if takes_label_inputs(name):  # a baseline's build ignores the label set's vectors and graph
+        overrides.update(word_vectors=vectors, adjacency=adj, pool_ratio=pool_ratio, num_groups=num_groups)
+    model = build_model(name, num_classes, labels, **overrides)
+    assert isinstance(model, (MSRN, PlainClassifier))  # what the registered entrypoints build
     if pretrained is not None and isinstance(model.backbone, TimmBackbone):
         load_timm_pretrained(model.backbone, pretrained)
     elif pretrained is not None:
