@@ -109,11 +109,17 @@ class HeadNetwork(nn.Module):
         """The output names (their indices as text when the model was built without names)."""
         return self.label_names or [str(i) for i in range(self.num_classes)]
 
+    def default_name(self) -> str:
+        """The registered name of this head on this backbone (for a network built without the registry)."""
+        arch = self.backbone.arch
+        size = "timm" if arch.startswith(PREFIX) else "tiny" if arch == "resnet_tiny" else arch
+        return f"{self.family}_{size}"
+
     def describe(self) -> dict[str, Any]:
         """What a checkpoint records to rebuild this network (with its state_dict)."""
         return {
             "kind": KIND,
-            "name": self.model_name,
+            "name": self.model_name or self.default_name(),
             "head": self.family,
             "backbone": self.backbone.arch,
             "num_classes": self.num_classes,
