@@ -20,7 +20,7 @@ from tqdm import tqdm
 from msrn.errors import MSRNError
 from msrn.inference.args import add_decoding_arguments, decoding_options
 from msrn.inference.draw import save_explanation
-from msrn.inference.explain import require_msrn
+from msrn.inference.explain import require_explainable
 from msrn.inference.onnx_predict import OnnxPredictor
 from msrn.inference.predictor import load_from_args
 from msrn.inference.tagging import expand_inputs, read_path_list
@@ -181,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
     predictor = _load(args)
     explain_k = 0
     if args.explain:
-        require_msrn(predictor.model, args.checkpoint)
+        require_explainable(predictor.model, args.checkpoint)
         check_writable(args.explain)
         explain_k = args.explain_labels
     items = expand_inputs(inputs)  # an empty folder fails before any output starts

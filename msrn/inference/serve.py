@@ -53,9 +53,8 @@ from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, open_image
 from msrn.inference.args import add_decoding_arguments, decoding_options
 from msrn.inference.draw import panel_size, panels
-from msrn.inference.explain import concentration
+from msrn.inference.explain import concentration, is_explainable
 from msrn.inference.predictor import Predictor, load_from_args
-from msrn.models import MSRN
 from msrn.options import add_checkpoint_arguments, add_fast_argument, add_runtime_arguments, bounded
 from msrn.plots import image_png
 
@@ -359,7 +358,7 @@ def create_app(
         raise MSRNError("--queue and --batch-size must be at least 1, --batch-wait-ms at least 0")
     if token is not None and not token.strip():
         raise MSRNError(f"the token is empty: give --token (or {TOKEN_ENV}) a secret, or leave it out")
-    explain_k = explain_k if isinstance(predictor.model, MSRN) else 0
+    explain_k = explain_k if is_explainable(predictor.model) else 0
     page = resources.files("msrn.inference").joinpath("static/index.html").read_text(encoding="utf-8")
     app = Flask("msrn.inference.serve")
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
