@@ -32,8 +32,6 @@ class HeadNetwork(nn.Module):
     explainable: ClassVar[bool] = False  # whether the head attends spatially per label (label_maps)
     # parameters whose shapes follow the label set: `--init` starts them afresh when it changes
     label_shaped: ClassVar[str] = r"$^"
-    # buffers a run builds from its own labels (never taken by --init); the graph heads have some
-    label_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: str, num_classes: int, labels: list[str] | None, settings: dict[str, Any]):
         super().__init__()

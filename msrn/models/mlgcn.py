@@ -37,7 +37,6 @@ def normalized_adjacency(a: torch.Tensor) -> torch.Tensor:
 
 class MLGCN(HeadNetwork):
     family = "mlgcn"
-    label_inputs = ("word_vectors", "adjacency")
     word_vectors: torch.Tensor  # buffers
     adjacency: torch.Tensor
 
