@@ -293,6 +293,14 @@ def test_a_csra_checkpoint_loads_with_coco_s_published_setting_and_names_what_it
         torch.testing.assert_close(evaluated(x), model(x)[:, column])
 
 
+def test_a_peer_checkpoint_gives_its_backbone_to_pretrained(tmp_path: Path) -> None:
+    backbone = _torchvision_state("resnet18", 3)
+    path = tmp_path / "csra.pth"
+    torch.save(dict(backbone) | {"classifier.multi_head.0.head.weight": torch.randn(20, 512, 1, 1)}, path)
+    model = create_model("baseline_max_resnet18", labels=LABELS, pretrained=str(path))
+    torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, backbone["layer4.1.conv2.weight"])
+
+
 def test_a_voc_csra_checkpoint_takes_one_head_and_lambda_0_1(tmp_path: Path) -> None:
     state = dict(_torchvision_state("resnet18", 0))
     state["classifier.multi_head.0.head.weight"] = torch.randn(20, 512, 1, 1)
