@@ -419,4 +419,5 @@ def test_msrn_train_resume_predict_explain_and_folder_by_name(family: str, tmp_p
     image = str(sorted(data.parent.rglob("*.png"))[0])
     assert len(predictor.predict([image])) == 1
     if predictor.model.explainable:
-        assert predictor.explain([image], k=2)[0].depths == (3,)
+        explanation = predictor.explain([image], k=2)[0]
+        assert (explanation.depths, explanation.model) == ((3,), predictor.model.title)

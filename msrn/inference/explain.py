@@ -70,6 +70,11 @@ def is_explainable(model: nn.Module) -> bool:
     return isinstance(model, MSRN) or (isinstance(model, HeadNetwork) and model.explainable)
 
 
+def explained_by(model: nn.Module) -> str:
+    """The name the pictures give the model: MSRN, or a compared head's paper name."""
+    return model.title if isinstance(model, HeadNetwork) else "MSRN"
+
+
 def explained_depths(model: nn.Module) -> tuple[int, ...]:
     """The depths an explainable model's maps come from: MSRN's read depths, the last map (3) for the others."""
     model = require_explainable(model, "this model")
@@ -153,6 +158,7 @@ class Explanation:
     thresholds: list[float] = field(default_factory=list)
     depths: tuple[int, ...] = (1, 2, 3)  # the depth each map comes from (fewer in an ablated model)
     caption: str = ""  # why this picture is shown (the demo marks its best and its failing case)
+    model: str = "MSRN"  # whose attention the maps are (a compared head's paper name)
 
     def depth_titles(self) -> list[str]:
         """Column titles: depth number, scale word and grid size."""
@@ -183,7 +189,7 @@ def picture_notes(expl: Explanation) -> list[str]:
         if differ < ALIKE:
             notes.append(
                 f"The attention maps of these labels are alike (at most {100 * differ:.1f}% of the attention "
-                "differs): MSRN looked at the same places for each, and told them apart in its classifier."
+                f"differs): {expl.model} looked at the same places for each, and told them apart in its classifier."
             )
     return notes
 

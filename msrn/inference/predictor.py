@@ -22,7 +22,13 @@ from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError, setting_up
 from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.inference.args import read_label_names
-from msrn.inference.explain import Explanation, explained_depths, explained_forward, require_explainable
+from msrn.inference.explain import (
+    Explanation,
+    explained_by,
+    explained_depths,
+    explained_forward,
+    require_explainable,
+)
 from msrn.inference.tagging import ImageInput, Tagger, threshold_vector
 from msrn.models import Loaded, Network, load_checkpoint, optimize_for_inference, with_tta
 from msrn.options import UNRECORDED_IMAGE_SIZE
@@ -141,6 +147,7 @@ class Predictor(Tagger):
             maps=maps,
             thresholds=[float(thresholds[j]) for j in ids],
             depths=explained_depths(self.model),
+            model=explained_by(self.model),
         )
 
     def explain(self, images: ImageInput | Iterable[ImageInput], k: int = 3) -> list[Any]:

@@ -37,6 +37,7 @@ def lrelu(x: torch.Tensor) -> torch.Tensor:
 
 class ADDGCN(HeadNetwork):
     family = "addgcn"
+    title = "ADD-GCN"
     explainable = True
     label_shaped = r"(sam|static_adj|adj_fc|last)\.(weight|bias)"
 

@@ -40,6 +40,7 @@ PAPER_SETTINGS: dict[str, dict[str, Any]] = {
 
 class CSRA(HeadNetwork):
     family = "csra"
+    title = "CSRA"
     explainable = True
     label_shaped = r"heads\.\d+\.weight"
 

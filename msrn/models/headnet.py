@@ -29,6 +29,7 @@ class HeadNetwork(nn.Module):
     """A backbone and a head over its last feature map: logits = head(X), X = backbone(x) at stride 32."""
 
     family: ClassVar[str] = ""  # the head's name: the model names' prefix and the checkpoints' record
+    title: ClassVar[str] = ""  # the paper's name for it (pictures, cards)
     explainable: ClassVar[bool] = False  # whether the head attends spatially per label (label_maps)
     # parameters whose shapes follow the label set: `--init` starts them afresh when it changes
     label_shaped: ClassVar[str] = r"$^"

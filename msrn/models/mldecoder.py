@@ -31,6 +31,7 @@ TINY = {"dim": 64, "heads": 4, "feedforward": 128}  # the tiny backbone's decode
 
 class MLDecoder(HeadNetwork):
     family = "mldecoder"
+    title = "ML-Decoder"
     explainable = True
     label_shaped = r"queries|group_fc|group_bias"
     queries: torch.Tensor  # buffer

@@ -37,6 +37,7 @@ def normalized_adjacency(a: torch.Tensor) -> torch.Tensor:
 
 class MLGCN(HeadNetwork):
     family = "mlgcn"
+    title = "ML-GCN"
     word_vectors: torch.Tensor  # buffers
     adjacency: torch.Tensor
 

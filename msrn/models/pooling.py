@@ -19,6 +19,7 @@ from msrn.models.headnet import HeadNetwork, create_head
 
 class MaxPoolLinear(HeadNetwork):
     family = "baseline_max"
+    title = "the max-pooling baseline"
     label_shaped = r"fc\.(weight|bias)"
 
     def __init__(self, backbone: str, num_classes: int, labels: list[str] | None = None):

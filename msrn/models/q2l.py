@@ -92,6 +92,7 @@ class DecoderLayer(nn.Module):
 
 class Query2Label(HeadNetwork):
     family = "q2l"
+    title = "Query2Label"
     explainable = True
     label_shaped = r"queries\.weight|out_weight|out_bias"
 
