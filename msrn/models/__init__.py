@@ -28,9 +28,10 @@ from __future__ import annotations
 
 # importing the architecture files registers them
 from msrn.models import addgcn, baseline, csra, heads, mldecoder, mlgcn, msrn, pooling, q2l  # noqa: F401
-from msrn.models._factory import create_model, dataset_settings
+from msrn.models._factory import create_model
 from msrn.models._fuse import optimize_for_inference, use_fast_paths
 from msrn.models._loading import Loaded, Network, load_checkpoint, model_state
+from msrn.models._peer_layouts import dataset_settings
 from msrn.models._reference_layout import checkpoint_weights
 from msrn.models._registry import build_model, list_heads, list_models, register_head, register_model
 from msrn.models._state import match_init_state, require_backbone

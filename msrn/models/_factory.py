@@ -15,22 +15,9 @@ from msrn.labels.wordvec import load_word_vectors
 from msrn.models._pretrained import load_pretrained_backbone, load_timm_pretrained
 from msrn.models._registry import build_model, label_count, takes_label_inputs
 from msrn.models.baseline import PlainClassifier
-from msrn.models.csra import PAPER_SETTINGS as CSRA_SETTINGS
 from msrn.models.headnet import HeadNetwork
 from msrn.models.msrn import MSRN
 from msrn.models.timm_backbone import TimmBackbone
-
-# settings a head's paper publishes per data set, by model-name prefix (what a run or a peer checkpoint takes
-# unless given)
-DATASET_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {"csra_": CSRA_SETTINGS}
-
-
-def dataset_settings(name: str, dataset: str | None) -> dict[str, Any]:
-    """The settings the paper of model `name` published for `dataset` (empty when it published none)."""
-    for prefix, table in DATASET_SETTINGS.items():
-        if name.startswith(prefix) and dataset in table:
-            return dict(table[dataset])
-    return {}
 
 
 def create_model(

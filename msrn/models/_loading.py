@@ -29,8 +29,7 @@ from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
 from msrn.labels.wordvec import load_word_vectors
-from msrn.models._factory import dataset_settings
-from msrn.models._peer_layouts import COCO_ID_ORDER, backbone_arch, map_peer_state, peer_of
+from msrn.models._peer_layouts import COCO_ID_ORDER, backbone_arch, dataset_settings, map_peer_state, peer_of
 from msrn.models._reference_layout import (
     legacy_name,
     map_reference_state,

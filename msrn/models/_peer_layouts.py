@@ -21,16 +21,34 @@
   of attention heads is not recorded (4 in the published ResNet-101 models). Its COCO outputs are in COCO's
   category-id order.
 
+`dataset_settings` gives what a head's paper published per data set (CSRA's heads and lambda), for these loads
+and for `msrn train`.
+
 A key that has no place in the msrn model is named (dropped, with a notice, or refused); none is silently lost.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
 from msrn.errors import MSRNError
+from msrn.models.csra import PAPER_SETTINGS as CSRA_SETTINGS
+
+# settings a head's paper publishes per data set, by model-name prefix (what a run or a peer checkpoint takes
+# unless given)
+DATASET_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {"csra_": CSRA_SETTINGS}
+
+
+def dataset_settings(name: str, dataset: str | None) -> dict[str, Any]:
+    """The settings the paper of model `name` published for `dataset` (empty when it published none)."""
+    for prefix, table in DATASET_SETTINGS.items():
+        if name.startswith(prefix) and dataset in table:
+            return dict(table[dataset])
+    return {}
+
 
 # torchvision's ResNet wrapped in nn.Sequential as ML-GCN and ADD-GCN keep it: index -> name
 SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
