@@ -126,6 +126,19 @@ def test_the_max_pooling_baseline_is_a_linear_layer_on_the_maximum() -> None:
     torch.testing.assert_close(model.head(fmap), want)
 
 
+def test_label_representations_are_each_labels_learnt_vector() -> None:
+    """What msrn compare measures the cosine of: ML-GCN's classifiers, Query2Label's queries, ML-Decoder's
+    group output weights in label order."""
+    mlgcn, q2l, dec = _model("mlgcn").eval(), _model("q2l"), _model("mldecoder", groups=2)
+    fmap = _fmap()
+    torch.testing.assert_close(mlgcn.head(fmap), fmap.flatten(2).max(-1).values @ mlgcn.label_representations().t())
+    assert q2l.label_representations() is q2l.queries.weight
+    reps = dec.label_representations()
+    torch.testing.assert_close(reps[4], dec.group_fc[1, :, 1])  # label 4: group 4 // 3 = 1, output 4 % 3 = 1
+    for family in FAMILIES:
+        assert _model(family).label_representations().shape[0] == len(LABELS)
+
+
 def test_every_head_and_size_is_registered() -> None:
     names = set(list_models())
     for family in FAMILIES:

@@ -76,6 +76,10 @@ class ADDGCN(HeadNetwork):
         s_r = (self.last.weight * z).sum(-1) + self.last.bias  # B x C
         return (m.amax(-1) + s_r) / 2
 
+    def label_representations(self) -> torch.Tensor:
+        """w_c: the per-label classifiers of the graph branch."""
+        return self.last.weight
+
     def attention(self, fmap: torch.Tensor) -> torch.Tensor:
         """sigmoid(M), the SAM's weights: B x C x h x w."""
         return torch.sigmoid(self.sam(fmap))

@@ -76,6 +76,10 @@ class CSRA(HeadNetwork):
             logits = logits + base + self.lam * att
         return logits
 
+    def label_representations(self) -> torch.Tensor:
+        """m_c of the first head: one classifier per label."""
+        return self.convs()[0].weight.flatten(1)
+
     def attention(self, fmap: torch.Tensor) -> torch.Tensor:
         """a_c of the first head (T = 1): B x C x h x w."""
         s = self.scores(self.convs()[0], fmap)

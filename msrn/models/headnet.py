@@ -78,6 +78,10 @@ class HeadNetwork(nn.Module):
         """x: B x 3 x H x W -> logits B x C."""
         return self.head(self.features(x))
 
+    def label_representations(self) -> torch.Tensor:
+        """C x D: the one vector per label the head learns (what `msrn compare` measures the mean cosine of)."""
+        raise NotImplementedError
+
     def attention(self, fmap: torch.Tensor) -> torch.Tensor:
         """X: B x d x h x w -> each label's attention over the positions, B x C x h x w (explainable heads)."""
         raise NotImplementedError(f"{self.family} has no spatial attention to show")

@@ -76,6 +76,11 @@ class MLDecoder(HeadNetwork):
         out = torch.einsum("bkd,kdf->bkf", t, self.group_fc)  # B x K x F
         return out.flatten(1)[:, : self.num_classes] + self.group_bias
 
+    def label_representations(self) -> torch.Tensor:
+        """P[c // F, :, c % F]: each label's output weights in the group fully-connected layer (the queries are
+        fixed and shared by a group's labels)."""
+        return self.group_fc.permute(0, 2, 1).reshape(-1, self.group_fc.shape[1])[: self.num_classes]
+
     def attention(self, fmap: torch.Tensor) -> torch.Tensor:
         """Each label's group query's cross-attention (mean over heads): B x C x h x w."""
         _, weights = self.decode(fmap, need_weights=True)

@@ -73,6 +73,10 @@ class MLGCN(HeadNetwork):
         h = F.leaky_relu(a_hat @ (self.word_vectors @ self.gc1), 0.2)  # C x h
         return a_hat @ (h @ self.gc2)  # C x d
 
+    def label_representations(self) -> torch.Tensor:
+        """W: the GCN's classifiers, one per label."""
+        return self.classifiers()
+
     def head(self, fmap: torch.Tensor) -> torch.Tensor:
         x = fmap.amax((2, 3))  # B x d, global max pooling
         return x @ self.classifiers().t()

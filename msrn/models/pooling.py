@@ -29,6 +29,10 @@ class MaxPoolLinear(HeadNetwork):
     def head(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.fc(fmap.amax((2, 3)))  # B x d -> B x C
 
+    def label_representations(self) -> torch.Tensor:
+        """The rows of the linear layer, one classifier per label."""
+        return self.fc.weight
+
 
 @register_model
 def baseline_max_resnet101(**kwargs: Any) -> MaxPoolLinear:

@@ -149,6 +149,10 @@ class Query2Label(HeadNetwork):
         t, _ = self.decode(fmap)
         return (self.out_weight * t).sum(-1) + self.out_bias
 
+    def label_representations(self) -> torch.Tensor:
+        """Q: the learnt label queries."""
+        return self.queries.weight
+
     def attention(self, fmap: torch.Tensor) -> torch.Tensor:
         """The last decoder layer's cross-attention of each label query (mean over heads): B x C x h x w."""
         _, weights = self.decode(fmap, need_weights=True)
