@@ -30,11 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import msrn.models.registry as registry
 import numpy as np
 from PIL import Image, ImageDraw
 from sklearn.metrics import average_precision_score
 
+import msrn.models.msrn as msrn_model
 from msrn.data.csvfile import read_csv_dataset
 from msrn.data.synthetic import ensure_synthetic
 from msrn.engine.config import preset_config
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
               "--batch-size 16 --pretrained none --workers 0 --epochs 1")  # fmt: skip
         return 0
     if args.reference_weight:  # every fresh model gets the reference's weight whatever its label count
-        registry.group_loss_weight = lambda num_classes, num_groups: GROUP_LOSS_WEIGHT  # type: ignore[assignment]
+        msrn_model.group_loss_weight = lambda num_classes, num_groups: GROUP_LOSS_WEIGHT  # type: ignore[assignment]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.root or Path(tmp)

@@ -170,10 +170,13 @@ def read_config(folder: Path) -> dict:
     arch, labels = config.get("architecture"), config.get("labels")
     _require(
         isinstance(arch, dict)
-        and arch.get("kind") in ("msrn", "baseline")
-        and (arch.get("kind") != "msrn" or isinstance(arch.get("config"), dict)),
+        and arch.get("kind") in ("msrn", "baseline", "head")
+        and (arch.get("kind") != "msrn" or isinstance(arch.get("config"), dict))
+        and (
+            arch.get("kind") != "head" or (isinstance(arch.get("head"), str) and isinstance(arch.get("settings"), dict))
+        ),
         path,
-        "has no valid architecture (kind msrn with a config, or baseline)",
+        "has no valid architecture (kind msrn with a config, baseline, or head with its name and settings)",
     )
     _require(
         isinstance(labels, list) and len(labels) > 0 and all(isinstance(x, str) and x for x in labels),
@@ -239,8 +242,12 @@ def _check_fit(config: dict, tensors: dict[str, torch.Tensor], folder: Path) -> 
     n = len(config["labels"])
     arch = config["architecture"]
     if arch["kind"] == "msrn":
-        expected = {"word_vectors": None, "adjacency": (n, n)}
+        expected: dict[str, tuple[int, int] | None] = {"word_vectors": None, "adjacency": (n, n)}
         declared = arch["config"].get("num_classes", n)
+        _require(declared == n, folder / CONFIG, f"declares {declared} classes but names {n} labels")
+    elif arch["kind"] == "head":  # the compared heads' weights vary; strict loading checks them all
+        expected = {}
+        declared = arch.get("num_classes", n)
         _require(declared == n, folder / CONFIG, f"declares {declared} classes but names {n} labels")
     else:
         expected = {"fc.weight": None}

@@ -49,12 +49,15 @@ class TrainConfig:
     )
     model: str = option(
         "msrn_resnet101",
-        "registered model name (msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, msrn_timm, baseline_*)",
+        "registered model name: msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, msrn_timm, baseline_*, "
+        "or a compared head (docs/heads.md): mlgcn_*, csra_*, mldecoder_*, q2l_*, addgcn_*, baseline_max_*, "
+        "each _resnet101, _resnet50, _resnet18, _tiny or _timm",
     )
     backbone: str | None = option(
         None,
-        "--model msrn_timm: a timm model with feature maps at strides 8, 16, 32 (convnext_tiny, "
-        "efficientnet_b3, regnety_032...); needs timm and torchvision; --pretrained imagenet: timm's weights",
+        "--model msrn_timm (or another _timm model): a timm model with feature maps at strides 8, 16, 32 "
+        "(convnext_tiny, efficientnet_b3, regnety_032...); needs timm and torchvision; --pretrained imagenet: "
+        "timm's weights",
     )
     pretrained: str | None = option(
         None,
@@ -290,8 +293,12 @@ class TrainConfig:
             )
         if cfg.batch_size % cfg.grad_accum:
             raise MSRNError(f"--grad-accum {cfg.grad_accum} must divide --batch-size {cfg.batch_size}")
-        if (cfg.model == "msrn_timm") != bool(cfg.backbone):
-            raise MSRNError("--backbone NAME goes with --model msrn_timm (a timm model name), and msrn_timm needs it")
+        if cfg.model.endswith("_timm") != bool(cfg.backbone):
+            raise MSRNError(
+                f"--backbone NAME goes with the _timm models (a timm model name), and {cfg.model} needs it"
+                if cfg.model.endswith("_timm")
+                else f"--backbone NAME goes with the _timm models (msrn_timm, csra_timm, ...), not {cfg.model}"
+            )
         return cfg
 
 

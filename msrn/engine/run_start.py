@@ -28,6 +28,7 @@ from msrn.models import (
     Network,
     checkpoint_weights,
     create_model,
+    dataset_settings,
     load_checkpoint,
     match_init_state,
     require_backbone,
@@ -76,7 +77,7 @@ def init_from_checkpoint(model: nn.Module, path: str) -> None:
     head = model.cfg.head if isinstance(model, MSRN) else "mlp"  # a reference checkpoint holds both classifiers
     given, arch, dropped = checkpoint_weights(read_source(path), where, head)  # a .pt, a model folder or hf://
     require_backbone(arch, model, where)
-    state, fresh = match_init_state(model.state_dict(), given, where)
+    state, fresh = match_init_state(model.state_dict(), given, where, getattr(model, "label_shaped", None))
     model.load_state_dict(state, strict=True)
     unused = f"; dropped the reference's unused {', '.join(dropped)}" if dropped else ""
     log.info(
@@ -180,7 +181,7 @@ def labels_and_model(
     backbone: dict[str, Any] = {"backbone": cfg.backbone} if cfg.backbone else {}
     model = create_model(
         cfg.model, label_set=labelset, pool_ratio=cfg.pool_ratio, pretrained=cfg.pretrained, **backbone,
-        **cfg.model_switches(),
+        **cfg.model_switches(), **dataset_settings(cfg.model, cfg.dataset),  # a head's published setting
     )  # fmt: skip
     if cfg.init:
         init_from_checkpoint(model, cfg.init)

@@ -183,7 +183,10 @@ def usage_snippet(model_id: str) -> str:
 def recipe_section(config: dict) -> list[str]:
     training = config.get("training")
     arch = config["architecture"]
-    kind = "MSRN" if arch["kind"] == "msrn" else "a baseline (backbone and a linear or MLP head, no MSRN head)"
+    kind = {
+        "msrn": "MSRN",
+        "head": f"the {arch.get('head')} head (docs/heads.md)",
+    }.get(arch["kind"], "a baseline (backbone and a linear or MLP head, no MSRN head)")
     backbone = (arch.get("config") or {}).get("backbone") or arch.get("backbone")
     lines = [
         "## Recipe",
@@ -247,7 +250,7 @@ def render(
     """The whole README.md for a model folder whose config.json is `config`; model_id is what the snippet loads."""
     name = model_id.removeprefix("hf://") if model_id.startswith("hf://") else (Path(model_id).name or model_id)
     arch = config["architecture"]
-    what = "An MSRN" if arch["kind"] == "msrn" else "A baseline"
+    what = {"msrn": "An MSRN", "head": f"A {arch.get('head')}"}.get(arch["kind"], "A baseline")
     lines = [
         f"# {name}",
         "",

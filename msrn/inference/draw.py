@@ -61,7 +61,7 @@ def figure(expl: Explanation, side: int = PANEL_SIDE) -> Figure:
     aspect = expl.image.height / expl.image.width
     cell = 2.6
     cols = 1 + len(expl.maps)
-    title = "\n".join([f"{expl.name}: where MSRN looked for each label",
+    title = "\n".join([f"{expl.name}: where {expl.model} looked for each label",
                        *(textwrap.fill(note, 28 * cols) for note in picture_notes(expl))])  # fmt: skip
     lines = title.count("\n")
     fig = Figure(figsize=(cols * cell + 0.6, k * cell * min(max(aspect, 0.5), 1.6) + 1.5 + 0.25 * lines),

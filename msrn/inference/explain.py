@@ -1,5 +1,6 @@
 """Where MSRN looked for each label, at each depth it reads (all three, or those --depths kept): the attention
-maps (drawn by `draw`).
+maps (drawn by `draw`). The compared heads with spatial attention (CSRA, ML-Decoder, Query2Label, ADD-GCN; see
+`HeadNetwork.attention`) show their own per-label attention over the last feature map, as one depth (3).
 
 MSRN attends separately for every label c, depth s and channel d (docs/design.md §5):
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ from PIL import Image
 from torch import nn
 
 from msrn.errors import MSRNError
-from msrn.models import MSRN
+from msrn.models import MSRN, HeadNetwork
 
 DEPTH_NAMES = ("fine", "middle", "coarse")
 ALIKE = 0.05  # labels' maps this close (share of attention that differs) are called alike on the pictures
@@ -47,6 +49,36 @@ def require_msrn(model: nn.Module, where: str = "this checkpoint") -> MSRN:
             "attention maps need an MSRN checkpoint"
         )
     return model
+
+
+def require_explainable(model: nn.Module, where: str = "this checkpoint") -> MSRN | HeadNetwork:
+    """The model, if it attends spatially per label (MSRN, or a head with `explainable`), else one clear line."""
+    if is_explainable(model):
+        return cast(MSRN | HeadNetwork, model)
+    if isinstance(model, HeadNetwork):
+        what = "a head without per-label spatial attention"
+    else:
+        what = "a baseline without label-guided attention"
+    raise MSRNError(
+        f"{where} holds a {type(model).__name__} ({what}); attention maps need MSRN, CSRA, ML-Decoder, "
+        "Query2Label or ADD-GCN"
+    )
+
+
+def is_explainable(model: nn.Module) -> bool:
+    """Whether `--explain` can show the model's per-label attention."""
+    return isinstance(model, MSRN) or (isinstance(model, HeadNetwork) and model.explainable)
+
+
+def explained_by(model: nn.Module) -> str:
+    """The name the pictures give the model: MSRN, or a compared head's paper name."""
+    return model.title if isinstance(model, HeadNetwork) else "MSRN"
+
+
+def explained_depths(model: nn.Module) -> tuple[int, ...]:
+    """The depths an explainable model's maps come from: MSRN's read depths, the last map (3) for the others."""
+    model = require_explainable(model, "this model")
+    return tuple(model.cfg.depths) if isinstance(model, MSRN) else (3,)
 
 
 def label_maps(
@@ -89,17 +121,25 @@ def attention_maps(
 
     label_indices: k label ids for every image, or a B x k matrix (one row per image).
     """
-    model = require_msrn(model, "this model")
+    model = require_explainable(model, "this model")
+    if isinstance(model, HeadNetwork):
+        idx = _as_index_matrix(label_indices, x.shape[0], model.num_classes).to(x.device)
+        return [model.label_maps_of(model.features(x), idx)]
     idx = _as_index_matrix(label_indices, x.shape[0], model.cfg.num_classes).to(x.device)
     return label_maps(model.projected_maps(x), model.semantics().local, idx)
 
 
 @torch.no_grad()
-def explained_forward(model: MSRN, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def explained_forward(
+    model: MSRN | HeadNetwork, x: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Logits, each image's k best label ids (B x k) and their attention maps, from one backbone pass.
 
-    The logits come from `MSRN.classify`, as in `MSRN.forward`, so they are the model's own.
+    The logits come from `MSRN.classify` (or the head's own `head`), as in forward, so they are the model's own.
     """
+    if isinstance(model, HeadNetwork):
+        logits, idx, maps = model.explained(x, k)
+        return logits, idx, [maps]
     projected, sem = model.projected_maps(x), model.semantics()
     logits = model.classify(projected, sem.rows(), assign=sem.assign)
     idx = logits.topk(min(k, logits.shape[1]), dim=1).indices
@@ -118,6 +158,7 @@ class Explanation:
     thresholds: list[float] = field(default_factory=list)
     depths: tuple[int, ...] = (1, 2, 3)  # the depth each map comes from (fewer in an ablated model)
     caption: str = ""  # why this picture is shown (the demo marks its best and its failing case)
+    model: str = "MSRN"  # whose attention the maps are (a compared head's paper name)
 
     def depth_titles(self) -> list[str]:
         """Column titles: depth number, scale word and grid size."""
@@ -148,7 +189,7 @@ def picture_notes(expl: Explanation) -> list[str]:
         if differ < ALIKE:
             notes.append(
                 f"The attention maps of these labels are alike (at most {100 * differ:.1f}% of the attention "
-                "differs): MSRN looked at the same places for each, and told them apart in its classifier."
+                f"differs): {expl.model} looked at the same places for each, and told them apart in its classifier."
             )
     return notes
 

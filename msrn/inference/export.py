@@ -106,7 +106,7 @@ def metadata(
         "mean": json.dumps(NORMALIZATION["mean"]),
         "std": json.dumps(NORMALIZATION["std"]),
         "output": "logits; sigmoid gives per-label probabilities",
-        "architecture": "msrn" if isinstance(model, MSRN) else "baseline",
+        "architecture": "msrn" if isinstance(model, MSRN) else getattr(model, "family", "") or "baseline",
         "producer": "msrn export",
     }
 

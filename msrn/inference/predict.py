@@ -21,7 +21,7 @@ from tqdm import tqdm
 from msrn.errors import MSRNError
 from msrn.inference.args import decoding_options
 from msrn.inference.draw import save_explanation
-from msrn.inference.explain import require_msrn
+from msrn.inference.explain import require_explainable
 from msrn.inference.onnx_predict import OnnxPredictor
 from msrn.inference.predictor import load_from_args
 from msrn.inference.tagging import expand_inputs, read_path_list
@@ -201,7 +201,7 @@ def main(args: argparse.Namespace | PredictOptions) -> int:
     predictor = _load(args)
     explain_k, folder = 0, Path(args.explain or ".")
     if args.explain:
-        require_msrn(predictor.model, str(args.checkpoint))  # --explain goes with --checkpoint only (check)
+        require_explainable(predictor.model, str(args.checkpoint))  # --explain goes with --checkpoint only (check)
         check_writable(folder)
         explain_k = args.explain_labels
     items = expand_inputs(inputs)  # an empty folder fails before any output starts

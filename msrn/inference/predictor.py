@@ -21,7 +21,13 @@ from msrn.data.transforms import TestTransform
 from msrn.errors import MSRNError, setting_up
 from msrn.images import DEFAULT_MAX_PIXELS
 from msrn.inference.args import read_label_names
-from msrn.inference.explain import Explanation, explained_forward, require_msrn
+from msrn.inference.explain import (
+    Explanation,
+    explained_by,
+    explained_depths,
+    explained_forward,
+    require_explainable,
+)
 from msrn.inference.tagging import ImageInput, Tagger, threshold_vector
 from msrn.models import Loaded, Network, load_checkpoint, optimize_for_inference, with_tta
 from msrn.options import UNRECORDED_IMAGE_SIZE
@@ -101,8 +107,8 @@ class Predictor(Tagger):
         return self.run(torch.stack([self.transform(img) for img in images]), explain_k)
 
     def check_explainable(self) -> None:
-        """Explanations need an MSRN model and one forward pass of the image as given."""
-        require_msrn(self.model)
+        """Explanations need a model with per-label spatial attention and one forward pass of the image as given."""
+        require_explainable(self.model)
         if self.tta != "none":
             raise MSRNError(f"explanations show one forward pass of the image as given; not with tta={self.tta!r}")
 
@@ -113,7 +119,7 @@ class Predictor(Tagger):
         x = x.to(self.device)
         if explain_k <= 0:
             return torch.sigmoid(self._infer(x)).float().cpu().numpy(), None, []
-        logits, idx, maps = explained_forward(require_msrn(self.model), x, explain_k)
+        logits, idx, maps = explained_forward(require_explainable(self.model), x, explain_k)
         return (
             torch.sigmoid(logits).float().cpu().numpy(),
             idx.cpu().numpy(),
@@ -139,7 +145,8 @@ class Predictor(Tagger):
             scores=[float(probs[j]) for j in ids],
             maps=maps,
             thresholds=[float(thresholds[j]) for j in ids],
-            depths=tuple(require_msrn(self.model).cfg.depths),
+            depths=explained_depths(self.model),
+            model=explained_by(self.model),
         )
 
     def explain(self, images: ImageInput | Iterable[ImageInput], k: int = 3) -> list[Any]:

@@ -15,6 +15,7 @@ from msrn.labels.wordvec import load_word_vectors
 from msrn.models._pretrained import load_pretrained_backbone, load_timm_pretrained
 from msrn.models._registry import build_model, label_count, takes_label_inputs
 from msrn.models.baseline import PlainClassifier
+from msrn.models.headnet import HeadNetwork
 from msrn.models.msrn import MSRN
 from msrn.models.timm_backbone import TimmBackbone
 
@@ -31,7 +32,7 @@ def create_model(
     pretrained: str | Path | None = None,
     label_set: LabelSet | None = None,
     **overrides: Any,
-) -> MSRN | PlainClassifier:
+) -> MSRN | PlainClassifier | HeadNetwork:
     """A registered model with fresh head weights (the one way to build one; load a trained one with
     `load_checkpoint`).
 
@@ -58,7 +59,7 @@ def create_model(
     if takes_label_inputs(name):  # a baseline's build ignores the label set's vectors and graph
         overrides.update(word_vectors=vectors, adjacency=adj, pool_ratio=pool_ratio, num_groups=num_groups)
     model = build_model(name, num_classes, labels, **overrides)
-    assert isinstance(model, (MSRN, PlainClassifier))  # what the registered entrypoints build
+    assert isinstance(model, (MSRN, PlainClassifier, HeadNetwork))  # what the registered entrypoints build
     if pretrained is not None and isinstance(model.backbone, TimmBackbone):
         load_timm_pretrained(model.backbone, pretrained)
     elif pretrained is not None:

@@ -13,6 +13,7 @@ are dropped with a notice (_reference_layout.UNUSED_BY_HEAD).
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -28,6 +29,7 @@ from msrn.labels.graph import adjacency_from
 from msrn.labels.reference_files import LABELS as REFERENCE_LABELS
 from msrn.labels.reference_files import REFERENCE, check_label_order, dataset_for_classes, reference_file
 from msrn.labels.wordvec import load_word_vectors
+from msrn.models._peer_layouts import COCO_ID_ORDER, backbone_arch, dataset_settings, map_peer_state, peer_of
 from msrn.models._reference_layout import (
     legacy_name,
     map_reference_state,
@@ -35,14 +37,16 @@ from msrn.models._reference_layout import (
     reference_backbone,
     reference_state,
 )
-from msrn.models._registry import build_model
+from msrn.models._registry import build_model, takes_label_inputs
 from msrn.models.baseline import PlainClassifier
 from msrn.models.gat import GROUP_LOSS_WEIGHT
+from msrn.models.headnet import KIND as HEAD_KIND
+from msrn.models.headnet import HeadNetwork
 from msrn.models.msrn import MSRN, MSRNConfig
 from msrn.options import UNRECORDED_IMAGE_SIZE
 
 # the networks msrn builds and loads (what load_checkpoint, Predictor and the exports take)
-Network: TypeAlias = MSRN | PlainClassifier
+Network: TypeAlias = MSRN | PlainClassifier | HeadNetwork
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,101 @@ def _load_reference(
     return model
 
 
+COCO_BY_ID = ("csra", "q2l")  # the peers whose COCO outputs follow COCO's category ids
+# the tensors whose rows are a peer head's outputs, one per label, where each label's output depends on its rows
+# alone: reordering those rows reorders the outputs exactly
+PER_LABEL_ROWS = {"csra": r"heads\.\d+\.weight", "q2l": r"queries\.weight|out_weight|out_bias"}
+
+
+def _peer_labels(
+    family: str, state: dict[str, torch.Tensor], labels: list[str] | None, dataset: str | None, where: str
+) -> list[str] | None:
+    """The output names of a peer checkpoint, its weights reordered in place where they must be.
+
+    A peer's outputs follow its data set's labels in that peer's order (CSRA's and Query2Label's COCO outputs
+    follow COCO's category ids; ML-GCN's and ADD-GCN's the reference's files). Labels given that are those
+    labels in another order (msrn's COCO reader sorts by name) reorder the per-label rows of CSRA and
+    Query2Label; a graph head's labels interact, so another order is refused. Other labels name the outputs as
+    given."""
+    native = None
+    if dataset in REFERENCE_LABELS:
+        by_id = family in COCO_BY_ID and dataset == "coco2014"
+        native = list(COCO_ID_ORDER if by_id else REFERENCE_LABELS[dataset])
+    if labels is None or native is None or labels == native or sorted(labels) != sorted(native):
+        return labels if labels is not None else native
+    if family not in PER_LABEL_ROWS:
+        raise MSRNError(f"{where}: its outputs follow the {dataset} labels in another order than the ones given")
+    order = torch.tensor([native.index(name) for name in labels])
+    for key in [k for k in state if re.fullmatch(PER_LABEL_ROWS[family], k)]:
+        state[key] = state[key][order]
+    return labels
+
+
+def _load_peer(
+    family: str,
+    ckpt: dict,
+    where: str,
+    word_vectors: Any,
+    labels: list[str] | None,
+    dataset: str | None,
+    settings: dict[str, Any],
+) -> HeadNetwork:
+    """A published ML-GCN, CSRA, ADD-GCN or Query2Label checkpoint as the msrn model of its head
+    (msrn.models._peer_layouts): its keys mapped, the settings it does not record from its paper's setting for
+    the data set (`dataset`, else the one with its number of labels), unless given; then loaded strictly."""
+    state, dropped = map_peer_state(family, ckpt, where)
+    arch = backbone_arch(state, where)
+    num_classes = {
+        "mlgcn": lambda: state["adjacency"].shape[0],
+        "csra": lambda: state["heads.0.weight"].shape[0],
+        "addgcn": lambda: state["sam.weight"].shape[0],
+        "q2l": lambda: state["queries.weight"].shape[0],
+    }[family]()
+    if labels is not None and len(labels) != num_classes:
+        raise MSRNError(f"{where} has {num_classes} labels but the dataset has {len(labels)}")
+    known = dataset if dataset is not None else dataset_for_classes(num_classes)
+    name = f"{family}_{arch}"
+    given = {**dataset_settings(name, known), **settings}
+    if family == "csra":
+        given["num_heads"] = len([k for k in state if k.startswith("heads.")])
+        given.setdefault("pixels", "unit")  # CSRA's code feeds its ResNet [0, 1] pixels, not ImageNet-normalised
+        if "lam" not in given:
+            raise MSRNError(
+                f"{where} is a CSRA checkpoint, which does not record lambda, and {known or 'its data set'} has no "
+                "published setting: give it (lam=...)"
+            )
+    labels = _peer_labels(family, state, labels, known, where)
+    if family == "mlgcn":
+        given["hidden"] = state["gc1"].shape[1]
+        if word_vectors is None or (isinstance(word_vectors, str) and word_vectors == REFERENCE):
+            if known not in REFERENCE_LABELS:
+                raise MSRNError(
+                    f"{where} is an ML-GCN checkpoint, which holds no label vectors, and {known or 'its data set'} "
+                    "has no reference files: give its word-vector pickle (--word-vectors FILE)"
+                )
+            word_vectors = reference_file(known, "word_vectors")
+        vectors = load_word_vectors(word_vectors, labels or [str(i) for i in range(num_classes)])
+        state["word_vectors"] = torch.as_tensor(vectors, dtype=torch.float32)
+        given.update(word_vectors=vectors, adjacency=state["adjacency"])
+    if family == "addgcn":
+        given["hidden"] = state["transform.weight"].shape[0]
+    if family == "q2l":  # the widths and depths are in the keys; the attention heads are not (4 as published)
+        given.setdefault("heads", 4)
+        given["dim"] = state["queries.weight"].shape[1]
+        given["feedforward"] = state["decoder.0.ffn.linear1.weight"].shape[0]
+        for part in ("encoder", "decoder"):
+            given[f"{part}_layers"] = len({k.split(".")[1] for k in state if k.startswith(part + ".")})
+    try:
+        model = build_model(name, num_classes, labels, **given)
+    except MSRNError as e:
+        raise MSRNError(f"{where}: {e}") from None
+    assert isinstance(model, HeadNetwork)  # every peer's family registers head networks
+    load_state_strict(model, state, where)
+    if dropped:
+        warnings.warn(f"{where}: dropped unused {family} parameters: {', '.join(dropped)}", stacklevel=3)
+    return model
+
+
 def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True) -> dict[str, Any]:
     """The model part of a project checkpoint (weights, config, labels, input size, how images were decoded).
 
@@ -177,6 +276,8 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
     arch: dict[str, Any]
     if isinstance(net, MSRN):
         arch = {"kind": "msrn", "config": net.cfg.to_dict(), "labels": list(net.label_names)}
+    elif isinstance(net, HeadNetwork):
+        arch = net.describe()
     elif isinstance(net, PlainClassifier):
         arch = {
             "kind": "baseline",
@@ -186,8 +287,9 @@ def model_state(model: nn.Module, image_size: int, exif_orientation: bool = True
             "hidden": net.hidden,
         }
     else:
-        raise TypeError(f"a checkpoint describes an MSRN or a PlainClassifier, not a {type(net).__name__}")
-    arch["name"] = net.model_name or legacy_name(arch)  # a network built without the registry: told by its config
+        raise TypeError(f"a checkpoint describes an MSRN, a baseline or a head network, not a {type(net).__name__}")
+    if not arch.get("name"):  # a network built without the registry: told by its config
+        arch["name"] = net.model_name or legacy_name(arch)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -202,11 +304,16 @@ def _build_from_state(ckpt: dict, where: str) -> Network:
     """Rebuild the network described by a project checkpoint and load its weights strictly."""
     arch = ckpt.get("model") or {}
     state = project_state(ckpt, where)  # older versions' keys renamed
-    if arch.get("kind") not in ("msrn", "baseline"):
+    if arch.get("kind") not in ("msrn", "baseline", HEAD_KIND):
         raise MSRNError(f"{where}: unknown model kind {arch.get('kind')!r}")
     try:
         name = arch.get("name") or legacy_name(arch)
-        if arch["kind"] == "msrn":
+        if arch["kind"] == HEAD_KIND:  # a compared head: its name, backbone and settings rebuild it
+            graph = {k: state[k] for k in ("word_vectors", "adjacency")} if takes_label_inputs(name) else {}
+            settings = dict(arch.get("settings") or {})
+            labels = arch.get("labels") or None
+            model = build_model(name, arch["num_classes"], labels, backbone=arch["backbone"], **settings, **graph)
+        elif arch["kind"] == "msrn":
             # older checkpoints keep the label names inside the config
             labels = arch.get("labels", arch["config"].get("labels")) or None
             settings = MSRNConfig.from_dict(arch["config"]).to_dict()
@@ -219,7 +326,7 @@ def _build_from_state(ckpt: dict, where: str) -> Network:
         raise MSRNError(f"{where}: malformed model description ({type(e).__name__}: {e})") from None
     except MSRNError as e:
         raise MSRNError(f"{where}: {e}") from None
-    assert isinstance(model, (MSRN, PlainClassifier))  # what the registered entrypoints build
+    assert isinstance(model, (MSRN, PlainClassifier, HeadNetwork))  # what the registered entrypoints build
     load_state_strict(model, state, where)
     return model
 
@@ -232,6 +339,7 @@ def load_checkpoint(
     dataset: str | None = None,
     where: str | None = None,
     head: str = "mlp",
+    **settings: Any,
 ) -> Loaded:
     """A ready model (eval mode, CPU) from a project or a reference checkpoint (a file, or the dict that
     torch.load returns, named `where` in messages), with how it is meant to be used.
@@ -243,9 +351,17 @@ def load_checkpoint(
     none are given. `source` is a `.pt` file, a model folder (msrn.hub), a Hub id
     `hf://OWNER/NAME[@REVISION]`, or a loaded dict. A reference checkpoint loads the classifier `head`
     names (a project checkpoint records its own; old ones hold the mlp).
+
+    The published checkpoints of ML-GCN, CSRA, ADD-GCN and Query2Label load too (msrn.models._peer_layouts), as
+    the msrn model of their head; `settings` override what such a checkpoint does not record (CSRA's `lam`,
+    Query2Label's `heads`), which otherwise comes from the paper's setting for `dataset` (or the data set with its
+    number of labels).
     """
     where = where or (str(source) if not isinstance(source, dict) else "checkpoint")
     ckpt = read_source(source) if not isinstance(source, dict) else source
+    if settings and (ckpt.get("format") == FORMAT or reference_state(ckpt) is not None):
+        raise MSRNError(f"{where} records its own settings; {', '.join(sorted(settings))} apply to peer checkpoints")
+    model: Network
     if ckpt.get("format") == FORMAT:
         model = _build_from_state(ckpt, where)
         if word_vectors is not None or cooccurrence is not None:
@@ -254,8 +370,13 @@ def load_checkpoint(
             raise MSRNError(f"{where} was trained on labels {model.labels[:5]}..., not the dataset's {labels[:5]}...")
     elif (state := reference_state(ckpt)) is not None:
         model = _load_reference(state, where, word_vectors, cooccurrence, labels, dataset, head)
+    elif (family := peer_of(ckpt)) is not None:
+        model = _load_peer(family, ckpt, where, word_vectors, labels, dataset, settings)
     else:
-        raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
+        raise MSRNError(
+            f"{where} is neither an msrn checkpoint nor a reference MSRN, ML-GCN, CSRA, ADD-GCN or Query2Label "
+            "checkpoint"
+        )
     thresholds = ckpt.get("thresholds")
     return Loaded(
         model=model.eval(),

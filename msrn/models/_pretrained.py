@@ -16,6 +16,7 @@ from msrn.download import fetch
 from msrn.errors import MSRNError
 from msrn.hub import read_source
 from msrn.models._loading import load_state_strict
+from msrn.models._peer_layouts import peer_of
 from msrn.models._reference_layout import checkpoint_weights, is_reference
 from msrn.models._state import backbone_weights, require_backbone
 from msrn.models.resnet import ResNet
@@ -54,7 +55,7 @@ def load_checkpoint_backbone(model: nn.Module, ckpt: dict, where: str) -> str:
         taken = " (conv_buffer1/2 start afresh: the checkpoint has none)"
     else:
         taken = " (its conv_buffer1/2 are not used: the model has none)" if extras else ""
-    kind = "reference MSRN" if is_reference(ckpt) else "msrn"
+    kind = "reference MSRN" if is_reference(ckpt) else (peer_of(ckpt) or "msrn")
     return (
         f"the {resnet.arch} backbone ({len(weights)} tensors){taken} of the {kind} checkpoint {where}; "
         "its other layers are not used"
@@ -64,9 +65,9 @@ def load_checkpoint_backbone(model: nn.Module, ckpt: dict, where: str) -> str:
 def load_pretrained_backbone(model: nn.Module, source: str | Path) -> str:
     """Load a backbone into `model` (a ResNet or a network with `.backbone`) and return what was taken.
 
-    `source`: ImageNet weights (a path, a URL, or 'imagenet' for torchvision's file), or a reference
-    or msrn checkpoint, whose backbone and conv_buffer1/2 are taken (the paper's VOC 96.0 recipe
-    starts from its COCO model this way).
+    `source`: ImageNet weights (a path, a URL, or 'imagenet' for torchvision's file), or a reference, peer
+    (ML-GCN, CSRA, ADD-GCN, Query2Label) or msrn checkpoint, whose backbone and conv_buffer1/2 are taken (the
+    paper's VOC 96.0 recipe starts from its COCO model this way).
     """
     resnet = cast(ResNet, getattr(model, "backbone", model))  # MSRN reads a ResNet; a bare ResNet is one
     src = str(source)
@@ -76,7 +77,7 @@ def load_pretrained_backbone(model: nn.Module, source: str | Path) -> str:
         src = IMAGENET_URLS[resnet.arch]
     path = fetch(src) if re.match(r"^(https?|file)://", src) else src
     ckpt = read_source(path)  # a .pt, a model folder or hf://
-    if ckpt.get("format") == FORMAT or is_reference(ckpt):
+    if ckpt.get("format") == FORMAT or is_reference(ckpt) or peer_of(ckpt) is not None:
         taken = load_checkpoint_backbone(model, ckpt, str(path))
     else:
         state = ckpt.get("state_dict", ckpt) if isinstance(ckpt.get("state_dict"), dict) else ckpt

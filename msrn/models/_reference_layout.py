@@ -16,6 +16,7 @@ import torch
 
 from msrn.checkpoint import FORMAT
 from msrn.errors import MSRNError
+from msrn.models._peer_layouts import backbone_arch, map_peer_state, peer_of
 
 # the reference's module names (kept by msrn's version-1 checkpoints) -> the model's, by key prefix
 RENAMED = (
@@ -104,7 +105,13 @@ def checkpoint_weights(
     if state is not None:
         mapped, dropped = map_reference_state(state, head)
         return mapped, reference_backbone(state), dropped
-    raise MSRNError(f"{where} is neither an msrn checkpoint nor a reference MSRN checkpoint")
+    family = peer_of(ckpt)
+    if family is not None:  # a published ML-GCN, CSRA, ADD-GCN or Query2Label checkpoint
+        mapped, dropped = map_peer_state(family, ckpt, where)
+        return mapped, backbone_arch(mapped, where), dropped
+    raise MSRNError(
+        f"{where} is neither an msrn checkpoint nor a reference MSRN, ML-GCN, CSRA, ADD-GCN or Query2Label checkpoint"
+    )
 
 
 def reference_backbone(state: dict[str, torch.Tensor]) -> str:

@@ -21,21 +21,22 @@ BACKBONE_EXTRAS = "depth_conv."
 
 
 def match_init_state(
-    own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], where: str
+    own: dict[str, torch.Tensor], given: dict[str, torch.Tensor], where: str, label_shaped: str | None = None
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The state that starts a freshly built model from a checkpoint's weights (`--init`), and the layers
     left as the fresh model has them.
 
-    A layer shaped by the label set (LABEL_LAYERS) whose shapes differ from the checkpoint's stays fresh;
-    the label inputs always stay the fresh model's. A key on one side only, or any other shape
-    difference (another architecture), is an error naming the keys.
+    A layer shaped by the label set (LABEL_LAYERS, or the model's own `label_shaped` pattern) whose shapes
+    differ from the checkpoint's stays fresh; the label inputs always stay the fresh model's. A key on one side
+    only, or any other shape difference (another architecture), is an error naming the keys.
     """
     keys = [k for k in own if k not in LABEL_INPUTS]
     missing = [k for k in keys if k not in given]
     unexpected = [k for k in given if k not in own and k not in LABEL_INPUTS]
     misfits = [k for k in keys if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
-    fresh = sorted({k.rsplit(".", 1)[0] for k in misfits if LABEL_LAYERS.fullmatch(k)})
-    architecture = [k for k in misfits if not LABEL_LAYERS.fullmatch(k)]
+    layers = re.compile(label_shaped) if label_shaped is not None else LABEL_LAYERS
+    fresh = sorted({k.rsplit(".", 1)[0] for k in misfits if layers.fullmatch(k)})
+    architecture = [k for k in misfits if not layers.fullmatch(k)]
     misfit(
         where,
         missing,

@@ -23,11 +23,10 @@ from PIL import Image
 from msrn.errors import MSRNError
 from msrn.images import DEFAULT_MAX_PIXELS, open_image
 from msrn.inference.draw import panel_size, panels
-from msrn.inference.explain import concentration
+from msrn.inference.explain import concentration, is_explainable
 from msrn.inference.predictor import Predictor
 from msrn.inference.serving.batching import Admission, Batcher, PixelBudget, declared_pixels
 from msrn.inference.serving.lifecycle import InFlight
-from msrn.models import MSRN
 from msrn.options import Options, batch_size_option, option
 from msrn.plots import image_png
 
@@ -161,7 +160,7 @@ def create_app(predictor: Predictor, limits: ServeLimits | None = None, token: s
     queue, batch_size, max_upload_mb = limits.queue, limits.batch_size, limits.max_upload_mb
     if token is not None and not token.strip():
         raise MSRNError(f"the token is empty: give --token (or {TOKEN_ENV}) a secret, or leave it out")
-    explain_k = limits.explain_labels if isinstance(predictor.model, MSRN) else 0
+    explain_k = limits.explain_labels if is_explainable(predictor.model) else 0
     page = resources.files("msrn.inference").joinpath("static/index.html").read_text(encoding="utf-8")
     app = Flask("msrn.inference.serve")
     app.config["MAX_CONTENT_LENGTH"] = int(max_upload_mb * 1024 * 1024)
