@@ -252,8 +252,9 @@ def test_a_thousand_labels_train_an_epoch_at_the_csv_defaults(tmp_path, monkeypa
     from sklearn.metrics import average_precision_score
 
     from msrn.data.synthetic import family_vocabulary, render_image
-    from msrn.engine import train as training
+    from msrn.engine import trainer as training
     from msrn.engine.config import preset_config
+    from msrn.engine.train import train
 
     c, per, families = 1000, 9, -(-1000 // 12)
     vocab = family_vocabulary(c)
@@ -282,7 +283,7 @@ def test_a_thousand_labels_train_an_epoch_at_the_csv_defaults(tmp_path, monkeypa
         return loss
 
     monkeypatch.setattr(training, "objective", recorded)
-    training.train(cfg)
+    train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(steps) >= 6  # about 100 training images (the rest validate) in batches of 16
     assert np.isfinite(steps).all()
