@@ -49,7 +49,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # ---- the six survivors of the issue-33 audit (each has a test now)
     Mutation(
         "trainer-loss-targets-clamped",
-        "msrn/engine/train.py",
+        "msrn/engine/trainer.py",
         "targets = targets.to(self.device, non_blocking=True)\n",
         "targets = targets.to(self.device, non_blocking=True).clamp(min=0)\n",
         ("tests/test_train_extras.py::test_training_with_unknown_entries_uses_only_known_ones",),
@@ -57,15 +57,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "trainer-tuned-thresholds-dropped",
-        "msrn/engine/train.py",
-        "score_metrics(tlogits, self.test_data.targets, thresholds, group_loss, self.criterion)",
-        "score_metrics(tlogits, self.test_data.targets, None, group_loss, self.criterion)",
+        "msrn/engine/selection.py",
+        "score_metrics(tlogits, test_data.targets, thresholds, group_loss, criterion)",
+        "score_metrics(tlogits, test_data.targets, None, group_loss, criterion)",
         ("tests/test_engine.py::test_validation_split_selects_and_tunes_thresholds",),
         "the test figures at the thresholds tuned on validation vanish",
     ),
     Mutation(
         "resume-forgets-best",
-        "msrn/engine/train.py",
+        "msrn/engine/trainer.py",
         'self.history, self.best = list(s["history"]), Selected.from_dict(s["best"])',
         'self.history, self.best = list(s["history"]), None',
         ("tests/test_engine.py::test_a_resumed_run_keeps_the_best_epoch_from_before_the_resume",),
@@ -89,7 +89,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "reference-module-prefix-kept",
-        "msrn/models/reference_layout.py",
+        "msrn/models/_reference_layout.py",
         'state = {str(k).removeprefix("module."): v for k, v in state.items()}',
         "state = {str(k): v for k, v in state.items()}",
         ("tests/test_checkpoint.py::test_reference_checkpoint_saved_under_data_parallel_loads",),
@@ -138,15 +138,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "heads-elementwise-keeps-mlp-keys",
-        "msrn/models/reference_layout.py",
-        'UNUSED_BY_ELEMENTWISE = ("resnet_101.conv_buffer0.", "fc1.", "fc2.", "ProjectMs.")',
-        'UNUSED_BY_ELEMENTWISE = ("resnet_101.conv_buffer0.", "ProjectMs.")',
+        "msrn/models/_reference_layout.py",
+        '"elementwise": ("resnet_101.conv_buffer0.", "fc1.", "fc2.", "ProjectMs."),',
+        '"elementwise": ("resnet_101.conv_buffer0.", "ProjectMs."),',
         ("tests/test_heads.py::test_reference_checkpoint_w_and_b_load_into_the_elementwise_head",),
         "a reference checkpoint no longer loads into the element-wise head",
     ),
     Mutation(
         "serve-token-any-scheme",
-        "msrn/inference/serve.py",
+        "msrn/inference/serving/routes.py",
         "return hmac.compare_digest(given.strip().encode(), token.encode()) and ok_scheme",
         "return hmac.compare_digest(given.strip().encode(), token.encode())",
         ("tests/test_serve.py::test_token_guards_every_route_but_the_page_and_healthz",),
@@ -154,7 +154,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "serve-token-open-routes-by-prefix",
-        "msrn/inference/serve.py",
+        "msrn/inference/serving/routes.py",
         "and request.path not in OPEN_ROUTES",
         "and not request.path.startswith(OPEN_ROUTES)",
         ("tests/test_serve.py::test_token_guards_every_route_but_the_page_and_healthz",),
@@ -239,7 +239,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "checkpoint-best-without-thresholds",
-        "msrn/engine/train.py",
+        "msrn/engine/trainer.py",
         '            ckpt["thresholds"] = torch.tensor(self.best.thresholds, dtype=torch.float32)\n',
         "            pass\n",
         ("tests/test_engine.py::test_validation_split_selects_and_tunes_thresholds",),
@@ -263,8 +263,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "reference-conv-buffer-mapped-into-backbone",
-        "msrn/models/reference_layout.py",
-        'out[key.removeprefix("resnet_101.")] = value',
+        "msrn/models/_reference_layout.py",
+        'out[rename_key(key.removeprefix("resnet_101."))] = value',
         'out["backbone." + key.removeprefix("resnet_101.")] = value',
         ("tests/test_checkpoint.py::test_reference_checkpoint_saved_under_data_parallel_loads",),
         "the reference's conv_buffer1/2 land under backbone.* and the load fails",
@@ -280,8 +280,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "heads-mlp-relu-for-leaky",
         "msrn/models/heads.py",
-        "F.leaky_relu(linear(self.fc1, h), 0.01)",
-        "F.relu(linear(self.fc1, h))",
+        "F.leaky_relu(self.fc1(h), 0.01)",
+        "F.relu(self.fc1(h))",
         ("tests/test_heads.py::test_mlp_head_matches_the_independent_mlp_forward_and_gradients",),
         "the MLP head's activation differs from the reference's LeakyReLU(0.01)",
     ),
