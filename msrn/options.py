@@ -289,6 +289,18 @@ def image_size_option() -> Any:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckpointOptions(Options):
+    """The model a command loads and how its checkpoint is read: the options predict, serve, export and push
+    share (declared once here; a command overrides a field only to change its default)."""
+
+    checkpoint: str | None = checkpoint_option()  # required unless a command says otherwise
+    word_vectors: str | None = reference_word_vectors_option()
+    cooccurrence: str | None = reference_cooccurrence_option()
+    labels: str | None = label_names_option()
+    image_size: int | None = image_size_option()
+
+
 def device_option(default: str) -> Any:
     """--device."""
     return option(default, f"torch device: auto, cpu, cuda or cuda:N (default {default})", metavar="DEVICE")

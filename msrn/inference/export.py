@@ -45,14 +45,10 @@ from msrn.io import atomic_write_bytes
 from msrn.models import MSRN, Network
 from msrn.options import (
     UNRECORDED_IMAGE_SIZE,
-    Options,
+    CheckpointOptions,
     add_options,
     checkpoint_option,
-    image_size_option,
-    label_names_option,
     option,
-    reference_cooccurrence_option,
-    reference_word_vectors_option,
     retired_fast_option,
 )
 
@@ -181,14 +177,10 @@ def export_onnx(
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExportOptions(Options):
+class ExportOptions(CheckpointOptions):
     """Options of `msrn export`."""
 
-    checkpoint: str = checkpoint_option()
-    word_vectors: str | None = reference_word_vectors_option()
-    cooccurrence: str | None = reference_cooccurrence_option()
-    labels: str | None = label_names_option()
-    image_size: int | None = image_size_option()
+    checkpoint: str = checkpoint_option()  # required: narrowed for the type checker
     format: str = option(
         "onnx",
         "onnx: one ONNX file; hub: a model folder (model.safetensors, config.json, README.md card) that "

@@ -27,19 +27,15 @@ from msrn.inference.predictor import load_from_args
 from msrn.inference.tagging import expand_inputs, read_path_list
 from msrn.io import atomic_write_text, check_writable
 from msrn.options import (
-    Options,
+    CheckpointOptions,
     add_options,
     batch_size_option,
     checkpoint_option,
     device_option,
     exact_option,
     exif_orientation_option,
-    image_size_option,
-    label_names_option,
     max_megapixels_option,
     option,
-    reference_cooccurrence_option,
-    reference_word_vectors_option,
     threshold_option,
     tta_option,
 )
@@ -58,14 +54,10 @@ EPILOG = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class PredictOptions(Options):
+class PredictOptions(CheckpointOptions):
     """Options of `msrn predict` (EPILOG says how labels are selected and what is written)."""
 
-    checkpoint: str | None = checkpoint_option(required=False)
-    word_vectors: str | None = reference_word_vectors_option()
-    cooccurrence: str | None = reference_cooccurrence_option()
-    labels: str | None = label_names_option()
-    image_size: int | None = image_size_option()
+    checkpoint: str | None = checkpoint_option(required=False)  # or --onnx
     onnx: str | None = option(
         None,
         "tag with a model exported by `msrn export` instead of a checkpoint (onnxruntime; labels, thresholds "

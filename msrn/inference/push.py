@@ -27,14 +27,10 @@ from msrn.inference.card import render
 from msrn.io import atomic_write_text
 from msrn.models import load_checkpoint, model_state
 from msrn.options import (
-    Options,
+    CheckpointOptions,
     add_options,
     checkpoint_option,
-    image_size_option,
-    label_names_option,
     option,
-    reference_cooccurrence_option,
-    reference_word_vectors_option,
 )
 
 _REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -206,14 +202,10 @@ def card_dataset_option() -> Any:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PushOptions(Options):
+class PushOptions(CheckpointOptions):
     """Options of `msrn push`."""
 
-    checkpoint: str = checkpoint_option()
-    word_vectors: str | None = reference_word_vectors_option()
-    cooccurrence: str | None = reference_cooccurrence_option()
-    labels: str | None = label_names_option()
-    image_size: int | None = image_size_option()
+    checkpoint: str = checkpoint_option()  # required: narrowed for the type checker
     metrics: str | None = card_metrics_option()
     license_id: str | None = card_license_option()
     dataset: str | None = card_dataset_option()

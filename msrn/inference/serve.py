@@ -34,30 +34,21 @@ from msrn.inference.predictor import load_from_args
 from msrn.inference.serving.lifecycle import GRACE_S, GracefulStop, make_server, return_freed_memory
 from msrn.inference.serving.routes import TOKEN_ENV, ServeLimits, access_log, create_app
 from msrn.options import (
+    CheckpointOptions,
     add_options,
-    checkpoint_option,
     device_option,
     exact_option,
     exif_orientation_option,
-    image_size_option,
-    label_names_option,
     max_megapixels_option,
     option,
-    reference_cooccurrence_option,
-    reference_word_vectors_option,
     threshold_option,
 )
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServeOptions(ServeLimits):
+class ServeOptions(ServeLimits, CheckpointOptions):
     """Options of `msrn serve`: the server's limits (ServeLimits), the model and the network side."""
 
-    checkpoint: str = checkpoint_option()
-    word_vectors: str | None = reference_word_vectors_option()
-    cooccurrence: str | None = reference_cooccurrence_option()
-    labels: str | None = label_names_option()
-    image_size: int | None = image_size_option()
     port: int = option(8000, "port to listen on (default 8000; 0 picks a free one)", low=0, high=65535)
     host: str = option("127.0.0.1", "address to bind (default 127.0.0.1: this computer only)")
     threshold: float | None = threshold_option(
