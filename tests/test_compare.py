@@ -15,8 +15,8 @@ from sklearn.metrics.pairwise import cosine_similarity
 
 from msrn.cli import main as cli
 from msrn.engine.compare.cost import label_cosine
-from msrn.engine.compare.recipes import recipe_overrides
-from msrn.engine.config import preset_config
+from msrn.engine.config import PRESETS, preset_config
+from msrn.engine.recipes import recipe_overrides
 from msrn.models import create_model
 from msrn.models.resnet import ResNet
 
@@ -138,11 +138,16 @@ def test_an_unknown_head_is_named_with_the_heads_there_are(tmp_path: Path, capsy
 
 
 def test_recipes_differ_only_in_optimisation() -> None:
-    gcn = preset_config("scenes", **recipe_overrides("gcn", "msrn", "scenes"))
-    transformer = preset_config("scenes", **recipe_overrides("transformer", "msrn", "scenes"))
+    preset = PRESETS["scenes"]
+    gcn = preset_config("scenes", **recipe_overrides("gcn", "msrn_tiny", "scenes", preset))
+    transformer = preset_config("scenes", **recipe_overrides("transformer", "msrn_tiny", "scenes", preset))
     changed = {k for k, v in gcn.to_dict().items() if transformer.to_dict()[k] != v}
     assert changed == {"optimizer", "schedule", "loss", "lr", "lr_backbone", "ema"}
-    assert recipe_overrides("paper", "baseline", "scenes") is None  # no paper, no column
+    assert recipe_overrides("paper", "baseline_tiny", "scenes", preset) is None  # no paper, no column
+    # a paper's drops follow the study's epochs; the built-in data keep their from-scratch length
+    addgcn = recipe_overrides("paper", "addgcn_tiny", "scenes", preset, epochs=10)
+    assert addgcn is not None and (addgcn["lr_steps"], addgcn["lr"]) == ((6, 8), preset["lr"] / 2)
+    assert "epochs" not in addgcn
 
 
 def test_label_cosine_of_identical_and_orthogonal_vectors() -> None:

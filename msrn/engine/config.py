@@ -24,8 +24,10 @@ from msrn.data import (
     keep_unannotated_option,
 )
 from msrn.data.loader import default_workers
+from msrn.data.transforms import AUGMENTS
 from msrn.engine.losses import ASL_CLIP, ASL_GAMMA_NEG, ASL_GAMMA_POS, FOCAL_ALPHA, FOCAL_GAMMA, LOSSES
 from msrn.engine.optim import ONECYCLE_PCT_START, OPTIMIZERS, SCHEDULES
+from msrn.engine.recipes import RECIPES, recipe_overrides
 from msrn.errors import MSRNError
 from msrn.labels.options import cooccurrence_option, name_map_option, tau_option, word_vectors_option
 from msrn.labels.reference_files import default_sources
@@ -52,6 +54,13 @@ class TrainConfig:
         "registered model name: msrn_resnet101, msrn_resnet50, msrn_resnet18, msrn_tiny, msrn_timm, baseline_*, "
         "or a compared head (docs/heads.md): mlgcn_*, csra_*, mldecoder_*, q2l_*, addgcn_*, baseline_max_*, "
         "each _resnet101, _resnet50, _resnet18, _tiny or _timm",
+    )
+    recipe: str | None = option(
+        None,
+        "a training recipe laid over the dataset preset (your other options still win): gcn (the preset: SGD, "
+        "soft margin, steps), transformer (AdamW, one-cycle, ASL, EMA) or paper (the model's own paper's "
+        "optimiser, schedule, loss and augmentation; docs/heads.md)",
+        choices=RECIPES,
     )
     backbone: str | None = option(
         None,
@@ -82,6 +91,13 @@ class TrainConfig:
         high=1,
         bounds="(]",
     )
+    augment: str = option(
+        "multiscale",
+        "training augmentation: multiscale (the reference's crop over --crop-scales, and a flip), resizedcrop "
+        "(CSRA's: 0.7-1 of the area, and a flip) or randaugment (ASL's, ML-Decoder's, Query2Label's: Cutout "
+        "and RandAugment)",
+        choices=AUGMENTS,
+    )
     epochs: int = option(30, "epochs to train", low=1)
     batch_size: int = option(16, "global batch per optimiser step (all processes together)", low=1)
     lr: float = option(0.1, "learning rate of the head (everything outside the backbone)", low=0)
@@ -106,6 +122,9 @@ class TrainConfig:
         (20,), "--schedule step: epochs at which the learning rates drop by --lr-gamma", low=1
     )
     lr_gamma: float = option(0.1, "factor of each learning-rate drop", low=0, high=1, bounds="(]")
+    warmup_epochs: float = option(
+        0.0, "raise the learning rates linearly from 0 over this many epochs, step by step (CSRA's: 2)", low=0
+    )
     max_grad_norm: float | None = option(
         None,
         "clip the gradient norm at this value (default off, as the reference's effective recipe, whose clip "
@@ -353,8 +372,21 @@ def preset_config(dataset: str, **overrides: Any) -> TrainConfig:
     """The dataset's preset with the given fields replaced (None values are ignored)."""
     if dataset not in PRESETS:
         raise MSRNError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
-    values = {**PRESETS[dataset], **{k: v for k, v in overrides.items() if v is not None}, "dataset": dataset}
-    return TrainConfig.from_dict(values).validate()
+    return TrainConfig.from_dict(layered(dataset, {k: v for k, v in overrides.items() if v is not None})).validate()
+
+
+def layered(dataset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The values of a run: the dataset's preset, under the recipe `given` names (for its model, over its
+    epochs where `given` fixes them), under `given`."""
+    preset = PRESETS[dataset]
+    values = {**preset, **given, "dataset": dataset}
+    recipe = values.get("recipe")
+    if recipe is None:
+        return values
+    overrides = recipe_overrides(recipe, values["model"], dataset, preset, given.get("epochs"))
+    if overrides is None:
+        raise MSRNError(f"--recipe paper: no paper recipe for {values['model']} (docs/heads.md lists them)")
+    return {**preset, **overrides, **given, "dataset": dataset}
 
 
 __all__ = ["TrainConfig", "PRESETS", "preset_config"]
@@ -399,7 +431,7 @@ def config_from_args(args: Any) -> TrainConfig:
         raise MSRNError("--dataset is required (or --config FILE with a dataset)")
     if dataset not in PRESETS:
         raise MSRNError(f"unknown dataset {dataset!r}; choose one of {', '.join(PRESETS)}")
-    values = {**PRESETS[dataset], **from_file, **given, "dataset": dataset}
+    values = layered(dataset, {**from_file, **given})
     if dataset not in GENERATED and not values.get("data"):  # generated data sets go to msrn's cache
         raise MSRNError(f"--data is required for --dataset {dataset}")
     return TrainConfig.from_dict(values).validate()

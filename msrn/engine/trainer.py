@@ -20,7 +20,7 @@ from tqdm import tqdm
 from msrn import distributed as dist
 from msrn.data import ImageDataset
 from msrn.data.loader import build_loader
-from msrn.data.transforms import TrainTransform
+from msrn.data.transforms import train_transform
 from msrn.engine.config import TrainConfig
 from msrn.engine.ema import WeightEMA
 from msrn.engine.evaluate import autocast
@@ -139,6 +139,7 @@ class Trainer:
                 f"(not {cfg.epochs}), or start a new run"
             )
         steps_per_epoch = math.ceil(len(self.loader) / cfg.grad_accum)
+        self.warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
         self.scheduler = make_scheduler(
             self.optimizer, cfg.schedule, cfg.lr_steps, cfg.lr_gamma, cfg.epochs * steps_per_epoch
         )
@@ -157,7 +158,7 @@ class Trainer:
         self.rank_batch = cfg.batch_size // world
         self.micro_batch = self.rank_batch // cfg.grad_accum
         self.train_set = ImageDataset(
-            self.train_data, TrainTransform(cfg.image_size, cfg.crop_scales), on_error=cfg.on_error
+            self.train_data, train_transform(cfg.augment, cfg.image_size, cfg.crop_scales), on_error=cfg.on_error
         )
         self.sampler = EpochSampler(len(self.train_set), cfg.seed, shuffle=True, rank=dist.rank(), world=world)
         self.loader = build_loader(
@@ -336,11 +337,23 @@ class Trainer:
                 self.board.step(first_step + step + 1, total / n, self.optimizer)
         self.bar.set_postfix(loss=f"{self.running_loss[0] / max(1, self.running_loss[1]):.4f}")
 
+    def warm_up(self) -> list[float]:
+        """Scale this step's rates by (step + 1) / warm-up steps while warming up (from the step count alone, so
+        a resumed run warms up alike); return the scheduled rates to restore after the step."""
+        scheduled = [group["lr"] for group in self.optimizer.param_groups]
+        if self.global_step < self.warmup_steps:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= (self.global_step + 1) / self.warmup_steps
+        return scheduled
+
     def optimizer_step(self) -> None:
         if self.cfg.max_grad_norm:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        scheduled = self.warm_up()
         self.scaler.step(self.optimizer)
+        for group, lr in zip(self.optimizer.param_groups, scheduled):  # the schedule goes on from its own rates
+            group["lr"] = lr
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.cfg.schedule == "onecycle":

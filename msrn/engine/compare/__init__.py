@@ -1,9 +1,9 @@
 """`msrn compare`: which head? Every registered head on one backbone, trained alike under each recipe over
 several seeds, with accuracy, slices and cost side by side.
 
-`study` trains and evaluates the runs (resumable: compare.json keeps each finished run), `recipes` holds the
-GCN and transformer families' recipes, `cost` measures weights, FLOPs and time against the bare backbone, and
-`report` writes report.md with its plots. Out folder: compare.json, report.md, map_vs_cost.png, slices.png,
+`study` trains and evaluates the runs (resumable: compare.json keeps each finished run) under the recipes of
+msrn.engine.recipes, `cost` measures weights, FLOPs and time against the bare backbone, and `report` writes
+report.md with its plots. Out folder: compare.json, report.md, map_vs_cost.png, slices.png,
 runs/RECIPE/HEAD_seedS/ (each a `msrn train` run folder), data/ (scenes) and init/ (the shared backbone draws).
 """
 
@@ -15,10 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from msrn.engine.compare.recipes import RECIPES
 from msrn.engine.compare.report import summarise, write_study_report
 from msrn.engine.compare.study import Plan, heads_for, run_study
 from msrn.engine.config import PRESETS
+from msrn.engine.recipes import RECIPES
 from msrn.errors import MSRNError
 from msrn.io import atomic_write_json
 from msrn.options import AMP_MODES, MIN_IMAGE_SIZE, Options, add_options, option

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from msrn.engine.compare.recipes import RECIPE_NOTES
+from msrn.engine.recipes import RECIPE_NOTES
 from msrn.io import atomic_write_text
 from msrn.plots import save_figure
 

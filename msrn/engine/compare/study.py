@@ -31,9 +31,9 @@ from msrn.engine.compare.cost import (
     relative_cost,
     time_per_image,
 )
-from msrn.engine.compare.recipes import recipe_overrides
 from msrn.engine.config import PRESETS, TrainConfig, preset_config
 from msrn.engine.evaluate import predict_logits
+from msrn.engine.recipes import recipe_overrides
 from msrn.engine.train import train
 from msrn.errors import MSRNError
 from msrn.io import atomic_save_torch, atomic_write_json
@@ -147,12 +147,12 @@ def backbone_init(plan: Plan, arch: str | None, seed: int) -> str | None:
 
 def run_config(plan: Plan, head: str, recipe: str, seed: int, arch: str | None) -> TrainConfig | None:
     """The TrainConfig of one run (None where the head has no such recipe); resumes the run's own last.pt."""
-    overrides = recipe_overrides(recipe, head, plan.dataset)
+    preset = PRESETS[plan.dataset]
+    overrides = recipe_overrides(recipe, plan.model(head), plan.dataset, preset, plan.train.get("epochs"))
     if overrides is None:
         return None
     values = {**overrides, **plan.train}
-    preset = PRESETS[plan.dataset]
-    if "epochs" in plan.train and "lr_steps" not in plan.train:  # the preset's drops, at the same fractions
+    if "epochs" in plan.train and "lr_steps" not in values:  # the preset's drops, at the same fractions
         values["lr_steps"] = tuple(
             max(1, round(s * plan.train["epochs"] / preset["epochs"])) for s in preset.get("lr_steps", (20,))
         )
