@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,26 @@ def test_a_rerun_trains_only_the_runs_missing_from_the_json(study: Path, capsys:
     assert "1 runs to train (3 already in" in capsys.readouterr().out
     assert os.stat(kept).st_mtime_ns == before
     assert _result(study)["runs"]["msrn/gcn/seed1"]["mAP"] == pytest.approx(lost["mAP"])
+
+
+@pytest.mark.slow
+def test_a_paper_recipe_that_is_another_recipe_reuses_its_run(
+    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """MSRN's paper recipe is the gcn recipe: its paper column is the gcn run's result, trained once; the
+    baseline has no paper and gets no column."""
+    out = tmp_path / "study"
+    shutil.copytree(study, out)
+    capsys.readouterr()
+    assert cli([*ARGS[:5], "gcn", "paper", *ARGS[6:], "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "msrn paper seed 0" in said and "from its gcn run, the same training" in said
+    assert "baseline paper seed 1: no such recipe for this head, skipped" in said
+    runs = _result(out)["runs"]
+    for seed in (0, 1):
+        paper, gcn = runs[f"msrn/paper/seed{seed}"], runs[f"msrn/gcn/seed{seed}"]
+        assert paper["same_as"] == "gcn" and paper["mAP"] == gcn["mAP"] and paper["recipe"] == "paper"
+    assert "baseline/paper/seed0" not in runs and not (out / "runs" / "paper").exists()
 
 
 @pytest.mark.slow

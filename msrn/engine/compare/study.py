@@ -33,7 +33,7 @@ from msrn.engine.compare.cost import (
 )
 from msrn.engine.config import PRESETS, TrainConfig, preset_config
 from msrn.engine.evaluate import predict_logits
-from msrn.engine.recipes import recipe_overrides
+from msrn.engine.recipes import RECIPES, recipe_overrides
 from msrn.engine.train import train
 from msrn.errors import MSRNError
 from msrn.io import atomic_save_torch, atomic_write_json
@@ -222,6 +222,19 @@ def measure_costs(plan: Plan, num_classes: int, batch: int, image_size: int, dev
     return costs
 
 
+def same_run(
+    result: dict, plan: Plan, head: str, recipe: str, seed: int, cfg: TrainConfig, arch: str | None
+) -> str | None:
+    """The recipe of a finished run of this head and seed whose training is this one's (all but the folder)."""
+    mine = {**cfg.to_dict(), "out": None}
+    for other in RECIPES:
+        if other != recipe and run_key(head, other, seed) in result["runs"]:
+            theirs = run_config(plan, head, other, seed, arch)
+            if theirs is not None and {**theirs.to_dict(), "out": None} == mine:
+                return other
+    return None
+
+
 def run_study(
     plan: Plan, progress: Callable[[str], None] = print, on_update: Callable[[dict], None] | None = None
 ) -> dict:
@@ -260,10 +273,14 @@ def run_study(
         if cfg is None:
             progress(f"[{i}/{len(todo)}] {head} {recipe} seed {seed}: no such recipe for this head, skipped")
             continue
-        t0 = time.time()
-        train(cfg)
-        record = {"head": head, "model": cfg.model, "recipe": recipe, "seed": seed, **evaluate(cfg)}
-        record["seconds"] = round(time.time() - t0, 1)
+        twin = same_run(result, plan, head, recipe, seed, cfg, arch)
+        if twin is not None:  # e.g. ML-GCN's paper recipe is the gcn recipe: one training, two columns
+            record = dict(result["runs"][run_key(head, twin, seed)], recipe=recipe, same_as=twin)
+        else:
+            t0 = time.time()
+            train(cfg)
+            record = {"head": head, "model": cfg.model, "recipe": recipe, "seed": seed, **evaluate(cfg)}
+            record["seconds"] = round(time.time() - t0, 1)
         result["runs"][run_key(head, recipe, seed)] = record
         atomic_write_json(path, result)
         if on_update:
@@ -271,6 +288,8 @@ def run_study(
         left = (time.time() - started) / i * (len(todo) - i)
         progress(
             f"[{i}/{len(todo)}] {head} {recipe} seed {seed}: test mAP {record['mAP']:.2f} (epoch {record['epoch']}, "
-            f"{record['selected_by']}) in {record['seconds']:.0f} s; about {left / 60:.0f} min left"
+            f"{record['selected_by']}) "
+            + (f"from its {twin} run, the same training" if twin else f"in {record['seconds']:.0f} s")
+            + f"; about {left / 60:.0f} min left"
         )
     return result
