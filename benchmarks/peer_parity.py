@@ -316,20 +316,21 @@ def q2l_args(num_classes: int, hidden: int, keep_input_proj: bool, size: int) ->
 
 def run_q2l(root: Path, tmp: Path, batch: int) -> list[Row]:
     """Query2Label's build_q2l on ResNet-18 (its Backbone takes resnet18; frozen batch norms; ImageNet weights
-    answered by no_downloads), with D = 512 (input_proj the identity, its default) and D = 256 (--keep_input_proj),
-    saved as main_mlc.py does: {'epoch', 'arch', 'state_dict', 'best_mAP', 'optimizer'}, the state dict of its
+    answered by no_downloads), with D = 512 at 224 px (input_proj the identity, its default) and D = 256 at 256 px
+    (--keep_input_proj; its sine encoding is a buffer built for --img_size, msrn's is computed for the map it
+    gets), saved as main_mlc.py does: {'epoch', 'arch', 'state_dict', 'best_mAP', 'optimizer'}, the state dict of its
     DistributedDataParallel model (`module.` keys)."""
-    rows, size = [], 224
+    rows = []
     # its models package imports its own resnet.py, which imports load_state_dict_from_url from
     # torchvision.models.utils, a module torchvision 0.13 removed: the same function, from torch.hub, stands in
     # (its resnet.py is not what Backbone builds on: that is torchvision's ResNet)
     shim = ModuleType("torchvision.models.utils")
     shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url  # type: ignore[attr-defined]
-    sys.modules.setdefault("torchvision.models.utils", shim)
+    added = sys.modules.setdefault("torchvision.models.utils", shim) is shim
     with peer_code(root / "lib"), no_downloads(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         query2label = importlib.import_module("models.query2label")
-        for hidden, keep in ((512, False), (256, True)):
+        for hidden, keep, size in ((512, False, 224), (256, True, 256)):
             case = f"resnet18, {size} px, float64, D={hidden}{', input_proj' if keep else ''}, C=80"
             torch.manual_seed(SEED)
             peer = query2label.build_q2l(q2l_args(80, hidden, keep, size))
@@ -345,6 +346,8 @@ def run_q2l(root: Path, tmp: Path, batch: int) -> list[Row]:
             with torch.no_grad():
                 want, got = peer.double().eval()(x.double()), ours.double()(x.double())
             rows.append(Row("Query2Label", commit_of(root), case, *compare(want, got, torch.float64), "; ".join(notes)))
+    if added:
+        del sys.modules["torchvision.models.utils"]
     return rows
 
 
