@@ -133,7 +133,7 @@ def test_a_paper_recipe_that_is_another_recipe_reuses_its_run(
     assert cli([*ARGS[:5], "gcn", "paper", *ARGS[6:], "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert "msrn paper seed 0" in said and "from its gcn run, the same training" in said
-    assert "baseline paper seed 1: no such recipe for this head, skipped" in said
+    assert "no paper recipe for baseline: no paper column for them" in said
     runs = _result(out)["runs"]
     for seed in (0, 1):
         paper, gcn = runs[f"msrn/paper/seed{seed}"], runs[f"msrn/gcn/seed{seed}"]

@@ -243,12 +243,19 @@ def run_study(
     plan.out.mkdir(parents=True, exist_ok=True)
     path = plan.out / RESULT
     result = read_result(path, plan.settings())
+    preset = PRESETS[plan.dataset]
+    missing = [  # (head, recipe) pairs with no such recipe: a head without a paper
+        (h, r)
+        for r in plan.recipes
+        for h in plan.heads
+        if recipe_overrides(r, plan.model(h), plan.dataset, preset) is None
+    ]
     todo = [
         (h, r, s)
         for r in plan.recipes
         for s in plan.seeds
         for h in plan.heads
-        if run_key(h, r, s) not in result["runs"]
+        if run_key(h, r, s) not in result["runs"] and (h, r) not in missing
     ]
     first = preset_config(
         plan.dataset, **{**plan.train, "data": data_folder(plan, plan.seeds[0]), "model": plan.model(plan.heads[0])}
@@ -265,14 +272,15 @@ def run_study(
     if on_update:
         on_update(result)
     arch = result["costs"]["backbone"]["arch"]
-    skipped = len(plan.heads) * len(plan.recipes) * len(plan.seeds) - len(todo)
+    skipped = (len(plan.heads) * len(plan.recipes) - len(missing)) * len(plan.seeds) - len(todo)
+    for recipe in plan.recipes:
+        if without := [h for h, r in missing if r == recipe]:
+            progress(f"no {recipe} recipe for {', '.join(without)}: no {recipe} column for them")
     progress(f"{len(todo)} runs to train ({skipped} already in {path})")
     started = time.time()
     for i, (head, recipe, seed) in enumerate(todo, 1):
         cfg = run_config(plan, head, recipe, seed, arch)
-        if cfg is None:
-            progress(f"[{i}/{len(todo)}] {head} {recipe} seed {seed}: no such recipe for this head, skipped")
-            continue
+        assert cfg is not None  # heads without this recipe are left out of `todo`
         twin = same_run(result, plan, head, recipe, seed, cfg, arch)
         if twin is not None:  # e.g. ML-GCN's paper recipe is the gcn recipe: one training, two columns
             record = dict(result["runs"][run_key(head, twin, seed)], recipe=recipe, same_as=twin)
