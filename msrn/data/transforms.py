@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +156,7 @@ def _affine(img: Image.Image, matrix: tuple[float, ...]) -> Image.Image:
 
 
 # RandAugment's operations (Cubuk et al., 2020), each at a strength `m` in [0, 1]
-RAND_AUGMENT_OPS: dict[str, Any] = {
+RAND_AUGMENT_OPS: dict[str, Callable[[Image.Image, float], Image.Image]] = {
     "identity": lambda img, m: img,
     "autocontrast": lambda img, m: ImageOps.autocontrast(img),
     "equalize": lambda img, m: ImageOps.equalize(img),
@@ -202,7 +201,9 @@ class RandAugmentTransform:
 AUGMENTS = ("multiscale", "resizedcrop", "randaugment")
 
 
-def train_transform(augment: str, image_size: int, crop_scales: Sequence[float]) -> Any:
+def train_transform(
+    augment: str, image_size: int, crop_scales: Sequence[float]
+) -> Callable[[Image.Image], torch.Tensor]:
     """The training transform `--augment` names: multiscale (the reference's crop over `crop_scales` and a
     flip), resizedcrop (CSRA's) or randaugment (Cutout and RandAugment, as ASL, ML-Decoder, Query2Label)."""
     if augment == "multiscale":
