@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_helpers import make_csv
 from sklearn.metrics.pairwise import cosine_similarity
 
 from msrn.cli import main as cli
@@ -139,6 +140,27 @@ def test_a_paper_recipe_that_is_another_recipe_reuses_its_run(
         paper, gcn = runs[f"msrn/paper/seed{seed}"], runs[f"msrn/gcn/seed{seed}"]
         assert paper["same_as"] == "gcn" and paper["mAP"] == gcn["mAP"] and paper["recipe"] == "paper"
     assert "baseline/paper/seed0" not in runs and not (out / "runs" / "paper").exists()
+
+
+@pytest.mark.slow
+def test_a_study_on_a_user_s_labelled_files_runs_each_head_s_paper_recipe(
+    tmp_path: Path, one_thread_per_module: None
+) -> None:
+    """`--dataset csv --data FILE` (a real data set's path, not generated scenes): the runs read that file, the
+    paper column trains CSRA on its own recipe (its resized crop and warm-up), and no scenes slices appear."""
+    csv = make_csv(tmp_path, n_train=24, n_test=8)
+    out = tmp_path / "study"
+    args = ["compare", "--dataset", "csv", "--data", str(csv), "--backbone", "tiny", "--heads", "baseline", "csra",
+            "--recipes", "gcn", "paper", "--seeds", "0", "--epochs", "1", "--image-size", "64", "--batch-size", "8",
+            "--pretrained", "none", "--workers", "0", "--timing-rounds", "1", "--out", str(out)]  # fmt: skip
+    assert cli(args) == 0
+    runs = _result(out)["runs"]
+    assert sorted(runs) == ["baseline/gcn/seed0", "csra/gcn/seed0", "csra/paper/seed0"]
+    assert all("slices" not in run for run in runs.values())
+    paper = json.loads((out / "runs" / "paper" / "csra_seed0" / "config.json").read_text())
+    gcn = json.loads((out / "runs" / "gcn" / "csra_seed0" / "config.json").read_text())
+    assert (paper["augment"], paper["warmup_epochs"], paper["data"]) == ("resizedcrop", 2.0, str(csv))
+    assert (gcn["augment"], gcn["warmup_epochs"], gcn["epochs"]) == ("multiscale", 0.0, paper["epochs"])
 
 
 @pytest.mark.slow
