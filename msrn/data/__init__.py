@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from inspect import signature
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from msrn.data.scenes import ensure_scenes, read_scenes
 from msrn.data.synthetic import ensure_synthetic, read_synthetic
 from msrn.data.voc import read_voc2007
 from msrn.errors import MSRNError
-from msrn.options import option
+from msrn.options import Options, option
 
 __all__ = [
-    "DATASETS", "DEFAULT_SPLITS", "READER_OPTIONS", "ImageDataset", "MultiLabelData", "apparel_labels_option",
+    "DATASETS", "DEFAULT_SPLITS", "READER_OPTIONS", "DatasetOptions", "ImageDataset", "MultiLabelData",
+    "apparel_labels_option",
     "build_dataset", "data_option", "dataset_option", "ensure_scenes", "ensure_synthetic",
     "keep_unannotated_option", "open_image", "reader_options",
 ]  # fmt: skip
@@ -93,3 +95,23 @@ def apparel_labels_option() -> Any:
     return option(None, "apparel: the reference's image_label.pkl, for its split and labels (default: "
                         "image_label.pkl in the data folder or its apparel/ folder, when there)",
                   metavar="FILE")  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetOptions(Options):
+    """The data set a command reads: the options inspect, evaluate and labels share (declared once here; a
+    command redeclares `split` only to say which split it reads by default)."""
+
+    dataset: str = dataset_option()
+    data: str = data_option()
+    split: str | None = option(None, "split to read (default: the command's)")
+    keep_unannotated: bool = keep_unannotated_option()
+    apparel_labels: str | None = apparel_labels_option()
+
+    def split_name(self, role: int) -> str:
+        """The split given, else the dataset's training (role 0) or test (role 1) split."""
+        return self.split or DEFAULT_SPLITS[self.dataset][role]
+
+    def read(self, split: str) -> MultiLabelData:
+        """The split `split` of the data set, read with the reader options given."""
+        return build_dataset(self.dataset, self.data, split, **reader_options(self))

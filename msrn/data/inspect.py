@@ -9,32 +9,19 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from msrn.data import (
-    DEFAULT_SPLITS,
-    MultiLabelData,
-    apparel_labels_option,
-    build_dataset,
-    data_option,
-    dataset_option,
-    keep_unannotated_option,
-    reader_options,
-)
+from msrn.data import DatasetOptions, MultiLabelData
 from msrn.errors import MSRNError
-from msrn.options import Options, add_options, option
+from msrn.options import add_options, option
 from msrn.targets import UNKNOWN
 
 
 @dataclass(frozen=True, kw_only=True)
-class InspectOptions(Options):
+class InspectOptions(DatasetOptions):
     """Options of `msrn inspect`."""
 
-    dataset: str = dataset_option()
-    data: str = data_option()
     split: str | None = option(None, "split to read (default: the dataset's train split)")
     json: bool = option(False, "print one JSON object instead of a table")
     images: bool = option(False, "with --json: also list every image (path relative to the data root, label names)")
-    keep_unannotated: bool = keep_unannotated_option()
-    apparel_labels: str | None = apparel_labels_option()
 
     def check(self) -> None:
         if self.images and not self.json:
@@ -73,8 +60,8 @@ def image_entries(data: MultiLabelData) -> list[dict]:
 def main(args: argparse.Namespace | InspectOptions) -> int:
     """Read the split and print its summary as a table or as one JSON object."""
     args = InspectOptions.from_args(args)
-    split = args.split or DEFAULT_SPLITS[args.dataset][0]
-    data = build_dataset(args.dataset, args.data, split, **reader_options(args))
+    split = args.split_name(0)
+    data = args.read(split)
     counts = data.label_counts()
     difficult = data.difficult_counts() if args.dataset == "voc2007" else None
     unknown = data.unknown_counts() if (data.targets == UNKNOWN).any() else None  # partial labels (CSV)

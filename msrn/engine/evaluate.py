@@ -19,17 +19,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from msrn import distributed as dist
-from msrn.data import (
-    DEFAULT_SPLITS,
-    ImageDataset,
-    MultiLabelData,
-    apparel_labels_option,
-    build_dataset,
-    data_option,
-    dataset_option,
-    keep_unannotated_option,
-    reader_options,
-)
+from msrn.data import DatasetOptions, ImageDataset, MultiLabelData
 from msrn.data.loader import build_loader
 from msrn.data.transforms import TestTransform
 from msrn.engine.losses import LossFn, model_group_loss, objective, soft_margin_loss
@@ -39,7 +29,6 @@ from msrn.io import atomic_write_json, check_writable
 from msrn.metrics import format_metrics, multilabel_metrics, reference_order_average_precision, reference_tuned_metrics
 from msrn.models import load_checkpoint, optimize_for_inference, with_tta
 from msrn.options import (
-    Options,
     add_options,
     amp_option,
     batch_size_option,
@@ -145,11 +134,9 @@ def format_tuned(tuned: dict) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateOptions(Options):
+class EvaluateOptions(DatasetOptions):
     """Options of `msrn evaluate`."""
 
-    dataset: str = dataset_option()
-    data: str = data_option()
     split: str | None = option(None, "split to evaluate (default: the dataset's test split)")
     json: str | None = option(None, "also write the metrics to this JSON file", metavar="FILE")
     scores: str | None = option(
@@ -168,8 +155,6 @@ class EvaluateOptions(Options):
     amp: str = amp_option()
     tta: str = tta_option()
     exact: bool = exact_option()
-    keep_unannotated: bool = keep_unannotated_option()
-    apparel_labels: str | None = apparel_labels_option()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -183,8 +168,8 @@ def main(args: argparse.Namespace | EvaluateOptions) -> int:
     device = dist.setup(args.device)
     if args.scores and dist.is_main():
         check_writable(Path(args.scores).absolute().parent)  # before the long evaluation, not after it
-    split = args.split or DEFAULT_SPLITS[args.dataset][1]
-    data = build_dataset(args.dataset, args.data, split, **reader_options(args))
+    split = args.split_name(1)
+    data = args.read(split)
     with setting_up():  # a value torch refuses while the model is built and moved: one line, no traceback
         loaded = load_checkpoint(
             args.checkpoint,

@@ -15,20 +15,12 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from msrn.data import (
-    DEFAULT_SPLITS,
-    apparel_labels_option,
-    build_dataset,
-    data_option,
-    dataset_option,
-    keep_unannotated_option,
-    reader_options,
-)
+from msrn.data import DEFAULT_SPLITS, DatasetOptions
 from msrn.io import atomic_write_text, check_writable
 from msrn.labels.labelset import COUNTED, LabelSet, build_label_set
 from msrn.labels.options import cooccurrence_option, name_map_option, reweight_option, tau_option, word_vectors_option
 from msrn.labels.reference_files import REFERENCE, default_sources
-from msrn.options import Options, add_options, option
+from msrn.options import add_options, option
 from msrn.plots import save_figure
 from msrn.targets import UNKNOWN
 
@@ -264,11 +256,9 @@ def write_report(ls: LabelSet, folder: str | Path) -> list[Path]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LabelsOptions(Options):
+class LabelsOptions(DatasetOptions):
     """Options of `msrn labels`."""
 
-    dataset: str = dataset_option()
-    data: str = data_option()
     split: str | None = option(None, "split to count on (default: the dataset's training split)")
     out: str = option("labels.pt", "label set file to write (default: labels.pt)")
     word_vectors: str | None = word_vectors_option()
@@ -278,8 +268,6 @@ class LabelsOptions(Options):
     cooccurrence: str | None = cooccurrence_option()
     report: str | None = option(None, "folder for the report and drawings (default: the folder of --out)")
     json: bool = option(False, "print a JSON summary instead of text")
-    keep_unannotated: bool = keep_unannotated_option()
-    apparel_labels: str | None = apparel_labels_option()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -306,12 +294,11 @@ def summary(ls: LabelSet) -> dict[str, Any]:
 def main(args: argparse.Namespace | LabelsOptions) -> int:
     """Build, save and report the label set of a dataset's training split."""
     args = LabelsOptions.from_args(args)
-    train_split, test_split = DEFAULT_SPLITS[args.dataset]
-    split = args.split or train_split
-    if split == test_split:
+    split = args.split_name(0)
+    if split == DEFAULT_SPLITS[args.dataset][1]:
         print(f"msrn labels: warning: counting on the test split {split!r}; the graph should come from "
               "training data only", file=sys.stderr)  # fmt: skip
-    data = build_dataset(args.dataset, args.data, split, **reader_options(args))  # the images `msrn train` reads
+    data = args.read(split)  # the images `msrn train` reads
     preset = default_sources(args.dataset)  # the sources `msrn train` would use
     vectors = args.word_vectors or preset.get("word_vectors")
     cooccurrence = args.cooccurrence or preset.get("cooccurrence") or COUNTED
