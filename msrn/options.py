@@ -142,6 +142,12 @@ class Options:
     def check(self) -> None:
         """The command's checks that involve several options (none by default)."""
 
+    def given(self, *names: str) -> list[str]:
+        """The flags of the named fields set away from their defaults, in that order: the options a check
+        refuses together with another."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        return [flag_of(fields[name]) for name in names if getattr(self, name) != fields[name].default]
+
     @classmethod
     def from_args(cls: type[_O], args: argparse.Namespace | _O) -> _O:
         """The options of parsed arguments (given options are returned as they are)."""

@@ -200,15 +200,7 @@ class ExportOptions(CheckpointOptions):
     fast: bool = retired_fast_option()
 
     def check(self) -> None:
-        given = [
-            flag
-            for flag, value in (
-                ("--metrics", self.metrics),
-                ("--license", self.license_id),
-                ("--dataset", self.dataset),
-            )
-            if value is not None
-        ]
+        given = self.given("metrics", "license_id", "dataset")
         if self.format != "hub" and given:
             raise MSRNError(f"{', '.join(given)}: for --format hub only")
 

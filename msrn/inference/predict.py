@@ -102,19 +102,7 @@ class PredictOptions(CheckpointOptions):
             raise MSRNError("--explain draws one forward pass of the image as given; it does not combine with --tta")
         if (self.checkpoint is None) == (self.onnx is None):
             raise MSRNError("give either --checkpoint or --onnx")
-        given = [
-            flag
-            for flag, value in (
-                ("--word-vectors", self.word_vectors),
-                ("--cooccurrence", self.cooccurrence),
-                ("--labels", self.labels),
-                ("--image-size", self.image_size),
-                ("--explain", self.explain),
-                ("--exact", self.exact),
-                ("--tta", self.tta != "none"),
-            )
-            if value
-        ]
+        given = self.given("word_vectors", "cooccurrence", "labels", "image_size", "explain", "exact", "tta")
         if self.onnx is not None and given:
             raise MSRNError(
                 f"{', '.join(given)} cannot be used with --onnx: the file fixes its labels, input size "
